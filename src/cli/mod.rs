@@ -1,0 +1,46 @@
+//! Command definitions (clap derive) and dispatch.
+
+mod gz;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+/// Lazy loading for container images as they are.
+#[derive(Debug, Parser)]
+#[command(name = "zran", version, about, propagate_version = true)]
+pub struct Cli {
+    /// More logging on stderr (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Random access into gzip files: build a seek index, extract ranges.
+    #[command(subcommand)]
+    Gz(gz::GzCommand),
+}
+
+pub fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ZRAN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("zran={level}")));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Gz(cmd) => gz::run(cmd),
+    }
+}

@@ -1,0 +1,590 @@
+//! One streaming pass over a gzip stream: inflate, check, checkpoint, and hand the bytes on.
+//!
+//! The pass works in *rounds* of a few hundred KiB of output. Within a round it records every
+//! deflate block boundary (cheap: two offsets and a bit count). At the end of a round it gives
+//! the round's bytes to the [`Sink`], which may request checkpoints at uncompressed offsets it
+//! has just learned about (even ones inside the round it was just given), and only then decides
+//! which boundaries become checkpoints: by the spacing policy, and for each request the last
+//! boundary at or before it. The output buffer keeps 32 KiB of history before the round, and the
+//! last boundary of a round keeps a copy of its window, so any boundary a request can resolve to
+//! still has its window at hand. Windows are compressed on a second thread while decoding goes on.
+
+use super::header::{self, HeaderError};
+use super::index::{Checkpoint, Index, WINDOW_SIZE};
+use super::inflate::RawInflate;
+use super::{DEFAULT_SPAN, GzipError};
+use std::io::{ErrorKind, Read};
+use std::sync::mpsc;
+
+/// Output produced per round before the sink sees it.
+const ROUND: usize = 512 * 1024;
+/// Compressed bytes read per `read` call.
+const INPUT_CHUNK: usize = 256 * 1024;
+/// zstd level for windows: a good ratio at a cost the second core absorbs.
+const WINDOW_ZSTD_LEVEL: i32 = 9;
+
+/// Receives the uncompressed stream, in order, during the index pass.
+pub trait Sink {
+    /// `bytes` are the uncompressed bytes at offset `at`. Checkpoints may be requested through
+    /// `requests` for any offset at or after `at`.
+    fn data(
+        &mut self,
+        at: u64,
+        bytes: &[u8],
+        requests: &mut Requests,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
+}
+
+/// A sink that drops the data.
+pub struct NullSink;
+
+impl Sink for NullSink {
+    fn data(
+        &mut self,
+        _: u64,
+        _: &[u8],
+        _: &mut Requests,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        Ok(())
+    }
+}
+
+/// Checkpoint requests from a [`Sink`]: uncompressed offsets that should be reachable quickly.
+#[derive(Debug, Default)]
+pub struct Requests {
+    offsets: Vec<u64>,
+}
+
+impl Requests {
+    /// Ask that decoding for `offset` start no further back than the builder's request slack:
+    /// if the last checkpoint at or before `offset` is further away than that, the last block
+    /// boundary at or before `offset` becomes a checkpoint.
+    pub fn request(&mut self, offset: u64) {
+        self.offsets.push(offset);
+    }
+}
+
+/// Builds an [`Index`] from a gzip stream in one pass.
+#[derive(Debug, Clone)]
+pub struct IndexBuilder {
+    span: u64,
+    slack: Option<u64>,
+}
+
+impl Default for IndexBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Boundary {
+    out: u64,
+    input: u64,
+    bits: u8,
+    member_start: u64,
+}
+
+/// The last boundary of an earlier round, with its window saved.
+struct Prev {
+    boundary: Boundary,
+    window: Vec<u8>,
+}
+
+impl IndexBuilder {
+    pub fn new() -> Self {
+        IndexBuilder {
+            span: DEFAULT_SPAN,
+            slack: None,
+        }
+    }
+
+    /// Take a checkpoint at the first block boundary at least `span` uncompressed bytes after
+    /// the previous one. `u64::MAX` turns the spacing policy off (requests only).
+    pub fn span(mut self, span: u64) -> Self {
+        self.span = span.max(1);
+        self
+    }
+
+    /// How far before a requested offset the nearest checkpoint may be before a new one is
+    /// taken for it. Defaults to the span.
+    pub fn request_slack(mut self, slack: u64) -> Self {
+        self.slack = Some(slack);
+        self
+    }
+
+    /// Index a stream, discarding its data.
+    pub fn build<R: Read>(&self, reader: R) -> Result<Index, GzipError> {
+        self.build_with(reader, &mut NullSink)
+    }
+
+    /// Index a stream, handing its data to `sink`.
+    pub fn build_with<R: Read, S: Sink + ?Sized>(
+        &self,
+        reader: R,
+        sink: &mut S,
+    ) -> Result<Index, GzipError> {
+        std::thread::scope(|scope| {
+            let (tx, rx) = mpsc::channel::<(usize, Vec<u8>)>();
+            let packer = scope.spawn(move || {
+                let mut packed = Vec::new();
+                for (i, raw) in rx {
+                    let frame = zstd::bulk::compress(&raw, WINDOW_ZSTD_LEVEL);
+                    packed.push((i, frame));
+                }
+                packed
+            });
+            let mut pass = Pass::new(reader, self, tx)?;
+            let result = pass.run(sink);
+            drop(pass.windows.take());
+            let packed = packer.join().map_err(|_| GzipError::Window {
+                checkpoint: 0,
+                message: "window compressor panicked".into(),
+            })?;
+            let mut index = result?;
+            for (i, frame) in packed {
+                index.checkpoints[i].window = frame.map_err(|e| GzipError::Window {
+                    checkpoint: i,
+                    message: e.to_string(),
+                })?;
+            }
+            Ok(index)
+        })
+    }
+}
+
+/// Buffered compressed input that knows its offset.
+struct Input<R> {
+    reader: R,
+    buf: Vec<u8>,
+    pos: usize,
+    len: usize,
+    /// Compressed offset of `buf[0]`.
+    base: u64,
+    eof: bool,
+}
+
+impl<R: Read> Input<R> {
+    fn offset(&self) -> u64 {
+        self.base + self.pos as u64
+    }
+
+    fn avail(&self) -> &[u8] {
+        &self.buf[self.pos..self.len]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos += n;
+    }
+
+    /// Read more; false at end of input.
+    fn more(&mut self) -> Result<bool, GzipError> {
+        if self.eof {
+            return Ok(false);
+        }
+        if self.pos > 0 {
+            self.buf.copy_within(self.pos..self.len, 0);
+            self.base += self.pos as u64;
+            self.len -= self.pos;
+            self.pos = 0;
+        }
+        if self.len == self.buf.len() {
+            let grown = (self.buf.len() * 2).max(INPUT_CHUNK);
+            self.buf.resize(grown, 0);
+        }
+        loop {
+            match self.reader.read(&mut self.buf[self.len..]) {
+                Ok(0) => {
+                    self.eof = true;
+                    return Ok(false);
+                }
+                Ok(n) => {
+                    self.len += n;
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(GzipError::Io {
+                        offset: self.base + self.len as u64,
+                        source: e,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Make at least `n` bytes available; false if the input ends first.
+    fn ensure(&mut self, n: usize) -> Result<bool, GzipError> {
+        while self.len - self.pos < n {
+            if !self.more()? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+struct Pass<'a, R> {
+    input: Input<R>,
+    inflate: RawInflate,
+    span: u64,
+    slack: u64,
+    windows: Option<mpsc::Sender<(usize, Vec<u8>)>>,
+    /// Output buffer: 32 KiB of history, then the current round.
+    out: Vec<u8>,
+    out_len: usize,
+    /// Uncompressed offset of `out[0]`.
+    out_base: u64,
+    /// Index in `out` where the current round starts.
+    round_start: usize,
+    total_out: u64,
+    boundaries: Vec<Boundary>,
+    prev: Option<Prev>,
+    pending: Vec<u64>,
+    requests: Requests,
+    checkpoints: Vec<Checkpoint>,
+    members: u64,
+    tail: [u8; 8],
+    _builder: std::marker::PhantomData<&'a ()>,
+}
+
+impl<'a, R: Read> Pass<'a, R> {
+    fn new(
+        reader: R,
+        builder: &IndexBuilder,
+        windows: mpsc::Sender<(usize, Vec<u8>)>,
+    ) -> Result<Self, GzipError> {
+        let inflate = RawInflate::new().map_err(|e| GzipError::Deflate {
+            member: 0,
+            offset: 0,
+            message: e.message,
+        })?;
+        Ok(Pass {
+            input: Input {
+                reader,
+                buf: vec![0; INPUT_CHUNK],
+                pos: 0,
+                len: 0,
+                base: 0,
+                eof: false,
+            },
+            inflate,
+            span: builder.span,
+            slack: builder.slack.unwrap_or(builder.span),
+            windows: Some(windows),
+            out: vec![0; WINDOW_SIZE + ROUND],
+            out_len: 0,
+            out_base: 0,
+            round_start: 0,
+            total_out: 0,
+            boundaries: Vec::new(),
+            prev: None,
+            pending: Vec::new(),
+            requests: Requests::default(),
+            checkpoints: Vec::new(),
+            members: 0,
+            tail: [0; 8],
+            _builder: std::marker::PhantomData,
+        })
+    }
+
+    fn run<S: Sink + ?Sized>(&mut self, sink: &mut S) -> Result<Index, GzipError> {
+        loop {
+            if !self.input.ensure(1)? {
+                if self.members == 0 {
+                    return Err(GzipError::Empty);
+                }
+                break;
+            }
+            if !self.header()? {
+                break;
+            }
+            self.member(sink)?;
+            self.members += 1;
+        }
+        self.end_round(sink, true)?;
+        Ok(Index {
+            compressed_size: self.input.offset(),
+            uncompressed_size: self.total_out,
+            span: self.span,
+            members: self.members,
+            tail: self.tail,
+            checkpoints: std::mem::take(&mut self.checkpoints),
+        })
+    }
+
+    /// Parse a member header. False when what follows the last member is zero padding.
+    fn header(&mut self) -> Result<bool, GzipError> {
+        let offset = self.input.offset();
+        loop {
+            match header::parse(self.input.avail()) {
+                Ok(Some(n)) => {
+                    self.input.consume(n);
+                    return Ok(true);
+                }
+                Ok(None) => {
+                    if !self.input.more()? {
+                        return Err(GzipError::Truncated {
+                            member: self.members,
+                            offset,
+                        });
+                    }
+                }
+                Err(HeaderError::BadMagic) if self.members > 0 => {
+                    return self.trailing_zeros(offset);
+                }
+                Err(reason) => {
+                    return Err(GzipError::Header {
+                        member: self.members,
+                        offset,
+                        reason,
+                    });
+                }
+            }
+        }
+    }
+
+    /// After the last member only zero bytes are accepted (tape-block padding, which gzip
+    /// itself ignores); anything else is garbage.
+    fn trailing_zeros(&mut self, offset: u64) -> Result<bool, GzipError> {
+        loop {
+            if self.input.avail().iter().any(|&b| b != 0) {
+                return Err(GzipError::TrailingGarbage { offset });
+            }
+            let n = self.input.avail().len();
+            self.input.consume(n);
+            if !self.input.more()? {
+                tracing::warn!(offset, "ignoring zero padding after the last gzip member");
+                return Ok(false);
+            }
+        }
+    }
+
+    fn member<S: Sink + ?Sized>(&mut self, sink: &mut S) -> Result<(), GzipError> {
+        let member = self.members;
+        self.inflate.reset().map_err(|e| GzipError::Deflate {
+            member,
+            offset: self.input.offset(),
+            message: e.message,
+        })?;
+        let member_start = self.total_out;
+        self.boundary(Boundary {
+            out: member_start,
+            input: self.input.offset(),
+            bits: 0,
+            member_start,
+        });
+        let mut crc = crc32fast::Hasher::new();
+        let mut stalls = 0;
+        loop {
+            if self.out_len == self.out.len() {
+                self.end_round(sink, false)?;
+            }
+            if self.input.avail().is_empty() && !self.input.more()? {
+                return Err(GzipError::Truncated {
+                    member,
+                    offset: self.input.offset(),
+                });
+            }
+            let step = self
+                .inflate
+                .inflate(self.input.avail(), &mut self.out[self.out_len..], true)
+                .map_err(|e| GzipError::Deflate {
+                    member,
+                    offset: self.input.offset(),
+                    message: e.message,
+                })?;
+            self.input.consume(step.consumed);
+            let new = &self.out[self.out_len..self.out_len + step.produced];
+            crc.update(new);
+            self.out_len += step.produced;
+            self.total_out += step.produced as u64;
+            if step.stream_end {
+                break;
+            }
+            if step.at_block_boundary() {
+                self.boundary(Boundary {
+                    out: self.total_out,
+                    input: self.input.offset(),
+                    bits: step.unused_bits(),
+                    member_start,
+                });
+            }
+            if step.consumed == 0 && step.produced == 0 {
+                stalls += 1;
+                if stalls > 3 {
+                    return Err(GzipError::Stalled {
+                        offset: self.input.offset(),
+                    });
+                }
+            } else {
+                stalls = 0;
+            }
+        }
+        // Trailer: CRC32 and ISIZE, little-endian.
+        let offset = self.input.offset();
+        if !self.input.ensure(8)? {
+            return Err(GzipError::Truncated {
+                member,
+                offset: offset + self.input.avail().len() as u64,
+            });
+        }
+        let t = &self.input.avail()[..8];
+        let stored_crc = u32::from_le_bytes([t[0], t[1], t[2], t[3]]);
+        let stored_len = u32::from_le_bytes([t[4], t[5], t[6], t[7]]);
+        self.tail.copy_from_slice(t);
+        self.input.consume(8);
+        let computed = crc.finalize();
+        if stored_crc != computed {
+            return Err(GzipError::Crc {
+                member,
+                offset,
+                stored: stored_crc,
+                computed,
+            });
+        }
+        let len = (self.total_out - member_start) as u32;
+        if stored_len != len {
+            return Err(GzipError::Isize {
+                member,
+                offset,
+                stored: stored_len,
+                computed: len,
+            });
+        }
+        Ok(())
+    }
+
+    fn boundary(&mut self, b: Boundary) {
+        let same = |x: &Boundary| x.input == b.input && x.bits == b.bits;
+        if self.boundaries.last().is_some_and(same) {
+            return;
+        }
+        self.boundaries.push(b);
+    }
+
+    /// The window of a boundary of the current round, from the output buffer.
+    fn window_in_buffer(&self, b: &Boundary) -> &[u8] {
+        let start = b.out.saturating_sub(WINDOW_SIZE as u64).max(b.member_start);
+        let lo = (start - self.out_base) as usize;
+        let hi = (b.out - self.out_base) as usize;
+        &self.out[lo..hi]
+    }
+
+    fn end_round<S: Sink + ?Sized>(&mut self, sink: &mut S, last: bool) -> Result<(), GzipError> {
+        let round_at = self.out_base + self.round_start as u64;
+        if self.out_len > self.round_start {
+            sink.data(
+                round_at,
+                &self.out[self.round_start..self.out_len],
+                &mut self.requests,
+            )
+            .map_err(|source| GzipError::Sink {
+                offset: round_at,
+                source,
+            })?;
+        }
+        self.pending.append(&mut self.requests.offsets);
+        self.pending.sort_unstable();
+        // Requests at the very end of what has been decoded may still resolve to a boundary that
+        // the next round reports at the same offset, so they wait for it.
+        let limit = if last { u64::MAX } else { self.total_out };
+        self.resolve(limit);
+
+        // The last boundary seen keeps its window for later rounds.
+        if let Some(&b) = self.boundaries.last() {
+            let window = self.window_in_buffer(&b).to_vec();
+            self.prev = Some(Prev {
+                boundary: b,
+                window,
+            });
+        }
+        self.boundaries.clear();
+
+        // Keep 32 KiB of history, start a new round.
+        let keep = self.out_len.min(WINDOW_SIZE);
+        self.out.copy_within(self.out_len - keep..self.out_len, 0);
+        self.out_base += (self.out_len - keep) as u64;
+        self.out_len = keep;
+        self.round_start = keep;
+        Ok(())
+    }
+
+    /// Turn boundaries into checkpoints: by spacing, and for the requests below `limit`.
+    fn resolve(&mut self, limit: u64) {
+        let resolvable = self.pending.partition_point(|&r| r < limit);
+        let requests: Vec<u64> = self.pending.drain(..resolvable).collect();
+        let mut ri = 0;
+        let round = std::mem::take(&mut self.boundaries);
+        let prev = self.prev.as_ref().map(|p| p.boundary);
+        let candidates = prev
+            .iter()
+            .map(|b| (b, true))
+            .chain(round.iter().map(|b| (b, false)));
+        for (k, (b, is_prev)) in candidates.enumerate() {
+            let next_out = match round.get(k + 1 - usize::from(prev.is_some())) {
+                Some(next) => next.out,
+                None => limit,
+            };
+            let last_out = self.checkpoints.last().map(|c| c.out);
+            let mut take = match last_out {
+                None => true,
+                Some(last) => !is_prev && b.out - last >= self.span,
+            };
+            while ri < requests.len() && requests[ri] < next_out {
+                let r = requests[ri];
+                if r >= b.out && last_out.is_none_or(|last| r - last > self.slack) {
+                    take = true;
+                }
+                if r < b.out {
+                    tracing::trace!(offset = r, "checkpoint request came too late; ignored");
+                }
+                ri += 1;
+            }
+            if take {
+                self.checkpoint(b, is_prev);
+            }
+        }
+        self.boundaries = round;
+        // Requests before the first candidate or past the end have nothing to resolve to.
+        if ri < requests.len() {
+            tracing::trace!(
+                count = requests.len() - ri,
+                "unresolvable checkpoint requests"
+            );
+        }
+    }
+
+    fn checkpoint(&mut self, b: &Boundary, is_prev: bool) {
+        if let Some(last) = self.checkpoints.last() {
+            // One checkpoint per output offset: a later boundary at the same offset (an empty
+            // block or member) gains nothing.
+            if last.out >= b.out {
+                return;
+            }
+        }
+        let window = if is_prev {
+            match &self.prev {
+                Some(p) => p.window.clone(),
+                None => return,
+            }
+        } else {
+            self.window_in_buffer(b).to_vec()
+        };
+        let i = self.checkpoints.len();
+        let window_len = window.len() as u32;
+        if !window.is_empty() {
+            if let Some(tx) = &self.windows {
+                // The packer only stops when the sender is dropped, so this cannot fail.
+                let _ = tx.send((i, window));
+            }
+        }
+        self.checkpoints.push(Checkpoint {
+            out: b.out,
+            input: b.input,
+            bits: b.bits,
+            window_len,
+            window: Vec::new(),
+        });
+    }
+}

@@ -1,0 +1,102 @@
+//! The in-memory seek index: checkpoints in stream order, and lookups over them.
+
+use super::GzipError;
+
+/// Deflate's history window: back-references reach at most this far.
+pub const WINDOW_SIZE: usize = 32 * 1024;
+
+/// A place where decoding can restart: the start of a deflate block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Uncompressed offset of the first byte the block produces.
+    pub out: u64,
+    /// Compressed offset of the first byte wholly inside the block.
+    pub input: u64,
+    /// How many bits of byte `input - 1` (its high bits) belong to the block, 0..=7.
+    pub bits: u8,
+    /// Length of the window (the output that precedes `out` in the same member), at most 32 KiB.
+    /// Zero at the start of a gzip member: nothing before it can be referenced.
+    pub window_len: u32,
+    /// The window, compressed as one zstd frame (empty when `window_len` is 0).
+    pub window: Vec<u8>,
+}
+
+impl Checkpoint {
+    /// The bit offset of the block start in the compressed stream.
+    pub fn bit_offset(&self) -> u64 {
+        self.input * 8 - u64::from(self.bits)
+    }
+
+    /// Decompress the window.
+    pub fn window_bytes(&self, index: usize) -> Result<Vec<u8>, GzipError> {
+        if self.window_len == 0 {
+            return Ok(Vec::new());
+        }
+        let raw = zstd::bulk::decompress(&self.window, self.window_len as usize).map_err(|e| {
+            GzipError::Window {
+                checkpoint: index,
+                message: e.to_string(),
+            }
+        })?;
+        if raw.len() != self.window_len as usize {
+            return Err(GzipError::Window {
+                checkpoint: index,
+                message: format!("{} bytes, expected {}", raw.len(), self.window_len),
+            });
+        }
+        Ok(raw)
+    }
+}
+
+/// A seek index over one gzip stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Index {
+    /// Size of the gzip stream in bytes.
+    pub compressed_size: u64,
+    /// Size of all members' data together.
+    pub uncompressed_size: u64,
+    /// The spacing policy the index was built with, in uncompressed bytes.
+    pub span: u64,
+    /// Number of gzip members.
+    pub members: u64,
+    /// The last 8 bytes of the stream (the final member's CRC32 and ISIZE): a cheap check that
+    /// an index belongs to a file.
+    pub tail: [u8; 8],
+    /// Checkpoints by increasing offset; the first is at offset 0.
+    pub checkpoints: Vec<Checkpoint>,
+}
+
+impl Index {
+    /// The index of the checkpoint to start from to reach uncompressed `offset`.
+    pub fn checkpoint_for(&self, offset: u64) -> usize {
+        self.checkpoints
+            .partition_point(|c| c.out <= offset)
+            .saturating_sub(1)
+    }
+
+    /// A compressed offset past every byte needed to decode up to uncompressed `end`: the
+    /// start of the first checkpoint at or after `end`, or the end of the stream.
+    pub fn input_end_for(&self, end: u64) -> u64 {
+        let i = self.checkpoints.partition_point(|c| c.out < end);
+        match self.checkpoints.get(i) {
+            Some(c) => c.input.min(self.compressed_size),
+            None => self.compressed_size,
+        }
+    }
+
+    /// The compressed bytes `[start, end)` that reading uncompressed `[offset, offset+len)`
+    /// touches, checkpoint to checkpoint.
+    pub fn input_range_for(&self, offset: u64, len: u64) -> (u64, u64) {
+        let cp = &self.checkpoints[self.checkpoint_for(offset)];
+        let start = cp.input - u64::from(cp.bits > 0);
+        (
+            start,
+            self.input_end_for(offset.saturating_add(len)).max(start),
+        )
+    }
+
+    /// Bytes taken by the compressed windows.
+    pub fn window_bytes(&self) -> u64 {
+        self.checkpoints.iter().map(|c| c.window.len() as u64).sum()
+    }
+}

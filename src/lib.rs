@@ -1,0 +1,6 @@
+//! zran: lazy loading for the container images that already exist.
+//!
+//! Modules, in the order data flows through them (a module calls only those before it):
+//! - [`gzip`]: the zran engine, random access into gzip streams.
+
+pub mod gzip;
