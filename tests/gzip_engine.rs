@@ -1,0 +1,447 @@
+//! The zran engine against reference decompression: every extracted range must equal the same
+//! slice of a full decompression, for every kind of gzip stream we can make.
+
+mod common;
+
+use common::*;
+use proptest::prelude::*;
+use zran::gzip::{Extractor, GzipError, Index, IndexBuilder, Requests, Sink, zidx};
+
+/// Check `index` against `data` at every checkpoint and at the given ranges.
+fn check_ranges(gz: &[u8], index: &Index, data: &[u8], ranges: &[(u64, usize)]) {
+    assert_eq!(index.uncompressed_size, data.len() as u64);
+    assert_eq!(index.compressed_size, gz.len() as u64);
+    assert_eq!(index.checkpoints[0].out, 0);
+    let ex = Extractor::new(index, gz);
+    for c in &index.checkpoints {
+        let got = ex.extract(c.out, 100).unwrap();
+        let end = (c.out as usize + 100).min(data.len());
+        assert_eq!(got, &data[c.out as usize..end], "at checkpoint {}", c.out);
+    }
+    for &(off, len) in ranges {
+        let got = ex.extract(off, len).unwrap();
+        let s = (off as usize).min(data.len());
+        let e = (s + len).min(data.len());
+        assert_eq!(got.len(), e - s, "length at {off}+{len}");
+        assert!(got == data[s..e], "content differs at {off}+{len}");
+    }
+}
+
+fn member_strategy() -> impl Strategy<Value = Member> {
+    (
+        0i32..=9,
+        0u8..5,
+        0u8..32,
+        prop::collection::vec((0usize..200_000, 0u8..3), 0..4),
+    )
+        .prop_map(|(level, s, flags, flushes)| Member {
+            level,
+            strategy: strategy(s),
+            flags,
+            flushes: flushes
+                .into_iter()
+                .map(|(at, k)| (at, flush_kind(k)))
+                .collect(),
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn extracts_equal_full_decompression(
+        len in 0usize..400_000,
+        seed in any::<u64>(),
+        members in prop::collection::vec(member_strategy(), 1..4),
+        splits in prop::collection::vec(0usize..400_000, 0..4),
+        span in prop::sample::select(vec![1u64, 4096, 32 * 1024, 100_000, 1 << 20]),
+        ranges in prop::collection::vec((0u64..420_000, 0usize..70_000), 1..12),
+    ) {
+        let data = sample_data(len, seed);
+        let gz = gzip_members(&data, &splits, &members);
+        prop_assert_eq!(gunzip(&gz), data.clone());
+        let index = IndexBuilder::new().span(span).build(&gz[..]).unwrap();
+        prop_assert_eq!(index.members, splits.len() as u64 + 1);
+        check_ranges(&gz, &index, &data, &ranges);
+        // The on-disk form decodes to the same index.
+        let back = zidx::decode(&zidx::encode(&index)).unwrap();
+        prop_assert_eq!(back, index);
+    }
+
+    #[test]
+    fn random_data_any_level(
+        data in prop::collection::vec(any::<u8>(), 0..100_000),
+        level in 0i32..=9,
+        span in 1u64..70_000,
+        ranges in prop::collection::vec((0u64..100_000, 0usize..10_000), 1..8),
+    ) {
+        let gz = gzip_member(&data, &Member { level, ..Member::default() });
+        let index = IndexBuilder::new().span(span).build(&gz[..]).unwrap();
+        check_ranges(&gz, &index, &data, &ranges);
+    }
+}
+
+/// Records the data and requests checkpoints at given offsets as soon as it sees them.
+struct Recorder {
+    data: Vec<u8>,
+    wants: Vec<u64>,
+}
+
+impl Sink for Recorder {
+    fn data(
+        &mut self,
+        at: u64,
+        bytes: &[u8],
+        requests: &mut Requests,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        assert_eq!(
+            at,
+            self.data.len() as u64,
+            "data arrives in order, without gaps"
+        );
+        self.data.extend_from_slice(bytes);
+        let end = self.data.len() as u64;
+        // Ask for the wanted offsets up to a bit past what has been seen: some lie inside the
+        // round just delivered, some ahead of it.
+        for &w in self.wants.iter().filter(|&&w| w >= at && w < end + 10_000) {
+            requests.request(w);
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn requests_land_on_flush_points() {
+    // Full flushes end a block at known offsets; a request exactly there with no slack must
+    // get a checkpoint exactly there.
+    let data = sample_data(3_000_000, 7);
+    let flush_at: Vec<usize> = (1..40).map(|i| i * 70_001 + (i * i) % 513).collect();
+    let m = Member {
+        level: 6,
+        flushes: flush_at
+            .iter()
+            .map(|&at| (at, zlib_rs::DeflateFlush::FullFlush))
+            .collect(),
+        ..Member::default()
+    };
+    let gz = gzip_member(&data, &m);
+    let mut sink = Recorder {
+        data: Vec::new(),
+        wants: flush_at.iter().map(|&a| a as u64).collect(),
+    };
+    let index = IndexBuilder::new()
+        .span(u64::MAX)
+        .request_slack(0)
+        .build_with(&gz[..], &mut sink)
+        .unwrap();
+    assert_eq!(sink.data, data);
+    for &at in &flush_at {
+        let cp = &index.checkpoints[index.checkpoint_for(at as u64)];
+        assert_eq!(
+            cp.out, at as u64,
+            "no checkpoint at requested flush point {at}"
+        );
+    }
+    // No spacing policy: only the start and the requests.
+    assert_eq!(index.checkpoints.len(), flush_at.len() + 1);
+    check_ranges(&gz, &index, &data, &[(0, 10), (1_500_000, 100_000)]);
+}
+
+#[test]
+fn requests_respect_slack() {
+    let data = sample_data(4_000_000, 11);
+    let gz = gzip_member(&data, &Member::default());
+    let wants: Vec<u64> = (0..60).map(|i| i * 65_537 + 12_345).collect();
+    let mut sink = Recorder {
+        data: Vec::new(),
+        wants: wants.clone(),
+    };
+    let slack = 256 * 1024;
+    let index = IndexBuilder::new()
+        .span(u64::MAX)
+        .request_slack(slack)
+        .build_with(&gz[..], &mut sink)
+        .unwrap();
+    // Deflate blocks of this data are well under the slack, so every request is served by a
+    // checkpoint within slack + one block.
+    for &w in &wants {
+        let cp = &index.checkpoints[index.checkpoint_for(w)];
+        assert!(
+            w - cp.out <= slack + 200_000,
+            "request {w} served from {}",
+            cp.out
+        );
+    }
+    assert!(
+        index.checkpoints.len() < wants.len(),
+        "slack must merge nearby requests"
+    );
+}
+
+#[test]
+fn spacing_policy() {
+    let data = sample_data(8 << 20, 3);
+    let gz = gzip_member(&data, &Member::default());
+    for span in [256 << 10, 1 << 20, 4 << 20] {
+        let index = IndexBuilder::new().span(span).build(&gz[..]).unwrap();
+        let outs: Vec<u64> = index.checkpoints.iter().map(|c| c.out).collect();
+        for w in outs.windows(2) {
+            assert!(
+                w[1] - w[0] >= span,
+                "checkpoints {w:?} closer than span {span}"
+            );
+        }
+        let expect = data.len() as u64 / span;
+        let n = index.checkpoints.len() as u64;
+        assert!(
+            n >= expect / 2 && n <= expect + 1,
+            "{n} checkpoints for span {span}"
+        );
+    }
+}
+
+#[test]
+fn header_fields_and_empty_members() {
+    let data = sample_data(50_000, 5);
+    let mut gz = Vec::new();
+    for flags in 0..32u8 {
+        gz.extend(gzip_member(
+            b"",
+            &Member {
+                flags,
+                ..Member::default()
+            },
+        ));
+        gz.extend(gzip_member(
+            &data[..1000 * flags as usize],
+            &Member {
+                flags,
+                ..Member::default()
+            },
+        ));
+    }
+    let expect = gunzip(&gz);
+    let index = IndexBuilder::new().span(1).build(&gz[..]).unwrap();
+    assert_eq!(index.members, 64);
+    check_ranges(
+        &gz,
+        &index,
+        &expect,
+        &[(0, 1 << 20), (12_345, 70_000), (400_000, 100)],
+    );
+}
+
+#[test]
+fn empty_stream_of_empty_members() {
+    let gz = [
+        gzip_member(b"", &Member::default()),
+        gzip_member(b"", &Member::default()),
+    ]
+    .concat();
+    let index = IndexBuilder::new().build(&gz[..]).unwrap();
+    assert_eq!(index.uncompressed_size, 0);
+    assert_eq!(index.checkpoints.len(), 1);
+    assert_eq!(Extractor::new(&index, &gz[..]).extract(0, 10).unwrap(), b"");
+}
+
+fn valid_stream() -> (Vec<u8>, Vec<u8>) {
+    let data = sample_data(300_000, 9);
+    let gz = gzip_members(&data, &[100_000, 200_000], &[Member::default()]);
+    (data, gz)
+}
+
+#[test]
+fn truncation_is_reported_with_offset() {
+    let (_, gz) = valid_stream();
+    let member_ends: Vec<usize> = {
+        // Member boundaries: after each trailer.
+        let mut ends = vec![];
+        let mut pos = 0;
+        let data = sample_data(300_000, 9);
+        for (s, e) in [(0, 100_000), (100_000, 200_000), (200_000, 300_000)] {
+            pos += gzip_member(&data[s..e], &Member::default()).len();
+            ends.push(pos);
+        }
+        ends
+    };
+    for cut in (0..gz.len())
+        .step_by(97)
+        .chain([1, 9, 10, gz.len() - 1, gz.len() - 8])
+    {
+        let r = IndexBuilder::new().span(10_000).build(&gz[..cut]);
+        if member_ends.contains(&cut) {
+            assert!(r.is_ok(), "cut at a member end is a valid shorter stream");
+            continue;
+        }
+        match r {
+            Err(GzipError::Truncated { offset, .. }) => {
+                assert!(offset <= cut as u64, "offset {offset} past cut {cut}")
+            }
+            Err(GzipError::Empty) if cut == 0 => {}
+            other => panic!("cut at {cut}: expected a truncation error, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn every_bit_flip_errors_or_decodes_right() {
+    let data = sample_data(3000, 1);
+    let gz = gzip_members(
+        &data,
+        &[1500],
+        &[Member {
+            flags: FNAME | FHCRC,
+            ..Member::default()
+        }],
+    );
+    for bit in 0..gz.len() * 8 {
+        let mut bad = gz.clone();
+        bad[bit / 8] ^= 1 << (bit % 8);
+        if let Ok(index) = IndexBuilder::new().span(100).build(&bad[..]) {
+            // A flip the CRCs cannot see is in a field that does not change the data (MTIME,
+            // OS, XFL, the extra flags of a Huffman table that decodes the same).
+            let got = Extractor::new(&index, &bad[..])
+                .extract(0, 1 << 20)
+                .unwrap();
+            assert_eq!(got, data, "bit {bit} flipped yet decoded to other data");
+        }
+    }
+}
+
+#[test]
+fn bad_trailers_and_garbage() {
+    let (_, gz) = valid_stream();
+    let n = gz.len();
+
+    let mut bad_crc = gz.clone();
+    bad_crc[n - 8] ^= 0xff;
+    match IndexBuilder::new().build(&bad_crc[..]) {
+        Err(GzipError::Crc {
+            member: 2, offset, ..
+        }) => assert_eq!(offset, n as u64 - 8),
+        other => panic!("expected CRC error, got {other:?}"),
+    }
+    let mut bad_len = gz.clone();
+    bad_len[n - 1] ^= 0x01;
+    match IndexBuilder::new().build(&bad_len[..]) {
+        Err(GzipError::Isize {
+            member: 2, offset, ..
+        }) => assert_eq!(offset, n as u64 - 8),
+        other => panic!("expected ISIZE error, got {other:?}"),
+    }
+    let mut garbage = gz.clone();
+    garbage.extend_from_slice(b"\0\0not gzip");
+    match IndexBuilder::new().build(&garbage[..]) {
+        Err(GzipError::TrailingGarbage { offset }) => assert_eq!(offset, n as u64),
+        other => panic!("expected trailing garbage, got {other:?}"),
+    }
+    let mut almost = gz.clone();
+    almost.extend_from_slice(b"\x1f\x8b\x08\0\0\0\0\0\0\x03\x07");
+    assert!(IndexBuilder::new().build(&almost[..]).is_err());
+
+    // Zero padding (tape blocks) after the last member is accepted, as gzip does.
+    let mut padded = gz.clone();
+    padded.extend_from_slice(&[0; 1000]);
+    let index = IndexBuilder::new().build(&padded[..]).unwrap();
+    assert_eq!(index.compressed_size, padded.len() as u64);
+
+    assert!(matches!(
+        IndexBuilder::new().build(&b""[..]),
+        Err(GzipError::Empty)
+    ));
+    assert!(matches!(
+        IndexBuilder::new().build(&b"PK\x03\x04 this is a zip"[..]),
+        Err(GzipError::Header {
+            member: 0,
+            offset: 0,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn read_errors_are_reported() {
+    struct Failing(usize);
+    impl std::io::Read for Failing {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.0 == 0 {
+                return Err(std::io::Error::other("disk on fire"));
+            }
+            self.0 -= 1;
+            let (_, gz) = valid_stream();
+            let n = buf.len().min(10);
+            buf[..n].copy_from_slice(&gz[..n]);
+            Ok(n)
+        }
+    }
+    let err = IndexBuilder::new().build(Failing(1)).unwrap_err();
+    assert!(matches!(err, GzipError::Io { offset: 10, .. }), "{err:?}");
+}
+
+#[test]
+fn extract_from_truncated_source_errors() {
+    let (data, gz) = valid_stream();
+    let index = IndexBuilder::new().span(10_000).build(&gz[..]).unwrap();
+    let short = &gz[..gz.len() / 2];
+    let ex = Extractor::new(&index, short);
+    assert!(ex.extract(0, 1000).is_ok());
+    assert!(matches!(
+        ex.extract(250_000, 1000),
+        Err(GzipError::Truncated { .. })
+    ));
+    // The full source still serves the same range.
+    assert_eq!(
+        Extractor::new(&index, &gz[..])
+            .extract(250_000, 1000)
+            .unwrap(),
+        &data[250_000..251_000]
+    );
+}
+
+#[test]
+fn sink_errors_stop_the_pass() {
+    struct Refuse;
+    impl Sink for Refuse {
+        fn data(
+            &mut self,
+            at: u64,
+            _: &[u8],
+            _: &mut Requests,
+        ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+            if at > 0 {
+                Err("tar header broken".into())
+            } else {
+                Ok(())
+            }
+        }
+    }
+    let gz = gzip_member(&sample_data(2_000_000, 2), &Member::default());
+    let err = IndexBuilder::new()
+        .build_with(&gz[..], &mut Refuse)
+        .unwrap_err();
+    assert!(matches!(err, GzipError::Sink { .. }));
+    assert!(err.to_string().contains("tar header broken"));
+}
+
+#[test]
+fn windows_reach_the_full_32k() {
+    // Every block copies from exactly 32768 bytes back, so a window one byte short (or a
+    // checkpoint restored without its window) gives wrong bytes.
+    let (raw, data) = far_match_deflate(20, 300, 4);
+    let gz = gzip_wrap(&raw, &data);
+    assert_eq!(gunzip(&gz), data);
+    let index = IndexBuilder::new().span(1).build(&gz[..]).unwrap();
+    assert!(
+        index.checkpoints.len() >= 20,
+        "{} checkpoints",
+        index.checkpoints.len()
+    );
+    assert!(
+        index
+            .checkpoints
+            .iter()
+            .skip(1)
+            .all(|c| c.window_len == 32768)
+    );
+    check_ranges(&gz, &index, &data, &[(40_000, 5000), (700_000, 300_000)]);
+}
