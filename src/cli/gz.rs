@@ -26,7 +26,7 @@ pub struct IndexArgs {
     #[arg(short, long)]
     pub output: Option<PathBuf>,
     /// Checkpoint spacing in uncompressed bytes (K, M, G suffixes).
-    #[arg(long, value_parser = parse_size, default_value = "2M")]
+    #[arg(long, value_parser = parse_size, default_value = "1M")]
     pub span: u64,
     /// Print a summary as JSON on stdout.
     #[arg(long)]

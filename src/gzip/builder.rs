@@ -7,11 +7,15 @@
 //! which boundaries become checkpoints: by the spacing policy, and for each request the last
 //! boundary at or before it. The output buffer keeps 32 KiB of history before the round, and the
 //! last boundary of a round keeps a copy of its window, so any boundary a request can resolve to
-//! still has its window at hand. Windows are compressed on a second thread while decoding goes on.
+//! still has its window at hand. Windows are made sparse and compressed on a second thread while
+//! decoding goes on (`window.rs`): for that the pass keeps the compressed bytes from the oldest
+//! boundary that may still become a checkpoint, and each checkpoint waits until 32 KiB of output
+//! past it have been decoded.
 
 use super::header::{self, HeaderError};
 use super::index::{Checkpoint, Index, WINDOW_SIZE};
 use super::inflate::RawInflate;
+use super::window::{self, Job, Packed};
 use super::{DEFAULT_SPAN, GzipError};
 use std::io::{ErrorKind, Read};
 use std::sync::mpsc;
@@ -20,8 +24,12 @@ use std::sync::mpsc;
 const ROUND: usize = 512 * 1024;
 /// Compressed bytes read per `read` call.
 const INPUT_CHUNK: usize = 256 * 1024;
-/// zstd level for windows: a good ratio at a cost the second core absorbs.
-const WINDOW_ZSTD_LEVEL: i32 = 9;
+/// Compressed bytes given to the sparse-window analysis: 32 KiB of output never needs more
+/// (15-bit literal codes at worst) unless the stream is pathological.
+const ANALYSIS_INPUT: usize = 96 * 1024;
+/// At most this much compressed input is kept for the analysis of a checkpoint not yet made;
+/// past it (a single huge deflate block) that checkpoint keeps its whole window.
+const MAX_RETAINED: u64 = 16 << 20;
 
 /// Receives the uncompressed stream, in order, during the index pass.
 pub trait Sink {
@@ -83,12 +91,30 @@ struct Boundary {
     input: u64,
     bits: u8,
     member_start: u64,
+    member: u64,
 }
 
 /// The last boundary of an earlier round, with its window saved.
 struct Prev {
     boundary: Boundary,
     window: Vec<u8>,
+    /// Its compressed bytes are still kept for the sparse-window analysis.
+    analysable: bool,
+}
+
+/// A checkpoint whose window is not yet packed.
+struct Waiting {
+    index: usize,
+    boundary: Boundary,
+    window: Vec<u8>,
+    analysable: bool,
+}
+
+impl Boundary {
+    /// Where the compressed bytes of the block starting here begin.
+    fn first_byte(&self) -> u64 {
+        self.input - u64::from(self.bits > 0)
+    }
 }
 
 impl IndexBuilder {
@@ -125,29 +151,37 @@ impl IndexBuilder {
         sink: &mut S,
     ) -> Result<Index, GzipError> {
         std::thread::scope(|scope| {
-            let (tx, rx) = mpsc::channel::<(usize, Vec<u8>)>();
-            let packer = scope.spawn(move || {
-                let mut packed = Vec::new();
-                for (i, raw) in rx {
-                    let frame = zstd::bulk::compress(&raw, WINDOW_ZSTD_LEVEL);
-                    packed.push((i, frame));
-                }
-                packed
-            });
+            let (tx, rx) = mpsc::channel::<Job>();
+            let packer = scope.spawn(move || rx.into_iter().map(window::pack).collect::<Vec<_>>());
             let mut pass = Pass::new(reader, self, tx)?;
             let result = pass.run(sink);
             drop(pass.windows.take());
             let packed = packer.join().map_err(|_| GzipError::Window {
                 checkpoint: 0,
-                message: "window compressor panicked".into(),
+                message: "window packer panicked".into(),
             })?;
             let mut index = result?;
-            for (i, frame) in packed {
-                index.checkpoints[i].window = frame.map_err(|e| GzipError::Window {
+            let mut sparse = 0;
+            for Packed {
+                index: i,
+                window_len,
+                frame,
+                sparse: s,
+            } in packed
+            {
+                let c = &mut index.checkpoints[i];
+                c.window_len = window_len;
+                c.window = frame.map_err(|e| GzipError::Window {
                     checkpoint: i,
                     message: e.to_string(),
                 })?;
+                sparse += usize::from(s);
             }
+            tracing::debug!(
+                checkpoints = index.checkpoints.len(),
+                sparse,
+                "windows packed"
+            );
             Ok(index)
         })
     }
@@ -162,6 +196,8 @@ struct Input<R> {
     /// Compressed offset of `buf[0]`.
     base: u64,
     eof: bool,
+    /// Bytes from this offset on are kept when the buffer is compacted.
+    keep_from: u64,
 }
 
 impl<R: Read> Input<R> {
@@ -182,13 +218,14 @@ impl<R: Read> Input<R> {
         if self.eof {
             return Ok(false);
         }
-        if self.pos > 0 {
-            self.buf.copy_within(self.pos..self.len, 0);
-            self.base += self.pos as u64;
-            self.len -= self.pos;
-            self.pos = 0;
+        let keep = (self.keep_from.saturating_sub(self.base) as usize).min(self.pos);
+        if keep > 0 {
+            self.buf.copy_within(keep..self.len, 0);
+            self.base += keep as u64;
+            self.len -= keep;
+            self.pos -= keep;
         }
-        if self.len == self.buf.len() {
+        if self.buf.len() - self.len < INPUT_CHUNK / 2 {
             let grown = (self.buf.len() * 2).max(INPUT_CHUNK);
             self.buf.resize(grown, 0);
         }
@@ -213,6 +250,13 @@ impl<R: Read> Input<R> {
         }
     }
 
+    /// The kept bytes `[from, from + max)` (fewer at the end of what has been read), or None if
+    /// `from` is no longer kept.
+    fn kept(&self, from: u64, max: usize) -> Option<&[u8]> {
+        let start = usize::try_from(from.checked_sub(self.base)?).ok()?;
+        (start <= self.len).then(|| &self.buf[start..self.len.min(start + max)])
+    }
+
     /// Make at least `n` bytes available; false if the input ends first.
     fn ensure(&mut self, n: usize) -> Result<bool, GzipError> {
         while self.len - self.pos < n {
@@ -229,7 +273,9 @@ struct Pass<'a, R> {
     inflate: RawInflate,
     span: u64,
     slack: u64,
-    windows: Option<mpsc::Sender<(usize, Vec<u8>)>>,
+    windows: Option<mpsc::Sender<Job>>,
+    /// Checkpoints whose windows wait for 32 KiB of output after them.
+    waiting: Vec<Waiting>,
     /// Output buffer: 32 KiB of history, then the current round.
     out: Vec<u8>,
     out_len: usize,
@@ -252,7 +298,7 @@ impl<'a, R: Read> Pass<'a, R> {
     fn new(
         reader: R,
         builder: &IndexBuilder,
-        windows: mpsc::Sender<(usize, Vec<u8>)>,
+        windows: mpsc::Sender<Job>,
     ) -> Result<Self, GzipError> {
         let inflate = RawInflate::new().map_err(|e| GzipError::Deflate {
             member: 0,
@@ -267,11 +313,13 @@ impl<'a, R: Read> Pass<'a, R> {
                 len: 0,
                 base: 0,
                 eof: false,
+                keep_from: 0,
             },
             inflate,
             span: builder.span,
             slack: builder.slack.unwrap_or(builder.span),
             windows: Some(windows),
+            waiting: Vec::new(),
             out: vec![0; WINDOW_SIZE + ROUND],
             out_len: 0,
             out_base: 0,
@@ -373,6 +421,7 @@ impl<'a, R: Read> Pass<'a, R> {
             input: self.input.offset(),
             bits: 0,
             member_start,
+            member,
         });
         let mut crc = crc32fast::Hasher::new();
         let mut stalls = 0;
@@ -408,6 +457,7 @@ impl<'a, R: Read> Pass<'a, R> {
                     input: self.input.offset(),
                     bits: step.unused_bits(),
                     member_start,
+                    member,
                 });
             }
             if step.consumed == 0 && step.produced == 0 {
@@ -497,9 +547,12 @@ impl<'a, R: Read> Pass<'a, R> {
             self.prev = Some(Prev {
                 boundary: b,
                 window,
+                analysable: true,
             });
         }
         self.boundaries.clear();
+        self.dispatch(last);
+        self.retain();
 
         // Keep 32 KiB of history, start a new round.
         let keep = self.out_len.min(WINDOW_SIZE);
@@ -563,28 +616,93 @@ impl<'a, R: Read> Pass<'a, R> {
                 return;
             }
         }
-        let window = if is_prev {
+        let (window, analysable) = if is_prev {
             match &self.prev {
-                Some(p) => p.window.clone(),
+                Some(p) => (p.window.clone(), p.analysable),
                 None => return,
             }
         } else {
-            self.window_in_buffer(b).to_vec()
+            (self.window_in_buffer(b).to_vec(), true)
         };
         let i = self.checkpoints.len();
         let window_len = window.len() as u32;
         if !window.is_empty() {
-            if let Some(tx) = &self.windows {
-                // The packer only stops when the sender is dropped, so this cannot fail.
-                let _ = tx.send((i, window));
-            }
+            self.waiting.push(Waiting {
+                index: i,
+                boundary: *b,
+                window,
+                analysable,
+            });
         }
         self.checkpoints.push(Checkpoint {
             out: b.out,
             input: b.input,
             bits: b.bits,
+            member: b.member,
             window_len,
             window: Vec::new(),
         });
+    }
+
+    /// Hand to the packer every waiting window that has 32 KiB of output after it decoded
+    /// (all of them at the end of the stream), with what the analysis needs.
+    fn dispatch(&mut self, last: bool) {
+        let ready = |w: &Waiting| last || w.boundary.out + WINDOW_SIZE as u64 <= self.total_out;
+        let (now, later): (Vec<Waiting>, Vec<Waiting>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(ready);
+        self.waiting = later;
+        for w in now {
+            let b = w.boundary;
+            let follow_in_buffer = b.out >= self.out_base;
+            let input = match (
+                w.analysable && follow_in_buffer,
+                self.input.kept(b.first_byte(), ANALYSIS_INPUT),
+            ) {
+                (true, Some(bytes)) => bytes.to_vec(),
+                _ => Vec::new(),
+            };
+            let follow = if input.is_empty() {
+                Vec::new()
+            } else {
+                let lo = (b.out - self.out_base) as usize;
+                let hi = (lo + WINDOW_SIZE).min(self.out_len);
+                self.out[lo..hi].to_vec()
+            };
+            let job = Job {
+                index: w.index,
+                window: w.window,
+                bits: b.bits,
+                input,
+                follow,
+            };
+            if let Some(tx) = &self.windows {
+                // The packer only stops when the sender is dropped, so this cannot fail.
+                let _ = tx.send(job);
+            }
+        }
+    }
+
+    /// Keep compressed input from the oldest place a window analysis may still need: a waiting
+    /// checkpoint, the saved boundary of an earlier round, or this round's start. What would
+    /// hold more than `MAX_RETAINED` is given up (its window then stays whole).
+    fn retain(&mut self) {
+        let now = self.input.offset();
+        let mut keep = now;
+        for w in self.waiting.iter_mut().filter(|w| w.analysable) {
+            if now - w.boundary.first_byte() > MAX_RETAINED {
+                w.analysable = false;
+            } else {
+                keep = keep.min(w.boundary.first_byte());
+            }
+        }
+        if let Some(p) = self.prev.as_mut().filter(|p| p.analysable) {
+            if now - p.boundary.first_byte() > MAX_RETAINED {
+                p.analysable = false;
+            } else {
+                keep = keep.min(p.boundary.first_byte());
+            }
+        }
+        self.input.keep_from = keep;
     }
 }

@@ -91,7 +91,7 @@ impl<'a, R: ReadAt + ?Sized> Extractor<'a, R> {
         let cp = &self.index.checkpoints[ci];
         let (start, hint) = self.index.input_range_for(offset, want as u64);
         let mut src = Cursor::new(self.source, start, hint, self.index.compressed_size);
-        let mut member = member_at(self.index, cp.input);
+        let mut member = cp.member;
 
         let err = |member: u64, offset: u64| {
             move |e: super::inflate::InflateError| GzipError::Deflate {
@@ -169,13 +169,6 @@ impl<'a, R: ReadAt + ?Sized> Extractor<'a, R> {
     }
 }
 
-/// Which member a compressed offset lies in, for error messages: members are not indexed, so
-/// this counts the member-start checkpoints (window-less ones) at or before it.
-fn member_at(index: &Index, input: u64) -> u64 {
-    let starts = index.checkpoints.iter().take_while(|c| c.input <= input);
-    (starts.filter(|c| c.window_len == 0).count() as u64).saturating_sub(1)
-}
-
 /// Buffered reads from a [`ReadAt`], fetching up to a hint in one request.
 struct Cursor<'a, R: ReadAt + ?Sized> {
     source: &'a R,
@@ -220,8 +213,7 @@ impl<'a, R: ReadAt + ?Sized> Cursor<'a, R> {
         let len = self
             .hint
             .saturating_sub(from)
-            .max(MIN_FETCH)
-            .min(MAX_FETCH)
+            .clamp(MIN_FETCH, MAX_FETCH)
             .min(self.limit - from);
         self.buf.drain(..self.pos);
         self.base += self.pos as u64;

@@ -60,20 +60,11 @@ pub fn parse(buf: &[u8]) -> Result<Option<usize>, HeaderError> {
 
 fn parse_inner(buf: &[u8]) -> Result<Option<usize>, HeaderError> {
     // Check the fixed part as far as we have it, so that garbage is reported at once.
-    if let Some(&b) = buf.first() {
-        if b != 0x1f {
-            return Err(HeaderError::BadMagic);
-        }
+    if buf.first().is_some_and(|&b| b != 0x1f) || buf.get(1).is_some_and(|&b| b != 0x8b) {
+        return Err(HeaderError::BadMagic);
     }
-    if let Some(&b) = buf.get(1) {
-        if b != 0x8b {
-            return Err(HeaderError::BadMagic);
-        }
-    }
-    if let Some(&m) = buf.get(2) {
-        if m != 8 {
-            return Err(HeaderError::BadMethod(m));
-        }
+    if let Some(&m) = buf.get(2).filter(|&&m| m != 8) {
+        return Err(HeaderError::BadMethod(m));
     }
     let Some(&flags) = buf.get(3) else {
         return Ok(None);

@@ -14,8 +14,11 @@ pub struct Checkpoint {
     pub input: u64,
     /// How many bits of byte `input - 1` (its high bits) belong to the block, 0..=7.
     pub bits: u8,
-    /// Length of the window (the output that precedes `out` in the same member), at most 32 KiB.
-    /// Zero at the start of a gzip member: nothing before it can be referenced.
+    /// The gzip member the block belongs to, counted from 0.
+    pub member: u64,
+    /// Length of the window: the output that precedes `out` in the same member, at most 32 KiB,
+    /// cut to what the data after the checkpoint references (bytes it does not reference may
+    /// be zero). Zero at the start of a member, where nothing before can be referenced.
     pub window_len: u32,
     /// The window, compressed as one zstd frame (empty when `window_len` is 0).
     pub window: Vec<u8>,

@@ -16,6 +16,8 @@ mod extract;
 pub mod header;
 mod index;
 mod inflate;
+mod sparse;
+mod window;
 pub mod zidx;
 
 pub use builder::{IndexBuilder, NullSink, Requests, Sink};
@@ -23,7 +25,7 @@ pub use extract::{Extractor, ReadAt};
 pub use index::{Checkpoint, Index, WINDOW_SIZE};
 
 /// The default spacing of checkpoints, in uncompressed bytes (see `benches/RESULTS.md`).
-pub const DEFAULT_SPAN: u64 = 2 * 1024 * 1024;
+pub const DEFAULT_SPAN: u64 = 1024 * 1024;
 
 /// Errors of the gzip engine. Offsets are byte offsets in the compressed stream unless named
 /// otherwise; members are counted from 0.

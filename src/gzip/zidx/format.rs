@@ -39,6 +39,8 @@ pub struct PointRecord {
     pub input: U64,
     /// Offset of the window's frame from the start of the window area.
     pub window_offset: U64,
+    /// The gzip member the block belongs to.
+    pub member: U64,
     pub window_csize: U32,
     pub window_len: U16,
     pub bits: u8,
@@ -58,5 +60,5 @@ pub const POINT_SIZE: usize = std::mem::size_of::<PointRecord>();
 pub const TRAILER_SIZE: usize = std::mem::size_of::<Trailer>();
 
 const _: () = assert!(HEADER_SIZE == 64);
-const _: () = assert!(POINT_SIZE == 32);
+const _: () = assert!(POINT_SIZE == 40);
 const _: () = assert!(TRAILER_SIZE == 8);

@@ -105,62 +105,52 @@ pub fn decode(bytes: &[u8]) -> Result<Index, ZidxError> {
         let out = rec.out.get();
         let input = rec.input.get();
         let bits = rec.bits;
+        let member = rec.member.get();
         let window_len = u32::from(rec.window_len.get());
-        let csize = rec.window_csize.get() as u64;
+        let csize = u64::from(rec.window_csize.get());
         let woff = rec.window_offset.get();
-        match checkpoints.last() {
-            None if out != 0 => return Err(field(at, "first checkpoint is not at offset 0")),
-            Some(prev) if out <= prev.out => {
-                return Err(field(
-                    at,
-                    format!("checkpoint {i} out of order (offset {out})"),
-                ));
+        let bad = |field_at: usize, what: String| {
+            Err(field(at + field_at, format!("checkpoint {i}: {what}")))
+        };
+        if let Some(prev) = checkpoints.last() {
+            if out <= prev.out {
+                return bad(0, format!("out of order (offset {out})"));
             }
-            Some(prev) if input < prev.input => {
-                return Err(field(
-                    at,
-                    format!("checkpoint {i} input offset goes backwards"),
-                ));
+            if input < prev.input {
+                return bad(8, "input offset goes backwards".into());
             }
-            _ => {}
+            if member < prev.member {
+                return bad(24, "member number goes backwards".into());
+            }
+        } else if out != 0 {
+            return bad(0, "the first checkpoint is not at offset 0".into());
         }
         if out > uncompressed_size || input > compressed_size {
-            return Err(field(
-                at,
-                format!("checkpoint {i} lies past the end of the stream"),
-            ));
+            return bad(0, "lies past the end of the stream".into());
+        }
+        if member >= header.members.get() {
+            return bad(24, format!("member {member} of {}", header.members.get()));
         }
         if bits > 7 || (bits > 0 && input == 0) || rec.reserved != 0 {
-            return Err(field(
-                at + 28,
-                format!("checkpoint {i} has invalid bit count {bits}"),
-            ));
+            return bad(38, format!("invalid bit count {bits}"));
         }
         if window_len as usize > WINDOW_SIZE || u64::from(window_len) > out {
-            return Err(field(
-                at + 24,
-                format!("checkpoint {i} window length {window_len}"),
-            ));
+            return bad(36, format!("window length {window_len}"));
         }
         if (window_len == 0) != (csize == 0) {
-            return Err(field(
-                at + 20,
-                format!("checkpoint {i} window size mismatch"),
-            ));
+            return bad(32, "window size and length disagree".into());
         }
-        let end = woff
+        let Some(end) = woff
             .checked_add(csize)
-            .filter(|&e| e <= windows.len() as u64);
-        let Some(end) = end else {
-            return Err(field(
-                at + 16,
-                format!("checkpoint {i} window past the window area"),
-            ));
+            .filter(|&e| e <= windows.len() as u64)
+        else {
+            return bad(16, "window lies past the window area".into());
         };
         checkpoints.push(Checkpoint {
             out,
             input,
             bits,
+            member,
             window_len,
             window: windows[woff as usize..end as usize].to_vec(),
         });

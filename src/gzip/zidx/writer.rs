@@ -32,6 +32,7 @@ pub fn encode(index: &Index) -> Vec<u8> {
             out: c.out.into(),
             input: c.input.into(),
             window_offset: offset.into(),
+            member: c.member.into(),
             window_csize: (c.window.len() as u32).into(),
             window_len: (c.window_len as u16).into(),
             bits: c.bits,
