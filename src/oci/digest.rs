@@ -17,7 +17,9 @@ pub struct DigestError(pub String);
 impl Digest {
     /// The digest of `bytes`.
     pub fn of(bytes: &[u8]) -> Digest {
-        Digest { hex: hex::encode(Sha256::digest(bytes)) }
+        Digest {
+            hex: hex::encode(Sha256::digest(bytes)),
+        }
     }
 
     /// The 64 hex digits.
@@ -34,11 +36,19 @@ impl FromStr for Digest {
     type Err = DigestError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let hex = s.strip_prefix("sha256:").ok_or_else(|| DigestError(s.to_string()))?;
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        let hex = s
+            .strip_prefix("sha256:")
+            .ok_or_else(|| DigestError(s.to_string()))?;
+        if hex.len() != 64
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(DigestError(s.to_string()));
         }
-        Ok(Digest { hex: hex.to_string() })
+        Ok(Digest {
+            hex: hex.to_string(),
+        })
     }
 }
 
@@ -64,7 +74,9 @@ impl Hasher {
     }
 
     pub fn finish(self) -> Digest {
-        Digest { hex: hex::encode(self.0.finalize()) }
+        Digest {
+            hex: hex::encode(self.0.finalize()),
+        }
     }
 }
 
@@ -83,7 +95,12 @@ mod tests {
         let mut h = Hasher::default();
         h.update(b"");
         assert_eq!(h.finish(), d);
-        for bad in ["sha256:abc", "md5:e3b0c44298fc1c149afbf4c8996fb924", "e3b0c442", "sha256:E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855"] {
+        for bad in [
+            "sha256:abc",
+            "md5:e3b0c44298fc1c149afbf4c8996fb924",
+            "e3b0c442",
+            "sha256:E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855",
+        ] {
             assert!(bad.parse::<Digest>().is_err(), "{bad}");
         }
     }
