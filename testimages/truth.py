@@ -1,0 +1,439 @@
+#!/usr/bin/python3
+"""The truth tree of an OCI image: what a correct unpacker leaves on disk, as sorted JSON.
+
+    truth.py LAYOUT_DIR[:TAG] OUT.json [--platform linux/amd64] [--keep-rootfs DIR]
+             [--drop-estargz-meta] [--no-model]
+
+TAG defaults to "latest" (or the only manifest of the layout). If the tag names an image index,
+the manifest for --platform (default linux/amd64) is used.
+
+How it works
+  1. The image is unpacked by umoci ("umoci raw unpack", as root; "--rootless" otherwise) into a
+     scratch rootfs next to OUT.json (a scratch copy of the layout whose index.json names just
+     the chosen manifest, with its blobs hardlinked, so index images work too).
+  2. The rootfs is walked without following symlinks and every path is recorded.
+  3. Independently, the layers are applied in memory by a small model of the OCI layer rules
+     (whiteouts and opaque markers hide lower layers only, a non-directory replaces whatever was
+     there, a directory entry over a directory keeps its children, hardlinks share an inode),
+     from the tar headers themselves. The two are compared field by field; the differences,
+     expected to be none, go to "model_diffs" in the JSON and to stderr. --no-model skips it.
+
+Output (UTF-8 JSON):
+  {"image": {layout, tag, manifest, platform, layers: [digest...]},
+   "unpacker": "...", "notes": [...],
+   "entries": [ {path, type, mode, uid, gid, mtime, xattrs, [size, sha256], [target],
+                 [major, minor], [implicit], [link_group]} ... ],  sorted by path (UTF-8 bytes)
+   "hardlink_groups": [[path, path, ...], ...],
+   "model_diffs": [...]}
+  path: absolute ("/" is the root). type: dir, file, symlink, char, block, fifo, socket.
+  mode: the permission bits incl. setuid/setgid/sticky (st_mode & 0o7777), as an integer.
+  mtime: {"sec": s, "nsec": ns}, or null where it is the time of the unpack (see below).
+  xattrs: {name: base64(value)}. size and sha256 (hex): regular files. target: symlinks.
+  major/minor: char and block devices. link_group: index into hardlink_groups.
+
+What umoci 0.4.7 does, so later comparisons know what to expect (checked on the edge image):
+  * mtimes: set with nanoseconds from the PAX "mtime" record (utimensat, not following
+    symlinks, so symlinks keep their own mtime). After each entry umoci restores the metadata
+    of the entry's parent directory, so a directory's mtime is the one of its own (last) tar
+    entry even when later entries or layers add or remove children in it.
+  * Directories that no layer has an entry for (implicit parents, and "/" unless a layer has a
+    "./" entry) are made with mode 0755, owner 0:0 and the current time: their mtime is
+    recorded here as null and they carry "implicit": true.
+  * mtimes beyond year 2262 overflow (umoci goes through Go's Time.UnixNano, int64 ns): a
+    PAX mtime of 10000000000 came out as 1901-12-13. The edge image stays below that.
+  * atime is not recorded (umoci sets it to the mtime, the kernel may change it on reads).
+  * xattrs: every SCHILY.xattr.* record is applied with lsetxattr, including security.capability
+    (as root). umoci drops "security.selinux" ("forbidden"), treats trusted.overlay.* specially,
+    skips empty-valued xattrs ("disallowed by PAX standard"), and with --rootless it ignores
+    EPERM on setxattr (so security.* and trusted.* are missing in a rootless unpack).
+  * A directory entry over an existing directory replaces its mode, owner, mtime and its whole
+    xattr set, and keeps its children.
+  * Hardlink entries: the link is made to the earlier entry's inode (a hardlink to a symlink
+    links the symlink itself); the hardlink header's own mode/owner/mtime are not applied.
+  * As root, char/block devices and fifos are made with mknod; --rootless makes empty regular
+    files in place of devices and maps every owner to the caller.
+  * The tar padding after the end-of-archive blocks is ignored with a warning ("trailing junk").
+"""
+
+import argparse
+import base64
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tarfile
+import tempfile
+
+MT_INDEX = ("application/vnd.oci.image.index.v1+json",
+            "application/vnd.docker.distribution.manifest.list.v2+json")
+REF_NAME = "org.opencontainers.image.ref.name"
+ESTARGZ_META = ("/stargz.index.json", "/.prefetch.landmark", "/.no.prefetch.landmark")
+
+
+def blob_path(layout, digest):
+    algo, hexd = digest.split(":", 1)
+    return os.path.join(layout, "blobs", algo, hexd)
+
+
+def read_json(layout, digest):
+    with open(blob_path(layout, digest), "rb") as f:
+        return json.load(f)
+
+
+def resolve(layout, tag, platform):
+    """Returns (manifest descriptor, manifest, platform string or None)."""
+    with open(os.path.join(layout, "index.json")) as f:
+        index = json.load(f)
+    descs = index["manifests"]
+    if tag:
+        descs = [d for d in descs if d.get("annotations", {}).get(REF_NAME) == tag]
+    elif len(descs) > 1:
+        descs = [d for d in descs if d.get("annotations", {}).get(REF_NAME) == "latest"]
+    if len(descs) != 1:
+        sys.exit("truth.py: %s: no single manifest for tag %r" % (layout, tag or "latest"))
+    desc = descs[0]
+    if desc["mediaType"] in MT_INDEX:
+        want_os, want_arch = platform.split("/")[:2]
+        want_var = platform.split("/")[2] if platform.count("/") == 2 else None
+        sub = [d for d in read_json(layout, desc["digest"])["manifests"]
+               if d.get("platform", {}).get("os") == want_os
+               and d.get("platform", {}).get("architecture") == want_arch
+               and (want_var is None or d["platform"].get("variant") == want_var)]
+        if not sub:
+            sys.exit("truth.py: no manifest for platform %s" % platform)
+        desc = sub[0]
+    return desc, read_json(layout, desc["digest"])
+
+
+# -- walking a rootfs --------------------------------------------------------------------------
+def ftype(mode):
+    for test, name in ((stat.S_ISDIR, "dir"), (stat.S_ISREG, "file"), (stat.S_ISLNK, "symlink"),
+                       (stat.S_ISCHR, "char"), (stat.S_ISBLK, "block"), (stat.S_ISFIFO, "fifo"),
+                       (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return name
+    return "unknown"
+
+
+def b64(b):
+    return base64.b64encode(b).decode()
+
+
+def walk_rootfs(root):
+    """{path: entry} and {path: inode key} for everything under ROOT."""
+    entries, inodes = {}, {}
+    todo = [""]
+    while todo:
+        rel = todo.pop()
+        full = root + rel if rel else root
+        st = os.lstat(full)
+        path = rel or "/"
+        t = ftype(st.st_mode)
+        e = {"path": path, "type": t, "mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid,
+             "gid": st.st_gid, "mtime": {"sec": st.st_mtime_ns // 10**9,
+                                         "nsec": st.st_mtime_ns % 10**9}}
+        try:
+            names = sorted(os.listxattr(full, follow_symlinks=False))
+        except OSError:
+            names = []
+        e["xattrs"] = {n: b64(os.getxattr(full, n, follow_symlinks=False)) for n in names}
+        if t == "file":
+            h = hashlib.sha256()
+            with open(full, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            e["size"] = st.st_size
+            e["sha256"] = h.hexdigest()
+        elif t == "symlink":
+            e["target"] = os.fsdecode(os.readlink(full))
+        elif t in ("char", "block"):
+            e["major"], e["minor"] = os.major(st.st_rdev), os.minor(st.st_rdev)
+        entries[path] = e
+        if t != "dir" and st.st_nlink > 1:
+            inodes[path] = (st.st_dev, st.st_ino)
+        if t == "dir":
+            for n in os.listdir(full):
+                todo.append(rel + "/" + n)
+    return entries, inodes
+
+
+# -- the in-memory model of layer application -----------------------------------------------------
+class Inode:
+    __slots__ = ("e",)
+
+    def __init__(self, e):
+        self.e = e
+
+
+def norm(name):
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    out = []
+    for p in parts:
+        if p == "..":
+            if out:
+                out.pop()
+        else:
+            out.append(p)
+    return "/" + "/".join(out)
+
+
+def parent(path):
+    return path.rsplit("/", 1)[0] or "/"
+
+
+def pax_mtime(ti):
+    raw = ti.pax_headers.get("mtime")
+    if raw is None:
+        return {"sec": int(ti.mtime), "nsec": 0}
+    sec, _, frac = raw.partition(".")
+    return {"sec": int(sec), "nsec": int((frac + "000000000")[:9])}
+
+
+class Model:
+    def __init__(self):
+        self.nodes = {"/": Inode({"type": "dir", "mode": 0o755, "uid": 0, "gid": 0,
+                                  "mtime": None, "xattrs": {}, "implicit": True})}
+
+    def children(self, d):
+        pre = d.rstrip("/") + "/"
+        return [p for p in self.nodes if p.startswith(pre) and p != d]
+
+    def remove(self, path):
+        for p in self.children(path) + [path]:
+            self.nodes.pop(p, None)
+
+    def ensure_parents(self, path):
+        chain = []
+        p = parent(path)
+        while p != "/":
+            chain.append(p)
+            p = parent(p)
+        for p in reversed(chain):
+            n = self.nodes.get(p)
+            if n is None or n.e["type"] != "dir":
+                if n is not None:
+                    self.remove(p)
+                self.nodes[p] = Inode({"type": "dir", "mode": 0o755, "uid": 0, "gid": 0,
+                                       "mtime": None, "xattrs": {}, "implicit": True})
+
+    def apply_layer(self, fileobj):
+        upper = set()  # paths written by this layer: whiteouts do not touch them
+        with tarfile.open(fileobj=fileobj, mode="r|*", encoding="utf-8",
+                          errors="surrogateescape") as tf:
+            for ti in tf:
+                path = norm(ti.name)
+                base = path.rsplit("/", 1)[1]
+                if base == ".wh..wh..opq":
+                    d = parent(path)
+                    for c in self.children(d):
+                        if c not in upper:
+                            self.nodes.pop(c, None)
+                    continue
+                if base.startswith(".wh."):
+                    victim = parent(path).rstrip("/") + "/" + base[4:]
+                    if victim not in upper:
+                        self.remove(victim)
+                    continue
+                if path != "/":
+                    self.ensure_parents(path)
+                old = self.nodes.get(path)
+                if ti.islnk():
+                    target = self.nodes.get(norm(ti.linkname))
+                    if target is None:
+                        raise SystemExit("model: hardlink %s to missing %s" % (path, ti.linkname))
+                    if old is not None:
+                        self.remove(path)
+                    self.nodes[path] = target
+                    upper.add(path)
+                    continue
+                xattrs = {k[len("SCHILY.xattr."):]: b64(v.encode("utf-8", "surrogateescape"))
+                          for k, v in ti.pax_headers.items() if k.startswith("SCHILY.xattr.")}
+                e = {"type": None, "mode": ti.mode & 0o7777, "uid": ti.uid, "gid": ti.gid,
+                     "mtime": pax_mtime(ti), "xattrs": dict(sorted(xattrs.items()))}
+                if ti.isdir():
+                    e["type"] = "dir"
+                elif ti.isreg():
+                    e["type"] = "file"
+                    h = hashlib.sha256()
+                    f = tf.extractfile(ti)
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        h.update(chunk)
+                    e["size"], e["sha256"] = ti.size, h.hexdigest()
+                elif ti.issym():
+                    e["type"], e["target"] = "symlink", ti.linkname
+                elif ti.ischr() or ti.isblk():
+                    e["type"] = "char" if ti.ischr() else "block"
+                    e["major"], e["minor"] = ti.devmajor, ti.devminor
+                elif ti.isfifo():
+                    e["type"] = "fifo"
+                else:
+                    raise SystemExit("model: unsupported tar type %r for %s" % (ti.type, path))
+                if old is not None and not (old.e["type"] == "dir" and e["type"] == "dir"):
+                    self.remove(path)
+                if path in self.nodes:  # dir over dir: new metadata, children stay
+                    self.nodes[path].e = e
+                else:
+                    self.nodes[path] = Inode(e)
+                upper.add(path)
+
+    def result(self):
+        entries, groups = {}, {}
+        for p, ino in self.nodes.items():
+            e = dict(ino.e, path=p)
+            entries[p] = e
+            if e["type"] != "dir":
+                groups.setdefault(id(ino), []).append(p)
+        return entries, [sorted(g) for g in groups.values() if len(g) > 1]
+
+
+def open_layer(path):
+    f = open(path, "rb")
+    magic = f.read(2)
+    f.seek(0)
+    if magic == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=f)  # reads every member of a multi-member stream
+    if magic == b"\x28\xb5":
+        sys.exit("truth.py: zstd layers are not supported by the model (use --no-model)")
+    return f
+
+
+# -- main ---------------------------------------------------------------------------------------
+def compare(got, want, got_groups, want_groups):
+    diffs = []
+    for p in sorted(set(got) | set(want)):
+        a, b = got.get(p), want.get(p)
+        if a is None or b is None:
+            diffs.append({"path": p, "umoci": a and a["type"], "model": b and b["type"]})
+            continue
+        for k in ("type", "mode", "uid", "gid", "mtime", "xattrs", "size", "sha256", "target",
+                  "major", "minor"):
+            if b.get("implicit") and k == "mtime":
+                continue
+            if a.get(k) != b.get(k):
+                diffs.append({"path": p, "field": k, "umoci": a.get(k), "model": b.get(k)})
+    if sorted(got_groups) != sorted(want_groups):
+        diffs.append({"hardlink_groups": {"umoci": got_groups, "model": want_groups}})
+    return diffs
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("image", help="LAYOUT_DIR[:TAG]")
+    ap.add_argument("out", help="OUT.json")
+    ap.add_argument("--platform", default="linux/amd64")
+    ap.add_argument("--keep-rootfs", metavar="DIR", help="unpack here and keep it")
+    ap.add_argument("--drop-estargz-meta", action="store_true",
+                    help="leave out %s" % ", ".join(ESTARGZ_META))
+    ap.add_argument("--no-model", action="store_true")
+    args = ap.parse_args()
+
+    layout, tag = args.image, ""
+    if ":" in args.image:
+        l, _, t = args.image.rpartition(":")
+        if os.path.isdir(l) and "/" not in t:
+            layout, tag = l, t
+    layout = os.path.abspath(layout)
+    desc, manifest = resolve(layout, tag, args.platform)
+    layers = [l["digest"] for l in manifest["layers"]]
+
+    outdir = os.path.dirname(os.path.abspath(args.out))
+    os.makedirs(outdir, exist_ok=True)
+    scratch = tempfile.mkdtemp(prefix=".truth-", dir=outdir)
+    try:
+        # a layout naming only the chosen manifest (umoci unpacks manifests, not indexes)
+        lay = os.path.join(scratch, "layout")
+        os.makedirs(os.path.join(lay, "blobs", "sha256"))
+        for d in [desc["digest"], manifest["config"]["digest"]] + layers:
+            dst = blob_path(lay, d)
+            try:
+                os.link(blob_path(layout, d), dst)
+            except OSError:
+                shutil.copyfile(blob_path(layout, d), dst)
+        d = {k: desc[k] for k in ("mediaType", "digest", "size")}
+        d["annotations"] = {REF_NAME: "truth"}
+        with open(os.path.join(lay, "index.json"), "w") as f:
+            json.dump({"schemaVersion": 2, "manifests": [d]}, f)
+        with open(os.path.join(lay, "oci-layout"), "w") as f:
+            json.dump({"imageLayoutVersion": "1.0.0"}, f)
+        rootfs = os.path.abspath(args.keep_rootfs) if args.keep_rootfs else \
+            os.path.join(scratch, "rootfs")
+        if os.path.exists(rootfs):
+            shutil.rmtree(rootfs)
+        cmd = ["umoci", "raw", "unpack"]
+        if os.geteuid() != 0:
+            cmd.append("--rootless")
+        cmd += ["--image", lay + ":truth", rootfs]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            sys.exit("truth.py: %s failed:\n%s" % (" ".join(cmd), r.stderr))
+        got, inodes = walk_rootfs(rootfs)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    byino = {}
+    for p, k in inodes.items():
+        byino.setdefault(k, []).append(p)
+    got_groups = sorted(sorted(g) for g in byino.values() if len(g) > 1)
+
+    notes = []
+    diffs = []
+    implicit = set()
+    if not args.no_model:
+        model = Model()
+        for l in layers:
+            with open_layer(blob_path(layout, l)) as f:
+                model.apply_layer(f)
+        want, want_groups = model.result()
+        implicit = {p for p, e in want.items() if e.get("implicit")}
+        if args.drop_estargz_meta:
+            for m in ESTARGZ_META:
+                want.pop(m, None)
+                got.pop(m, None)
+            want_groups = [g for g in want_groups if not set(g) & set(ESTARGZ_META)]
+        diffs = compare(got, want, got_groups, want_groups)
+        for dd in diffs:
+            print("truth.py: model differs from umoci: %s" % json.dumps(dd, ensure_ascii=False),
+                  file=sys.stderr)
+    else:
+        notes.append("no model: implicit directories are not known, their mtimes are kept")
+    if args.drop_estargz_meta:
+        for m in ESTARGZ_META:
+            got.pop(m, None)
+        got_groups = [g for g in got_groups if not set(g) & set(ESTARGZ_META)]
+
+    group_of = {p: i for i, g in enumerate(got_groups) for p in g}
+    entries = []
+    for p in sorted(got, key=lambda s: s.encode("utf-8", "surrogateescape")):
+        e = got[p]
+        if p in implicit:
+            e["mtime"] = None
+            e["implicit"] = True
+        if p in group_of:
+            e["link_group"] = group_of[p]
+        entries.append(e)
+    notes.append("directories marked implicit have no tar entry in any layer: umoci made them "
+                 "at unpack time, so their mtime is not part of the image (null)")
+    ver = subprocess.run(["umoci", "--version"], capture_output=True, text=True).stdout.strip()
+    doc = {
+        "image": {"layout": layout, "tag": tag or "latest", "manifest": desc["digest"],
+                  "platform": desc.get("platform"), "layers": layers},
+        "unpacker": "%s raw unpack%s" % (ver, "" if os.geteuid() == 0 else " --rootless"),
+        "notes": notes,
+        "entries": entries,
+        "hardlink_groups": got_groups,
+        "model_diffs": diffs,
+    }
+    with open(args.out, "w", encoding="utf-8") as f:
+        json.dump(doc, f, ensure_ascii=False, indent=1, sort_keys=True)
+        f.write("\n")
+    print("%s: %d entries, %d hardlink groups, %d model differences"
+          % (args.out, len(entries), len(got_groups), len(diffs)), file=sys.stderr)
+    sys.exit(1 if diffs else 0)
+
+
+if __name__ == "__main__":
+    main()
