@@ -3,6 +3,8 @@
 //! Modules, in the order data flows through them (a module calls only those before it):
 //! - [`oci`]: images in registries and OCI layouts: references, manifests, blobs.
 //! - [`gzip`]: the zran engine, random access into gzip streams.
+//! - [`estargz`]: eStargz footers and tables of contents.
 
+pub mod estargz;
 pub mod gzip;
 pub mod oci;

@@ -1,6 +1,8 @@
 //! Command definitions (clap derive) and dispatch.
 
 mod gz;
+mod image;
+mod inspect;
 mod util;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +23,8 @@ pub enum Command {
     /// Random access into gzip files: build a seek index, extract ranges.
     #[command(subcommand)]
     Gz(gz::GzCommand),
+    /// Show an image's manifest and layers, and how each layer can be served lazily.
+    Inspect(inspect::InspectArgs),
 }
 
 pub fn init_logging(verbose: u8) {
@@ -42,5 +46,6 @@ pub fn init_logging(verbose: u8) {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Gz(cmd) => gz::run(cmd),
+        Command::Inspect(args) => inspect::run(args),
     }
 }

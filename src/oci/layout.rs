@@ -8,6 +8,8 @@ use super::source::{BlobSource, OciError, Verifying, check_digest};
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The annotation that names a tag in `index.json`.
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -116,6 +118,7 @@ pub struct LayoutSource {
     layout: Layout,
     entry: String,
     name: String,
+    fetched: Arc<AtomicU64>,
 }
 
 impl LayoutSource {
@@ -126,6 +129,7 @@ impl LayoutSource {
             layout,
             entry,
             name: format!("oci:{}", r.path.display()),
+            fetched: Arc::default(),
         })
     }
 
@@ -164,13 +168,20 @@ impl BlobSource for LayoutSource {
             });
         }
         check_digest(&format!("{} manifest", self.name), &raw, &digest)?;
+        self.fetched.fetch_add(raw.len() as u64, Ordering::Relaxed);
         Ok((raw, digest, None))
     }
 
     fn open(&self, digest: &Digest, size: Option<u64>) -> Result<Box<dyn Read + Send>, OciError> {
         let f = self.layout.open_file(digest)?;
         Ok(Box::new(Verifying::new(
-            std::io::BufReader::with_capacity(1 << 20, f),
+            std::io::BufReader::with_capacity(
+                1 << 20,
+                Counted {
+                    inner: f,
+                    fetched: self.fetched.clone(),
+                },
+            ),
             digest.clone(),
             size,
         )))
@@ -193,6 +204,25 @@ impl BlobSource for LayoutSource {
                 }
             }
         }
+        self.fetched.fetch_add(done as u64, Ordering::Relaxed);
         Ok(done)
+    }
+
+    fn bytes_fetched(&self) -> u64 {
+        self.fetched.load(Ordering::Relaxed)
+    }
+}
+
+/// A reader that counts the bytes it passes.
+struct Counted<R> {
+    inner: R,
+    fetched: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.fetched.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
     }
 }

@@ -793,7 +793,25 @@ impl BlobSource for RegistrySource {
 
     fn read_at(&self, digest: &Digest, offset: u64, buf: &mut [u8]) -> Result<usize, OciError> {
         let r = self.registry.clone();
-        runtime().block_on(async { r.read_range(digest, offset, buf).await })
+        runtime().block_on(async {
+            // A body cut short is retried like a failed request.
+            let mut attempt = 1;
+            loop {
+                match r.read_range(digest, offset, buf).await {
+                    Err(OciError::Network { url, message }) if attempt < r.attempts => {
+                        tracing::debug!(%url, %message, "range read failed; retrying");
+                        r.stats.retries.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(backoff(attempt)).await;
+                        attempt += 1;
+                    }
+                    other => return other,
+                }
+            }
+        })
+    }
+
+    fn bytes_fetched(&self) -> u64 {
+        self.registry.stats.bytes.load(Ordering::Relaxed)
     }
 }
 

@@ -76,6 +76,9 @@ pub trait BlobSource: Send + Sync {
 
     /// Read `buf.len()` bytes of a blob at `offset` (fewer only at its end).
     fn read_at(&self, digest: &Digest, offset: u64, buf: &mut [u8]) -> Result<usize, OciError>;
+
+    /// Bytes fetched so far (manifests and blobs), for reports.
+    fn bytes_fetched(&self) -> u64;
 }
 
 fn io_error(source: String, digest: &Digest, e: io::Error) -> OciError {

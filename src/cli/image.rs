@@ -1,0 +1,45 @@
+//! Options shared by every command that opens an image.
+
+use anyhow::Context;
+use clap::Args;
+use zran::oci::{self, ImageRef, OpenOptions, Platform, RegistryOptions};
+
+#[derive(Debug, Args, Clone)]
+pub struct ImageArgs {
+    /// The platform to choose from a multi-platform image (OS/ARCH[/VARIANT]; default this
+    /// machine's).
+    #[arg(long)]
+    pub platform: Option<Platform>,
+    /// Registry credentials USER:PASS (default: ~/.docker/config.json).
+    #[arg(long, value_name = "USER:PASS")]
+    pub creds: Option<String>,
+    /// Speak plain HTTP to the registry (loopback hosts always do).
+    #[arg(long)]
+    pub plain_http: bool,
+    /// A pull-through mirror HOST[:PORT] to try first (repeatable).
+    #[arg(long, value_name = "HOST")]
+    pub mirror: Vec<String>,
+}
+
+impl ImageArgs {
+    pub fn open(&self, image: &str) -> anyhow::Result<oci::Image> {
+        let reference: ImageRef = image.parse()?;
+        let creds = match &self.creds {
+            Some(c) => {
+                let (u, p) = c.split_once(':').context("--creds takes USER:PASS")?;
+                Some((u.to_string(), p.to_string()))
+            }
+            None => None,
+        };
+        let opts = OpenOptions {
+            platform: self.platform.clone(),
+            registry: RegistryOptions {
+                plain_http: self.plain_http,
+                creds,
+                mirrors: self.mirror.clone(),
+                ..RegistryOptions::default()
+            },
+        };
+        oci::open(&reference, &opts).with_context(|| format!("cannot open image {reference}"))
+    }
+}

@@ -1,0 +1,162 @@
+//! `zran inspect IMAGE`: what an image is made of, and how each layer can be served.
+
+use super::image::ImageArgs;
+use clap::Args;
+use serde::Serialize;
+use zran::estargz::{self, FooterKind};
+use zran::oci::{Compression, Descriptor};
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// `oci:PATH[:TAG|@DIGEST]` or `[HOST[:PORT]/]REPO[:TAG|@DIGEST]`.
+    pub image: String,
+    #[command(flatten)]
+    pub image_args: ImageArgs,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How a layer is stored, as far as lazy loading is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LayerFormat {
+    /// Plain gzip tar: served through a zran index.
+    Gzip,
+    /// eStargz with its TOC digest in the manifest: served from the TOC.
+    Estargz,
+    /// eStargz footer, but no TOC digest annotation to trust the TOC by.
+    EstargzUnverified,
+    LegacyStargz,
+    ZstdChunked,
+    Zstd,
+    Uncompressed,
+    Unknown,
+}
+
+#[derive(Serialize)]
+struct LayerReport<'a> {
+    #[serde(flatten)]
+    descriptor: &'a Descriptor,
+    format: LayerFormat,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    toc_offset: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    image: &'a str,
+    source: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    index: Option<String>,
+    manifest: String,
+    media_type: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    platform: Option<String>,
+    config: String,
+    compressed_size: u64,
+    layers: Vec<LayerReport<'a>>,
+    bytes_fetched: u64,
+}
+
+pub fn run(args: InspectArgs) -> anyhow::Result<()> {
+    let image = args.image_args.open(&args.image)?;
+    let mut layers = Vec::new();
+    for d in &image.manifest.layers {
+        let (format, toc_offset) = layer_format(&image, d)?;
+        layers.push(LayerReport {
+            descriptor: d,
+            format,
+            toc_offset,
+        });
+    }
+    let report = Report {
+        image: &image.name,
+        source: image.source.name(),
+        index: image.index.as_ref().map(|d| d.to_string()),
+        manifest: image.manifest.digest.to_string(),
+        media_type: &image.manifest.media_type,
+        platform: image.platform.as_ref().map(|p| p.to_string()),
+        config: image.manifest.config.digest.to_string(),
+        compressed_size: image.manifest.layers.iter().map(|l| l.size).sum(),
+        layers,
+        bytes_fetched: image.source.bytes_fetched(),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!("image     {}", report.image);
+    if let Some(i) = &report.index {
+        println!("index     {i}");
+    }
+    println!("manifest  {} ({})", report.manifest, report.media_type);
+    if let Some(p) = &report.platform {
+        println!("platform  {p}");
+    }
+    println!("config    {}", report.config);
+    println!(
+        "layers    {} ({} bytes)",
+        report.layers.len(),
+        report.compressed_size
+    );
+    for (i, l) in report.layers.iter().enumerate() {
+        println!(
+            "  {i:>3}  {}  {:>12}  {:<18}  {}",
+            l.descriptor.digest,
+            l.descriptor.size,
+            serde_json::to_value(l.format)?.as_str().unwrap_or("?"),
+            l.descriptor.media_type
+        );
+    }
+    println!("fetched   {} bytes", report.bytes_fetched);
+    Ok(())
+}
+
+/// The annotation zstd:chunked layers carry (both spellings seen in the wild).
+const ZSTD_CHUNKED: [&str; 2] = [
+    "io.github.containers.zstd-chunked.manifest-checksum",
+    "io.containers.zstd-chunked.manifest-checksum",
+];
+
+fn layer_format(
+    image: &zran::oci::Image,
+    d: &Descriptor,
+) -> anyhow::Result<(LayerFormat, Option<u64>)> {
+    if ZSTD_CHUNKED.iter().any(|k| d.annotations.contains_key(*k)) {
+        return Ok((LayerFormat::ZstdChunked, None));
+    }
+    let compression = d.compression();
+    if !matches!(compression, Compression::Gzip | Compression::Zstd) {
+        let f = if compression == Compression::None {
+            LayerFormat::Uncompressed
+        } else {
+            LayerFormat::Unknown
+        };
+        return Ok((f, None));
+    }
+    // The footer decides; the annotation says whether the TOC can be trusted.
+    let n = estargz::footer::MAX_FOOTER.min(d.size as usize);
+    let mut tail = vec![0u8; n];
+    let got = image
+        .source
+        .read_at(&d.digest, d.size - n as u64, &mut tail)?;
+    tail.truncate(got);
+    let footer = estargz::detect_footer(&tail, d.size);
+    Ok(match (footer.map(|f| f.kind), compression) {
+        (Some(FooterKind::Estargz), _) if d.estargz_toc_digest().is_some() => {
+            (LayerFormat::Estargz, footer.map(|f| f.toc_offset))
+        }
+        (Some(FooterKind::Estargz), _) => {
+            (LayerFormat::EstargzUnverified, footer.map(|f| f.toc_offset))
+        }
+        (Some(FooterKind::LegacyStargz), _) => {
+            (LayerFormat::LegacyStargz, footer.map(|f| f.toc_offset))
+        }
+        (Some(FooterKind::ZstdChunked), _) => {
+            (LayerFormat::ZstdChunked, footer.map(|f| f.toc_offset))
+        }
+        (None, Compression::Zstd) => (LayerFormat::Zstd, None),
+        (None, _) => (LayerFormat::Gzip, None),
+    })
+}
