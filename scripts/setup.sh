@@ -4,6 +4,10 @@
 set -euo pipefail
 
 packages=(ca-certificates gcc gzip pigz tar coreutils python3)
+# What the test images and the registry harness need (testimages/README.md).
+while read -r p; do
+    [ -n "$p" ] && packages+=("$p")
+done < "$(dirname "$0")/../testimages/apt-packages.txt"
 
 sudo=""
 if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi

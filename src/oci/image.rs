@@ -218,7 +218,7 @@ pub struct Manifest {
 /// What a manifest reference resolved to.
 #[derive(Debug, Clone)]
 pub enum ManifestKind {
-    Image(Manifest),
+    Image(Box<Manifest>),
     Index {
         digest: Digest,
         manifests: Vec<Descriptor>,
@@ -285,14 +285,14 @@ pub fn parse_manifest(
                 .as_ref()
                 .map(|a| a.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
                 .unwrap_or_default();
-            Ok(ManifestKind::Image(Manifest {
+            Ok(ManifestKind::Image(Box::new(Manifest {
                 digest,
                 media_type,
                 config,
                 layers,
                 annotations,
                 raw,
-            }))
+            })))
         }
         other => Err(ImageError::MediaType {
             media_type: other.to_string(),

@@ -236,10 +236,10 @@ fn check_host(h: &str) -> Result<(), String> {
             return Err(format!("invalid registry host {h:?}"));
         }
     }
-    if let Some(p) = port {
-        if p.parse::<u16>().ok().filter(|&p| p > 0).is_none() {
-            return Err(format!("invalid port in {h:?}"));
-        }
+    if let Some(p) = port
+        && p.parse::<u16>().ok().filter(|&p| p > 0).is_none()
+    {
+        return Err(format!("invalid port in {h:?}"));
     }
     Ok(())
 }

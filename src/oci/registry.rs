@@ -233,10 +233,8 @@ impl Registry {
                 .client
                 .request(method.clone(), url)
                 .headers(headers.clone());
-            if authorize {
-                if let Some(value) = self.authorization().await? {
-                    req = req.header(header::AUTHORIZATION, value);
-                }
+            if authorize && let Some(value) = self.authorization().await? {
+                req = req.header(header::AUTHORIZATION, value);
             }
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
             match req.send().await {
@@ -280,10 +278,10 @@ impl Registry {
                 service,
                 scope,
             }) => {
-                if let Some((token, expires)) = &state.token {
-                    if Instant::now() < *expires {
-                        return Ok(HeaderValue::from_str(&format!("Bearer {token}")).ok());
-                    }
+                if let Some((token, expires)) = &state.token
+                    && Instant::now() < *expires
+                {
+                    return Ok(HeaderValue::from_str(&format!("Bearer {token}")).ok());
                 }
                 let (token, expires) = self
                     .fetch_token(&realm, service.as_deref(), scope.as_deref())

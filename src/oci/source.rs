@@ -181,7 +181,7 @@ pub fn resolve(
                     name,
                     index,
                     platform: chosen,
-                    manifest,
+                    manifest: *manifest,
                     source,
                 });
             }

@@ -268,6 +268,9 @@ pub fn far_match_deflate(blocks: usize, matches: usize, seed: u64) -> (Vec<u8>, 
     (w.out, data)
 }
 
+pub mod faulty;
+pub mod harness;
+
 /// Wrap raw deflate into a gzip member.
 pub fn gzip_wrap(raw: &[u8], data: &[u8]) -> Vec<u8> {
     let mut out = header(0);

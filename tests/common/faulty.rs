@@ -1,0 +1,153 @@
+//! A TCP proxy in front of the real registry that injects faults no real registry produces on
+//! demand: an HTTP 500, or a response cut off mid-body. Each of the first `faults` connections
+//! whose first request line contains `matching` gets the fault; everything else passes through.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread;
+
+#[derive(Clone, Copy, Debug)]
+pub enum Fault {
+    /// Answer `500 Internal Server Error` and close.
+    Status500,
+    /// Pass the response through, but close after this many bytes of it.
+    CutAfter(usize),
+    /// Redirect (307) to the same path on the upstream itself, as registries that keep blobs
+    /// in object storage do.
+    Redirect,
+}
+
+pub struct FaultyProxy {
+    pub port: u16,
+    pub injected: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl FaultyProxy {
+    pub fn start(
+        upstream: u16,
+        fault: Fault,
+        faults: usize,
+        matching: &'static str,
+    ) -> FaultyProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let injected = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (inj, st) = (injected.clone(), stop.clone());
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(client) = conn else { continue };
+                let inj = inj.clone();
+                thread::spawn(move || {
+                    let _ = serve(client, upstream, fault, faults, matching, &inj);
+                });
+            }
+        });
+        FaultyProxy {
+            port,
+            injected,
+            stop,
+        }
+    }
+}
+
+impl Drop for FaultyProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+fn serve(
+    mut client: TcpStream,
+    upstream: u16,
+    fault: Fault,
+    faults: usize,
+    matching: &str,
+    injected: &AtomicUsize,
+) -> std::io::Result<()> {
+    // Read the first request head.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 65536 {
+        if client.read(&mut byte)? == 0 {
+            return Ok(());
+        }
+        head.push(byte[0]);
+    }
+    let first_line = String::from_utf8_lossy(&head)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    let faulty = first_line.contains(matching)
+        && injected
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < faults).then_some(n + 1)
+            })
+            .is_ok();
+    if faulty {
+        if let Fault::Status500 = fault {
+            client.write_all(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 5\r\nConnection: close\r\n\r\noops\n")?;
+            return client.shutdown(Shutdown::Both);
+        }
+        if let Fault::Redirect = fault {
+            let path = first_line.split(' ').nth(1).unwrap_or("/");
+            let reply = format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:{upstream}{path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            client.write_all(reply.as_bytes())?;
+            return client.shutdown(Shutdown::Both);
+        }
+    }
+    let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
+    up.write_all(&head)?;
+    let mut up_read = up.try_clone()?;
+    let mut client_write = client.try_clone()?;
+    let cut = match (faulty, fault) {
+        (true, Fault::CutAfter(n)) => Some(n),
+        _ => None,
+    };
+    // Upstream to client, possibly cut.
+    let down = thread::spawn(move || {
+        let mut buf = [0u8; 16384];
+        let mut sent = 0usize;
+        loop {
+            let n = match up_read.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let n = match cut {
+                Some(limit) => n.min(limit.saturating_sub(sent)),
+                None => n,
+            };
+            if n == 0 || client_write.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            sent += n;
+        }
+        let _ = client_write.shutdown(Shutdown::Both);
+        let _ = up_read.shutdown(Shutdown::Both);
+    });
+    // Client to upstream.
+    let mut buf = [0u8; 16384];
+    loop {
+        let n = match client.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if up.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = up.shutdown(Shutdown::Write);
+    let _ = down.join();
+    Ok(())
+}

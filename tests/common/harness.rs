@@ -1,0 +1,103 @@
+//! The real registry and the test images, for integration tests: `testimages/build.sh` makes
+//! the images (cached), `testimages/registry.sh` runs a real `docker-registry` on a free
+//! loopback port. A [`TestRegistry`] stops its registry when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Build the test images once per test process (the script caches across runs).
+pub fn layouts() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let status = Command::new("bash")
+                .arg(repo_root().join("testimages/build.sh"))
+                .status()
+                .expect("run testimages/build.sh");
+            assert!(status.success(), "testimages/build.sh failed");
+            repo_root().join("target/testimages/layouts")
+        })
+        .clone()
+}
+
+pub struct TestRegistry {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl TestRegistry {
+    /// Start a registry in `mode` (plain, htpasswd, token) and push every test image to it.
+    pub fn start(mode: &str) -> TestRegistry {
+        let layouts = layouts();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let script = repo_root().join("testimages/registry.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg("start")
+            .arg(dir.path())
+            .arg(mode)
+            .output()
+            .expect("registry.sh");
+        assert!(
+            out.status.success(),
+            "registry.sh start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port: u16 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .lines()
+            .last()
+            .unwrap_or("")
+            .trim()
+            .parse()
+            .expect("port");
+        let reg = TestRegistry { dir, port };
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg("push")
+            .arg(reg.dir.path())
+            .arg(&layouts)
+            .output()
+            .expect("registry.sh push");
+        assert!(
+            out.status.success(),
+            "registry.sh push: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        reg
+    }
+
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Where the registry keeps a blob's bytes (for tampering tests).
+    pub fn blob_data(&self, hex: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("storage/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+}
+
+impl Drop for TestRegistry {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(repo_root().join("testimages/registry.sh"))
+            .arg("stop")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// The path of a blob in a layout.
+pub fn layout_blob(layout: &Path, hex: &str) -> PathBuf {
+    layout.join("blobs/sha256").join(hex)
+}
