@@ -228,6 +228,15 @@ fn faults_are_retried_or_reported() {
     );
     drop(proxy);
 
+    // A server that ignores Range and sends the whole blob: the right bytes all the same.
+    let proxy = FaultyProxy::start(reg.port, Fault::IgnoreRange, 1000, "/blobs/");
+    let src = RegistrySource::new(&repo(proxy.port), &RegistryOptions::default()).unwrap();
+    let mut buf = vec![0u8; 3000];
+    assert_eq!(src.read_at(&layer.digest, 777_777, &mut buf).unwrap(), 3000);
+    assert!(buf == file[777_777..780_777]);
+    assert!(proxy.injected.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    drop(proxy);
+
     // A fault that does not go away: a bounded number of tries, then an error naming the URL.
     let proxy = FaultyProxy::start(reg.port, Fault::Status500, 1000, "/blobs/");
     let opts = RegistryOptions {
@@ -379,4 +388,65 @@ fn layout_errors() {
         .unwrap()
         .to_string();
     assert!(err.contains("content has digest"), "{err}");
+}
+
+#[test]
+fn proxies_and_mirrors() {
+    let reg = TestRegistry::start("plain");
+    let zran = |args: &[&str], env: &[(&str, String)]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_zran"));
+        c.args(args)
+            .env_remove("HTTP_PROXY")
+            .env_remove("http_proxy")
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    // HTTP_PROXY is honoured: every request goes through the proxy.
+    let proxy = FaultyProxy::start(reg.port, Fault::Count, usize::MAX, "");
+    let out = zran(
+        &["inspect", "--json", &format!("{}/python", reg.host())],
+        &[("HTTP_PROXY", format!("http://127.0.0.1:{}", proxy.port))],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        proxy.injected.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "requests did not go through the proxy"
+    );
+
+    // A pull-through mirror is tried first; here the registry itself is unreachable.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let mirror = FaultyProxy::start(reg.port, Fault::Count, usize::MAX, "?ns=");
+    let out = zran(
+        &[
+            "inspect",
+            "--json",
+            &format!("127.0.0.1:{dead_port}/python"),
+            "--mirror",
+            &format!("127.0.0.1:{}", mirror.port),
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        mirror.injected.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "the mirror was not asked"
+    );
+    // Without the mirror the same reference fails, naming the address.
+    let out = zran(&["inspect", &format!("127.0.0.1:{dead_port}/python")], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("127.0.0.1:{dead_port}")));
 }

@@ -17,6 +17,10 @@ pub enum Fault {
     /// Redirect (307) to the same path on the upstream itself, as registries that keep blobs
     /// in object storage do.
     Redirect,
+    /// Drop the request's `Range` header, so the registry answers 200 with the whole blob.
+    IgnoreRange,
+    /// Change nothing; only count (for proxy and mirror tests).
+    Count,
 }
 
 pub struct FaultyProxy {
@@ -108,6 +112,17 @@ fn serve(
         }
     }
     let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
+    let head = match (faulty, fault) {
+        (true, Fault::IgnoreRange) => {
+            let text = String::from_utf8_lossy(&head).to_string();
+            let kept: Vec<&str> = text
+                .split("\r\n")
+                .filter(|l| !l.to_ascii_lowercase().starts_with("range:"))
+                .collect();
+            kept.join("\r\n").into_bytes()
+        }
+        _ => head,
+    };
     up.write_all(&head)?;
     let mut up_read = up.try_clone()?;
     let mut client_write = client.try_clone()?;
