@@ -5,8 +5,12 @@
 //! - [`gzip`]: the zran engine, random access into gzip streams.
 //! - [`estargz`]: eStargz footers and tables of contents.
 //! - [`tar`]: tar entries with the offsets of their data.
+//! - [`layer`]: one streaming pass over a layer blob: index and entries together.
+//! - [`tree`]: the merge of layers into one filesystem tree.
 
 pub mod estargz;
 pub mod gzip;
+pub mod layer;
 pub mod oci;
 pub mod tar;
+pub mod tree;

@@ -15,6 +15,9 @@ pub struct InspectArgs {
     /// Print JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// List the merged filesystem tree (like `tar -tv`), reading what it needs of the layers.
+    #[arg(long)]
+    pub files: bool,
 }
 
 /// How a layer is stored, as far as lazy loading is concerned.
@@ -61,6 +64,9 @@ struct Report<'a> {
 
 pub fn run(args: InspectArgs) -> anyhow::Result<()> {
     let image = args.image_args.open(&args.image)?;
+    if args.files {
+        return files(&image, args.json);
+    }
     let mut layers = Vec::new();
     for d in &image.manifest.layers {
         let (format, toc_offset) = layer_format(&image, d)?;
@@ -159,4 +165,52 @@ fn layer_format(
         (None, Compression::Zstd) => (LayerFormat::Zstd, None),
         (None, _) => (LayerFormat::Gzip, None),
     })
+}
+
+/// Build the merged tree: each layer read once (gzip layers streamed through the index pass).
+fn files(image: &zran::oci::Image, json: bool) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let mut tree = zran::tree::Tree::new();
+    let bar = super::util::byte_progress(
+        Some(image.manifest.layers.iter().map(|l| l.size).sum()),
+        "reading layers",
+    );
+    for (i, layer) in image.manifest.layers.iter().enumerate() {
+        let scan = zran::layer::scan_gzip(
+            image.source.as_ref(),
+            layer,
+            zran::layer::DEFAULT_SPAN,
+            None,
+        )
+        .with_context(|| format!("{}: layer {i}", image.name))?;
+        tree.apply_layer(i, &scan.entries)
+            .with_context(|| format!("{}: layer {i} ({})", image.name, layer.digest))?;
+        bar.inc(layer.size);
+    }
+    bar.finish_and_clear();
+    tree.finish();
+    let fetched = image.source.bytes_fetched();
+    if json {
+        #[derive(Serialize)]
+        struct Files {
+            image: String,
+            manifest: String,
+            bytes_fetched: u64,
+            entries: Vec<super::files::FileRecord>,
+        }
+        let out = Files {
+            image: image.name.clone(),
+            manifest: image.manifest.digest.to_string(),
+            bytes_fetched: fetched,
+            entries: super::files::records(&tree),
+        };
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        super::files::print_listing(&tree);
+        eprintln!(
+            "fetched {fetched} bytes of {} in the layers",
+            image.manifest.layers.iter().map(|l| l.size).sum::<u64>()
+        );
+    }
+    Ok(())
 }

@@ -1,5 +1,6 @@
 //! Command definitions (clap derive) and dispatch.
 
+mod files;
 mod gz;
 mod image;
 mod inspect;

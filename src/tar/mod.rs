@@ -13,5 +13,7 @@
 
 mod header;
 mod parser;
+mod sink;
 
-pub use parser::{Entry, EntryKind, TarError, TarParser};
+pub use parser::{Entry, EntryKind, TarError, TarParser, normalize};
+pub use sink::TarSink;

@@ -1,0 +1,89 @@
+//! One pass over a layer blob: stream it from wherever the image lives, inflate it, check it,
+//! index it and parse its tar, all at once, without a temporary copy.
+//!
+//! Calls `oci` (blobs), `gzip` (the index pass) and `tar` (entries).
+
+use crate::gzip::{self, GzipError, Index, IndexBuilder};
+use crate::oci::{BlobSource, Compression, Descriptor, OciError};
+use crate::tar::{Entry, TarSink};
+
+/// What one pass over a layer found.
+#[derive(Debug)]
+pub struct Scan {
+    pub entries: Vec<Entry>,
+    pub index: Index,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    #[error("layer {digest}: {source}")]
+    Blob {
+        digest: String,
+        source: Box<OciError>,
+    },
+    #[error("layer {digest}: {source}")]
+    Gzip { digest: String, source: GzipError },
+    #[error("layer {digest}: {message}")]
+    Unsupported { digest: String, message: String },
+    #[error("layer {digest}: {message}")]
+    Tar { digest: String, message: String },
+}
+
+/// Stream a gzip layer once: seek index (checkpoints every `span`, and before every `chunk`
+/// of every file when given) and tar entries.
+pub fn scan_gzip(
+    source: &dyn BlobSource,
+    layer: &Descriptor,
+    span: u64,
+    chunk: Option<u64>,
+) -> Result<Scan, LayerError> {
+    let digest = layer.digest.to_string();
+    match layer.compression() {
+        Compression::Gzip => {}
+        other => {
+            return Err(LayerError::Unsupported {
+                digest,
+                message: format!(
+                    "{} layers ({}) are not supported yet; zran serves gzip and eStargz layers",
+                    match other {
+                        Compression::Zstd => "zstd",
+                        Compression::None => "uncompressed",
+                        _ => "unknown",
+                    },
+                    layer.media_type
+                ),
+            });
+        }
+    }
+    let reader = source
+        .open(&layer.digest, Some(layer.size))
+        .map_err(|source| LayerError::Blob {
+            digest: digest.clone(),
+            source: Box::new(source),
+        })?;
+    let mut sink = TarSink::new(chunk);
+    let index = IndexBuilder::new()
+        .span(span)
+        .build_with(reader, &mut sink)
+        .map_err(|source| match source {
+            GzipError::Sink { source, .. } => LayerError::Tar {
+                digest: digest.clone(),
+                message: source.to_string(),
+            },
+            source => LayerError::Gzip {
+                digest: digest.clone(),
+                source,
+            },
+        })?;
+    sink.parser.finish().map_err(|e| LayerError::Tar {
+        digest: digest.clone(),
+        message: e.to_string(),
+    })?;
+    Ok(Scan {
+        entries: sink.parser.entries().to_vec(),
+        index,
+    })
+}
+
+/// The default spacing for a layer pass.
+pub const DEFAULT_SPAN: u64 = gzip::DEFAULT_SPAN;
