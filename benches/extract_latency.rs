@@ -81,13 +81,11 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let index_path = std::env::var_os("ZRAN_BENCH_INDEX")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let mut s = file_path.clone().into_os_string();
-            s.push(".zidx");
-            PathBuf::from(s)
-        });
+    let index_path = std::env::var_os("ZRAN_BENCH_INDEX").map(PathBuf::from).unwrap_or_else(|| {
+        let mut s = file_path.clone().into_os_string();
+        s.push(".zidx");
+        PathBuf::from(s)
+    });
     let reads = match parse_u64(&env_or("ZRAN_BENCH_READS", "1000")) {
         Some(n) if n > 0 => n as usize,
         _ => {
@@ -123,10 +121,7 @@ fn main() -> ExitCode {
         "the index does not belong to the file (compressed sizes differ)"
     );
     let size = index.uncompressed_size;
-    assert!(
-        size >= READ_LEN as u64,
-        "file too small: {size} bytes uncompressed"
-    );
+    assert!(size >= READ_LEN as u64, "file too small: {size} bytes uncompressed");
 
     // Baseline: inflate exactly one span from the start, best and median of BASELINE_RUNS.
     let span_len = index.span.min(size) as usize;
@@ -134,10 +129,8 @@ fn main() -> ExitCode {
     let mut baseline = Vec::with_capacity(BASELINE_RUNS);
     for _ in 0..BASELINE_RUNS {
         let t = Instant::now();
-        let mut dec = MultiGzDecoder::new(BufReader::with_capacity(
-            256 << 10,
-            File::open(&file_path).expect("open"),
-        ));
+        let mut dec =
+            MultiGzDecoder::new(BufReader::with_capacity(256 << 10, File::open(&file_path).expect("open")));
         dec.read_exact(&mut prefix).expect("inflate one span");
         baseline.push(ms(t.elapsed()));
     }
@@ -158,8 +151,7 @@ fn main() -> ExitCode {
     let mut rng = XorShift::new(seed);
     let max_offset = size - READ_LEN as u64 + 1;
     for _ in 0..WARMUP_READS {
-        ex.read_at(rng.below(max_offset), &mut buf)
-            .expect("warm-up read");
+        ex.read_at(rng.below(max_offset), &mut buf).expect("warm-up read");
     }
     let mut samples = Vec::with_capacity(reads);
     let all = Instant::now();

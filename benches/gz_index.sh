@@ -137,15 +137,15 @@ tmp, n, uncomp, gz, runs, sizes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]
 rows = []
 for i in range(n):
     r = json.load(open(f"{tmp}/hf-{i}.json"))["results"][0]
-    rows.append((r["command"], min(r["times"]), statistics.median(r["times"])))
-pigz = next(best for name, best, _ in rows if name.startswith("pigz"))
+    rows.append((r["command"], min(r["times"]), statistics.median(r["times"]), r["user"] + r["system"]))
+pigz = next(row[1] for row in rows if row[0].startswith("pigz"))
 print(f"## Index build, hot cache, best of {runs} (after 1 warm-up run)\n")
-print("| tool | best s | median s | MB/s uncompressed (best) | speed vs pigz -dc |")
-print("|---|---:|---:|---:|---:|")
-for name, best, med in rows:
-    print(f"| {name} | {best:.2f} | {med:.2f} | {uncomp / 1e6 / best:.0f} | {pigz / best:.2f}x |")
+print("| tool | best s | median s | MB/s uncompressed (best) | speed vs pigz -dc | CPU s (user+sys, mean) |")
+print("|---|---:|---:|---:|---:|---:|")
+for name, best, med, cpu in rows:
+    print(f"| {name} | {best:.2f} | {med:.2f} | {uncomp / 1e6 / best:.0f} | {pigz / best:.2f}x | {cpu:.2f} |")
 print()
-print(f"MB/s = {uncomp:,} uncompressed bytes / best seconds; speed vs pigz = pigz best s / tool best s.")
+print(f"Wall-clock. MB/s = {uncomp:,} uncompressed bytes / best seconds; speed vs pigz = pigz best s / tool best s.")
 print("Index sizes (bytes, % of the .gz): " + ", ".join(
     f"{k} {int(v):,} ({100 * int(v) / gz:.2f}%)" for k, v in (kv.split("=") for kv in sizes.split(","))))
 print()

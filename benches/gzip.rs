@@ -116,8 +116,8 @@ fn build(c: &mut Criterion) {
     let mut g = c.benchmark_group("build");
     g.sample_size(10)
         .sampling_mode(SamplingMode::Flat)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(4))
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3))
         .throughput(Throughput::Bytes(f.plain_len as u64));
     g.bench_function("zran_index_build_default_span", |b| {
         b.iter(|| IndexBuilder::new().build(black_box(&f.gz[..])).unwrap())
@@ -145,9 +145,7 @@ fn read_4k(c: &mut Criterion) {
     let f = fixture();
     let span = f.index.span as usize;
     let mut g = c.benchmark_group("read_4k");
-    g.sample_size(20)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(4));
+    g.sample_size(20).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
     g.bench_function("zran_read_at_random_4k", |b| {
         let ex = Extractor::new(&f.index, &f.gz);
         let mut rng = XorShift(0x5eed);
@@ -171,5 +169,10 @@ fn read_4k(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, build, read_4k);
+criterion_group! {
+    name = benches;
+    // No HTML plots: they take longer to draw than the benches take to run.
+    config = Criterion::default().without_plots();
+    targets = build, read_4k
+}
 criterion_main!(benches);

@@ -17,17 +17,8 @@ fn index_then_extract() {
     let file = dir.path().join("data.gz");
     std::fs::write(&file, &gz).unwrap();
 
-    let out = zran()
-        .args(["gz", "index"])
-        .arg(&file)
-        .args(["--span", "256K", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = zran().args(["gz", "index"]).arg(&file).args(["--span", "256K", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["uncompressed_size"], 3_000_000);
     assert_eq!(summary["members"], 2);
@@ -37,37 +28,21 @@ fn index_then_extract() {
     // No temporary files left beside it.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
 
-    for (off, len) in [
-        (0u64, 10u64),
-        (999_990, 20),
-        (2_500_000, 500_000),
-        (123_456, 1),
-    ] {
+    for (off, len) in [(0u64, 10u64), (999_990, 20), (2_500_000, 500_000), (123_456, 1)] {
         let out = zran()
             .args(["gz", "extract"])
             .arg(&file)
             .args(["--offset", &off.to_string(), "--length", &len.to_string()])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            out.stdout == data[off as usize..(off + len) as usize],
-            "at {off}+{len}"
-        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.stdout == data[off as usize..(off + len) as usize], "at {off}+{len}");
     }
 
     // Without any index, extract builds one in memory.
     std::fs::remove_file(&index).unwrap();
-    let out = zran()
-        .args(["gz", "extract"])
-        .arg(&file)
-        .args(["--offset", "5", "--length", "5"])
-        .output()
-        .unwrap();
+    let out =
+        zran().args(["gz", "extract"]).arg(&file).args(["--offset", "5", "--length", "5"]).output().unwrap();
     assert!(out.status.success());
     assert_eq!(out.stdout, &data[5..10]);
 
@@ -79,11 +54,7 @@ fn index_then_extract() {
         .stdin(std::fs::File::open(&file).unwrap())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = zran()
         .args(["gz", "extract"])
         .arg(&file)
@@ -106,12 +77,7 @@ fn errors_and_exit_codes() {
     // Usage errors exit 2.
     let out = zran().args(["gz", "extract"]).arg(&file).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    let out = zran()
-        .args(["gz", "index"])
-        .arg(&file)
-        .args(["--span", "lots"])
-        .output()
-        .unwrap();
+    let out = zran().args(["gz", "index"]).arg(&file).args(["--span", "lots"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 
     // A corrupt file exits 1 naming the member and offset.
@@ -123,15 +89,9 @@ fn errors_and_exit_codes() {
     let out = zran().args(["gz", "index"]).arg(&badfile).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("bad.gz") && err.contains("CRC32 mismatch in member 0"),
-        "{err}"
-    );
+    assert!(err.contains("bad.gz") && err.contains("CRC32 mismatch in member 0"), "{err}");
     assert!(err.contains(&format!("offset {}", n - 8)), "{err}");
-    assert!(
-        !dir.path().join("bad.gz.zidx").exists(),
-        "no index for a bad file"
-    );
+    assert!(!dir.path().join("bad.gz.zidx").exists(), "no index for a bad file");
 
     // A range past the end.
     let out = zran()
@@ -145,20 +105,8 @@ fn errors_and_exit_codes() {
 
     // An index of another file is refused.
     let other = dir.path().join("other.gz");
-    std::fs::write(
-        &other,
-        gzip_member(&sample_data(500_000, 6), &Member::default()),
-    )
-    .unwrap();
-    assert!(
-        zran()
-            .args(["gz", "index"])
-            .arg(&other)
-            .output()
-            .unwrap()
-            .status
-            .success()
-    );
+    std::fs::write(&other, gzip_member(&sample_data(500_000, 6), &Member::default())).unwrap();
+    assert!(zran().args(["gz", "index"]).arg(&other).output().unwrap().status.success());
     let out = zran()
         .args(["gz", "extract"])
         .arg(&file)
@@ -171,10 +119,7 @@ fn errors_and_exit_codes() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not belong"));
 
     // A missing file.
-    let out = zran()
-        .args(["gz", "index", "/nonexistent/file.gz"])
-        .output()
-        .unwrap();
+    let out = zran().args(["gz", "index", "/nonexistent/file.gz"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/file.gz"));
 }

@@ -28,21 +28,14 @@ fn check_ranges(gz: &[u8], index: &Index, data: &[u8], ranges: &[(u64, usize)]) 
 }
 
 fn member_strategy() -> impl Strategy<Value = Member> {
-    (
-        0i32..=9,
-        0u8..5,
-        0u8..32,
-        prop::collection::vec((0usize..200_000, 0u8..3), 0..4),
-    )
-        .prop_map(|(level, s, flags, flushes)| Member {
+    (0i32..=9, 0u8..5, 0u8..32, prop::collection::vec((0usize..200_000, 0u8..3), 0..4)).prop_map(
+        |(level, s, flags, flushes)| Member {
             level,
             strategy: strategy(s),
             flags,
-            flushes: flushes
-                .into_iter()
-                .map(|(at, k)| (at, flush_kind(k)))
-                .collect(),
-        })
+            flushes: flushes.into_iter().map(|(at, k)| (at, flush_kind(k))).collect(),
+        },
+    )
 }
 
 proptest! {
@@ -94,11 +87,7 @@ impl Sink for Recorder {
         bytes: &[u8],
         requests: &mut Requests,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        assert_eq!(
-            at,
-            self.data.len() as u64,
-            "data arrives in order, without gaps"
-        );
+        assert_eq!(at, self.data.len() as u64, "data arrives in order, without gaps");
         self.data.extend_from_slice(bytes);
         let end = self.data.len() as u64;
         // Ask for the wanted offsets up to a bit past what has been seen: some lie inside the
@@ -118,29 +107,16 @@ fn requests_land_on_flush_points() {
     let flush_at: Vec<usize> = (1..40).map(|i| i * 70_001 + (i * i) % 513).collect();
     let m = Member {
         level: 6,
-        flushes: flush_at
-            .iter()
-            .map(|&at| (at, zlib_rs::DeflateFlush::FullFlush))
-            .collect(),
+        flushes: flush_at.iter().map(|&at| (at, zlib_rs::DeflateFlush::FullFlush)).collect(),
         ..Member::default()
     };
     let gz = gzip_member(&data, &m);
-    let mut sink = Recorder {
-        data: Vec::new(),
-        wants: flush_at.iter().map(|&a| a as u64).collect(),
-    };
-    let index = IndexBuilder::new()
-        .span(u64::MAX)
-        .request_slack(0)
-        .build_with(&gz[..], &mut sink)
-        .unwrap();
+    let mut sink = Recorder { data: Vec::new(), wants: flush_at.iter().map(|&a| a as u64).collect() };
+    let index = IndexBuilder::new().span(u64::MAX).request_slack(0).build_with(&gz[..], &mut sink).unwrap();
     assert_eq!(sink.data, data);
     for &at in &flush_at {
         let cp = &index.checkpoints[index.checkpoint_for(at as u64)];
-        assert_eq!(
-            cp.out, at as u64,
-            "no checkpoint at requested flush point {at}"
-        );
+        assert_eq!(cp.out, at as u64, "no checkpoint at requested flush point {at}");
     }
     // No spacing policy: only the start and the requests.
     assert_eq!(index.checkpoints.len(), flush_at.len() + 1);
@@ -152,30 +128,17 @@ fn requests_respect_slack() {
     let data = sample_data(4_000_000, 11);
     let gz = gzip_member(&data, &Member::default());
     let wants: Vec<u64> = (0..60).map(|i| i * 65_537 + 12_345).collect();
-    let mut sink = Recorder {
-        data: Vec::new(),
-        wants: wants.clone(),
-    };
+    let mut sink = Recorder { data: Vec::new(), wants: wants.clone() };
     let slack = 256 * 1024;
-    let index = IndexBuilder::new()
-        .span(u64::MAX)
-        .request_slack(slack)
-        .build_with(&gz[..], &mut sink)
-        .unwrap();
+    let index =
+        IndexBuilder::new().span(u64::MAX).request_slack(slack).build_with(&gz[..], &mut sink).unwrap();
     // Deflate blocks of this data are well under the slack, so every request is served by a
     // checkpoint within slack + one block.
     for &w in &wants {
         let cp = &index.checkpoints[index.checkpoint_for(w)];
-        assert!(
-            w - cp.out <= slack + 200_000,
-            "request {w} served from {}",
-            cp.out
-        );
+        assert!(w - cp.out <= slack + 200_000, "request {w} served from {}", cp.out);
     }
-    assert!(
-        index.checkpoints.len() < wants.len(),
-        "slack must merge nearby requests"
-    );
+    assert!(index.checkpoints.len() < wants.len(), "slack must merge nearby requests");
 }
 
 #[test]
@@ -186,17 +149,11 @@ fn spacing_policy() {
         let index = IndexBuilder::new().span(span).build(&gz[..]).unwrap();
         let outs: Vec<u64> = index.checkpoints.iter().map(|c| c.out).collect();
         for w in outs.windows(2) {
-            assert!(
-                w[1] - w[0] >= span,
-                "checkpoints {w:?} closer than span {span}"
-            );
+            assert!(w[1] - w[0] >= span, "checkpoints {w:?} closer than span {span}");
         }
         let expect = data.len() as u64 / span;
         let n = index.checkpoints.len() as u64;
-        assert!(
-            n >= expect / 2 && n <= expect + 1,
-            "{n} checkpoints for span {span}"
-        );
+        assert!(n >= expect / 2 && n <= expect + 1, "{n} checkpoints for span {span}");
     }
 }
 
@@ -205,39 +162,18 @@ fn header_fields_and_empty_members() {
     let data = sample_data(50_000, 5);
     let mut gz = Vec::new();
     for flags in 0..32u8 {
-        gz.extend(gzip_member(
-            b"",
-            &Member {
-                flags,
-                ..Member::default()
-            },
-        ));
-        gz.extend(gzip_member(
-            &data[..1000 * flags as usize],
-            &Member {
-                flags,
-                ..Member::default()
-            },
-        ));
+        gz.extend(gzip_member(b"", &Member { flags, ..Member::default() }));
+        gz.extend(gzip_member(&data[..1000 * flags as usize], &Member { flags, ..Member::default() }));
     }
     let expect = gunzip(&gz);
     let index = IndexBuilder::new().span(1).build(&gz[..]).unwrap();
     assert_eq!(index.members, 64);
-    check_ranges(
-        &gz,
-        &index,
-        &expect,
-        &[(0, 1 << 20), (12_345, 70_000), (400_000, 100)],
-    );
+    check_ranges(&gz, &index, &expect, &[(0, 1 << 20), (12_345, 70_000), (400_000, 100)]);
 }
 
 #[test]
 fn empty_stream_of_empty_members() {
-    let gz = [
-        gzip_member(b"", &Member::default()),
-        gzip_member(b"", &Member::default()),
-    ]
-    .concat();
+    let gz = [gzip_member(b"", &Member::default()), gzip_member(b"", &Member::default())].concat();
     let index = IndexBuilder::new().build(&gz[..]).unwrap();
     assert_eq!(index.uncompressed_size, 0);
     assert_eq!(index.checkpoints.len(), 1);
@@ -264,10 +200,7 @@ fn truncation_is_reported_with_offset() {
         }
         ends
     };
-    for cut in (0..gz.len())
-        .step_by(97)
-        .chain([1, 9, 10, gz.len() - 1, gz.len() - 8])
-    {
+    for cut in (0..gz.len()).step_by(97).chain([1, 9, 10, gz.len() - 1, gz.len() - 8]) {
         let r = IndexBuilder::new().span(10_000).build(&gz[..cut]);
         if member_ends.contains(&cut) {
             assert!(r.is_ok(), "cut at a member end is a valid shorter stream");
@@ -286,23 +219,14 @@ fn truncation_is_reported_with_offset() {
 #[test]
 fn every_bit_flip_errors_or_decodes_right() {
     let data = sample_data(3000, 1);
-    let gz = gzip_members(
-        &data,
-        &[1500],
-        &[Member {
-            flags: FNAME | FHCRC,
-            ..Member::default()
-        }],
-    );
+    let gz = gzip_members(&data, &[1500], &[Member { flags: FNAME | FHCRC, ..Member::default() }]);
     for bit in 0..gz.len() * 8 {
         let mut bad = gz.clone();
         bad[bit / 8] ^= 1 << (bit % 8);
         if let Ok(index) = IndexBuilder::new().span(100).build(&bad[..]) {
             // A flip the CRCs cannot see is in a field that does not change the data (MTIME,
             // OS, XFL, the extra flags of a Huffman table that decodes the same).
-            let got = Extractor::new(&index, &bad[..])
-                .extract(0, 1 << 20)
-                .unwrap();
+            let got = Extractor::new(&index, &bad[..]).extract(0, 1 << 20).unwrap();
             assert_eq!(got, data, "bit {bit} flipped yet decoded to other data");
         }
     }
@@ -316,17 +240,13 @@ fn bad_trailers_and_garbage() {
     let mut bad_crc = gz.clone();
     bad_crc[n - 8] ^= 0xff;
     match IndexBuilder::new().build(&bad_crc[..]) {
-        Err(GzipError::Crc {
-            member: 2, offset, ..
-        }) => assert_eq!(offset, n as u64 - 8),
+        Err(GzipError::Crc { member: 2, offset, .. }) => assert_eq!(offset, n as u64 - 8),
         other => panic!("expected CRC error, got {other:?}"),
     }
     let mut bad_len = gz.clone();
     bad_len[n - 1] ^= 0x01;
     match IndexBuilder::new().build(&bad_len[..]) {
-        Err(GzipError::Isize {
-            member: 2, offset, ..
-        }) => assert_eq!(offset, n as u64 - 8),
+        Err(GzipError::Isize { member: 2, offset, .. }) => assert_eq!(offset, n as u64 - 8),
         other => panic!("expected ISIZE error, got {other:?}"),
     }
     let mut garbage = gz.clone();
@@ -345,17 +265,10 @@ fn bad_trailers_and_garbage() {
     let index = IndexBuilder::new().build(&padded[..]).unwrap();
     assert_eq!(index.compressed_size, padded.len() as u64);
 
-    assert!(matches!(
-        IndexBuilder::new().build(&b""[..]),
-        Err(GzipError::Empty)
-    ));
+    assert!(matches!(IndexBuilder::new().build(&b""[..]), Err(GzipError::Empty)));
     assert!(matches!(
         IndexBuilder::new().build(&b"PK\x03\x04 this is a zip"[..]),
-        Err(GzipError::Header {
-            member: 0,
-            offset: 0,
-            ..
-        })
+        Err(GzipError::Header { member: 0, offset: 0, .. })
     ));
 }
 
@@ -385,17 +298,9 @@ fn extract_from_truncated_source_errors() {
     let short = &gz[..gz.len() / 2];
     let ex = Extractor::new(&index, short);
     assert!(ex.extract(0, 1000).is_ok());
-    assert!(matches!(
-        ex.extract(250_000, 1000),
-        Err(GzipError::Truncated { .. })
-    ));
+    assert!(matches!(ex.extract(250_000, 1000), Err(GzipError::Truncated { .. })));
     // The full source still serves the same range.
-    assert_eq!(
-        Extractor::new(&index, &gz[..])
-            .extract(250_000, 1000)
-            .unwrap(),
-        &data[250_000..251_000]
-    );
+    assert_eq!(Extractor::new(&index, &gz[..]).extract(250_000, 1000).unwrap(), &data[250_000..251_000]);
 }
 
 #[test]
@@ -408,17 +313,11 @@ fn sink_errors_stop_the_pass() {
             _: &[u8],
             _: &mut Requests,
         ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-            if at > 0 {
-                Err("tar header broken".into())
-            } else {
-                Ok(())
-            }
+            if at > 0 { Err("tar header broken".into()) } else { Ok(()) }
         }
     }
     let gz = gzip_member(&sample_data(2_000_000, 2), &Member::default());
-    let err = IndexBuilder::new()
-        .build_with(&gz[..], &mut Refuse)
-        .unwrap_err();
+    let err = IndexBuilder::new().build_with(&gz[..], &mut Refuse).unwrap_err();
     assert!(matches!(err, GzipError::Sink { .. }));
     assert!(err.to_string().contains("tar header broken"));
 }
@@ -431,17 +330,7 @@ fn windows_reach_the_full_32k() {
     let gz = gzip_wrap(&raw, &data);
     assert_eq!(gunzip(&gz), data);
     let index = IndexBuilder::new().span(1).build(&gz[..]).unwrap();
-    assert!(
-        index.checkpoints.len() >= 20,
-        "{} checkpoints",
-        index.checkpoints.len()
-    );
-    assert!(
-        index
-            .checkpoints
-            .iter()
-            .skip(1)
-            .all(|c| c.window_len == 32768)
-    );
+    assert!(index.checkpoints.len() >= 20, "{} checkpoints", index.checkpoints.len());
+    assert!(index.checkpoints.iter().skip(1).all(|c| c.window_len == 32768));
     check_ranges(&gz, &index, &data, &[(40_000, 5000), (700_000, 300_000)]);
 }

@@ -11,17 +11,10 @@ use zran::gzip::{Extractor, IndexBuilder, zidx};
 /// Up to 24 MB of a tar of binaries and text from this machine.
 fn machine_tar() -> Vec<u8> {
     let out = Command::new("sh")
-        .args([
-            "-c",
-            "tar cf - -C / usr/bin usr/share/doc usr/share/perl5 2>/dev/null | head -c 24000000",
-        ])
+        .args(["-c", "tar cf - -C / usr/bin usr/share/doc usr/share/perl5 2>/dev/null | head -c 24000000"])
         .output()
         .expect("tar");
-    assert!(
-        out.stdout.len() > 4_000_000,
-        "too little data from tar: {}",
-        out.stdout.len()
-    );
+    assert!(out.stdout.len() > 4_000_000, "too little data from tar: {}", out.stdout.len());
     out.stdout
 }
 
@@ -61,12 +54,9 @@ fn real_tools_real_files() {
     for tool in tools {
         let gz = compress(tool, &data);
         for span in [256 << 10, 1 << 20, 4 << 20] {
-            let index = IndexBuilder::new()
-                .span(span)
-                .build(&gz[..])
-                .unwrap_or_else(|e| {
-                    panic!("{tool:?} span {span}: {e}");
-                });
+            let index = IndexBuilder::new().span(span).build(&gz[..]).unwrap_or_else(|e| {
+                panic!("{tool:?} span {span}: {e}");
+            });
             assert_eq!(index.uncompressed_size, data.len() as u64, "{tool:?}");
             let index = zidx::decode(&zidx::encode(&index)).unwrap();
             let ex = Extractor::new(&index, &gz[..]);
@@ -75,20 +65,11 @@ fn real_tools_real_files() {
                 let len = rand(300_000) as usize;
                 let got = ex.extract(off, len).unwrap();
                 let end = (off as usize + len).min(data.len());
-                assert!(
-                    got == data[off as usize..end],
-                    "{tool:?} span {span} at {off}+{len}"
-                );
+                assert!(got == data[off as usize..end], "{tool:?} span {span} at {off}+{len}");
             }
         }
         // The whole stream through the extractor, across every checkpoint.
         let index = IndexBuilder::new().span(1 << 20).build(&gz[..]).unwrap();
-        assert!(
-            Extractor::new(&index, &gz[..])
-                .extract(0, data.len())
-                .unwrap()
-                == data,
-            "{tool:?}"
-        );
+        assert!(Extractor::new(&index, &gz[..]).extract(0, data.len()).unwrap() == data, "{tool:?}");
     }
 }

@@ -15,13 +15,7 @@ fn open(reference: &str, opts: &OpenOptions) -> Result<oci::Image, oci::OciError
 }
 
 fn plain() -> OpenOptions {
-    OpenOptions {
-        registry: RegistryOptions {
-            attempts: 4,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
+    OpenOptions { registry: RegistryOptions { attempts: 4, ..Default::default() }, ..Default::default() }
 }
 
 fn creds(user: &str, pass: &str) -> OpenOptions {
@@ -41,18 +35,9 @@ fn plain_registry_and_layouts() {
     for name in IMAGES {
         let from_layout = open(&format!("oci:{}", dir.join(name).display()), &plain()).unwrap();
         let by_tag = open(&format!("{host}/{name}:latest"), &plain()).unwrap();
-        assert_eq!(
-            from_layout.manifest.digest, by_tag.manifest.digest,
-            "{name}"
-        );
-        assert_eq!(
-            from_layout.manifest.layers, by_tag.manifest.layers,
-            "{name}"
-        );
-        let digest = by_tag
-            .index
-            .clone()
-            .unwrap_or(by_tag.manifest.digest.clone());
+        assert_eq!(from_layout.manifest.digest, by_tag.manifest.digest, "{name}");
+        assert_eq!(from_layout.manifest.layers, by_tag.manifest.layers, "{name}");
+        let digest = by_tag.index.clone().unwrap_or(by_tag.manifest.digest.clone());
         let by_digest = open(&format!("{host}/{name}@{digest}"), &plain()).unwrap();
         assert_eq!(by_digest.manifest.digest, by_tag.manifest.digest, "{name}");
     }
@@ -63,30 +48,15 @@ fn plain_registry_and_layouts() {
     let amd = open(&format!("{host}/multi"), &plain()).unwrap();
     let arm64 = open(&format!("{host}/multi"), &arm).unwrap();
     assert_ne!(amd.manifest.digest, arm64.manifest.digest);
-    assert_eq!(
-        arm64.platform.as_ref().map(|p| p.architecture.as_str()),
-        Some("arm64")
-    );
+    assert_eq!(arm64.platform.as_ref().map(|p| p.architecture.as_str()), Some("arm64"));
     let mut s390 = plain();
     s390.platform = Some("linux/s390x".parse().unwrap());
-    let err = open(&format!("{host}/multi"), &s390)
-        .err()
-        .expect("no s390x image")
-        .to_string();
-    assert!(
-        err.contains("linux/s390x") && err.contains("linux/amd64"),
-        "{err}"
-    );
+    let err = open(&format!("{host}/multi"), &s390).err().expect("no s390x image").to_string();
+    assert!(err.contains("linux/s390x") && err.contains("linux/amd64"), "{err}");
 
     // Unknown tags and repositories: a clear error with the URL and status.
-    let err = open(&format!("{host}/python:nope"), &plain())
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(
-        err.contains("/v2/python/manifests/nope") && err.contains("404"),
-        "{err}"
-    );
+    let err = open(&format!("{host}/python:nope"), &plain()).err().unwrap().to_string();
+    assert!(err.contains("/v2/python/manifests/nope") && err.contains("404"), "{err}");
 
     // Range reads, byte for byte against the blob files.
     let image = open(&format!("{host}/python"), &plain()).unwrap();
@@ -109,21 +79,10 @@ fn plain_registry_and_layouts() {
             assert!(buf[..n] == file[off as usize..end], "range {off}+{len}");
         }
         let mut buf = [0u8; 10];
-        assert_eq!(
-            image
-                .source
-                .read_at(&layer.digest, layer.size, &mut buf)
-                .unwrap(),
-            0
-        );
+        assert_eq!(image.source.read_at(&layer.digest, layer.size, &mut buf).unwrap(), 0);
         // The whole blob, streamed and verified.
         let mut whole = Vec::new();
-        image
-            .source
-            .open(&layer.digest, Some(layer.size))
-            .unwrap()
-            .read_to_end(&mut whole)
-            .unwrap();
+        image.source.open(&layer.digest, Some(layer.size)).unwrap().read_to_end(&mut whole).unwrap();
         assert!(whole == file);
     }
 
@@ -133,15 +92,8 @@ fn plain_registry_and_layouts() {
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[5] ^= 0x20;
     std::fs::write(&path, bytes).unwrap();
-    let err = image
-        .source
-        .fetch(&config.digest, 1 << 20)
-        .expect_err("tampered config")
-        .to_string();
-    assert!(
-        err.contains(&format!("blob {} has digest", config.digest)),
-        "{err}"
-    );
+    let err = image.source.fetch(&config.digest, 1 << 20).expect_err("tampered config").to_string();
+    assert!(err.contains(&format!("blob {} has digest", config.digest)), "{err}");
 
     // `zran inspect` of the eStargz image: formats from annotations and footers, and only
     // manifest and footer bytes fetched.
@@ -149,17 +101,11 @@ fn plain_registry_and_layouts() {
         .args(["inspect", "--json", &format!("{host}/python-estargz")])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let layers = report["layers"].as_array().unwrap();
     assert!(
-        layers
-            .iter()
-            .all(|l| l["format"] == "estargz" && l["toc_offset"].as_u64().is_some()),
+        layers.iter().all(|l| l["format"] == "estargz" && l["toc_offset"].as_u64().is_some()),
         "{report}"
     );
     assert!(report["bytes_fetched"].as_u64().unwrap() < 8192, "{report}");
@@ -168,14 +114,7 @@ fn plain_registry_and_layouts() {
         .output()
         .unwrap();
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(
-        report["layers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|l| l["format"] == "gzip"),
-        "{report}"
-    );
+    assert!(report["layers"].as_array().unwrap().iter().all(|l| l["format"] == "gzip"), "{report}");
 }
 
 #[test]
@@ -184,10 +123,7 @@ fn faults_are_retried_or_reported() {
     let image = open(&format!("{}/python", reg.host()), &plain()).unwrap();
     let layer = image.manifest.layers.last().unwrap().clone();
     let file = std::fs::read(layout_blob(&layouts().join("python"), layer.digest.hex())).unwrap();
-    let repo = |port: u16| match format!("127.0.0.1:{port}/python")
-        .parse::<ImageRef>()
-        .unwrap()
-    {
+    let repo = |port: u16| match format!("127.0.0.1:{port}/python").parse::<ImageRef>().unwrap() {
         ImageRef::Registry(r) => r,
         _ => unreachable!(),
     };
@@ -199,18 +135,8 @@ fn faults_are_retried_or_reported() {
         let n = src.read_at(&layer.digest, 1_000_000, &mut buf).unwrap();
         assert_eq!(n, buf.len(), "{fault:?}");
         assert!(buf == file[1_000_000..1_065_536], "{fault:?}");
-        assert_eq!(
-            proxy.injected.load(std::sync::atomic::Ordering::SeqCst),
-            2,
-            "{fault:?}"
-        );
-        assert!(
-            src.stats()
-                .retries
-                .load(std::sync::atomic::Ordering::Relaxed)
-                >= 2,
-            "{fault:?}"
-        );
+        assert_eq!(proxy.injected.load(std::sync::atomic::Ordering::SeqCst), 2, "{fault:?}");
+        assert!(src.stats().retries.load(std::sync::atomic::Ordering::Relaxed) >= 2, "{fault:?}");
     }
 
     // A redirect is followed, and its target reused for later reads of the same blob.
@@ -239,19 +165,10 @@ fn faults_are_retried_or_reported() {
 
     // A fault that does not go away: a bounded number of tries, then an error naming the URL.
     let proxy = FaultyProxy::start(reg.port, Fault::Status500, 1000, "/blobs/");
-    let opts = RegistryOptions {
-        attempts: 3,
-        ..Default::default()
-    };
+    let opts = RegistryOptions { attempts: 3, ..Default::default() };
     let src = RegistrySource::new(&repo(proxy.port), &opts).unwrap();
-    let err = src
-        .read_at(&layer.digest, 0, &mut [0u8; 10])
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("/v2/python/blobs/sha256:") && err.contains("500"),
-        "{err}"
-    );
+    let err = src.read_at(&layer.digest, 0, &mut [0u8; 10]).unwrap_err().to_string();
+    assert!(err.contains("/v2/python/blobs/sha256:") && err.contains("500"), "{err}");
     assert_eq!(proxy.injected.load(std::sync::atomic::Ordering::SeqCst), 3);
 
     // Nobody listening: a connection error, after retries, naming the URL.
@@ -259,18 +176,9 @@ fn faults_are_retried_or_reported() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = dead.local_addr().unwrap().port();
     drop(dead);
-    let src = RegistrySource::new(
-        &repo(port),
-        &RegistryOptions {
-            attempts: 2,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let err = src
-        .read_at(&layer.digest, 0, &mut [0u8; 10])
-        .unwrap_err()
-        .to_string();
+    let src =
+        RegistrySource::new(&repo(port), &RegistryOptions { attempts: 2, ..Default::default() }).unwrap();
+    let err = src.read_at(&layer.digest, 0, &mut [0u8; 10]).unwrap_err().to_string();
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
 }
 
@@ -282,30 +190,17 @@ fn basic_auth() {
     assert!(!image.manifest.layers.is_empty());
     let layer = &image.manifest.layers[0];
     let mut buf = [0u8; 100];
-    assert_eq!(
-        image.source.read_at(&layer.digest, 0, &mut buf).unwrap(),
-        100
-    );
+    assert_eq!(image.source.read_at(&layer.digest, 0, &mut buf).unwrap(), 100);
 
-    let err = open(&format!("{host}/edge"), &plain())
-        .err()
-        .unwrap()
-        .to_string();
+    let err = open(&format!("{host}/edge"), &plain()).err().unwrap().to_string();
     assert!(err.contains("--creds"), "{err}");
-    let err = open(&format!("{host}/edge"), &creds("zran", "wrong"))
-        .err()
-        .unwrap()
-        .to_string();
+    let err = open(&format!("{host}/edge"), &creds("zran", "wrong")).err().unwrap().to_string();
     assert!(err.contains("401"), "{err}");
 
     // Credentials from a Docker config file.
     let cfg = reg.dir.path().join("docker-config.json");
     let auth = "enJhbjp6cmFuLXNlY3JldA=="; // base64("zran:zran-secret")
-    std::fs::write(
-        &cfg,
-        format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#),
-    )
-    .unwrap();
+    std::fs::write(&cfg, format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#)).unwrap();
     let mut o = plain();
     o.registry.docker_config = Some(cfg);
     assert!(open(&format!("{host}/edge"), &o).is_ok());
@@ -319,74 +214,39 @@ fn token_auth() {
     let image = open(&format!("{host}/python"), &plain()).unwrap();
     let layer = &image.manifest.layers[0];
     let mut buf = [0u8; 4096];
-    assert_eq!(
-        image.source.read_at(&layer.digest, 10, &mut buf).unwrap(),
-        4096
-    );
+    assert_eq!(image.source.read_at(&layer.digest, 10, &mut buf).unwrap(), 4096);
     // Many requests reuse the token.
     for i in 0..20 {
-        image
-            .source
-            .read_at(&layer.digest, i * 100, &mut buf)
-            .unwrap();
+        image.source.read_at(&layer.digest, i * 100, &mut buf).unwrap();
     }
     assert!(open(&format!("{host}/python"), &creds("zran", "zran-secret")).is_ok());
-    let err = open(&format!("{host}/python"), &creds("zran", "wrong"))
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(
-        err.contains("authentication failed") && err.contains("401"),
-        "{err}"
-    );
+    let err = open(&format!("{host}/python"), &creds("zran", "wrong")).err().unwrap().to_string();
+    assert!(err.contains("authentication failed") && err.contains("401"), "{err}");
 }
 
 #[test]
 fn layout_errors() {
     let dir = layouts();
-    let err = open(
-        &format!("oci:{}:nope", dir.join("python").display()),
-        &plain(),
-    )
-    .err()
-    .unwrap()
-    .to_string();
-    assert!(
-        err.contains("no such tag") && err.contains("latest"),
-        "{err}"
-    );
-    let err = open("oci:/nonexistent/layout", &plain())
-        .err()
-        .unwrap()
-        .to_string();
+    let err =
+        open(&format!("oci:{}:nope", dir.join("python").display()), &plain()).err().unwrap().to_string();
+    assert!(err.contains("no such tag") && err.contains("latest"), "{err}");
+    let err = open("oci:/nonexistent/layout", &plain()).err().unwrap().to_string();
     assert!(err.contains("/nonexistent/layout/oci-layout"), "{err}");
 
     // A layout with a blob missing.
     let tmp = tempfile::tempdir().unwrap();
     let copy = tmp.path().join("python");
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(dir.join("python"))
-        .arg(&copy)
-        .status()
-        .unwrap();
+    let status = Command::new("cp").arg("-a").arg(dir.join("python")).arg(&copy).status().unwrap();
     assert!(status.success());
     let image = open(&format!("oci:{}", copy.display()), &plain()).unwrap();
     let layer = image.manifest.layers[1].clone();
     std::fs::remove_file(layout_blob(&copy, layer.digest.hex())).unwrap();
-    let err = image
-        .source
-        .read_at(&layer.digest, 0, &mut [0u8; 4])
-        .unwrap_err()
-        .to_string();
+    let err = image.source.read_at(&layer.digest, 0, &mut [0u8; 4]).unwrap_err().to_string();
     assert!(err.contains(layer.digest.hex()), "{err}");
     // A manifest that does not match its digest.
     let mdigest = image.manifest.digest.clone();
     std::fs::write(layout_blob(&copy, mdigest.hex()), b"{}").unwrap();
-    let err = open(&format!("oci:{}@{mdigest}", copy.display()), &plain())
-        .err()
-        .unwrap()
-        .to_string();
+    let err = open(&format!("oci:{}@{mdigest}", copy.display()), &plain()).err().unwrap().to_string();
     assert!(err.contains("content has digest"), "{err}");
 }
 
@@ -411,11 +271,7 @@ fn proxies_and_mirrors() {
         &["inspect", "--json", &format!("{}/python", reg.host())],
         &[("HTTP_PROXY", format!("http://127.0.0.1:{}", proxy.port))],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(
         proxy.injected.load(std::sync::atomic::Ordering::SeqCst) >= 1,
         "requests did not go through the proxy"
@@ -436,15 +292,8 @@ fn proxies_and_mirrors() {
         ],
         &[],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        mirror.injected.load(std::sync::atomic::Ordering::SeqCst) >= 1,
-        "the mirror was not asked"
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(mirror.injected.load(std::sync::atomic::Ordering::SeqCst) >= 1, "the mirror was not asked");
     // Without the mirror the same reference fails, naming the address.
     let out = zran(&["inspect", &format!("127.0.0.1:{dead_port}/python")], &[]);
     assert_eq!(out.status.code(), Some(1));

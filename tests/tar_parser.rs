@@ -28,10 +28,7 @@ fn norm(p: &[u8]) -> Vec<u8> {
 }
 
 fn zran_norm(p: &[u8]) -> Vec<u8> {
-    let parts: Vec<&[u8]> = p
-        .split(|&b| b == b'/')
-        .filter(|s| !s.is_empty() && *s != b".")
-        .collect();
+    let parts: Vec<&[u8]> = p.split(|&b| b == b'/').filter(|s| !s.is_empty() && *s != b".").collect();
     parts.join(&b'/')
 }
 
@@ -53,36 +50,20 @@ fn oracle(archive: &[u8]) -> Vec<Seen> {
         };
         let path = norm(&e.path_bytes());
         let link = e.link_name_bytes().map(|l| l.to_vec()).unwrap_or_default();
-        let link = if kind == EntryKind::Hardlink {
-            norm(&link)
-        } else {
-            link
-        };
+        let link = if kind == EntryKind::Hardlink { norm(&link) } else { link };
         let pax_mtime = e.pax_extensions().ok().flatten().and_then(|ext| {
-            ext.filter_map(Result::ok)
-                .find(|x| x.key_bytes() == b"mtime")
-                .and_then(|x| {
-                    std::str::from_utf8(x.value_bytes())
-                        .ok()?
-                        .split('.')
-                        .next()?
-                        .parse::<i64>()
-                        .ok()
-                })
+            ext.filter_map(Result::ok).find(|x| x.key_bytes() == b"mtime").and_then(|x| {
+                std::str::from_utf8(x.value_bytes()).ok()?.split('.').next()?.parse::<i64>().ok()
+            })
         });
         let xattrs = match e.pax_extensions() {
             Ok(Some(ext)) => ext
-                .map(|x| {
-                    x.ok()
-                        .map(|x| (x.key_bytes().to_vec(), x.value_bytes().to_vec()))
-                })
+                .map(|x| x.ok().map(|x| (x.key_bytes().to_vec(), x.value_bytes().to_vec())))
                 .collect::<Option<Vec<_>>>()
                 .map(|v| {
                     let mut v: Vec<_> = v
                         .into_iter()
-                        .filter_map(|(k, val)| {
-                            k.strip_prefix(b"SCHILY.xattr.").map(|n| (n.to_vec(), val))
-                        })
+                        .filter_map(|(k, val)| k.strip_prefix(b"SCHILY.xattr.").map(|n| (n.to_vec(), val)))
                         .collect();
                     v.sort();
                     v
@@ -145,31 +126,19 @@ fn compare(archive: &[u8], pieces: &[usize]) {
             size: g.size,
             link: g.link.clone(),
             data_offset: g.data_offset,
-            xattrs: w.xattrs.as_ref().map(|_| {
-                g.xattrs
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect()
-            }),
+            xattrs: w.xattrs.as_ref().map(|_| g.xattrs.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
         };
         assert_eq!(&seen, w, "entry {i}");
         if g.kind == EntryKind::File && g.size > 0 {
             let s = g.data_offset as usize;
-            assert!(
-                data[i] == archive[s..s + g.size as usize],
-                "data of entry {i}"
-            );
+            assert!(data[i] == archive[s..s + g.size as usize], "data of entry {i}");
         }
     }
 }
 
 #[derive(Debug, Clone)]
 enum Item {
-    File {
-        name: String,
-        data: Vec<u8>,
-        xattr: Option<(String, Vec<u8>)>,
-    },
+    File { name: String, data: Vec<u8>, xattr: Option<(String, Vec<u8>)> },
     Dir(String),
     Symlink(String, String),
     Hardlink(String),
@@ -179,11 +148,7 @@ fn build(items: &[Item], gnu: bool, mtime: u64, uid: u64) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     let mut files = Vec::new();
     for item in items {
-        let mut h = if gnu {
-            tar::Header::new_gnu()
-        } else {
-            tar::Header::new_ustar()
-        };
+        let mut h = if gnu { tar::Header::new_gnu() } else { tar::Header::new_ustar() };
         h.set_mtime(mtime);
         h.set_uid(uid);
         h.set_gid(uid / 2);
@@ -194,8 +159,7 @@ fn build(items: &[Item], gnu: bool, mtime: u64, uid: u64) -> Vec<u8> {
                 h.set_size(data.len() as u64);
                 if let Some((k, v)) = xattr {
                     let key = format!("SCHILY.xattr.{k}");
-                    b.append_pax_extensions([(key.as_str(), v.as_slice())])
-                        .unwrap();
+                    b.append_pax_extensions([(key.as_str(), v.as_slice())]).unwrap();
                 }
                 b.append_data(&mut h, name, data.as_slice()).unwrap();
                 files.push(name.clone());
@@ -224,14 +188,10 @@ fn build(items: &[Item], gnu: bool, mtime: u64, uid: u64) -> Vec<u8> {
 
 fn name_strategy() -> impl Strategy<Value = String> {
     // Short and very long names (GNU long names, ustar prefixes), with ./ prefixes sometimes.
-    (
-        prop::collection::vec("[a-z0-9_é]{1,40}", 1..6),
-        any::<bool>(),
-    )
-        .prop_map(|(parts, dot)| {
-            let p = parts.join("/");
-            if dot { format!("./{p}") } else { p }
-        })
+    (prop::collection::vec("[a-z0-9_é]{1,40}", 1..6), any::<bool>()).prop_map(|(parts, dot)| {
+        let p = parts.join("/");
+        if dot { format!("./{p}") } else { p }
+    })
 }
 
 fn item_strategy() -> impl Strategy<Value = Item> {
@@ -306,37 +266,22 @@ fn hostile_archives() {
     let mut p = TarParser::new();
     let err = p.push(0, &archive, &mut |_, _, _| {}).unwrap_err();
     assert!(
-        err.to_string().contains("climbs out of the root")
-            && err.to_string().contains("offset 512"),
+        err.to_string().contains("climbs out of the root") && err.to_string().contains("offset 512"),
         "{err}"
     );
 
     // A corrupt checksum.
     let mut bad = build(&[Item::Dir("d".into())], false, 0, 0);
     bad[0] ^= 1;
-    let err = TarParser::new()
-        .push(0, &bad, &mut |_, _, _| {})
-        .unwrap_err();
+    let err = TarParser::new().push(0, &bad, &mut |_, _, _| {}).unwrap_err();
     assert!(err.to_string().contains("checksum"), "{err}");
 
     // Truncated inside an entry.
-    let archive = build(
-        &[Item::File {
-            name: "f".into(),
-            data: vec![7; 5000],
-            xattr: None,
-        }],
-        true,
-        0,
-        0,
-    );
+    let archive = build(&[Item::File { name: "f".into(), data: vec![7; 5000], xattr: None }], true, 0, 0);
     let mut p = TarParser::new();
     p.push(0, &archive[..2000], &mut |_, _, _| {}).unwrap();
     let err = p.finish().unwrap_err();
-    assert!(
-        err.to_string().contains("middle of an entry") && err.to_string().contains("\"f\""),
-        "{err}"
-    );
+    assert!(err.to_string().contains("middle of an entry") && err.to_string().contains("\"f\""), "{err}");
 
     // An absurd PAX header size is refused before anything is allocated.
     let mut x = tar::Header::new_ustar();
@@ -344,9 +289,7 @@ fn hostile_archives() {
     x.set_size(1 << 40);
     x.set_path("pax").unwrap();
     x.set_cksum();
-    let err = TarParser::new()
-        .push(0, x.as_bytes(), &mut |_, _, _| {})
-        .unwrap_err();
+    let err = TarParser::new().push(0, x.as_bytes(), &mut |_, _, _| {}).unwrap_err();
     assert!(err.to_string().contains("extension header"), "{err}");
 
     // Arbitrary bytes never panic.

@@ -10,33 +10,17 @@ use std::path::PathBuf;
 use zran::gzip::{Extractor, IndexBuilder, zidx};
 
 fn golden(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("formats/golden")
-        .join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("formats/golden").join(name)
 }
 
 fn make_sample() -> Vec<u8> {
     let data = sample_data(200_000, 42);
     // Sync flushes end blocks every 20000 bytes, so there are boundaries to checkpoint at.
-    let flushes: Vec<_> = (1..8)
-        .map(|i| (i * 20_000, zlib_rs::DeflateFlush::SyncFlush))
-        .collect();
+    let flushes: Vec<_> = (1..8).map(|i| (i * 20_000, zlib_rs::DeflateFlush::SyncFlush)).collect();
     let members = [
-        Member {
-            flags: FNAME,
-            flushes: flushes.clone(),
-            ..Member::default()
-        },
-        Member {
-            flags: FEXTRA | FCOMMENT | FHCRC,
-            level: 9,
-            flushes,
-            ..Member::default()
-        },
-        Member {
-            level: 1,
-            ..Member::default()
-        },
+        Member { flags: FNAME, flushes: flushes.clone(), ..Member::default() },
+        Member { flags: FEXTRA | FCOMMENT | FHCRC, level: 9, flushes, ..Member::default() },
+        Member { level: 1, ..Member::default() },
     ];
     gzip_members(&data, &[60_000, 60_000, 150_000], &members)
 }
@@ -61,16 +45,9 @@ fn golden_decodes() {
     assert_eq!(index.span, 32 * 1024);
     assert_eq!(index.tail, gz[gz.len() - 8..]);
     let c = &index.checkpoints;
-    assert_eq!(
-        (c[0].out, c[0].input, c[0].bits, c[0].window_len),
-        (0, 19, 0, 0)
-    );
+    assert_eq!((c[0].out, c[0].input, c[0].bits, c[0].window_len), (0, 19, 0, 0));
     // The empty member at 60000 and the one at 150000 start window-less checkpoints.
-    let starts: Vec<u64> = c
-        .iter()
-        .filter(|c| c.window_len == 0)
-        .map(|c| c.out)
-        .collect();
+    let starts: Vec<u64> = c.iter().filter(|c| c.window_len == 0).map(|c| c.out).collect();
     assert!(starts.contains(&150_000), "{starts:?}");
     assert!(c.iter().all(|c| c.window_len <= 32768));
     let members: Vec<u64> = c.iter().map(|c| c.member).collect();
@@ -89,10 +66,7 @@ fn golden_decodes() {
     // index again gives the same bytes (the builder is deterministic).
     assert_eq!(zidx::encode(&index), bytes);
     let again = IndexBuilder::new().span(32 * 1024).build(&gz[..]).unwrap();
-    assert!(
-        zidx::encode(&again) == bytes,
-        "the builder no longer makes the golden index"
-    );
+    assert!(zidx::encode(&again) == bytes, "the builder no longer makes the golden index");
 }
 
 #[test]
@@ -104,10 +78,7 @@ fn any_corruption_is_refused() {
         assert!(zidx::decode(&bad).is_err(), "flip at byte {i} accepted");
     }
     for cut in 0..bytes.len() {
-        assert!(
-            zidx::decode(&bytes[..cut]).is_err(),
-            "cut at {cut} accepted"
-        );
+        assert!(zidx::decode(&bytes[..cut]).is_err(), "cut at {cut} accepted");
     }
     let mut longer = bytes.clone();
     longer.push(0);
@@ -120,8 +91,7 @@ fn unknown_version_is_named() {
     bytes[8] = 9;
     let err = zidx::decode(&bytes).unwrap_err();
     assert!(err.to_string().contains("version 9"), "{err}");
-    let err = zidx::decode(b"PK\x03\x04 this is not an index at all, it is a zip file.........")
-        .unwrap_err();
+    let err = zidx::decode(b"PK\x03\x04 this is not an index at all, it is a zip file.........").unwrap_err();
     assert!(err.to_string().contains("bad magic"), "{err}");
 }
 
@@ -139,37 +109,22 @@ fn fields_are_validated_beyond_the_checksum() {
     let point = |i: usize| 64 + 40 * i;
     type Patch = Box<dyn Fn(&mut Vec<u8>)>;
     let cases: Vec<(&str, Patch)> = vec![
-        (
-            "checkpoint count",
-            Box::new(|b| b[48..52].copy_from_slice(&100_000u32.to_le_bytes())),
-        ),
+        ("checkpoint count", Box::new(|b| b[48..52].copy_from_slice(&100_000u32.to_le_bytes()))),
         ("first not at 0", Box::new(move |b| b[point(0)] = 1)),
-        (
-            "order",
-            Box::new(move |b| b[point(1)..point(1) + 8].copy_from_slice(&0u64.to_le_bytes())),
-        ),
+        ("order", Box::new(move |b| b[point(1)..point(1) + 8].copy_from_slice(&0u64.to_le_bytes()))),
         ("bits", Box::new(move |b| b[point(1) + 38] = 8)),
-        (
-            "member",
-            Box::new(move |b| b[point(1) + 24..point(1) + 32].copy_from_slice(&9u64.to_le_bytes())),
-        ),
+        ("member", Box::new(move |b| b[point(1) + 24..point(1) + 32].copy_from_slice(&9u64.to_le_bytes()))),
         (
             "window length",
-            Box::new(move |b| {
-                b[point(1) + 36..point(1) + 38].copy_from_slice(&40_000u16.to_le_bytes())
-            }),
+            Box::new(move |b| b[point(1) + 36..point(1) + 38].copy_from_slice(&40_000u16.to_le_bytes())),
         ),
         (
             "window offset",
-            Box::new(move |b| {
-                b[point(1) + 16..point(1) + 24].copy_from_slice(&u64::MAX.to_le_bytes())
-            }),
+            Box::new(move |b| b[point(1) + 16..point(1) + 24].copy_from_slice(&u64::MAX.to_le_bytes())),
         ),
         (
             "past the end",
-            Box::new(move |b| {
-                b[point(1) + 8..point(1) + 16].copy_from_slice(&u64::MAX.to_le_bytes())
-            }),
+            Box::new(move |b| b[point(1) + 8..point(1) + 16].copy_from_slice(&u64::MAX.to_le_bytes())),
         ),
         ("flags", Box::new(|b| b[10] = 1)),
     ];
@@ -181,11 +136,7 @@ fn fields_are_validated_beyond_the_checksum() {
     // A window that decodes to garbage is caught when used, not served.
     let index = zidx::decode(&bytes).unwrap();
     let mut broken = index.clone();
-    let i = broken
-        .checkpoints
-        .iter()
-        .position(|c| c.window_len > 0)
-        .unwrap();
+    let i = broken.checkpoints.iter().position(|c| c.window_len > 0).unwrap();
     broken.checkpoints[i].window[5] ^= 0xff;
     let gz = std::fs::read(golden("sample.gz")).unwrap();
     let off = broken.checkpoints[i].out;

@@ -59,8 +59,7 @@ pub fn records(tree: &Tree) -> Vec<FileRecord> {
                 gid: i.gid,
                 size: (i.kind == EntryKind::File).then_some(i.size),
                 mtime: i.mtime.map(|(sec, nsec)| Mtime { sec, nsec }),
-                target: (i.kind == EntryKind::Symlink)
-                    .then(|| String::from_utf8_lossy(&i.link).into_owned()),
+                target: (i.kind == EntryKind::Symlink).then(|| String::from_utf8_lossy(&i.link).into_owned()),
                 major: dev.then_some(i.devmajor),
                 minor: dev.then_some(i.devminor),
                 xattrs: i
@@ -91,11 +90,9 @@ fn mode_string(kind: EntryKind, mode: u32) -> String {
         _ => '-',
     };
     let mut s = String::from(t);
-    for (shift, special, lower, upper) in [
-        (6, 0o4000, 's', 'S'),
-        (3, 0o2000, 's', 'S'),
-        (0, 0o1000, 't', 'T'),
-    ] {
+    for (shift, special, lower, upper) in
+        [(6, 0o4000, 's', 'S'), (3, 0o2000, 's', 'S'), (0, 0o1000, 't', 'T')]
+    {
         let bits = (mode >> shift) & 7;
         s.push(if bits & 4 != 0 { 'r' } else { '-' });
         s.push(if bits & 2 != 0 { 'w' } else { '-' });
@@ -124,11 +121,7 @@ fn date(secs: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60
-    )
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}", rem / 3600, rem % 3600 / 60)
 }
 
 pub fn print_listing(tree: &Tree) {
@@ -138,10 +131,7 @@ pub fn print_listing(tree: &Tree) {
             EntryKind::Char | EntryKind::Block => format!("{},{}", i.devmajor, i.devminor),
             _ => i.size.to_string(),
         };
-        let when = i
-            .mtime
-            .map(|(s, _)| date(s))
-            .unwrap_or_else(|| "-".repeat(16));
+        let when = i.mtime.map(|(s, _)| date(s)).unwrap_or_else(|| "-".repeat(16));
         let mut line = format!(
             "{} {}/{} {:>12} {} {}",
             mode_string(i.kind, i.mode),

@@ -104,8 +104,7 @@ fn index(args: IndexArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let index = build(&args.file, args.span)?;
     let seconds = started.elapsed().as_secs_f64();
-    zidx::write_file(&index, &output)
-        .with_context(|| format!("cannot write index {}", output.display()))?;
+    zidx::write_file(&index, &output).with_context(|| format!("cannot write index {}", output.display()))?;
     let index_size = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
     let summary = Summary {
         file: &args.file,
@@ -141,10 +140,7 @@ fn index(args: IndexArgs) -> anyhow::Result<()> {
 fn extract(args: ExtractArgs) -> anyhow::Result<()> {
     let name = args.file.display().to_string();
     let file = File::open(&args.file).with_context(|| format!("cannot open {name}"))?;
-    let file_len = file
-        .metadata()
-        .with_context(|| format!("cannot stat {name}"))?
-        .len();
+    let file_len = file.metadata().with_context(|| format!("cannot stat {name}"))?.len();
     let index_path = args.index.clone().or_else(|| {
         let p = default_index_path(&args.file);
         p.exists().then_some(p)
@@ -196,18 +192,11 @@ fn extract(args: ExtractArgs) -> anyhow::Result<()> {
 fn check_belongs(index: &Index, file: &File, file_len: u64) -> anyhow::Result<()> {
     use zran::gzip::ReadAt;
     if index.compressed_size != file_len {
-        bail!(
-            "the index is for {} bytes of gzip, the file has {file_len}",
-            index.compressed_size
-        );
+        bail!("the index is for {} bytes of gzip, the file has {file_len}", index.compressed_size);
     }
     // With zero padding after the last member the file ends in zeros, and only sizes compare.
     let mut tail = [0u8; 8];
-    if file_len >= 8
-        && file.read_at(file_len - 8, &mut tail)? == 8
-        && tail != [0; 8]
-        && tail != index.tail
-    {
+    if file_len >= 8 && file.read_at(file_len - 8, &mut tail)? == 8 && tail != [0; 8] && tail != index.tail {
         bail!("the file's last 8 bytes differ from the index's record");
     }
     Ok(())

@@ -15,9 +15,13 @@ pub struct InspectArgs {
     /// Print JSON on stdout.
     #[arg(long)]
     pub json: bool,
-    /// List the merged filesystem tree (like `tar -tv`), reading what it needs of the layers.
+    /// List the merged filesystem tree (like `tar -tv`), reading what it needs of the layers:
+    /// the table of contents of eStargz layers, the whole of the others.
     #[arg(long)]
     pub files: bool,
+    /// Use eStargz TOCs that the manifest does not vouch for (no TOC digest annotation).
+    #[arg(long)]
+    pub insecure_skip_verify: bool,
 }
 
 /// How a layer is stored, as far as lazy loading is concerned.
@@ -65,16 +69,12 @@ struct Report<'a> {
 pub fn run(args: InspectArgs) -> anyhow::Result<()> {
     let image = args.image_args.open(&args.image)?;
     if args.files {
-        return files(&image, args.json);
+        return files(&image, args.json, args.insecure_skip_verify);
     }
     let mut layers = Vec::new();
     for d in &image.manifest.layers {
         let (format, toc_offset) = layer_format(&image, d)?;
-        layers.push(LayerReport {
-            descriptor: d,
-            format,
-            toc_offset,
-        });
+        layers.push(LayerReport { descriptor: d, format, toc_offset });
     }
     let report = Report {
         image: &image.name,
@@ -101,11 +101,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
         println!("platform  {p}");
     }
     println!("config    {}", report.config);
-    println!(
-        "layers    {} ({} bytes)",
-        report.layers.len(),
-        report.compressed_size
-    );
+    println!("layers    {} ({} bytes)", report.layers.len(), report.compressed_size);
     for (i, l) in report.layers.iter().enumerate() {
         println!(
             "  {i:>3}  {}  {:>12}  {:<18}  {}",
@@ -120,55 +116,39 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
 }
 
 /// The annotation zstd:chunked layers carry (both spellings seen in the wild).
-const ZSTD_CHUNKED: [&str; 2] = [
-    "io.github.containers.zstd-chunked.manifest-checksum",
-    "io.containers.zstd-chunked.manifest-checksum",
-];
+const ZSTD_CHUNKED: [&str; 2] =
+    ["io.github.containers.zstd-chunked.manifest-checksum", "io.containers.zstd-chunked.manifest-checksum"];
 
-fn layer_format(
-    image: &zran::oci::Image,
-    d: &Descriptor,
-) -> anyhow::Result<(LayerFormat, Option<u64>)> {
+fn layer_format(image: &zran::oci::Image, d: &Descriptor) -> anyhow::Result<(LayerFormat, Option<u64>)> {
     if ZSTD_CHUNKED.iter().any(|k| d.annotations.contains_key(*k)) {
         return Ok((LayerFormat::ZstdChunked, None));
     }
     let compression = d.compression();
     if !matches!(compression, Compression::Gzip | Compression::Zstd) {
-        let f = if compression == Compression::None {
-            LayerFormat::Uncompressed
-        } else {
-            LayerFormat::Unknown
-        };
+        let f =
+            if compression == Compression::None { LayerFormat::Uncompressed } else { LayerFormat::Unknown };
         return Ok((f, None));
     }
     // The footer decides; the annotation says whether the TOC can be trusted.
     let n = estargz::footer::MAX_FOOTER.min(d.size as usize);
     let mut tail = vec![0u8; n];
-    let got = image
-        .source
-        .read_at(&d.digest, d.size - n as u64, &mut tail)?;
+    let got = image.source.read_at(&d.digest, d.size - n as u64, &mut tail)?;
     tail.truncate(got);
     let footer = estargz::detect_footer(&tail, d.size);
     Ok(match (footer.map(|f| f.kind), compression) {
         (Some(FooterKind::Estargz), _) if d.estargz_toc_digest().is_some() => {
             (LayerFormat::Estargz, footer.map(|f| f.toc_offset))
         }
-        (Some(FooterKind::Estargz), _) => {
-            (LayerFormat::EstargzUnverified, footer.map(|f| f.toc_offset))
-        }
-        (Some(FooterKind::LegacyStargz), _) => {
-            (LayerFormat::LegacyStargz, footer.map(|f| f.toc_offset))
-        }
-        (Some(FooterKind::ZstdChunked), _) => {
-            (LayerFormat::ZstdChunked, footer.map(|f| f.toc_offset))
-        }
+        (Some(FooterKind::Estargz), _) => (LayerFormat::EstargzUnverified, footer.map(|f| f.toc_offset)),
+        (Some(FooterKind::LegacyStargz), _) => (LayerFormat::LegacyStargz, footer.map(|f| f.toc_offset)),
+        (Some(FooterKind::ZstdChunked), _) => (LayerFormat::ZstdChunked, footer.map(|f| f.toc_offset)),
         (None, Compression::Zstd) => (LayerFormat::Zstd, None),
         (None, _) => (LayerFormat::Gzip, None),
     })
 }
 
 /// Build the merged tree: each layer read once (gzip layers streamed through the index pass).
-fn files(image: &zran::oci::Image, json: bool) -> anyhow::Result<()> {
+fn files(image: &zran::oci::Image, json: bool, insecure: bool) -> anyhow::Result<()> {
     use anyhow::Context;
     let mut tree = zran::tree::Tree::new();
     let bar = super::util::byte_progress(
@@ -176,15 +156,23 @@ fn files(image: &zran::oci::Image, json: bool) -> anyhow::Result<()> {
         "reading layers",
     );
     for (i, layer) in image.manifest.layers.iter().enumerate() {
-        let scan = zran::layer::scan_gzip(
-            image.source.as_ref(),
-            layer,
-            zran::layer::DEFAULT_SPAN,
-            None,
-        )
-        .with_context(|| format!("{}: layer {i}", image.name))?;
-        tree.apply_layer(i, &scan.entries)
-            .with_context(|| format!("{}: layer {i} ({})", image.name, layer.digest))?;
+        let (format, _) = layer_format(image, layer)?;
+        let use_toc = format == LayerFormat::Estargz || (insecure && format == LayerFormat::EstargzUnverified);
+        if use_toc {
+            let verify = if insecure { estargz::Verify::InsecureSkipVerify } else { estargz::Verify::Required };
+            let toc = estargz::read_toc(image.source.as_ref(), layer, verify)
+                .with_context(|| format!("{}: layer {i}", image.name))?;
+            tree.apply_estargz_layer(i, &toc.entries)
+                .with_context(|| format!("{}: layer {i} ({})", image.name, layer.digest))?;
+        } else {
+            if format == LayerFormat::EstargzUnverified {
+                tracing::warn!(layer = %layer.digest, "eStargz layer without a TOC digest in the manifest: reading it whole (--insecure-skip-verify uses the TOC)");
+            }
+            let scan = zran::layer::scan_gzip(image.source.as_ref(), layer, zran::layer::DEFAULT_SPAN, None)
+                .with_context(|| format!("{}: layer {i}", image.name))?;
+            tree.apply_layer(i, &scan.entries)
+                .with_context(|| format!("{}: layer {i} ({})", image.name, layer.digest))?;
+        }
         bar.inc(layer.size);
     }
     bar.finish_and_clear();

@@ -46,11 +46,7 @@ pub fn detect_footer(tail: &[u8], blob_size: u64) -> Option<Footer> {
         return None;
     }
     let toc_offset = u64::from_le_bytes(f[8..16].try_into().ok()?);
-    (toc_offset < blob_size).then_some(Footer {
-        kind: FooterKind::ZstdChunked,
-        toc_offset,
-        footer_size: 48,
-    })
+    (toc_offset < blob_size).then_some(Footer { kind: FooterKind::ZstdChunked, toc_offset, footer_size: 48 })
 }
 
 fn gzip_footer(b: &[u8], subfield: bool) -> Option<Footer> {
@@ -75,16 +71,8 @@ fn gzip_footer(b: &[u8], subfield: bool) -> Option<Footer> {
     }
     let hex = std::str::from_utf8(&payload[..16]).ok()?;
     let toc_offset = u64::from_str_radix(hex, 16).ok()?;
-    let kind = if subfield {
-        FooterKind::Estargz
-    } else {
-        FooterKind::LegacyStargz
-    };
-    Some(Footer {
-        kind,
-        toc_offset,
-        footer_size: b.len() as u64,
-    })
+    let kind = if subfield { FooterKind::Estargz } else { FooterKind::LegacyStargz };
+    Some(Footer { kind, toc_offset, footer_size: b.len() as u64 })
 }
 
 #[cfg(test)]
@@ -92,9 +80,7 @@ mod tests {
     use super::*;
 
     fn estargz_footer(off: u64) -> Vec<u8> {
-        let mut f = vec![
-            0x1f, 0x8b, 0x08, 0x04, 0, 0, 0, 0, 0, 0xff, 26, 0, b'S', b'G', 22, 0,
-        ];
+        let mut f = vec![0x1f, 0x8b, 0x08, 0x04, 0, 0, 0, 0, 0, 0xff, 26, 0, b'S', b'G', 22, 0];
         f.extend_from_slice(format!("{off:016x}STARGZ").as_bytes());
         f.extend_from_slice(&[1, 0, 0, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0]);
         f
@@ -107,14 +93,7 @@ mod tests {
         let mut tail = vec![7u8; 100];
         tail.extend_from_slice(&f);
         let got = detect_footer(&tail, 20_000_000).unwrap();
-        assert_eq!(
-            got,
-            Footer {
-                kind: FooterKind::Estargz,
-                toc_offset: 17_294_620,
-                footer_size: 51
-            }
-        );
+        assert_eq!(got, Footer { kind: FooterKind::Estargz, toc_offset: 17_294_620, footer_size: 51 });
         // Offsets past the blob are not footers.
         assert!(detect_footer(&tail, 1000).is_none());
 
@@ -139,9 +118,7 @@ mod tests {
 
     #[test]
     fn plain_gzip_is_not_a_footer() {
-        let plain = [
-            0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-        ];
+        let plain = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0];
         assert!(detect_footer(&plain, 20).is_none());
         assert!(detect_footer(&[], 0).is_none());
         let mut bad = estargz_footer(5);

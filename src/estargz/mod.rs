@@ -5,5 +5,7 @@
 //! reader will use `gzip` to inflate the TOC member.
 
 pub mod footer;
+pub mod toc;
 
 pub use footer::{Footer, FooterKind, detect_footer};
+pub use toc::{Chunk, EntryKind, Landmark, LandmarkKind, Toc, TocEntry, TocError, Verify, read_toc};

@@ -119,10 +119,7 @@ impl Boundary {
 
 impl IndexBuilder {
     pub fn new() -> Self {
-        IndexBuilder {
-            span: DEFAULT_SPAN,
-            slack: None,
-        }
+        IndexBuilder { span: DEFAULT_SPAN, slack: None }
     }
 
     /// Take a checkpoint at the first block boundary at least `span` uncompressed bytes after
@@ -145,43 +142,25 @@ impl IndexBuilder {
     }
 
     /// Index a stream, handing its data to `sink`.
-    pub fn build_with<R: Read, S: Sink + ?Sized>(
-        &self,
-        reader: R,
-        sink: &mut S,
-    ) -> Result<Index, GzipError> {
+    pub fn build_with<R: Read, S: Sink + ?Sized>(&self, reader: R, sink: &mut S) -> Result<Index, GzipError> {
         std::thread::scope(|scope| {
             let (tx, rx) = mpsc::channel::<Job>();
             let packer = scope.spawn(move || rx.into_iter().map(window::pack).collect::<Vec<_>>());
             let mut pass = Pass::new(reader, self, tx)?;
             let result = pass.run(sink);
             drop(pass.windows.take());
-            let packed = packer.join().map_err(|_| GzipError::Window {
-                checkpoint: 0,
-                message: "window packer panicked".into(),
-            })?;
+            let packed = packer
+                .join()
+                .map_err(|_| GzipError::Window { checkpoint: 0, message: "window packer panicked".into() })?;
             let mut index = result?;
             let mut sparse = 0;
-            for Packed {
-                index: i,
-                window_len,
-                frame,
-                sparse: s,
-            } in packed
-            {
+            for Packed { index: i, window_len, frame, sparse: s } in packed {
                 let c = &mut index.checkpoints[i];
                 c.window_len = window_len;
-                c.window = frame.map_err(|e| GzipError::Window {
-                    checkpoint: i,
-                    message: e.to_string(),
-                })?;
+                c.window = frame.map_err(|e| GzipError::Window { checkpoint: i, message: e.to_string() })?;
                 sparse += usize::from(s);
             }
-            tracing::debug!(
-                checkpoints = index.checkpoints.len(),
-                sparse,
-                "windows packed"
-            );
+            tracing::debug!(checkpoints = index.checkpoints.len(), sparse, "windows packed");
             Ok(index)
         })
     }
@@ -241,10 +220,7 @@ impl<R: Read> Input<R> {
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    return Err(GzipError::Io {
-                        offset: self.base + self.len as u64,
-                        source: e,
-                    });
+                    return Err(GzipError::Io { offset: self.base + self.len as u64, source: e });
                 }
             }
         }
@@ -295,16 +271,9 @@ struct Pass<'a, R> {
 }
 
 impl<'a, R: Read> Pass<'a, R> {
-    fn new(
-        reader: R,
-        builder: &IndexBuilder,
-        windows: mpsc::Sender<Job>,
-    ) -> Result<Self, GzipError> {
-        let inflate = RawInflate::new().map_err(|e| GzipError::Deflate {
-            member: 0,
-            offset: 0,
-            message: e.message,
-        })?;
+    fn new(reader: R, builder: &IndexBuilder, windows: mpsc::Sender<Job>) -> Result<Self, GzipError> {
+        let inflate =
+            RawInflate::new().map_err(|e| GzipError::Deflate { member: 0, offset: 0, message: e.message })?;
         Ok(Pass {
             input: Input {
                 reader,
@@ -372,21 +341,14 @@ impl<'a, R: Read> Pass<'a, R> {
                 }
                 Ok(None) => {
                     if !self.input.more()? {
-                        return Err(GzipError::Truncated {
-                            member: self.members,
-                            offset,
-                        });
+                        return Err(GzipError::Truncated { member: self.members, offset });
                     }
                 }
                 Err(HeaderError::BadMagic) if self.members > 0 => {
                     return self.trailing_zeros(offset);
                 }
                 Err(reason) => {
-                    return Err(GzipError::Header {
-                        member: self.members,
-                        offset,
-                        reason,
-                    });
+                    return Err(GzipError::Header { member: self.members, offset, reason });
                 }
             }
         }
@@ -430,19 +392,12 @@ impl<'a, R: Read> Pass<'a, R> {
                 self.end_round(sink, false)?;
             }
             if self.input.avail().is_empty() && !self.input.more()? {
-                return Err(GzipError::Truncated {
-                    member,
-                    offset: self.input.offset(),
-                });
+                return Err(GzipError::Truncated { member, offset: self.input.offset() });
             }
-            let step = self
-                .inflate
-                .inflate(self.input.avail(), &mut self.out[self.out_len..], true)
-                .map_err(|e| GzipError::Deflate {
-                    member,
-                    offset: self.input.offset(),
-                    message: e.message,
-                })?;
+            let step =
+                self.inflate.inflate(self.input.avail(), &mut self.out[self.out_len..], true).map_err(
+                    |e| GzipError::Deflate { member, offset: self.input.offset(), message: e.message },
+                )?;
             self.input.consume(step.consumed);
             let new = &self.out[self.out_len..self.out_len + step.produced];
             crc.update(new);
@@ -463,9 +418,7 @@ impl<'a, R: Read> Pass<'a, R> {
             if step.consumed == 0 && step.produced == 0 {
                 stalls += 1;
                 if stalls > 3 {
-                    return Err(GzipError::Stalled {
-                        offset: self.input.offset(),
-                    });
+                    return Err(GzipError::Stalled { offset: self.input.offset() });
                 }
             } else {
                 stalls = 0;
@@ -474,10 +427,7 @@ impl<'a, R: Read> Pass<'a, R> {
         // Trailer: CRC32 and ISIZE, little-endian.
         let offset = self.input.offset();
         if !self.input.ensure(8)? {
-            return Err(GzipError::Truncated {
-                member,
-                offset: offset + self.input.avail().len() as u64,
-            });
+            return Err(GzipError::Truncated { member, offset: offset + self.input.avail().len() as u64 });
         }
         let t = &self.input.avail()[..8];
         let stored_crc = u32::from_le_bytes([t[0], t[1], t[2], t[3]]);
@@ -486,21 +436,11 @@ impl<'a, R: Read> Pass<'a, R> {
         self.input.consume(8);
         let computed = crc.finalize();
         if stored_crc != computed {
-            return Err(GzipError::Crc {
-                member,
-                offset,
-                stored: stored_crc,
-                computed,
-            });
+            return Err(GzipError::Crc { member, offset, stored: stored_crc, computed });
         }
         let len = (self.total_out - member_start) as u32;
         if stored_len != len {
-            return Err(GzipError::Isize {
-                member,
-                offset,
-                stored: stored_len,
-                computed: len,
-            });
+            return Err(GzipError::Isize { member, offset, stored: stored_len, computed: len });
         }
         Ok(())
     }
@@ -524,15 +464,8 @@ impl<'a, R: Read> Pass<'a, R> {
     fn end_round<S: Sink + ?Sized>(&mut self, sink: &mut S, last: bool) -> Result<(), GzipError> {
         let round_at = self.out_base + self.round_start as u64;
         if self.out_len > self.round_start {
-            sink.data(
-                round_at,
-                &self.out[self.round_start..self.out_len],
-                &mut self.requests,
-            )
-            .map_err(|source| GzipError::Sink {
-                offset: round_at,
-                source,
-            })?;
+            sink.data(round_at, &self.out[self.round_start..self.out_len], &mut self.requests)
+                .map_err(|source| GzipError::Sink { offset: round_at, source })?;
         }
         self.pending.append(&mut self.requests.offsets);
         self.pending.sort_unstable();
@@ -544,11 +477,7 @@ impl<'a, R: Read> Pass<'a, R> {
         // The last boundary seen keeps its window for later rounds.
         if let Some(&b) = self.boundaries.last() {
             let window = self.window_in_buffer(&b).to_vec();
-            self.prev = Some(Prev {
-                boundary: b,
-                window,
-                analysable: true,
-            });
+            self.prev = Some(Prev { boundary: b, window, analysable: true });
         }
         self.boundaries.clear();
         self.dispatch(last);
@@ -570,10 +499,7 @@ impl<'a, R: Read> Pass<'a, R> {
         let mut ri = 0;
         let round = std::mem::take(&mut self.boundaries);
         let prev = self.prev.as_ref().map(|p| p.boundary);
-        let candidates = prev
-            .iter()
-            .map(|b| (b, true))
-            .chain(round.iter().map(|b| (b, false)));
+        let candidates = prev.iter().map(|b| (b, true)).chain(round.iter().map(|b| (b, false)));
         for (k, (b, is_prev)) in candidates.enumerate() {
             let next_out = match round.get(k + 1 - usize::from(prev.is_some())) {
                 Some(next) => next.out,
@@ -601,10 +527,7 @@ impl<'a, R: Read> Pass<'a, R> {
         self.boundaries = round;
         // Requests before the first candidate or past the end have nothing to resolve to.
         if ri < requests.len() {
-            tracing::trace!(
-                count = requests.len() - ri,
-                "unresolvable checkpoint requests"
-            );
+            tracing::trace!(count = requests.len() - ri, "unresolvable checkpoint requests");
         }
     }
 
@@ -627,12 +550,7 @@ impl<'a, R: Read> Pass<'a, R> {
         let i = self.checkpoints.len();
         let window_len = window.len() as u32;
         if !window.is_empty() {
-            self.waiting.push(Waiting {
-                index: i,
-                boundary: *b,
-                window,
-                analysable,
-            });
+            self.waiting.push(Waiting { index: i, boundary: *b, window, analysable });
         }
         self.checkpoints.push(Checkpoint {
             out: b.out,
@@ -648,20 +566,17 @@ impl<'a, R: Read> Pass<'a, R> {
     /// (all of them at the end of the stream), with what the analysis needs.
     fn dispatch(&mut self, last: bool) {
         let ready = |w: &Waiting| last || w.boundary.out + WINDOW_SIZE as u64 <= self.total_out;
-        let (now, later): (Vec<Waiting>, Vec<Waiting>) = std::mem::take(&mut self.waiting)
-            .into_iter()
-            .partition(ready);
+        let (now, later): (Vec<Waiting>, Vec<Waiting>) =
+            std::mem::take(&mut self.waiting).into_iter().partition(ready);
         self.waiting = later;
         for w in now {
             let b = w.boundary;
             let follow_in_buffer = b.out >= self.out_base;
-            let input = match (
-                w.analysable && follow_in_buffer,
-                self.input.kept(b.first_byte(), ANALYSIS_INPUT),
-            ) {
-                (true, Some(bytes)) => bytes.to_vec(),
-                _ => Vec::new(),
-            };
+            let input =
+                match (w.analysable && follow_in_buffer, self.input.kept(b.first_byte(), ANALYSIS_INPUT)) {
+                    (true, Some(bytes)) => bytes.to_vec(),
+                    _ => Vec::new(),
+                };
             let follow = if input.is_empty() {
                 Vec::new()
             } else {
@@ -669,13 +584,7 @@ impl<'a, R: Read> Pass<'a, R> {
                 let hi = (lo + WINDOW_SIZE).min(self.out_len);
                 self.out[lo..hi].to_vec()
             };
-            let job = Job {
-                index: w.index,
-                window: w.window,
-                bits: b.bits,
-                input,
-                follow,
-            };
+            let job = Job { index: w.index, window: w.window, bits: b.bits, input, follow };
             if let Some(tx) = &self.windows {
                 // The packer only stops when the sender is dropped, so this cannot fail.
                 let _ = tx.send(job);

@@ -37,9 +37,7 @@ impl ReadAt for std::fs::File {
 
 impl ReadAt for [u8] {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(self.len());
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(self.len());
         let n = buf.len().min(self.len() - start);
         buf[..n].copy_from_slice(&self[start..start + n]);
         Ok(n)
@@ -83,9 +81,7 @@ impl<'a, R: ReadAt + ?Sized> Extractor<'a, R> {
         if offset >= size || buf.is_empty() || self.index.checkpoints.is_empty() {
             return Ok(0);
         }
-        let want = buf
-            .len()
-            .min(usize::try_from(size - offset).unwrap_or(usize::MAX));
+        let want = buf.len().min(usize::try_from(size - offset).unwrap_or(usize::MAX));
         let buf = &mut buf[..want];
         let ci = self.index.checkpoint_for(offset);
         let cp = &self.index.checkpoints[ci];
@@ -94,22 +90,14 @@ impl<'a, R: ReadAt + ?Sized> Extractor<'a, R> {
         let mut member = cp.member;
 
         let err = |member: u64, offset: u64| {
-            move |e: super::inflate::InflateError| GzipError::Deflate {
-                member,
-                offset,
-                message: e.message,
-            }
+            move |e: super::inflate::InflateError| GzipError::Deflate { member, offset, message: e.message }
         };
         let mut inf = RawInflate::new().map_err(err(member, start))?;
         if cp.bits > 0 {
-            let byte = src.byte()?.ok_or(GzipError::Truncated {
-                member,
-                offset: start,
-            })?;
+            let byte = src.byte()?.ok_or(GzipError::Truncated { member, offset: start })?;
             inf.prime(cp.bits, byte).map_err(err(member, start))?;
         }
-        inf.set_dictionary(&cp.window_bytes(ci)?)
-            .map_err(err(member, start))?;
+        inf.set_dictionary(&cp.window_bytes(ci)?).map_err(err(member, start))?;
 
         let mut pos = cp.out;
         let mut filled = 0;
@@ -117,24 +105,17 @@ impl<'a, R: ReadAt + ?Sized> Extractor<'a, R> {
         let mut stalls = 0;
         while filled < want {
             if src.avail().is_empty() && !src.fill()? {
-                return Err(GzipError::Truncated {
-                    member,
-                    offset: src.offset(),
-                });
+                return Err(GzipError::Truncated { member, offset: src.offset() });
             }
             let dst: &mut [u8] = if pos < offset {
-                let skip = usize::try_from(offset - pos)
-                    .unwrap_or(usize::MAX)
-                    .min(64 << 10);
+                let skip = usize::try_from(offset - pos).unwrap_or(usize::MAX).min(64 << 10);
                 scratch.resize(skip, 0);
                 &mut scratch[..]
             } else {
                 &mut buf[filled..]
             };
             let at = src.offset();
-            let step = inf
-                .inflate(src.avail(), dst, false)
-                .map_err(err(member, at))?;
+            let step = inf.inflate(src.avail(), dst, false).map_err(err(member, at))?;
             src.consume(step.consumed);
             if pos >= offset {
                 filled += step.produced;
@@ -146,9 +127,7 @@ impl<'a, R: ReadAt + ?Sized> Extractor<'a, R> {
                 member += 1;
                 if filled < want {
                     let at = src.offset();
-                    let len = src
-                        .header()?
-                        .ok_or(GzipError::Truncated { member, offset: at })?;
+                    let len = src.header()?.ok_or(GzipError::Truncated { member, offset: at })?;
                     src.consume(len);
                     inf.reset().map_err(err(member, at))?;
                 }
@@ -157,9 +136,7 @@ impl<'a, R: ReadAt + ?Sized> Extractor<'a, R> {
             if step.consumed == 0 && step.produced == 0 {
                 stalls += 1;
                 if stalls > 3 {
-                    return Err(GzipError::Stalled {
-                        offset: src.offset(),
-                    });
+                    return Err(GzipError::Stalled { offset: src.offset() });
                 }
             } else {
                 stalls = 0;
@@ -182,14 +159,7 @@ struct Cursor<'a, R: ReadAt + ?Sized> {
 
 impl<'a, R: ReadAt + ?Sized> Cursor<'a, R> {
     fn new(source: &'a R, start: u64, hint: u64, limit: u64) -> Self {
-        Cursor {
-            source,
-            buf: Vec::new(),
-            pos: 0,
-            base: start,
-            hint,
-            limit,
-        }
+        Cursor { source, buf: Vec::new(), pos: 0, base: start, hint, limit }
     }
 
     fn offset(&self) -> u64 {
@@ -210,11 +180,7 @@ impl<'a, R: ReadAt + ?Sized> Cursor<'a, R> {
         if from >= self.limit {
             return Ok(false);
         }
-        let len = self
-            .hint
-            .saturating_sub(from)
-            .clamp(MIN_FETCH, MAX_FETCH)
-            .min(self.limit - from);
+        let len = self.hint.saturating_sub(from).clamp(MIN_FETCH, MAX_FETCH).min(self.limit - from);
         self.buf.drain(..self.pos);
         self.base += self.pos as u64;
         self.pos = 0;
@@ -223,10 +189,7 @@ impl<'a, R: ReadAt + ?Sized> Cursor<'a, R> {
         let n = self
             .source
             .read_at(from, &mut self.buf[old..])
-            .map_err(|source| GzipError::Io {
-                offset: from,
-                source,
-            })?;
+            .map_err(|source| GzipError::Io { offset: from, source })?;
         self.buf.truncate(old + n);
         Ok(n > 0)
     }
@@ -243,10 +206,7 @@ impl<'a, R: ReadAt + ?Sized> Cursor<'a, R> {
     fn skip(&mut self, mut n: usize) -> Result<(), GzipError> {
         while n > 0 {
             if self.avail().is_empty() && !self.fill()? {
-                return Err(GzipError::Truncated {
-                    member: 0,
-                    offset: self.offset(),
-                });
+                return Err(GzipError::Truncated { member: 0, offset: self.offset() });
             }
             let k = n.min(self.avail().len());
             self.pos += k;
@@ -266,11 +226,7 @@ impl<'a, R: ReadAt + ?Sized> Cursor<'a, R> {
                     }
                 }
                 Err(reason) => {
-                    return Err(GzipError::Header {
-                        member: 0,
-                        offset: self.offset(),
-                        reason,
-                    });
+                    return Err(GzipError::Header { member: 0, offset: self.offset(), reason });
                 }
             }
         }

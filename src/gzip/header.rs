@@ -36,10 +36,7 @@ impl std::fmt::Display for HeaderError {
             HeaderError::BadMethod(m) => write!(f, "unknown compression method {m}"),
             HeaderError::ReservedFlags(x) => write!(f, "reserved header flags set ({x:#04x})"),
             HeaderError::BadHeaderCrc { stored, computed } => {
-                write!(
-                    f,
-                    "header CRC mismatch (stored {stored:#06x}, computed {computed:#06x})"
-                )
+                write!(f, "header CRC mismatch (stored {stored:#06x}, computed {computed:#06x})")
             }
             HeaderError::TooLong => write!(f, "header longer than {MAX_HEADER_LEN} bytes"),
         }
@@ -152,10 +149,7 @@ mod tests {
         assert_eq!(parse(b"\x1f\x8c"), Err(HeaderError::BadMagic));
         assert_eq!(parse(b"PK\x03\x04"), Err(HeaderError::BadMagic));
         assert_eq!(parse(b"\x1f\x8b\x07"), Err(HeaderError::BadMethod(7)));
-        assert_eq!(
-            parse(b"\x1f\x8b\x08\x20"),
-            Err(HeaderError::ReservedFlags(0x20))
-        );
+        assert_eq!(parse(b"\x1f\x8b\x08\x20"), Err(HeaderError::ReservedFlags(0x20)));
         let mut h = header(FHCRC | FNAME, b"", b"n", b"");
         let last = h.len() - 1;
         h[last] ^= 1;

@@ -35,12 +35,8 @@ impl Checkpoint {
         if self.window_len == 0 {
             return Ok(Vec::new());
         }
-        let raw = zstd::bulk::decompress(&self.window, self.window_len as usize).map_err(|e| {
-            GzipError::Window {
-                checkpoint: index,
-                message: e.to_string(),
-            }
-        })?;
+        let raw = zstd::bulk::decompress(&self.window, self.window_len as usize)
+            .map_err(|e| GzipError::Window { checkpoint: index, message: e.to_string() })?;
         if raw.len() != self.window_len as usize {
             return Err(GzipError::Window {
                 checkpoint: index,
@@ -72,9 +68,7 @@ pub struct Index {
 impl Index {
     /// The index of the checkpoint to start from to reach uncompressed `offset`.
     pub fn checkpoint_for(&self, offset: u64) -> usize {
-        self.checkpoints
-            .partition_point(|c| c.out <= offset)
-            .saturating_sub(1)
+        self.checkpoints.partition_point(|c| c.out <= offset).saturating_sub(1)
     }
 
     /// A compressed offset past every byte needed to decode up to uncompressed `end`: the
@@ -92,10 +86,7 @@ impl Index {
     pub fn input_range_for(&self, offset: u64, len: u64) -> (u64, u64) {
         let cp = &self.checkpoints[self.checkpoint_for(offset)];
         let start = cp.input - u64::from(cp.bits > 0);
-        (
-            start,
-            self.input_end_for(offset.saturating_add(len)).max(start),
-        )
+        (start, self.input_end_for(offset.saturating_add(len)).max(start))
     }
 
     /// Bytes taken by the compressed windows.

@@ -94,10 +94,8 @@ impl RawInflate {
         if window.is_empty() {
             return Ok(());
         }
-        let len = u32::try_from(window.len()).map_err(|_| InflateError {
-            code: z::Z_STREAM_ERROR,
-            message: "window too large".into(),
-        })?;
+        let len = u32::try_from(window.len())
+            .map_err(|_| InflateError { code: z::Z_STREAM_ERROR, message: "window too large".into() })?;
         // SAFETY: `window` is a valid slice of `len` bytes that zlib only reads during the call.
         let rc = unsafe { z::inflateSetDictionary(&mut *self.strm, window.as_ptr(), len) };
         self.check(rc)
@@ -106,12 +104,7 @@ impl RawInflate {
     /// Decode from `input` into `output`. With `block`, stop at the next block boundary
     /// (`Z_BLOCK`). Running out of input or output space is not an error: it shows as a step
     /// with less progress than asked for (possibly none).
-    pub fn inflate(
-        &mut self,
-        input: &[u8],
-        output: &mut [u8],
-        block: bool,
-    ) -> Result<Step, InflateError> {
+    pub fn inflate(&mut self, input: &[u8], output: &mut [u8], block: bool) -> Result<Step, InflateError> {
         let avail_in = input.len().min(u32::MAX as usize) as u32;
         let avail_out = output.len().min(u32::MAX as usize) as u32;
         self.strm.next_in = input.as_ptr();
@@ -131,32 +124,17 @@ impl RawInflate {
         self.strm.avail_out = 0;
         let data_type = self.strm.data_type;
         match rc {
-            z::Z_OK | z::Z_BUF_ERROR => Ok(Step {
-                consumed,
-                produced,
-                stream_end: false,
-                data_type,
-            }),
-            z::Z_STREAM_END => Ok(Step {
-                consumed,
-                produced,
-                stream_end: true,
-                data_type,
-            }),
-            z::Z_NEED_DICT => Err(InflateError {
-                code: rc,
-                message: "stream asks for a preset dictionary".into(),
-            }),
+            z::Z_OK | z::Z_BUF_ERROR => Ok(Step { consumed, produced, stream_end: false, data_type }),
+            z::Z_STREAM_END => Ok(Step { consumed, produced, stream_end: true, data_type }),
+            z::Z_NEED_DICT => {
+                Err(InflateError { code: rc, message: "stream asks for a preset dictionary".into() })
+            }
             _ => Err(self.error(rc)),
         }
     }
 
     fn check(&self, rc: i32) -> Result<(), InflateError> {
-        if rc == z::Z_OK {
-            Ok(())
-        } else {
-            Err(self.error(rc))
-        }
+        if rc == z::Z_OK { Ok(()) } else { Err(self.error(rc)) }
     }
 
     fn error(&self, code: i32) -> InflateError {
@@ -169,9 +147,7 @@ impl RawInflate {
             }
         } else {
             // SAFETY: zlib sets `msg` to a static NUL-terminated string or leaves it null.
-            unsafe { CStr::from_ptr(self.strm.msg) }
-                .to_string_lossy()
-                .into_owned()
+            unsafe { CStr::from_ptr(self.strm.msg) }.to_string_lossy().into_owned()
         };
         InflateError { code, message }
     }
@@ -193,9 +169,7 @@ mod tests {
     #[test]
     fn stops_at_block_boundaries() {
         // Two stored blocks: "ab" (not last) then "c" (last).
-        let raw = [
-            0x00, 0x02, 0x00, 0xfd, 0xff, b'a', b'b', 0x01, 0x01, 0x00, 0xfe, 0xff, b'c',
-        ];
+        let raw = [0x00, 0x02, 0x00, 0xfd, 0xff, b'a', b'b', 0x01, 0x01, 0x00, 0xfe, 0xff, b'c'];
         let mut inf = RawInflate::new().unwrap();
         let mut out = [0u8; 16];
         let mut pos = 0;

@@ -36,44 +36,23 @@ pub enum GzipError {
     #[error("empty input: no gzip member")]
     Empty,
     #[error("bad gzip header of member {member} at offset {offset}: {reason}")]
-    Header {
-        member: u64,
-        offset: u64,
-        reason: header::HeaderError,
-    },
+    Header { member: u64, offset: u64, reason: header::HeaderError },
     #[error("invalid deflate data in member {member} near offset {offset}: {message}")]
-    Deflate {
-        member: u64,
-        offset: u64,
-        message: String,
-    },
+    Deflate { member: u64, offset: u64, message: String },
     #[error("truncated gzip stream: input ends at offset {offset}, inside member {member}")]
     Truncated { member: u64, offset: u64 },
     #[error(
         "CRC32 mismatch in member {member} (trailer at offset {offset}): stored {stored:#010x}, data has {computed:#010x}"
     )]
-    Crc {
-        member: u64,
-        offset: u64,
-        stored: u32,
-        computed: u32,
-    },
+    Crc { member: u64, offset: u64, stored: u32, computed: u32 },
     #[error(
         "length mismatch in member {member} (trailer at offset {offset}): ISIZE says {stored}, data has {computed} (mod 2^32)"
     )]
-    Isize {
-        member: u64,
-        offset: u64,
-        stored: u32,
-        computed: u32,
-    },
+    Isize { member: u64, offset: u64, stored: u32, computed: u32 },
     #[error("trailing garbage at offset {offset} after the last gzip member")]
     TrailingGarbage { offset: u64 },
     #[error("consumer of the uncompressed stream failed at uncompressed offset {offset}: {source}")]
-    Sink {
-        offset: u64,
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    Sink { offset: u64, source: Box<dyn std::error::Error + Send + Sync> },
     #[error("checkpoint {checkpoint} has a corrupt window: {message}")]
     Window { checkpoint: usize, message: String },
     #[error("decoder made no progress at offset {offset}")]

@@ -21,10 +21,7 @@ use super::index::WINDOW_SIZE;
 /// then keeps the whole window.
 pub(crate) fn referenced(input: &[u8], start_bit: u8, window_len: usize) -> Option<Vec<bool>> {
     let mut marks = vec![false; window_len];
-    let mut br = Bits {
-        data: input,
-        pos: usize::from(start_bit),
-    };
+    let mut br = Bits { data: input, pos: usize::from(start_bit) };
     let mut out: usize = 0;
     let fixed = Tables::fixed()?;
     loop {
@@ -56,20 +53,17 @@ pub(crate) fn referenced(input: &[u8], start_bit: u8, window_len: usize) -> Opti
 /// Decode one block's symbols, marking window references. Stops early once past 32 KiB.
 fn codes(br: &mut Bits<'_>, t: &Tables, marks: &mut [bool], out: &mut usize) -> Option<()> {
     const LEN_BASE: [u16; 29] = [
-        3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43, 51, 59, 67, 83, 99, 115,
-        131, 163, 195, 227, 258,
+        3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43, 51, 59, 67, 83, 99, 115, 131, 163,
+        195, 227, 258,
     ];
-    const LEN_EXTRA: [u8; 29] = [
-        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0,
-    ];
+    const LEN_EXTRA: [u8; 29] =
+        [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0];
     const DIST_BASE: [u16; 30] = [
-        1, 2, 3, 4, 5, 7, 9, 13, 17, 25, 33, 49, 65, 97, 129, 193, 257, 385, 513, 769, 1025, 1537,
-        2049, 3073, 4097, 6145, 8193, 12289, 16385, 24577,
+        1, 2, 3, 4, 5, 7, 9, 13, 17, 25, 33, 49, 65, 97, 129, 193, 257, 385, 513, 769, 1025, 1537, 2049,
+        3073, 4097, 6145, 8193, 12289, 16385, 24577,
     ];
-    const DIST_EXTRA: [u8; 30] = [
-        0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12,
-        13, 13,
-    ];
+    const DIST_EXTRA: [u8; 30] =
+        [0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13];
     loop {
         let sym = t.lit.decode(br)? as usize;
         if sym < 256 {
@@ -195,16 +189,11 @@ impl Tables {
         lit[144..256].fill(9);
         lit[256..280].fill(7);
         lit[280..].fill(8);
-        Some(Tables {
-            lit: Huffman::new(&lit)?,
-            dist: Huffman::new(&[5; 30])?,
-        })
+        Some(Tables { lit: Huffman::new(&lit)?, dist: Huffman::new(&[5; 30])? })
     }
 
     fn dynamic(br: &mut Bits<'_>) -> Option<Tables> {
-        const ORDER: [usize; 19] = [
-            16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15,
-        ];
+        const ORDER: [usize; 19] = [16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15];
         let nlen = br.bits(5)? as usize + 257;
         let ndist = br.bits(5)? as usize + 1;
         let ncode = br.bits(4)? as usize + 4;
@@ -236,10 +225,7 @@ impl Tables {
         if lengths[256] == 0 {
             return None; // no end-of-block code
         }
-        Some(Tables {
-            lit: Huffman::new(&lengths[..nlen])?,
-            dist: Huffman::new(&lengths[nlen..])?,
-        })
+        Some(Tables { lit: Huffman::new(&lengths[..nlen])?, dist: Huffman::new(&lengths[nlen..])? })
     }
 }
 
@@ -249,11 +235,7 @@ pub(crate) fn sparsify(window: &[u8], marks: &[bool]) -> Vec<u8> {
     let Some(first) = marks.iter().position(|&m| m) else {
         return Vec::new();
     };
-    window[first..]
-        .iter()
-        .zip(&marks[first..])
-        .map(|(&b, &m)| if m { b } else { 0 })
-        .collect()
+    window[first..].iter().zip(&marks[first..]).map(|(&b, &m)| if m { b } else { 0 }).collect()
 }
 
 #[cfg(test)]

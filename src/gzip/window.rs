@@ -34,17 +34,9 @@ pub(crate) fn pack(job: Job) -> Packed {
     let sparse = try_sparse(&job);
     let made_sparse = sparse.is_some();
     let window = sparse.unwrap_or(job.window);
-    let frame = if window.is_empty() {
-        Ok(Vec::new())
-    } else {
-        zstd::bulk::compress(&window, WINDOW_ZSTD_LEVEL)
-    };
-    Packed {
-        index: job.index,
-        window_len: window.len() as u32,
-        frame,
-        sparse: made_sparse,
-    }
+    let frame =
+        if window.is_empty() { Ok(Vec::new()) } else { zstd::bulk::compress(&window, WINDOW_ZSTD_LEVEL) };
+    Packed { index: job.index, window_len: window.len() as u32, frame, sparse: made_sparse }
 }
 
 /// The sparse window, if the analysis succeeds and inflating with it reproduces the output.
@@ -58,10 +50,7 @@ fn try_sparse(job: &Job) -> Option<Vec<u8>> {
     if verify(job, &candidate) {
         Some(candidate)
     } else {
-        tracing::debug!(
-            checkpoint = job.index,
-            "sparse window failed verification; kept whole"
-        );
+        tracing::debug!(checkpoint = job.index, "sparse window failed verification; kept whole");
         None
     }
 }
@@ -126,18 +115,10 @@ mod tests {
         let mut d = zlib_rs::Deflate::new(6, false, 15);
         d.set_dictionary(&window).unwrap();
         let mut input = vec![0u8; follow.len() * 2 + 1024];
-        let status = d
-            .compress(&follow, &mut input, zlib_rs::DeflateFlush::Finish)
-            .unwrap();
+        let status = d.compress(&follow, &mut input, zlib_rs::DeflateFlush::Finish).unwrap();
         assert_eq!(status, zlib_rs::Status::StreamEnd);
         input.truncate(d.total_out() as usize);
-        Job {
-            index: 1,
-            window,
-            bits: 0,
-            input,
-            follow,
-        }
+        Job { index: 1, window, bits: 0, input, follow }
     }
 
     #[test]
@@ -146,21 +127,13 @@ mod tests {
         let window = job.window.clone();
         let packed = pack(job);
         assert!(packed.sparse);
-        assert!(
-            packed.window_len <= WINDOW_SIZE as u32 / 2 + 64,
-            "{}",
-            packed.window_len
-        );
+        assert!(packed.window_len <= WINDOW_SIZE as u32 / 2 + 64, "{}", packed.window_len);
         let frame = packed.frame.unwrap();
         let sparse = zstd::bulk::decompress(&frame, packed.window_len as usize).unwrap();
         // The kept bytes are the window's tail, exact where referenced and zero elsewhere.
         let tail = &window[window.len() - sparse.len()..];
         assert!(sparse.iter().zip(tail).all(|(&s, &w)| s == 0 || s == w));
-        assert!(
-            frame.len() < 20_000,
-            "sparse window compressed to {}",
-            frame.len()
-        );
+        assert!(frame.len() < 20_000, "sparse window compressed to {}", frame.len());
     }
 
     #[test]

@@ -17,10 +17,7 @@ pub struct Scan {
 #[derive(Debug, thiserror::Error)]
 pub enum LayerError {
     #[error("layer {digest}: {source}")]
-    Blob {
-        digest: String,
-        source: Box<OciError>,
-    },
+    Blob { digest: String, source: Box<OciError> },
     #[error("layer {digest}: {source}")]
     Gzip { digest: String, source: GzipError },
     #[error("layer {digest}: {message}")]
@@ -57,32 +54,17 @@ pub fn scan_gzip(
     }
     let reader = source
         .open(&layer.digest, Some(layer.size))
-        .map_err(|source| LayerError::Blob {
-            digest: digest.clone(),
-            source: Box::new(source),
-        })?;
+        .map_err(|source| LayerError::Blob { digest: digest.clone(), source: Box::new(source) })?;
     let mut sink = TarSink::new(chunk);
-    let index = IndexBuilder::new()
-        .span(span)
-        .build_with(reader, &mut sink)
-        .map_err(|source| match source {
-            GzipError::Sink { source, .. } => LayerError::Tar {
-                digest: digest.clone(),
-                message: source.to_string(),
-            },
-            source => LayerError::Gzip {
-                digest: digest.clone(),
-                source,
-            },
+    let index =
+        IndexBuilder::new().span(span).build_with(reader, &mut sink).map_err(|source| match source {
+            GzipError::Sink { source, .. } => {
+                LayerError::Tar { digest: digest.clone(), message: source.to_string() }
+            }
+            source => LayerError::Gzip { digest: digest.clone(), source },
         })?;
-    sink.parser.finish().map_err(|e| LayerError::Tar {
-        digest: digest.clone(),
-        message: e.to_string(),
-    })?;
-    Ok(Scan {
-        entries: sink.parser.entries().to_vec(),
-        index,
-    })
+    sink.parser.finish().map_err(|e| LayerError::Tar { digest: digest.clone(), message: e.to_string() })?;
+    Ok(Scan { entries: sink.parser.entries().to_vec(), index })
 }
 
 /// The default spacing for a layer pass.

@@ -17,9 +17,7 @@ pub struct DigestError(pub String);
 impl Digest {
     /// The digest of `bytes`.
     pub fn of(bytes: &[u8]) -> Digest {
-        Digest {
-            hex: hex::encode(Sha256::digest(bytes)),
-        }
+        Digest { hex: hex::encode(Sha256::digest(bytes)) }
     }
 
     /// The 64 hex digits.
@@ -36,19 +34,11 @@ impl FromStr for Digest {
     type Err = DigestError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let hex = s
-            .strip_prefix("sha256:")
-            .ok_or_else(|| DigestError(s.to_string()))?;
-        if hex.len() != 64
-            || !hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
+        let hex = s.strip_prefix("sha256:").ok_or_else(|| DigestError(s.to_string()))?;
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
             return Err(DigestError(s.to_string()));
         }
-        Ok(Digest {
-            hex: hex.to_string(),
-        })
+        Ok(Digest { hex: hex.to_string() })
     }
 }
 
@@ -74,9 +64,7 @@ impl Hasher {
     }
 
     pub fn finish(self) -> Digest {
-        Digest {
-            hex: hex::encode(self.0.finalize()),
-        }
+        Digest { hex: hex::encode(self.0.finalize()) }
     }
 }
 
@@ -87,10 +75,7 @@ mod tests {
     #[test]
     fn parse_and_compute() {
         let d = Digest::of(b"");
-        assert_eq!(
-            d.to_string(),
-            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
+        assert_eq!(d.to_string(), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
         assert_eq!(d.to_string().parse::<Digest>(), Ok(d.clone()));
         let mut h = Hasher::default();
         h.update(b"");

@@ -24,21 +24,13 @@ pub const MAX_MANIFEST: u64 = 4 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     #[error("{what} {digest} is not valid JSON of its kind: {message}")]
-    Parse {
-        what: &'static str,
-        digest: Digest,
-        message: String,
-    },
+    Parse { what: &'static str, digest: Digest, message: String },
     #[error("unsupported manifest media type {media_type:?} ({digest})")]
     MediaType { media_type: String, digest: Digest },
     #[error("invalid descriptor in {digest}: {message}")]
     Descriptor { digest: Digest, message: String },
     #[error("no image for platform {wanted} in index {digest}; it has: {available}")]
-    NoPlatform {
-        wanted: Platform,
-        digest: Digest,
-        available: String,
-    },
+    NoPlatform { wanted: Platform, digest: Digest, available: String },
     #[error("invalid platform {0:?}: expected OS/ARCH[/VARIANT]")]
     BadPlatform(String),
     #[error("{0}")]
@@ -85,8 +77,7 @@ impl Platform {
             && self.architecture == other.architecture
             && (norm(&self.variant, &self.architecture).is_none()
                 || norm(&other.variant, &other.architecture).is_none()
-                || norm(&self.variant, &self.architecture)
-                    == norm(&other.variant, &other.architecture))
+                || norm(&self.variant, &self.architecture) == norm(&other.variant, &other.architecture))
     }
 }
 
@@ -95,14 +86,11 @@ impl FromStr for Platform {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let parts: Vec<&str> = s.split('/').collect();
-        let ok =
-            |p: &str| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let ok = |p: &str| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         match parts.as_slice() {
-            [os, arch] if ok(os) && ok(arch) => Ok(Platform {
-                os: os.to_string(),
-                architecture: arch.to_string(),
-                variant: None,
-            }),
+            [os, arch] if ok(os) && ok(arch) => {
+                Ok(Platform { os: os.to_string(), architecture: arch.to_string(), variant: None })
+            }
             [os, arch, v] if ok(os) && ok(arch) && ok(v) => Ok(Platform {
                 os: os.to_string(),
                 architecture: arch.to_string(),
@@ -169,18 +157,12 @@ impl Descriptor {
         self.annotations.get(ESTARGZ_TOC_DIGEST).map(String::as_str)
     }
 
-    fn from_spec(
-        d: &oci_spec::image::Descriptor,
-        within: &Digest,
-    ) -> Result<Descriptor, ImageError> {
-        let digest =
-            d.digest()
-                .to_string()
-                .parse::<Digest>()
-                .map_err(|e| ImageError::Descriptor {
-                    digest: within.clone(),
-                    message: e.to_string(),
-                })?;
+    fn from_spec(d: &oci_spec::image::Descriptor, within: &Digest) -> Result<Descriptor, ImageError> {
+        let digest = d
+            .digest()
+            .to_string()
+            .parse::<Digest>()
+            .map_err(|e| ImageError::Descriptor { digest: within.clone(), message: e.to_string() })?;
         let platform = d.platform().as_ref().map(|p| Platform {
             os: p.os().to_string(),
             architecture: p.architecture().to_string(),
@@ -219,10 +201,7 @@ pub struct Manifest {
 #[derive(Debug, Clone)]
 pub enum ManifestKind {
     Image(Box<Manifest>),
-    Index {
-        digest: Digest,
-        manifests: Vec<Descriptor>,
-    },
+    Index { digest: Digest, manifests: Vec<Descriptor> },
 }
 
 /// The media type a manifest document declares for itself, if it does.
@@ -254,12 +233,9 @@ pub fn parse_manifest(
         .unwrap_or_default();
     match media_type.as_str() {
         OCI_INDEX | DOCKER_LIST => {
-            let index: oci_spec::image::ImageIndex =
-                serde_json::from_slice(&raw).map_err(|e| ImageError::Parse {
-                    what: "index",
-                    digest: digest.clone(),
-                    message: e.to_string(),
-                })?;
+            let index: oci_spec::image::ImageIndex = serde_json::from_slice(&raw).map_err(|e| {
+                ImageError::Parse { what: "index", digest: digest.clone(), message: e.to_string() }
+            })?;
             let manifests = index
                 .manifests()
                 .iter()
@@ -268,18 +244,12 @@ pub fn parse_manifest(
             Ok(ManifestKind::Index { digest, manifests })
         }
         OCI_MANIFEST | DOCKER_MANIFEST => {
-            let m: oci_spec::image::ImageManifest =
-                serde_json::from_slice(&raw).map_err(|e| ImageError::Parse {
-                    what: "manifest",
-                    digest: digest.clone(),
-                    message: e.to_string(),
-                })?;
+            let m: oci_spec::image::ImageManifest = serde_json::from_slice(&raw).map_err(|e| {
+                ImageError::Parse { what: "manifest", digest: digest.clone(), message: e.to_string() }
+            })?;
             let config = Descriptor::from_spec(m.config(), &digest)?;
-            let layers = m
-                .layers()
-                .iter()
-                .map(|d| Descriptor::from_spec(d, &digest))
-                .collect::<Result<_, _>>()?;
+            let layers =
+                m.layers().iter().map(|d| Descriptor::from_spec(d, &digest)).collect::<Result<_, _>>()?;
             let annotations = m
                 .annotations()
                 .as_ref()
@@ -294,10 +264,7 @@ pub fn parse_manifest(
                 raw,
             })))
         }
-        other => Err(ImageError::MediaType {
-            media_type: other.to_string(),
-            digest,
-        }),
+        other => Err(ImageError::MediaType { media_type: other.to_string(), digest }),
     }
 }
 
@@ -308,10 +275,7 @@ pub fn choose_platform<'a>(
     wanted: &Platform,
 ) -> Result<&'a Descriptor, ImageError> {
     let is_manifest = |d: &&Descriptor| {
-        matches!(
-            d.media_type.as_str(),
-            OCI_MANIFEST | DOCKER_MANIFEST | OCI_INDEX | DOCKER_LIST
-        )
+        matches!(d.media_type.as_str(), OCI_MANIFEST | DOCKER_MANIFEST | OCI_INDEX | DOCKER_LIST)
     };
     manifests
         .iter()
@@ -380,11 +344,9 @@ mod tests {
         let amd = choose_platform(&idig, &manifests, &"linux/amd64".parse().unwrap()).unwrap();
         assert_eq!(amd.size, 2);
         let err = choose_platform(&idig, &manifests, &"linux/s390x".parse().unwrap()).unwrap_err();
-        assert!(
-            err.to_string().contains("linux/arm64, linux/amd64"),
-            "{err}"
-        );
-        let bad = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{}}"#;
+        assert!(err.to_string().contains("linux/arm64, linux/amd64"), "{err}");
+        let bad =
+            br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{}}"#;
         assert!(parse_manifest(bad.to_vec(), Digest::of(bad), None).is_err());
         let odd = br#"{"mediaType":"text/html"}"#;
         assert!(matches!(

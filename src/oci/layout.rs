@@ -31,12 +31,8 @@ impl Layout {
             #[serde(rename = "imageLayoutVersion")]
             version: String,
         }
-        let m: Marker = serde_json::from_str(&text).map_err(|e| {
-            OciError::NotFound(format!(
-                "{}: invalid oci-layout file: {e}",
-                marker.display()
-            ))
-        })?;
+        let m: Marker = serde_json::from_str(&text)
+            .map_err(|e| OciError::NotFound(format!("{}: invalid oci-layout file: {e}", marker.display())))?;
         if !m.version.starts_with("1.") {
             return Err(OciError::NotFound(format!(
                 "{}: unsupported image layout version {}",
@@ -44,24 +40,16 @@ impl Layout {
                 m.version
             )));
         }
-        Ok(Layout {
-            root: root.to_path_buf(),
-        })
+        Ok(Layout { root: root.to_path_buf() })
     }
 
     fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.root
-            .join("blobs")
-            .join(digest.algorithm())
-            .join(digest.hex())
+        self.root.join("blobs").join(digest.algorithm()).join(digest.hex())
     }
 
     fn open_file(&self, digest: &Digest) -> Result<File, OciError> {
         let path = self.blob_path(digest);
-        File::open(&path).map_err(|e| OciError::Io {
-            path: path.display().to_string(),
-            source: e,
-        })
+        File::open(&path).map_err(|e| OciError::Io { path: path.display().to_string(), source: e })
     }
 
     /// The top-level descriptor for `r`: by tag, by digest, or the only one.
@@ -70,27 +58,18 @@ impl Layout {
             return Ok(d.to_string());
         }
         let path = self.root.join("index.json");
-        let raw = std::fs::read(&path).map_err(|e| OciError::Io {
-            path: path.display().to_string(),
-            source: e,
-        })?;
+        let raw =
+            std::fs::read(&path).map_err(|e| OciError::Io { path: path.display().to_string(), source: e })?;
         let digest = Digest::of(&raw);
         let image::ManifestKind::Index { manifests, .. } =
             image::parse_manifest(raw, digest, Some(OCI_INDEX))?
         else {
-            return Err(OciError::NotFound(format!(
-                "{}: index.json is not an index",
-                self.root.display()
-            )));
+            return Err(OciError::NotFound(format!("{}: index.json is not an index", self.root.display())));
         };
-        let tags: Vec<&str> = manifests
-            .iter()
-            .filter_map(|d| d.annotations.get(REF_NAME).map(String::as_str))
-            .collect();
+        let tags: Vec<&str> =
+            manifests.iter().filter_map(|d| d.annotations.get(REF_NAME).map(String::as_str)).collect();
         let found = match &r.tag {
-            Some(tag) => manifests
-                .iter()
-                .find(|d| d.annotations.get(REF_NAME) == Some(tag)),
+            Some(tag) => manifests.iter().find(|d| d.annotations.get(REF_NAME) == Some(tag)),
             None if manifests.len() == 1 => manifests.first(),
             None => None,
         };
@@ -103,11 +82,7 @@ impl Layout {
                 } else {
                     "several images here; name one with :TAG or @DIGEST"
                 },
-                if tags.is_empty() {
-                    "none".to_string()
-                } else {
-                    tags.join(", ")
-                }
+                if tags.is_empty() { "none".to_string() } else { tags.join(", ") }
             ))),
         }
     }
@@ -125,12 +100,7 @@ impl LayoutSource {
     pub fn open(r: &LayoutRef) -> Result<LayoutSource, OciError> {
         let layout = Layout::open(&r.path)?;
         let entry = layout.top_level(r)?;
-        Ok(LayoutSource {
-            layout,
-            entry,
-            name: format!("oci:{}", r.path.display()),
-            fetched: Arc::default(),
-        })
+        Ok(LayoutSource { layout, entry, name: format!("oci:{}", r.path.display()), fetched: Arc::default() })
     }
 
     /// The reference to resolve first: the chosen top-level manifest or index.
@@ -152,20 +122,11 @@ impl BlobSource for LayoutSource {
             ))
         })?;
         let mut raw = Vec::new();
-        self.layout
-            .open_file(&digest)?
-            .take(MAX_MANIFEST + 1)
-            .read_to_end(&mut raw)
-            .map_err(|e| OciError::Io {
-                path: self.layout.blob_path(&digest).display().to_string(),
-                source: e,
-            })?;
+        self.layout.open_file(&digest)?.take(MAX_MANIFEST + 1).read_to_end(&mut raw).map_err(|e| {
+            OciError::Io { path: self.layout.blob_path(&digest).display().to_string(), source: e }
+        })?;
         if raw.len() as u64 > MAX_MANIFEST {
-            return Err(OciError::TooLarge {
-                what: "manifest".into(),
-                digest,
-                limit: MAX_MANIFEST,
-            });
+            return Err(OciError::TooLarge { what: "manifest".into(), digest, limit: MAX_MANIFEST });
         }
         check_digest(&format!("{} manifest", self.name), &raw, &digest)?;
         self.fetched.fetch_add(raw.len() as u64, Ordering::Relaxed);
@@ -175,13 +136,7 @@ impl BlobSource for LayoutSource {
     fn open(&self, digest: &Digest, size: Option<u64>) -> Result<Box<dyn Read + Send>, OciError> {
         let f = self.layout.open_file(digest)?;
         Ok(Box::new(Verifying::new(
-            std::io::BufReader::with_capacity(
-                1 << 20,
-                Counted {
-                    inner: f,
-                    fetched: self.fetched.clone(),
-                },
-            ),
+            std::io::BufReader::with_capacity(1 << 20, Counted { inner: f, fetched: self.fetched.clone() }),
             digest.clone(),
             size,
         )))

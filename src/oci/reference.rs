@@ -47,11 +47,7 @@ pub const DOCKER_HUB: &str = "docker.io";
 impl RegistryRef {
     /// The host to talk to: Docker Hub's API lives at `registry-1.docker.io`.
     pub fn api_host(&self) -> &str {
-        if self.registry == DOCKER_HUB {
-            "registry-1.docker.io"
-        } else {
-            &self.registry
-        }
+        if self.registry == DOCKER_HUB { "registry-1.docker.io" } else { &self.registry }
     }
 
     /// The manifest reference to ask for: the digest if given, else the tag, else `latest`.
@@ -111,18 +107,11 @@ impl FromStr for ImageRef {
     type Err = ReferenceError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |reason: &str| ReferenceError {
-            input: s.to_string(),
-            reason: reason.to_string(),
-        };
+        let err = |reason: &str| ReferenceError { input: s.to_string(), reason: reason.to_string() };
         if let Some(rest) = s.strip_prefix("oci:") {
-            return parse_layout(rest)
-                .map(ImageRef::Layout)
-                .map_err(|r| err(&r));
+            return parse_layout(rest).map(ImageRef::Layout).map_err(|r| err(&r));
         }
-        parse_registry(s)
-            .map(ImageRef::Registry)
-            .map_err(|r| err(&r))
+        parse_registry(s).map(ImageRef::Registry).map_err(|r| err(&r))
     }
 }
 
@@ -142,11 +131,7 @@ fn parse_layout(rest: &str) -> Result<LayoutRef, String> {
     if let Some(t) = tag {
         check_tag(t)?;
     }
-    Ok(LayoutRef {
-        path: PathBuf::from(path),
-        tag: tag.map(str::to_string),
-        digest,
-    })
+    Ok(LayoutRef { path: PathBuf::from(path), tag: tag.map(str::to_string), digest })
 }
 
 fn parse_registry(s: &str) -> Result<RegistryRef, String> {
@@ -187,34 +172,20 @@ fn parse_registry(s: &str) -> Result<RegistryRef, String> {
         repository
     };
     check_repository(&repository)?;
-    Ok(RegistryRef {
-        registry,
-        repository,
-        tag: tag.map(str::to_string),
-        digest,
-    })
+    Ok(RegistryRef { registry, repository, tag: tag.map(str::to_string), digest })
 }
 
 fn check_tag(t: &str) -> Result<(), String> {
     let ok = !t.is_empty()
         && t.len() <= 128
-        && t.chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
-        && t.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("invalid tag {t:?}"))
-    }
+        && t.chars().next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok { Ok(()) } else { Err(format!("invalid tag {t:?}")) }
 }
 
 fn check_host(h: &str) -> Result<(), String> {
     let (host, port) = if let Some(rest) = h.strip_prefix('[') {
-        let (ip, after) = rest
-            .split_once(']')
-            .ok_or_else(|| format!("invalid host {h:?}"))?;
+        let (ip, after) = rest.split_once(']').ok_or_else(|| format!("invalid host {h:?}"))?;
         if ip.parse::<std::net::Ipv6Addr>().is_err() {
             return Err(format!("invalid IPv6 address in {h:?}"));
         }
@@ -258,10 +229,7 @@ fn check_repository(r: &str) -> Result<(), String> {
         let bytes = component.as_bytes();
         let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
         let sep = |b: u8| matches!(b, b'.' | b'_' | b'-');
-        if !bytes.iter().all(|&b| alnum(b) || sep(b))
-            || !alnum(bytes[0])
-            || !alnum(bytes[bytes.len() - 1])
-        {
+        if !bytes.iter().all(|&b| alnum(b) || sep(b)) || !alnum(bytes[0]) || !alnum(bytes[bytes.len() - 1]) {
             return Err(format!("invalid repository path component {component:?}"));
         }
         // Separators: '.', '_', '__' or runs of '-'.
@@ -299,18 +267,9 @@ mod tests {
     #[test]
     fn docker_hub_normalization() {
         assert_eq!(reg("alpine").to_string(), "docker.io/library/alpine:latest");
-        assert_eq!(
-            reg("alpine:3.19").to_string(),
-            "docker.io/library/alpine:3.19"
-        );
-        assert_eq!(
-            reg("bitnami/redis").to_string(),
-            "docker.io/bitnami/redis:latest"
-        );
-        assert_eq!(
-            reg("docker.io/alpine").to_string(),
-            "docker.io/library/alpine:latest"
-        );
+        assert_eq!(reg("alpine:3.19").to_string(), "docker.io/library/alpine:3.19");
+        assert_eq!(reg("bitnami/redis").to_string(), "docker.io/bitnami/redis:latest");
+        assert_eq!(reg("docker.io/alpine").to_string(), "docker.io/library/alpine:latest");
         assert_eq!(reg("index.docker.io/library/alpine").registry, "docker.io");
         assert_eq!(reg("alpine").api_host(), "registry-1.docker.io");
         assert_eq!(reg("alpine").reference(), "latest");
@@ -329,10 +288,7 @@ mod tests {
         assert_eq!((r.registry.as_str(), r.tag.is_none()), ("localhost", true));
         assert!(r.is_loopback());
         let r = reg("[::1]:5000/img:tag");
-        assert_eq!(
-            (r.registry.as_str(), r.repository.as_str()),
-            ("[::1]:5000", "img")
-        );
+        assert_eq!((r.registry.as_str(), r.repository.as_str()), ("[::1]:5000", "img"));
         assert!(r.is_loopback());
         let r = reg("ghcr.io/org/app");
         assert!(!r.is_loopback());
@@ -352,10 +308,7 @@ mod tests {
         assert_eq!(l("oci:/tmp/x:latest").tag.as_deref(), Some("latest"));
         assert_eq!(l("oci:rel/dir:v2").path, PathBuf::from("rel/dir"));
         let x = l(&format!("oci:/tmp/x@{d}"));
-        assert_eq!(
-            (x.path, x.digest.map(|d| d.to_string())),
-            (PathBuf::from("/tmp/x"), Some(d.to_string()))
-        );
+        assert_eq!((x.path, x.digest.map(|d| d.to_string())), (PathBuf::from("/tmp/x"), Some(d.to_string())));
         assert!("oci:".parse::<ImageRef>().is_err());
     }
 

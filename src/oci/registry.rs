@@ -91,11 +91,7 @@ struct Endpoint {
 
 #[derive(Debug, Clone)]
 enum Challenge {
-    Bearer {
-        realm: String,
-        service: Option<String>,
-        scope: Option<String>,
-    },
+    Bearer { realm: String, service: Option<String>, scope: Option<String> },
     Basic,
 }
 
@@ -119,11 +115,7 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(repo: &RegistryRef, opts: &RegistryOptions) -> Result<Registry, OciError> {
-        let scheme = if opts.plain_http || repo.is_loopback() {
-            "http"
-        } else {
-            "https"
-        };
+        let scheme = if opts.plain_http || repo.is_loopback() { "http" } else { "https" };
         let mut endpoints: Vec<Endpoint> = opts
             .mirrors
             .iter()
@@ -137,16 +129,10 @@ impl Registry {
                 } else {
                     "https"
                 };
-                Endpoint {
-                    base: format!("{s}://{m}"),
-                    mirror: true,
-                }
+                Endpoint { base: format!("{s}://{m}"), mirror: true }
             })
             .collect();
-        endpoints.push(Endpoint {
-            base: format!("{scheme}://{}", repo.api_host()),
-            mirror: false,
-        });
+        endpoints.push(Endpoint { base: format!("{scheme}://{}", repo.api_host()), mirror: false });
         let client = reqwest::Client::builder()
             .connect_timeout(opts.connect_timeout)
             .read_timeout(opts.read_timeout)
@@ -154,14 +140,9 @@ impl Registry {
             .pool_max_idle_per_host(16)
             .user_agent(concat!("zran/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| OciError::Network {
-                url: endpoints[0].base.clone(),
-                message: e.to_string(),
-            })?;
-        let creds = opts
-            .creds
-            .clone()
-            .or_else(|| docker_credentials(&repo.registry, opts.docker_config.as_ref()));
+            .map_err(|e| OciError::Network { url: endpoints[0].base.clone(), message: e.to_string() })?;
+        let creds =
+            opts.creds.clone().or_else(|| docker_credentials(&repo.registry, opts.docker_config.as_ref()));
         Ok(Registry {
             client,
             repo: repo.clone(),
@@ -195,14 +176,8 @@ impl Registry {
         let mut last_err = None;
         for ep in &self.endpoints {
             let url = self.url(ep, kind, reference);
-            match self
-                .send_url(method.clone(), &url, headers.clone(), true)
-                .await
-            {
-                Ok(resp)
-                    if ep.mirror
-                        && !(resp.status().is_success() || resp.status().is_redirection()) =>
-                {
+            match self.send_url(method.clone(), &url, headers.clone(), true).await {
+                Ok(resp) if ep.mirror && !(resp.status().is_success() || resp.status().is_redirection()) => {
                     tracing::debug!(%url, status = resp.status().as_u16(), "mirror failed; trying the next endpoint");
                     last_err = Some(status_error(&url, resp).await);
                 }
@@ -229,10 +204,7 @@ impl Registry {
         let mut reauthed = false;
         loop {
             attempt += 1;
-            let mut req = self
-                .client
-                .request(method.clone(), url)
-                .headers(headers.clone());
+            let mut req = self.client.request(method.clone(), url).headers(headers.clone());
             if authorize && let Some(value) = self.authorization().await? {
                 req = req.header(header::AUTHORIZATION, value);
             }
@@ -250,19 +222,13 @@ impl Registry {
                     tokio::time::sleep(wait).await;
                 }
                 Ok(resp) => return Ok(resp),
-                Err(e)
-                    if attempt < self.attempts
-                        && (e.is_connect() || e.is_timeout() || e.is_request()) =>
-                {
+                Err(e) if attempt < self.attempts && (e.is_connect() || e.is_timeout() || e.is_request()) => {
                     tracing::debug!(url, error = %e, "retrying");
                     self.stats.retries.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(backoff(attempt)).await;
                 }
                 Err(e) => {
-                    return Err(OciError::Network {
-                        url: url.to_string(),
-                        message: error_chain(&e),
-                    });
+                    return Err(OciError::Network { url: url.to_string(), message: error_chain(&e) });
                 }
             }
         }
@@ -273,19 +239,13 @@ impl Registry {
         match state.challenge.clone() {
             None => Ok(None),
             Some(Challenge::Basic) => Ok(self.basic().and_then(|b| HeaderValue::from_str(&b).ok())),
-            Some(Challenge::Bearer {
-                realm,
-                service,
-                scope,
-            }) => {
+            Some(Challenge::Bearer { realm, service, scope }) => {
                 if let Some((token, expires)) = &state.token
                     && Instant::now() < *expires
                 {
                     return Ok(HeaderValue::from_str(&format!("Bearer {token}")).ok());
                 }
-                let (token, expires) = self
-                    .fetch_token(&realm, service.as_deref(), scope.as_deref())
-                    .await?;
+                let (token, expires) = self.fetch_token(&realm, service.as_deref(), scope.as_deref()).await?;
                 let value = HeaderValue::from_str(&format!("Bearer {token}")).ok();
                 state.token = Some((token, expires));
                 Ok(value)
@@ -295,20 +255,16 @@ impl Registry {
 
     fn basic(&self) -> Option<String> {
         let (u, p) = self.creds.as_ref()?;
-        Some(format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
-        ))
+        Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))))
     }
 
     async fn challenge(&self, url: &str, headers: &HeaderMap) -> Result<(), OciError> {
-        let value = headers
-            .get(header::WWW_AUTHENTICATE)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| OciError::Auth {
+        let value = headers.get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).ok_or_else(|| {
+            OciError::Auth {
                 registry: self.repo.registry.clone(),
                 message: format!("{url}: 401 without a WWW-Authenticate challenge"),
-            })?;
+            }
+        })?;
         let challenge = parse_challenge(value).ok_or_else(|| OciError::Auth {
             registry: self.repo.registry.clone(),
             message: format!("unsupported challenge {value:?}"),
@@ -316,23 +272,15 @@ impl Registry {
         if matches!(challenge, Challenge::Basic) && self.creds.is_none() {
             return Err(OciError::Auth {
                 registry: self.repo.registry.clone(),
-                message: "the registry asks for a user name and password (--creds USER:PASS or docker login)".into(),
+                message: "the registry asks for a user name and password (--creds USER:PASS or docker login)"
+                    .into(),
             });
         }
         let mut state = self.auth.lock().await;
-        if let Challenge::Bearer {
-            scope: None,
-            realm,
-            service,
-        } = challenge
-        {
+        if let Challenge::Bearer { scope: None, realm, service } = challenge {
             // No scope offered: ask for pull on this repository.
             let scope = Some(format!("repository:{}:pull", self.repo.repository));
-            state.challenge = Some(Challenge::Bearer {
-                realm,
-                service,
-                scope,
-            });
+            state.challenge = Some(Challenge::Bearer { realm, service, scope });
         } else {
             state.challenge = Some(challenge);
         }
@@ -363,10 +311,10 @@ impl Registry {
         if let Some(b) = self.basic() {
             req = req.header(header::AUTHORIZATION, b);
         }
-        let resp = req.send().await.map_err(|e| OciError::Network {
-            url: url.to_string(),
-            message: error_chain(&e),
-        })?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| OciError::Network { url: url.to_string(), message: error_chain(&e) })?;
         if !resp.status().is_success() {
             let status = resp.status();
             return Err(OciError::Auth {
@@ -374,11 +322,7 @@ impl Registry {
                 message: format!(
                     "token service {url} answered HTTP {}{}",
                     status.as_u16(),
-                    if status == StatusCode::UNAUTHORIZED {
-                        " (wrong user name or password?)"
-                    } else {
-                        ""
-                    }
+                    if status == StatusCode::UNAUTHORIZED { " (wrong user name or password?)" } else { "" }
                 ),
             });
         }
@@ -388,22 +332,18 @@ impl Registry {
             access_token: Option<String>,
             expires_in: Option<u64>,
         }
-        let body = resp.bytes().await.map_err(|e| OciError::Network {
-            url: url.to_string(),
-            message: error_chain(&e),
-        })?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| OciError::Network { url: url.to_string(), message: error_chain(&e) })?;
         let t: TokenResponse = serde_json::from_slice(&body).map_err(|e| OciError::Auth {
             registry: self.repo.registry.clone(),
             message: format!("token service {url}: {e}"),
         })?;
-        let token = t
-            .token
-            .or(t.access_token)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| OciError::Auth {
-                registry: self.repo.registry.clone(),
-                message: format!("token service {url} gave no token"),
-            })?;
+        let token = t.token.or(t.access_token).filter(|t| !t.is_empty()).ok_or_else(|| OciError::Auth {
+            registry: self.repo.registry.clone(),
+            message: format!("token service {url} gave no token"),
+        })?;
         // Tokens live 60 s unless said otherwise; renew a little early.
         let life = Duration::from_secs(t.expires_in.unwrap_or(60).max(10));
         Ok((token, Instant::now() + life - Duration::from_secs(5)))
@@ -416,15 +356,9 @@ impl Registry {
         headers: HeaderMap,
     ) -> Result<(String, reqwest::Response), OciError> {
         let key = digest.to_string();
-        let cached = self
-            .redirects
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&key).cloned());
+        let cached = self.redirects.lock().ok().and_then(|m| m.get(&key).cloned());
         if let Some(target) = cached {
-            let resp = self
-                .send_url(Method::GET, target.as_str(), headers.clone(), false)
-                .await?;
+            let resp = self.send_url(Method::GET, target.as_str(), headers.clone(), false).await?;
             if !matches!(
                 resp.status(),
                 StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED | StatusCode::NOT_FOUND
@@ -436,9 +370,7 @@ impl Registry {
                 m.remove(&key);
             }
         }
-        let resp = self
-            .send(Method::GET, "blobs", &key, headers.clone())
-            .await?;
+        let resp = self.send(Method::GET, "blobs", &key, headers.clone()).await?;
         let url = resp.url().to_string();
         if resp.status().is_redirection() {
             let location = resp
@@ -454,20 +386,13 @@ impl Registry {
             if let Ok(mut m) = self.redirects.lock() {
                 m.insert(key, location.clone());
             }
-            let resp = self
-                .send_url(Method::GET, location.as_str(), headers, false)
-                .await?;
+            let resp = self.send_url(Method::GET, location.as_str(), headers, false).await?;
             return Ok((location.to_string(), resp));
         }
         Ok((url, resp))
     }
 
-    async fn read_range(
-        &self,
-        digest: &Digest,
-        offset: u64,
-        buf: &mut [u8],
-    ) -> Result<usize, OciError> {
+    async fn read_range(&self, digest: &Digest, offset: u64, buf: &mut [u8]) -> Result<usize, OciError> {
         if buf.is_empty() {
             return Ok(0);
         }
@@ -508,14 +433,12 @@ impl Registry {
         let mut skipped = 0u64;
         let mut filled = 0usize;
         while filled < buf.len() {
-            let chunk = resp.chunk().await.map_err(|e| OciError::Network {
-                url: url.clone(),
-                message: error_chain(&e),
-            })?;
+            let chunk = resp
+                .chunk()
+                .await
+                .map_err(|e| OciError::Network { url: url.clone(), message: error_chain(&e) })?;
             let Some(chunk) = chunk else { break };
-            self.stats
-                .bytes
-                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            self.stats.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
             let mut data = &chunk[..];
             if skipped < skip {
                 let n = ((skip - skipped) as usize).min(data.len());
@@ -536,20 +459,12 @@ fn retryable(s: StatusCode) -> bool {
 
 /// 200 ms, 400 ms, 800 ms ... capped at 5 s, each with up to 50% jitter.
 fn backoff(attempt: u32) -> Duration {
-    let base = 200u64
-        .saturating_mul(1 << attempt.saturating_sub(1).min(5))
-        .min(5000);
+    let base = 200u64.saturating_mul(1 << attempt.saturating_sub(1).min(5)).min(5000);
     Duration::from_millis(base / 2 + fastrand::u64(0..=base / 2))
 }
 
 fn retry_after(h: &HeaderMap) -> Option<Duration> {
-    let secs: u64 = h
-        .get(header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
+    let secs: u64 = h.get(header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
     Some(Duration::from_secs(secs.min(10)))
 }
 
@@ -571,11 +486,7 @@ async fn status_error(url: &str, resp: reqwest::Response) -> OciError {
     OciError::Status {
         url: url.to_string(),
         status,
-        detail: if detail.is_empty() {
-            String::new()
-        } else {
-            format!(": {detail}")
-        },
+        detail: if detail.is_empty() { String::new() } else { format!(": {detail}") },
     }
 }
 
@@ -617,9 +528,7 @@ fn docker_credentials(registry: &str, path: Option<&PathBuf>) -> Option<(String,
     let path = path.cloned().or_else(|| {
         std::env::var_os("DOCKER_CONFIG")
             .map(|d| PathBuf::from(d).join("config.json"))
-            .or_else(|| {
-                std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json"))
-            })
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json")))
     })?;
     let text = std::fs::read_to_string(&path).ok()?;
     credentials_from_config(&text, registry)
@@ -655,9 +564,7 @@ fn credentials_from_config(text: &str, registry: &str) -> Option<(String, String
     };
     let entry = wanted.iter().find_map(|k| config.auths.get(k))?;
     if let Some(auth) = &entry.auth {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(auth.trim())
-            .ok()?;
+        let decoded = base64::engine::general_purpose::STANDARD.decode(auth.trim()).ok()?;
         let text = String::from_utf8(decoded).ok()?;
         let (u, p) = text.split_once(':')?;
         return Some((u.to_string(), p.to_string()));
@@ -672,9 +579,7 @@ pub struct RegistrySource {
 
 impl RegistrySource {
     pub fn new(repo: &RegistryRef, opts: &RegistryOptions) -> Result<RegistrySource, OciError> {
-        Ok(RegistrySource {
-            registry: Arc::new(Registry::new(repo, opts)?),
-        })
+        Ok(RegistrySource { registry: Arc::new(Registry::new(repo, opts)?) })
     }
 
     pub fn stats(&self) -> Arc<Stats> {
@@ -684,10 +589,7 @@ impl RegistrySource {
 
 impl BlobSource for RegistrySource {
     fn name(&self) -> String {
-        format!(
-            "{}/{}",
-            self.registry.repo.registry, self.registry.repo.repository
-        )
+        format!("{}/{}", self.registry.repo.registry, self.registry.repo.repository)
     }
 
     fn manifest(&self, reference: &str) -> Result<(Vec<u8>, Digest, Option<String>), OciError> {
@@ -700,11 +602,8 @@ impl BlobSource for RegistrySource {
             if !resp.status().is_success() {
                 return Err(status_error(&url, resp).await);
             }
-            let ctype = resp
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
+            let ctype =
+                resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
             let claimed = resp
                 .headers()
                 .get("docker-content-digest")
@@ -718,10 +617,11 @@ impl BlobSource for RegistrySource {
             }
             let mut resp = resp;
             let mut raw = Vec::new();
-            while let Some(chunk) = resp.chunk().await.map_err(|e| OciError::Network {
-                url: url.clone(),
-                message: error_chain(&e),
-            })? {
+            while let Some(chunk) = resp
+                .chunk()
+                .await
+                .map_err(|e| OciError::Network { url: url.clone(), message: error_chain(&e) })?
+            {
                 raw.extend_from_slice(&chunk);
                 if raw.len() as u64 > MAX_MANIFEST {
                     return Err(OciError::Network {
@@ -754,8 +654,7 @@ impl BlobSource for RegistrySource {
 
     fn open(&self, digest: &Digest, size: Option<u64>) -> Result<Box<dyn Read + Send>, OciError> {
         let r = self.registry.clone();
-        let (url, resp) =
-            runtime().block_on(async { r.blob_request(digest, HeaderMap::new()).await })?;
+        let (url, resp) = runtime().block_on(async { r.blob_request(digest, HeaderMap::new()).await })?;
         if !resp.status().is_success() {
             return Err(runtime().block_on(status_error(&url, resp)));
         }
@@ -801,10 +700,7 @@ impl BlobSource for RegistrySource {
                 }
             }
         });
-        Ok(Box::new(ChannelReader {
-            rx,
-            current: bytes::Bytes::new(),
-        }))
+        Ok(Box::new(ChannelReader { rx, current: bytes::Bytes::new() }))
     }
 
     fn read_at(&self, digest: &Digest, offset: u64, buf: &mut [u8]) -> Result<usize, OciError> {
@@ -862,25 +758,15 @@ mod tests {
         match parse_challenge(
             r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/alpine:pull""#,
         ) {
-            Some(Challenge::Bearer {
-                realm,
-                service,
-                scope,
-            }) => {
+            Some(Challenge::Bearer { realm, service, scope }) => {
                 assert_eq!(realm, "https://auth.docker.io/token");
                 assert_eq!(service.as_deref(), Some("registry.docker.io"));
                 assert_eq!(scope.as_deref(), Some("repository:library/alpine:pull"));
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(
-            parse_challenge(r#"Basic realm="Registry Realm""#),
-            Some(Challenge::Basic)
-        ));
-        assert!(matches!(
-            parse_challenge(r#"bearer realm=http://x/token"#),
-            Some(Challenge::Bearer { .. })
-        ));
+        assert!(matches!(parse_challenge(r#"Basic realm="Registry Realm""#), Some(Challenge::Basic)));
+        assert!(matches!(parse_challenge(r#"bearer realm=http://x/token"#), Some(Challenge::Bearer { .. })));
         assert!(parse_challenge("Negotiate").is_none());
         assert!(parse_challenge(r#"Bearer service="x""#).is_none());
     }
@@ -888,14 +774,8 @@ mod tests {
     #[test]
     fn docker_config() {
         let cfg = r#"{"auths":{"https://index.docker.io/v1/":{"auth":"dXNlcjpwYXNz"},"127.0.0.1:5000":{"username":"a","password":"b:c"}}}"#;
-        assert_eq!(
-            credentials_from_config(cfg, "docker.io"),
-            Some(("user".into(), "pass".into()))
-        );
-        assert_eq!(
-            credentials_from_config(cfg, "127.0.0.1:5000"),
-            Some(("a".into(), "b:c".into()))
-        );
+        assert_eq!(credentials_from_config(cfg, "docker.io"), Some(("user".into(), "pass".into())));
+        assert_eq!(credentials_from_config(cfg, "127.0.0.1:5000"), Some(("a".into(), "b:c".into())));
         assert_eq!(credentials_from_config(cfg, "ghcr.io"), None);
         assert_eq!(credentials_from_config("not json", "ghcr.io"), None);
     }

@@ -13,32 +13,15 @@ pub enum OciError {
     #[error("{url}: {message}")]
     Network { url: String, message: String },
     #[error("{url}: HTTP {status}{detail}")]
-    Status {
-        url: String,
-        status: u16,
-        detail: String,
-    },
+    Status { url: String, status: u16, detail: String },
     #[error("{registry}: authentication failed: {message}")]
     Auth { registry: String, message: String },
     #[error("{what} {expected}: content has digest {actual}")]
-    DigestMismatch {
-        what: String,
-        expected: Digest,
-        actual: Digest,
-    },
+    DigestMismatch { what: String, expected: Digest, actual: Digest },
     #[error("{what} {digest}: {actual} bytes where {expected} were expected")]
-    SizeMismatch {
-        what: String,
-        digest: Digest,
-        expected: u64,
-        actual: u64,
-    },
+    SizeMismatch { what: String, digest: Digest, expected: u64, actual: u64 },
     #[error("{what} {digest} is larger than the {limit} bytes allowed")]
-    TooLarge {
-        what: String,
-        digest: Digest,
-        limit: u64,
-    },
+    TooLarge { what: String, digest: Digest, limit: u64 },
     #[error("{0}")]
     NotFound(String),
     #[error(transparent)]
@@ -58,14 +41,9 @@ pub trait BlobSource: Send + Sync {
     fn fetch(&self, digest: &Digest, limit: u64) -> Result<Vec<u8>, OciError> {
         let mut out = Vec::new();
         let mut r = self.open(digest, None)?.take(limit + 1);
-        r.read_to_end(&mut out)
-            .map_err(|e| io_error(self.name(), digest, e))?;
+        r.read_to_end(&mut out).map_err(|e| io_error(self.name(), digest, e))?;
         if out.len() as u64 > limit {
-            return Err(OciError::TooLarge {
-                what: "blob".into(),
-                digest: digest.clone(),
-                limit,
-            });
+            return Err(OciError::TooLarge { what: "blob".into(), digest: digest.clone(), limit });
         }
         Ok(out)
     }
@@ -82,10 +60,7 @@ pub trait BlobSource: Send + Sync {
 }
 
 fn io_error(source: String, digest: &Digest, e: io::Error) -> OciError {
-    OciError::Io {
-        path: format!("{source} blob {digest}"),
-        source: e,
-    }
+    OciError::Io { path: format!("{source} blob {digest}"), source: e }
 }
 
 /// A reader that hashes what passes and fails at the end on a digest or size mismatch.
@@ -99,13 +74,7 @@ pub struct Verifying<R> {
 
 impl<R: Read> Verifying<R> {
     pub fn new(inner: R, expected: Digest, size: Option<u64>) -> Self {
-        Verifying {
-            inner,
-            hasher: Some(Hasher::default()),
-            expected,
-            size,
-            seen: 0,
-        }
+        Verifying { inner, hasher: Some(Hasher::default()), expected, size, seen: 0 }
     }
 }
 
@@ -116,11 +85,7 @@ impl<R: Read> Read for Verifying<R> {
         if self.size.is_some_and(|s| self.seen > s) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!(
-                    "blob {} is longer than its {} bytes",
-                    self.expected,
-                    self.size.unwrap_or(0)
-                ),
+                format!("blob {} is longer than its {} bytes", self.expected, self.size.unwrap_or(0)),
             ));
         }
         match self.hasher.as_mut() {
@@ -130,10 +95,7 @@ impl<R: Read> Read for Verifying<R> {
                 if let Some(s) = self.size.filter(|&s| s != self.seen) {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
-                        format!(
-                            "blob {} ended after {} of {s} bytes",
-                            self.expected, self.seen
-                        ),
+                        format!("blob {} ended after {} of {s} bytes", self.expected, self.seen),
                     ));
                 }
                 if actual.as_ref() != Some(&self.expected) {
@@ -177,18 +139,9 @@ pub fn resolve(
     for _depth in 0..8 {
         match image::parse_manifest(raw, digest, ctype.as_deref())? {
             ManifestKind::Image(manifest) => {
-                return Ok(Image {
-                    name,
-                    index,
-                    platform: chosen,
-                    manifest: *manifest,
-                    source,
-                });
+                return Ok(Image { name, index, platform: chosen, manifest: *manifest, source });
             }
-            ManifestKind::Index {
-                digest: idig,
-                manifests,
-            } => {
+            ManifestKind::Index { digest: idig, manifests } => {
                 let d = image::choose_platform(&idig, &manifests, platform)?;
                 index.get_or_insert(idig);
                 chosen = d.platform.clone().or(chosen);
@@ -204,20 +157,14 @@ pub fn resolve(
             }
         }
     }
-    Err(OciError::NotFound(format!(
-        "{name}: indexes nested more than 8 deep"
-    )))
+    Err(OciError::NotFound(format!("{name}: indexes nested more than 8 deep")))
 }
 
 /// Check fetched manifest bytes against the digest they were asked for.
 pub fn check_digest(what: &str, bytes: &[u8], expected: &Digest) -> Result<(), OciError> {
     let actual = Digest::of(bytes);
     if &actual != expected {
-        return Err(OciError::DigestMismatch {
-            what: what.to_string(),
-            expected: expected.clone(),
-            actual,
-        });
+        return Err(OciError::DigestMismatch { what: what.to_string(), expected: expected.clone(), actual });
     }
     Ok(())
 }
@@ -231,21 +178,14 @@ mod tests {
         let data = b"hello blob".to_vec();
         let d = Digest::of(&data);
         let mut out = Vec::new();
-        Verifying::new(&data[..], d.clone(), Some(10))
-            .read_to_end(&mut out)
-            .unwrap();
+        Verifying::new(&data[..], d.clone(), Some(10)).read_to_end(&mut out).unwrap();
         assert_eq!(out, data);
-        let err = Verifying::new(&b"hello blub"[..], d.clone(), None)
-            .read_to_end(&mut Vec::new())
-            .unwrap_err();
+        let err =
+            Verifying::new(&b"hello blub"[..], d.clone(), None).read_to_end(&mut Vec::new()).unwrap_err();
         assert!(err.to_string().contains("has digest"), "{err}");
-        let err = Verifying::new(&data[..5], d.clone(), Some(10))
-            .read_to_end(&mut Vec::new())
-            .unwrap_err();
+        let err = Verifying::new(&data[..5], d.clone(), Some(10)).read_to_end(&mut Vec::new()).unwrap_err();
         assert!(err.to_string().contains("ended after 5 of 10"), "{err}");
-        let err = Verifying::new(&data[..], d, Some(4))
-            .read_to_end(&mut Vec::new())
-            .unwrap_err();
+        let err = Verifying::new(&data[..], d, Some(4)).read_to_end(&mut Vec::new()).unwrap_err();
         assert!(err.to_string().contains("longer"), "{err}");
     }
 }

@@ -30,10 +30,7 @@ impl std::fmt::Display for HeaderError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             HeaderError::Checksum { stored, computed } => {
-                write!(
-                    f,
-                    "header checksum mismatch (stored {stored}, computed {computed})"
-                )
+                write!(f, "header checksum mismatch (stored {stored}, computed {computed})")
             }
             HeaderError::Number { field } => write!(f, "invalid number in the {field} field"),
         }
@@ -59,10 +56,7 @@ fn number(field: &[u8], name: &'static str) -> Result<i128, HeaderError> {
         if negative {
             bytes[0] |= 0x80;
         }
-        if bytes.len() > 15
-            && bytes[..bytes.len() - 15]
-                .iter()
-                .any(|&b| b != if negative { 0xff } else { 0 })
+        if bytes.len() > 15 && bytes[..bytes.len() - 15].iter().any(|&b| b != if negative { 0xff } else { 0 })
         {
             return Err(HeaderError::Number { field: name });
         }
@@ -71,12 +65,8 @@ fn number(field: &[u8], name: &'static str) -> Result<i128, HeaderError> {
         }
         return Ok(v);
     }
-    let s: Vec<u8> = field
-        .iter()
-        .copied()
-        .skip_while(|&b| b == b' ')
-        .take_while(|&b| b != 0 && b != b' ')
-        .collect();
+    let s: Vec<u8> =
+        field.iter().copied().skip_while(|&b| b == b' ').take_while(|&b| b != 0 && b != b' ').collect();
     if s.is_empty() {
         return Ok(0);
     }
@@ -102,33 +92,15 @@ pub fn is_zero(block: &[u8]) -> bool {
 /// Parse a header block.
 pub fn parse(b: &[u8; BLOCK]) -> Result<RawHeader, HeaderError> {
     let stored = unsigned(&b[148..156], "checksum")?;
-    let unsigned_sum: u64 = b
-        .iter()
-        .enumerate()
-        .map(|(i, &x)| {
-            if (148..156).contains(&i) {
-                32
-            } else {
-                u64::from(x)
-            }
-        })
-        .sum();
+    let unsigned_sum: u64 =
+        b.iter().enumerate().map(|(i, &x)| if (148..156).contains(&i) { 32 } else { u64::from(x) }).sum();
     let signed_sum: i64 = b
         .iter()
         .enumerate()
-        .map(|(i, &x)| {
-            if (148..156).contains(&i) {
-                32
-            } else {
-                i64::from(x as i8)
-            }
-        })
+        .map(|(i, &x)| if (148..156).contains(&i) { 32 } else { i64::from(x as i8) })
         .sum();
     if stored != unsigned_sum && i64::try_from(stored).ok() != Some(signed_sum) {
-        return Err(HeaderError::Checksum {
-            stored,
-            computed: unsigned_sum,
-        });
+        return Err(HeaderError::Checksum { stored, computed: unsigned_sum });
     }
     let ustar = &b[257..263] == b"ustar\0";
     let mut name = text(&b[0..100]);

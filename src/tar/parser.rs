@@ -60,20 +60,9 @@ pub struct TarError {
 #[derive(Debug)]
 enum State {
     Header,
-    Extension {
-        kind: u8,
-        remaining: u64,
-        pad: u64,
-    },
-    Data {
-        entry: Option<usize>,
-        remaining: u64,
-        pad: u64,
-        done: u64,
-    },
-    Padding {
-        remaining: u64,
-    },
+    Extension { kind: u8, remaining: u64, pad: u64 },
+    Data { entry: Option<usize>, remaining: u64, pad: u64, done: u64 },
+    Padding { remaining: u64 },
     End,
 }
 
@@ -138,11 +127,7 @@ impl TarParser {
     }
 
     fn err(&self, offset: u64, path: Option<&[u8]>, message: impl Into<String>) -> TarError {
-        TarError {
-            offset,
-            path: path.map(lossy),
-            message: message.into(),
-        }
+        TarError { offset, path: path.map(lossy), message: message.into() }
     }
 
     /// Feed the bytes at stream offset `at` (which must follow what came before). `data` is
@@ -172,12 +157,7 @@ impl TarParser {
                     }
                     self.advance(&mut bytes, n as usize);
                 }
-                State::Data {
-                    entry,
-                    remaining,
-                    pad,
-                    done,
-                } => {
+                State::Data { entry, remaining, pad, done } => {
                     let n = (*remaining).min(bytes.len() as u64) as usize;
                     if let Some(e) = *entry {
                         data(e, *done, &bytes[..n]);
@@ -185,29 +165,18 @@ impl TarParser {
                     *remaining -= n as u64;
                     *done += n as u64;
                     if *remaining == 0 {
-                        self.state = if *pad > 0 {
-                            State::Padding { remaining: *pad }
-                        } else {
-                            State::Header
-                        };
+                        self.state =
+                            if *pad > 0 { State::Padding { remaining: *pad } } else { State::Header };
                     }
                     self.advance(&mut bytes, n);
                 }
-                State::Extension {
-                    kind,
-                    remaining,
-                    pad,
-                } => {
+                State::Extension { kind, remaining, pad } => {
                     let n = (*remaining).min(bytes.len() as u64) as usize;
                     self.ext.extend_from_slice(&bytes[..n]);
                     *remaining -= n as u64;
                     if *remaining == 0 {
                         let (kind, pad) = (*kind, *pad);
-                        self.state = if pad > 0 {
-                            State::Padding { remaining: pad }
-                        } else {
-                            State::Header
-                        };
+                        self.state = if pad > 0 { State::Padding { remaining: pad } } else { State::Header };
                         self.advance(&mut bytes, n);
                         self.extension(kind)?;
                     } else {
@@ -241,10 +210,7 @@ impl TarParser {
                 // No end-of-archive marker (or only one of its blocks): accepted, as GNU tar
                 // and Go's archive/tar do.
                 if self.zero_blocks == 0 && !self.entries.is_empty() {
-                    tracing::debug!(
-                        offset = self.pos,
-                        "tar stream without an end-of-archive marker"
-                    );
+                    tracing::debug!(offset = self.pos, "tar stream without an end-of-archive marker");
                 }
                 if self.pending.start.is_some() {
                     return Err(self.err(
@@ -257,11 +223,7 @@ impl TarParser {
             }
             _ => {
                 let path = self.entries.last().map(|e| e.path.clone());
-                Err(self.err(
-                    self.pos,
-                    path.as_deref(),
-                    "stream ends in the middle of an entry",
-                ))
+                Err(self.err(self.pos, path.as_deref(), "stream ends in the middle of an entry"))
             }
         }
     }
@@ -278,13 +240,9 @@ impl TarParser {
         if self.zero_blocks > 0 {
             return Err(self.err(at, None, "header after an end-of-archive block"));
         }
-        let block: &[u8; BLOCK] = self
-            .block
-            .as_slice()
-            .try_into()
-            .map_err(|_| self.err(at, None, "short header"))?;
-        let raw = header::parse(block)
-            .map_err(|e| self.err(at, Some(&header_name(block)), e.to_string()))?;
+        let block: &[u8; BLOCK] =
+            self.block.as_slice().try_into().map_err(|_| self.err(at, None, "short header"))?;
+        let raw = header::parse(block).map_err(|e| self.err(at, Some(&header_name(block)), e.to_string()))?;
         match raw.typeflag {
             b'x' | b'g' | b'L' | b'K' => {
                 if raw.size > MAX_EXTENSION {
@@ -299,11 +257,7 @@ impl TarParser {
                 self.state = if raw.size == 0 {
                     State::Header
                 } else {
-                    State::Extension {
-                        kind: raw.typeflag,
-                        remaining: raw.size,
-                        pad: padding(raw.size),
-                    }
+                    State::Extension { kind: raw.typeflag, remaining: raw.size, pad: padding(raw.size) }
                 };
                 if raw.size == 0 {
                     self.extension(raw.typeflag)?;
@@ -311,11 +265,7 @@ impl TarParser {
                 Ok(())
             }
             b'S' => Err(self.err(at, Some(&raw.name), "GNU sparse files are not supported")),
-            b'M' => Err(self.err(
-                at,
-                Some(&raw.name),
-                "multi-volume archives are not supported",
-            )),
+            b'M' => Err(self.err(at, Some(&raw.name), "multi-volume archives are not supported")),
             b'V' => {
                 // A volume label: no entry.
                 self.skip(None, raw.size);
@@ -329,12 +279,7 @@ impl TarParser {
         self.state = if size == 0 {
             State::Header
         } else {
-            State::Data {
-                entry,
-                remaining: size,
-                pad: padding(size),
-                done: 0,
-            }
+            State::Data { entry, remaining: size, pad: padding(size), done: 0 }
         };
     }
 
@@ -345,15 +290,14 @@ impl TarParser {
             b'L' => self.pending.long_name = Some(trim_nul(&body)),
             b'K' => self.pending.long_link = Some(trim_nul(&body)),
             b'g' => {
-                let records = parse_pax(&body)
-                    .map_err(|m| self.err(at, None, format!("global PAX header: {m}")))?;
+                let records =
+                    parse_pax(&body).map_err(|m| self.err(at, None, format!("global PAX header: {m}")))?;
                 self.global.extend(records);
                 // A global header is not part of the next entry.
                 self.pending.start = None;
             }
             _ => {
-                let records =
-                    parse_pax(&body).map_err(|m| self.err(at, None, format!("PAX header: {m}")))?;
+                let records = parse_pax(&body).map_err(|m| self.err(at, None, format!("PAX header: {m}")))?;
                 self.pending.pax.extend(records);
             }
         }
@@ -365,20 +309,10 @@ impl TarParser {
         let mut pax = self.global.clone();
         pax.extend(pending.pax);
         let header_offset = pending.start.unwrap_or(at);
-        let raw_name = pax
-            .get("path")
-            .cloned()
-            .or(pending.long_name)
-            .unwrap_or_else(|| raw.name.clone());
-        let fail = |m: String| TarError {
-            offset: header_offset,
-            path: Some(lossy(&raw_name)),
-            message: m,
-        };
+        let raw_name = pax.get("path").cloned().or(pending.long_name).unwrap_or_else(|| raw.name.clone());
+        let fail = |m: String| TarError { offset: header_offset, path: Some(lossy(&raw_name)), message: m };
         if pax.keys().any(|k| k.starts_with("GNU.sparse.")) {
-            return Err(fail(
-                "GNU sparse files (PAX format) are not supported".into(),
-            ));
+            return Err(fail("GNU sparse files (PAX format) are not supported".into()));
         }
         let num = |key: &str, default: u64| -> Result<u64, TarError> {
             match pax.get(key) {
@@ -395,9 +329,7 @@ impl TarParser {
         let devmajor = num("SCHILY.devmajor", u64::from(raw.devmajor))? as u32;
         let devminor = num("SCHILY.devminor", u64::from(raw.devminor))? as u32;
         let (mtime, mtime_nsec) = match pax.get("mtime") {
-            Some(v) => {
-                parse_time(v).ok_or_else(|| fail(format!("invalid PAX mtime {:?}", lossy(v))))?
-            }
+            Some(v) => parse_time(v).ok_or_else(|| fail(format!("invalid PAX mtime {:?}", lossy(v))))?,
             None => (raw.mtime, 0),
         };
         let is_dir_name = raw_name.ends_with(b"/");
@@ -422,15 +354,9 @@ impl TarParser {
             }
         };
         let path = normalize(&raw_name).map_err(fail)?;
-        let raw_link = pax
-            .get("linkpath")
-            .cloned()
-            .or(pending.long_link)
-            .unwrap_or(raw.linkname);
+        let raw_link = pax.get("linkpath").cloned().or(pending.long_link).unwrap_or(raw.linkname);
         let link = match kind {
-            EntryKind::Hardlink => {
-                normalize(&raw_link).map_err(|m| fail(format!("hardlink target: {m}")))?
-            }
+            EntryKind::Hardlink => normalize(&raw_link).map_err(|m| fail(format!("hardlink target: {m}")))?,
             _ => raw_link,
         };
         let mut xattrs = BTreeMap::new();
@@ -491,10 +417,7 @@ fn parse_pax(mut body: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, String> {
         if body.iter().all(|&b| b == 0) {
             break;
         }
-        let space = body
-            .iter()
-            .position(|&b| b == b' ')
-            .ok_or("record without a length")?;
+        let space = body.iter().position(|&b| b == b' ').ok_or("record without a length")?;
         let len: usize = std::str::from_utf8(&body[..space])
             .ok()
             .and_then(|s| s.parse().ok())
@@ -503,10 +426,7 @@ fn parse_pax(mut body: &[u8]) -> Result<BTreeMap<String, Vec<u8>>, String> {
             return Err("record length does not match its content".into());
         }
         let record = &body[space + 1..len - 1];
-        let eq = record
-            .iter()
-            .position(|&b| b == b'=')
-            .ok_or("record without '='")?;
+        let eq = record.iter().position(|&b| b == b'=').ok_or("record without '='")?;
         let key = std::str::from_utf8(&record[..eq]).map_err(|_| "record key is not UTF-8")?;
         out.insert(key.to_string(), record[eq + 1..].to_vec());
         body = &body[len..];
@@ -537,11 +457,7 @@ fn parse_time(v: &[u8]) -> Option<(i64, u32)> {
         return Some((secs, nanos));
     }
     // -1.25 is 1.25 s before the epoch: seconds -2, nanoseconds 0.75e9.
-    if nanos == 0 {
-        Some((-secs, 0))
-    } else {
-        Some((-secs - 1, 1_000_000_000 - nanos))
-    }
+    if nanos == 0 { Some((-secs, 0)) } else { Some((-secs - 1, 1_000_000_000 - nanos)) }
 }
 
 fn percent_decode(s: &[u8]) -> Vec<u8> {
@@ -596,10 +512,7 @@ mod tests {
 
     #[test]
     fn times() {
-        assert_eq!(
-            parse_time(b"1700000000.123456789"),
-            Some((1_700_000_000, 123_456_789))
-        );
+        assert_eq!(parse_time(b"1700000000.123456789"), Some((1_700_000_000, 123_456_789)));
         assert_eq!(parse_time(b"5"), Some((5, 0)));
         assert_eq!(parse_time(b"-1.25"), Some((-2, 750_000_000)));
         assert_eq!(parse_time(b"1.5x"), None);

@@ -16,11 +16,7 @@ pub struct TarSink {
 
 impl TarSink {
     pub fn new(chunk_size: Option<u64>) -> TarSink {
-        TarSink {
-            parser: TarParser::new(),
-            chunk_size,
-            seen: 0,
-        }
+        TarSink { parser: TarParser::new(), chunk_size, seen: 0 }
     }
 }
 

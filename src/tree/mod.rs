@@ -4,22 +4,23 @@
 //! hide what *lower* layers put there; a non-directory replaces whatever was at its path; a
 //! directory entry over a directory replaces its attributes and keeps its children; a hardlink
 //! names the inode of an earlier entry; missing parents are made as directories (0755, 0:0).
-//! Every regular file keeps where its bytes are: extents of a layer's uncompressed tar stream.
-//! Calls `tar` for entries.
+//! Every regular file keeps where its bytes are: extents of a layer's uncompressed tar stream,
+//! or the chunks of an eStargz layer's TOC. Calls `tar` and `estargz` for entries.
 
+use crate::estargz::{self, TocEntry};
 use crate::tar::{Entry, EntryKind};
 use std::collections::BTreeMap;
 
 /// Index of an inode in [`Tree::inodes`].
 pub type InodeId = usize;
 
-/// Where a regular file's bytes are: `len` bytes at `offset` of layer `layer`'s uncompressed
-/// stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct Extent {
-    pub layer: usize,
-    pub offset: u64,
-    pub len: u64,
+/// Where a piece of a regular file's bytes is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Extent {
+    /// `len` bytes at `offset` of layer `layer`'s uncompressed tar stream.
+    Tar { layer: usize, offset: u64, len: u64 },
+    /// A chunk of an eStargz layer, as its TOC places it.
+    Chunk { layer: usize, chunk: estargz::Chunk },
 }
 
 /// A file, directory, link or special file; hardlinked names share one.
@@ -64,16 +65,7 @@ impl Inode {
         }
     }
 
-    fn from_entry(e: &Entry, layer: usize) -> Inode {
-        let data = if e.kind == EntryKind::File && e.size > 0 {
-            vec![Extent {
-                layer,
-                offset: e.data_offset,
-                len: e.size,
-            }]
-        } else {
-            Vec::new()
-        };
+    fn from_entry(e: &Entry, data: Vec<Extent>) -> Inode {
         Inode {
             kind: e.kind,
             mode: e.mode,
@@ -81,11 +73,7 @@ impl Inode {
             gid: e.gid,
             mtime: Some((e.mtime, e.mtime_nsec)),
             size: e.size,
-            link: if e.kind == EntryKind::Symlink {
-                e.link.clone()
-            } else {
-                Vec::new()
-            },
+            link: if e.kind == EntryKind::Symlink { e.link.clone() } else { Vec::new() },
             devmajor: e.devmajor,
             devminor: e.devminor,
             xattrs: e.xattrs.clone(),
@@ -138,17 +126,38 @@ fn components(path: &[u8]) -> impl Iterator<Item = &[u8]> {
 
 impl Tree {
     pub fn new() -> Tree {
-        Tree {
-            inodes: vec![Inode::implicit_dir()],
-            root: 0,
-        }
+        Tree { inodes: vec![Inode::implicit_dir()], root: 0 }
     }
 
-    /// Apply one layer's entries (in archive order) on top of the tree.
+    /// Apply one tar layer's entries (in archive order) on top of the tree.
     pub fn apply_layer(&mut self, layer: usize, entries: &[Entry]) -> Result<(), TreeError> {
+        let data = |e: &Entry| {
+            if e.kind == EntryKind::File && e.size > 0 {
+                vec![Extent::Tar { layer, offset: e.data_offset, len: e.size }]
+            } else {
+                Vec::new()
+            }
+        };
+        let items: Vec<(Entry, Vec<Extent>)> = entries.iter().map(|e| (e.clone(), data(e))).collect();
+        self.apply(layer, &items)
+    }
+
+    /// Apply one eStargz layer, from its TOC, on top of the tree.
+    pub fn apply_estargz_layer(&mut self, layer: usize, entries: &[TocEntry]) -> Result<(), TreeError> {
+        let items: Vec<(Entry, Vec<Extent>)> = entries
+            .iter()
+            .map(|t| {
+                let chunks = t.chunks.iter().map(|c| Extent::Chunk { layer, chunk: c.clone() }).collect();
+                (toc_entry(t), chunks)
+            })
+            .collect();
+        self.apply(layer, &items)
+    }
+
+    fn apply(&mut self, layer: usize, entries: &[(Entry, Vec<Extent>)]) -> Result<(), TreeError> {
         // Whiteouts first: they hide only what lower layers made, whatever their place in the
         // archive.
-        for e in entries {
+        for (e, _) in entries {
             let (dir, name) = split(&e.path);
             if name == OPAQUE {
                 if let Some(d) = self.lookup(dir).filter(|&d| self.inodes[d].is_dir()) {
@@ -160,17 +169,17 @@ impl Tree {
                 self.inodes[d].children.remove(hidden);
             }
         }
-        for e in entries {
+        for (e, data) in entries {
             let (_, name) = split(&e.path);
             if name.starts_with(WHITEOUT) {
                 continue;
             }
-            self.add(layer, e)?;
+            self.add(layer, e, data)?;
         }
         Ok(())
     }
 
-    fn add(&mut self, layer: usize, e: &Entry) -> Result<(), TreeError> {
+    fn add(&mut self, layer: usize, e: &Entry, data: &[Extent]) -> Result<(), TreeError> {
         let fail = |m: &str| TreeError {
             layer,
             path: String::from_utf8_lossy(&e.path).into_owned(),
@@ -193,30 +202,21 @@ impl Tree {
                     self.set_dir_attrs(id, e);
                     return Ok(());
                 }
-                let id = self.push(Inode::from_entry(e, layer));
-                self.inodes[parent]
-                    .children
-                    .insert(name.to_vec(), (id, layer));
+                let id = self.push(Inode::from_entry(e, data.to_vec()));
+                self.inodes[parent].children.insert(name.to_vec(), (id, layer));
             }
             EntryKind::Hardlink => {
                 let target = self.lookup(&e.link).ok_or_else(|| {
-                    fail(&format!(
-                        "hardlink to {:?}, which does not exist",
-                        String::from_utf8_lossy(&e.link)
-                    ))
+                    fail(&format!("hardlink to {:?}, which does not exist", String::from_utf8_lossy(&e.link)))
                 })?;
                 if self.inodes[target].is_dir() {
                     return Err(fail("hardlink to a directory"));
                 }
-                self.inodes[parent]
-                    .children
-                    .insert(name.to_vec(), (target, layer));
+                self.inodes[parent].children.insert(name.to_vec(), (target, layer));
             }
             _ => {
-                let id = self.push(Inode::from_entry(e, layer));
-                self.inodes[parent]
-                    .children
-                    .insert(name.to_vec(), (id, layer));
+                let id = self.push(Inode::from_entry(e, data.to_vec()));
+                self.inodes[parent].children.insert(name.to_vec(), (id, layer));
             }
         }
         Ok(())
@@ -274,11 +274,7 @@ impl Tree {
         let mut stack = vec![self.root];
         self.inodes[self.root].nlink = 2;
         while let Some(d) = stack.pop() {
-            let children: Vec<InodeId> = self.inodes[d]
-                .children
-                .values()
-                .map(|&(id, _)| id)
-                .collect();
+            let children: Vec<InodeId> = self.inodes[d].children.values().map(|&(id, _)| id).collect();
             for id in children {
                 if self.inodes[id].is_dir() {
                     self.inodes[id].nlink = 2;
@@ -311,6 +307,38 @@ impl Tree {
     }
 }
 
+/// A TOC entry as the tar entry it stands for.
+fn toc_entry(t: &TocEntry) -> Entry {
+    use estargz::EntryKind as K;
+    let kind = match t.kind {
+        K::Dir => EntryKind::Directory,
+        K::Reg => EntryKind::File,
+        K::Symlink => EntryKind::Symlink,
+        K::Hardlink => EntryKind::Hardlink,
+        K::Char => EntryKind::Char,
+        K::Block => EntryKind::Block,
+        K::Fifo => EntryKind::Fifo,
+    };
+    Entry {
+        path: t.name.as_bytes().to_vec(),
+        kind,
+        mode: t.mode,
+        uid: t.uid,
+        gid: t.gid,
+        uname: t.uname.as_bytes().to_vec(),
+        gname: t.gname.as_bytes().to_vec(),
+        mtime: t.mtime,
+        mtime_nsec: t.mtime_nsec,
+        size: t.size,
+        link: t.link.as_bytes().to_vec(),
+        devmajor: t.devmajor,
+        devminor: t.devminor,
+        xattrs: t.xattrs.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.clone())).collect(),
+        header_offset: 0,
+        data_offset: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,11 +347,7 @@ mod tests {
         Entry {
             path: path.as_bytes().to_vec(),
             kind,
-            mode: if kind == EntryKind::Directory {
-                0o755
-            } else {
-                0o644
-            },
+            mode: if kind == EntryKind::Directory { 0o755 } else { 0o644 },
             uid: 0,
             gid: 0,
             uname: Vec::new(),
@@ -341,10 +365,7 @@ mod tests {
     }
 
     fn paths(t: &Tree) -> Vec<String> {
-        t.walk()
-            .into_iter()
-            .map(|(p, _)| String::from_utf8(p).unwrap())
-            .collect()
+        t.walk().into_iter().map(|(p, _)| String::from_utf8(p).unwrap()).collect()
     }
 
     #[test]
@@ -379,24 +400,9 @@ mod tests {
         let mut t = Tree::new();
         let mut link = entry("d/link", EntryKind::Hardlink);
         link.link = b"f".to_vec();
-        t.apply_layer(
-            0,
-            &[
-                entry("f", EntryKind::File),
-                entry("p/q/r", EntryKind::File),
-                link,
-            ],
-        )
-        .unwrap();
+        t.apply_layer(0, &[entry("f", EntryKind::File), entry("p/q/r", EntryKind::File), link]).unwrap();
         // A directory replaces the file f; a file replaces the directory p.
-        t.apply_layer(
-            1,
-            &[
-                entry("f", EntryKind::Directory),
-                entry("p", EntryKind::File),
-            ],
-        )
-        .unwrap();
+        t.apply_layer(1, &[entry("f", EntryKind::Directory), entry("p", EntryKind::File)]).unwrap();
         t.finish();
         assert_eq!(paths(&t), ["/", "/d", "/d/link", "/f", "/p"]);
         let d = t.lookup(b"d").unwrap();
@@ -405,11 +411,6 @@ mod tests {
         assert_eq!(t.inodes[l].nlink, 1, "its other name was replaced");
         let mut bad = entry("x", EntryKind::Hardlink);
         bad.link = b"missing".to_vec();
-        assert!(
-            t.apply_layer(2, &[bad])
-                .unwrap_err()
-                .to_string()
-                .contains("does not exist")
-        );
+        assert!(t.apply_layer(2, &[bad]).unwrap_err().to_string().contains("does not exist"));
     }
 }

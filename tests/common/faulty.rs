@@ -30,12 +30,7 @@ pub struct FaultyProxy {
 }
 
 impl FaultyProxy {
-    pub fn start(
-        upstream: u16,
-        fault: Fault,
-        faults: usize,
-        matching: &'static str,
-    ) -> FaultyProxy {
+    pub fn start(upstream: u16, fault: Fault, faults: usize, matching: &'static str) -> FaultyProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let injected = Arc::new(AtomicUsize::new(0));
@@ -53,11 +48,7 @@ impl FaultyProxy {
                 });
             }
         });
-        FaultyProxy {
-            port,
-            injected,
-            stop,
-        }
+        FaultyProxy { port, injected, stop }
     }
 }
 
@@ -86,20 +77,16 @@ fn serve(
         }
         head.push(byte[0]);
     }
-    let first_line = String::from_utf8_lossy(&head)
-        .lines()
-        .next()
-        .unwrap_or("")
-        .to_string();
+    let first_line = String::from_utf8_lossy(&head).lines().next().unwrap_or("").to_string();
     let faulty = first_line.contains(matching)
         && injected
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < faults).then_some(n + 1)
-            })
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < faults).then_some(n + 1))
             .is_ok();
     if faulty {
         if let Fault::Status500 = fault {
-            client.write_all(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 5\r\nConnection: close\r\n\r\noops\n")?;
+            client.write_all(
+                b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 5\r\nConnection: close\r\n\r\noops\n",
+            )?;
             return client.shutdown(Shutdown::Both);
         }
         if let Fault::Redirect = fault {
@@ -115,10 +102,8 @@ fn serve(
     let head = match (faulty, fault) {
         (true, Fault::IgnoreRange) => {
             let text = String::from_utf8_lossy(&head).to_string();
-            let kept: Vec<&str> = text
-                .split("\r\n")
-                .filter(|l| !l.to_ascii_lowercase().starts_with("range:"))
-                .collect();
+            let kept: Vec<&str> =
+                text.split("\r\n").filter(|l| !l.to_ascii_lowercase().starts_with("range:")).collect();
             kept.join("\r\n").into_bytes()
         }
         _ => head,

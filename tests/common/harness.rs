@@ -43,11 +43,7 @@ impl TestRegistry {
             .arg(mode)
             .output()
             .expect("registry.sh");
-        assert!(
-            out.status.success(),
-            "registry.sh start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "registry.sh start: {}", String::from_utf8_lossy(&out.stderr));
         let port: u16 = String::from_utf8_lossy(&out.stdout)
             .trim()
             .lines()
@@ -64,11 +60,7 @@ impl TestRegistry {
             .arg(&layouts)
             .output()
             .expect("registry.sh push");
-        assert!(
-            out.status.success(),
-            "registry.sh push: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "registry.sh push: {}", String::from_utf8_lossy(&out.stderr));
         reg
     }
 
@@ -78,12 +70,7 @@ impl TestRegistry {
 
     /// Where the registry keeps a blob's bytes (for tampering tests).
     pub fn blob_data(&self, hex: &str) -> PathBuf {
-        self.dir
-            .path()
-            .join("storage/docker/registry/v2/blobs/sha256")
-            .join(&hex[..2])
-            .join(hex)
-            .join("data")
+        self.dir.path().join("storage/docker/registry/v2/blobs/sha256").join(&hex[..2]).join(hex).join("data")
     }
 }
 

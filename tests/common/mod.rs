@@ -23,12 +23,7 @@ pub struct Member {
 
 impl Default for Member {
     fn default() -> Self {
-        Member {
-            level: 6,
-            strategy: Strategy::Default,
-            flags: 0,
-            flushes: Vec::new(),
-        }
+        Member { level: 6, strategy: Strategy::Default, flags: 0, flushes: Vec::new() }
     }
 }
 
@@ -52,20 +47,12 @@ pub fn flush_kind(i: u8) -> DeflateFlush {
 
 /// Raw deflate of `data` with the member's settings.
 pub fn deflate_raw(data: &[u8], m: &Member) -> Vec<u8> {
-    let config = DeflateConfig {
-        level: m.level,
-        window_bits: -15,
-        strategy: m.strategy,
-        ..Default::default()
-    };
+    let config =
+        DeflateConfig { level: m.level, window_bits: -15, strategy: m.strategy, ..Default::default() };
     let mut d = zlib_rs::Deflate::new_with_config(config);
     let mut out = vec![0u8; zlib_rs::compress_bound(data.len()) * 2 + 64 * (m.flushes.len() + 1)];
-    let mut cuts: Vec<(usize, DeflateFlush)> = m
-        .flushes
-        .iter()
-        .copied()
-        .filter(|&(at, _)| at <= data.len())
-        .collect();
+    let mut cuts: Vec<(usize, DeflateFlush)> =
+        m.flushes.iter().copied().filter(|&(at, _)| at <= data.len()).collect();
     cuts.sort_by_key(|c| c.0);
     cuts.push((data.len(), DeflateFlush::Finish));
     let mut start = 0;
@@ -73,9 +60,7 @@ pub fn deflate_raw(data: &[u8], m: &Member) -> Vec<u8> {
         let mut piece = &data[start..end];
         loop {
             let (before_in, before_out) = (d.total_in(), d.total_out());
-            let status = d
-                .compress(piece, &mut out[before_out as usize..], flush)
-                .expect("deflate");
+            let status = d.compress(piece, &mut out[before_out as usize..], flush).expect("deflate");
             piece = &piece[(d.total_in() - before_in) as usize..];
             let progressed = d.total_out() != before_out || d.total_in() != before_in;
             let done = match flush {
@@ -137,9 +122,7 @@ pub fn gzip_members(data: &[u8], splits: &[usize], members: &[Member]) -> Vec<u8
 /// Reference decompression of every member.
 pub fn gunzip(gz: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    flate2::read::MultiGzDecoder::new(gz)
-        .read_to_end(&mut out)
-        .expect("reference gunzip");
+    flate2::read::MultiGzDecoder::new(gz).read_to_end(&mut out).expect("reference gunzip");
     out
 }
 
@@ -153,16 +136,8 @@ pub fn sample_data(len: usize, seed: u64) -> Vec<u8> {
         s ^= s << 17;
         s
     };
-    let words: [&[u8]; 8] = [
-        b"layer ",
-        b"chunk ",
-        b"gzip ",
-        b"\n",
-        b"window ",
-        b"0123456789",
-        b"zran ",
-        b"\t",
-    ];
+    let words: [&[u8]; 8] =
+        [b"layer ", b"chunk ", b"gzip ", b"\n", b"window ", b"0123456789", b"zran ", b"\t"];
     let mut out = Vec::with_capacity(len);
     while out.len() < len {
         let r = next();
@@ -172,10 +147,7 @@ pub fn sample_data(len: usize, seed: u64) -> Vec<u8> {
                     out.extend_from_slice(words[(next() % 8) as usize]);
                 }
             }
-            1 => out.extend(std::iter::repeat_n(
-                (r >> 16) as u8,
-                ((r >> 24) % 3000) as usize,
-            )),
+            1 => out.extend(std::iter::repeat_n((r >> 16) as u8, ((r >> 24) % 3000) as usize)),
             2 => {
                 for _ in 0..(r >> 8) % 2000 {
                     out.push(next() as u8);
@@ -226,18 +198,10 @@ pub fn far_match_deflate(blocks: usize, matches: usize, seed: u64) -> (Vec<u8>, 
             }
         }
     }
-    let noise: Vec<u8> = sample_data(200_000, seed)
-        .into_iter()
-        .skip(100_000)
-        .take(32768)
-        .collect();
+    let noise: Vec<u8> = sample_data(200_000, seed).into_iter().skip(100_000).take(32768).collect();
     let mut noise = noise;
     noise.resize(32768, 0xa5);
-    let mut w = Bits {
-        out: Vec::new(),
-        acc: 0,
-        n: 0,
-    };
+    let mut w = Bits { out: Vec::new(), acc: 0, n: 0 };
     // Stored blocks hold at most 65535 bytes: one block of 32768, not final.
     w.put(0, 1);
     w.put(0, 2);

@@ -9,10 +9,7 @@ use zerocopy::FromBytes;
 #[derive(Debug, thiserror::Error)]
 pub enum ZidxError {
     #[error("cannot read index {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("not a zran index (bad magic)")]
     BadMagic,
     #[error("unsupported index version {0} (this zran reads version {VERSION})")]
@@ -26,18 +23,13 @@ pub enum ZidxError {
 }
 
 fn field(offset: usize, message: impl Into<String>) -> ZidxError {
-    ZidxError::Field {
-        offset: offset as u64,
-        message: message.into(),
-    }
+    ZidxError::Field { offset: offset as u64, message: message.into() }
 }
 
 /// Read and validate a `.zidx` file.
 pub fn read_file(path: &Path) -> Result<Index, ZidxError> {
-    let bytes = std::fs::read(path).map_err(|source| ZidxError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let bytes =
+        std::fs::read(path).map_err(|source| ZidxError::Io { path: path.display().to_string(), source })?;
     decode(&bytes)
 }
 
@@ -48,10 +40,7 @@ pub fn decode(bytes: &[u8]) -> Result<Index, ZidxError> {
         if bytes.len() >= 8 && bytes[..8] != MAGIC {
             ZidxError::BadMagic
         } else {
-            ZidxError::Size {
-                len,
-                needed: (HEADER_SIZE + TRAILER_SIZE) as u64,
-            }
+            ZidxError::Size { len, needed: (HEADER_SIZE + TRAILER_SIZE) as u64 }
         }
     })?;
     if header.magic != MAGIC {
@@ -61,16 +50,10 @@ pub fn decode(bytes: &[u8]) -> Result<Index, ZidxError> {
         return Err(ZidxError::Version(header.version.get()));
     }
     if header.flags.get() != 0 {
-        return Err(field(
-            10,
-            format!("unknown flags {:#06x}", header.flags.get()),
-        ));
+        return Err(field(10, format!("unknown flags {:#06x}", header.flags.get())));
     }
     if header.window_codec != CODEC_ZSTD {
-        return Err(field(
-            12,
-            format!("unknown window codec {}", header.window_codec),
-        ));
+        return Err(field(12, format!("unknown window codec {}", header.window_codec)));
     }
     let n = header.checkpoint_count.get() as usize;
     let needed = (HEADER_SIZE + TRAILER_SIZE) as u64 + n as u64 * POINT_SIZE as u64;
@@ -78,17 +61,14 @@ pub fn decode(bytes: &[u8]) -> Result<Index, ZidxError> {
         return Err(ZidxError::Size { len, needed });
     }
     let body = &bytes[..bytes.len() - TRAILER_SIZE];
-    let (trailer, _) = Trailer::read_from_prefix(&bytes[body.len()..])
-        .map_err(|_| ZidxError::Size { len, needed })?;
+    let (trailer, _) =
+        Trailer::read_from_prefix(&bytes[body.len()..]).map_err(|_| ZidxError::Size { len, needed })?;
     if trailer.magic != END_MAGIC {
         return Err(field(body.len() + 4, "bad end magic"));
     }
     let computed = crc32fast::hash(body);
     if trailer.crc32.get() != computed {
-        return Err(ZidxError::Checksum {
-            stored: trailer.crc32.get(),
-            computed,
-        });
+        return Err(ZidxError::Checksum { stored: trailer.crc32.get(), computed });
     }
     if n == 0 {
         return Err(field(48, "no checkpoints"));
@@ -109,9 +89,8 @@ pub fn decode(bytes: &[u8]) -> Result<Index, ZidxError> {
         let window_len = u32::from(rec.window_len.get());
         let csize = u64::from(rec.window_csize.get());
         let woff = rec.window_offset.get();
-        let bad = |field_at: usize, what: String| {
-            Err(field(at + field_at, format!("checkpoint {i}: {what}")))
-        };
+        let bad =
+            |field_at: usize, what: String| Err(field(at + field_at, format!("checkpoint {i}: {what}")));
         if let Some(prev) = checkpoints.last() {
             if out <= prev.out {
                 return bad(0, format!("out of order (offset {out})"));
@@ -140,10 +119,7 @@ pub fn decode(bytes: &[u8]) -> Result<Index, ZidxError> {
         if (window_len == 0) != (csize == 0) {
             return bad(32, "window size and length disagree".into());
         }
-        let Some(end) = woff
-            .checked_add(csize)
-            .filter(|&e| e <= windows.len() as u64)
-        else {
+        let Some(end) = woff.checked_add(csize).filter(|&e| e <= windows.len() as u64) else {
             return bad(16, "window lies past the window area".into());
         };
         checkpoints.push(Checkpoint {

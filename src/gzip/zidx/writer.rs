@@ -44,10 +44,7 @@ pub fn encode(index: &Index) -> Vec<u8> {
     for c in &index.checkpoints {
         out.extend_from_slice(&c.window);
     }
-    let trailer = Trailer {
-        crc32: crc32fast::hash(&out).into(),
-        magic: END_MAGIC,
-    };
+    let trailer = Trailer { crc32: crc32fast::hash(&out).into(), magic: END_MAGIC };
     out.extend_from_slice(trailer.as_bytes());
     out
 }
@@ -55,14 +52,8 @@ pub fn encode(index: &Index) -> Vec<u8> {
 /// Write `index` to `path` atomically: a temporary file beside it, synced, then renamed.
 pub fn write_file(index: &Index, path: &Path) -> std::io::Result<()> {
     let bytes = encode(index);
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
