@@ -130,7 +130,11 @@ fn estargz_trees_from_their_tocs() {
         let ours = inspect_files(&format!("oci:{}", dir.join(name).display()));
         compare_with(name, &ours, true);
         // Only the tails of the layers were read, never a whole layer.
-        let layout = zran::oci::open(&format!("oci:{}", dir.join(name).display()).parse().unwrap(), &Default::default()).unwrap();
+        let layout = zran::oci::open(
+            &format!("oci:{}", dir.join(name).display()).parse().unwrap(),
+            &Default::default(),
+        )
+        .unwrap();
         let total: u64 = layout.manifest.layers.iter().map(|l| l.size).sum();
         let fetched = ours["bytes_fetched"].as_u64().unwrap();
         let max_tails: u64 = layout.manifest.layers.iter().map(|l| l.size.min(2 << 20)).sum::<u64>() + 65536;

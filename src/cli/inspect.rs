@@ -157,9 +157,11 @@ fn files(image: &zran::oci::Image, json: bool, insecure: bool) -> anyhow::Result
     );
     for (i, layer) in image.manifest.layers.iter().enumerate() {
         let (format, _) = layer_format(image, layer)?;
-        let use_toc = format == LayerFormat::Estargz || (insecure && format == LayerFormat::EstargzUnverified);
+        let use_toc =
+            format == LayerFormat::Estargz || (insecure && format == LayerFormat::EstargzUnverified);
         if use_toc {
-            let verify = if insecure { estargz::Verify::InsecureSkipVerify } else { estargz::Verify::Required };
+            let verify =
+                if insecure { estargz::Verify::InsecureSkipVerify } else { estargz::Verify::Required };
             let toc = estargz::read_toc(image.source.as_ref(), layer, verify)
                 .with_context(|| format!("{}: layer {i}", image.name))?;
             tree.apply_estargz_layer(i, &toc.entries)

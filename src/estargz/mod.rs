@@ -1,8 +1,8 @@
 //! eStargz layers: footers, tables of contents and their digests.
 //!
 //! Owns the eStargz format (a gzip stream whose last members hold a JSON TOC of every file
-//! and chunk, and a footer that points at it). Calls nothing else in the crate yet; the TOC
-//! reader will use `gzip` to inflate the TOC member.
+//! and chunk, and a footer that points at it). Calls `oci` for the blob's tail, `gzip` to
+//! inflate the TOC member and `tar` to find the TOC entry in it.
 
 pub mod footer;
 pub mod toc;

@@ -39,8 +39,6 @@ pub const MAX_TOC_JSON: u64 = 64 << 20;
 const MAX_TOC_TAR: u64 = MAX_TOC_JSON + (1 << 20);
 /// The largest compressed TOC (stored deflate blocks add 5 bytes per 64 KiB).
 const MAX_TOC_REGION: u64 = MAX_TOC_TAR + (2 << 20);
-/// The largest PAX or GNU extension header accepted before the TOC entry.
-const MAX_TAR_EXTENSION: u64 = 1 << 20;
 /// Deflate never inflates more than 1032 bytes per compressed byte (a 258-byte match coded in
 /// two bits), so a chunk claiming more than this times the compressed bytes before the TOC
 /// cannot be real.
@@ -489,170 +487,37 @@ fn inflate_toc(layer: &Digest, toc_offset: u64, region: &[u8]) -> Result<Vec<u8>
     }
 }
 
-const BLOCK: usize = 512;
-
-/// The payload of the `stargz.index.json` entry that starts the TOC's tar stream. PAX and GNU
-/// long-name headers before it are understood; anything else is refused.
+/// The payload of the `stargz.index.json` entry of the TOC's tar stream, found with the
+/// crate's tar parser.
 fn toc_payload(tar: &[u8]) -> Result<&[u8], String> {
-    let mut pos = 0usize;
-    let mut pax_path: Option<Vec<u8>> = None;
-    let mut pax_size: Option<u64> = None;
-    let mut long_name: Option<Vec<u8>> = None;
-    for _ in 0..8 {
-        let Some(block) = tar.get(pos..pos + BLOCK) else {
-            return Err(format!(
-                "the TOC tar stream ends at {} bytes, inside the header at {pos}",
-                tar.len()
-            ));
-        };
-        if block.iter().all(|&b| b == 0) {
-            return Err(format!("the TOC tar stream has no {TOC_TAR_NAME} entry (end of archive at {pos})"));
-        }
-        let stored = numeric(&block[148..156])
-            .ok_or_else(|| format!("tar header at {pos}: invalid checksum field"))?;
-        let unsigned: u64 = block
-            .iter()
-            .enumerate()
-            .map(|(i, &b)| if (148..156).contains(&i) { 32 } else { u64::from(b) })
-            .sum();
-        let signed: i64 = block
-            .iter()
-            .enumerate()
-            .map(|(i, &b)| if (148..156).contains(&i) { 32 } else { i64::from(b as i8) })
-            .sum();
-        if stored != unsigned && stored as i64 != signed {
-            return Err(format!(
-                "tar header at {pos}: checksum {stored} does not match its bytes ({unsigned})"
-            ));
-        }
-        let size =
-            numeric(&block[124..136]).ok_or_else(|| format!("tar header at {pos}: invalid size field"))?;
-        let typeflag = block[156];
-        let data = pos + BLOCK;
-        match typeflag {
-            b'x' | b'g' | b'L' => {
-                if size > MAX_TAR_EXTENSION {
-                    return Err(format!(
-                        "tar extension header at {pos} claims {size} bytes, more than the {MAX_TAR_EXTENSION} allowed"
-                    ));
-                }
-                let body = tar.get(data..data + size as usize).ok_or_else(|| {
-                    format!(
-                        "tar extension header at {pos} claims {size} bytes, the stream ends at {}",
-                        tar.len()
-                    )
-                })?;
-                match typeflag {
-                    b'x' => {
-                        for (k, v) in
-                            pax_records(body).ok_or_else(|| format!("malformed PAX records at {data}"))?
-                        {
-                            match k {
-                                b"path" => pax_path = Some(v.to_vec()),
-                                b"size" => {
-                                    pax_size = Some(
-                                        std::str::from_utf8(v)
-                                            .ok()
-                                            .and_then(|s| s.parse().ok())
-                                            .ok_or_else(|| format!("invalid PAX size record at {data}"))?,
-                                    )
-                                }
-                                _ => {}
-                            }
-                        }
-                    }
-                    b'L' => {
-                        let end = body.iter().position(|&b| b == 0).unwrap_or(body.len());
-                        long_name = Some(body[..end].to_vec());
-                    }
-                    _ => {}
-                }
-                pos = data + (size as usize).div_ceil(BLOCK) * BLOCK;
-                continue;
-            }
-            b'0' | 0 => {}
-            other => {
-                return Err(format!(
-                    "the TOC tar entry at {pos} has type {:?}, not a regular file",
-                    char::from(other)
-                ));
-            }
-        }
-        let name = pax_path.or(long_name).unwrap_or_else(|| {
-            let field = |r: std::ops::Range<usize>| {
-                let f = &block[r];
-                f[..f.iter().position(|&b| b == 0).unwrap_or(f.len())].to_vec()
-            };
-            let name = field(0..100);
-            let prefix = field(345..500);
-            if &block[257..262] == b"ustar" && !prefix.is_empty() { [prefix, name].join(&b'/') } else { name }
-        });
-        if name != TOC_TAR_NAME.as_bytes() {
+    let mut parser = crate::tar::TarParser::new();
+    parser.push(0, tar, &mut |_, _, _| {}).map_err(|e| format!("the TOC tar stream: {e}"))?;
+    let entry = match parser.entries().first() {
+        Some(e) if e.path == TOC_TAR_NAME.as_bytes() => e,
+        Some(e) => {
             return Err(format!(
                 "the TOC tar entry is named {:?}, not {TOC_TAR_NAME:?}",
-                String::from_utf8_lossy(&name)
+                String::from_utf8_lossy(&e.path)
             ));
         }
-        let size = pax_size.unwrap_or(size);
-        if size > MAX_TOC_JSON {
-            return Err(format!("the TOC JSON is {size} bytes, more than the {MAX_TOC_JSON} allowed"));
+        None => {
+            parser.finish().map_err(|e| format!("the TOC tar stream: {e}"))?;
+            return Err(format!("the TOC tar stream has no {TOC_TAR_NAME} entry"));
         }
-        return tar.get(data..data + size as usize).ok_or_else(|| {
-            format!(
-                "the TOC tar entry claims {size} bytes, the TOC member holds only {}",
-                tar.len().saturating_sub(data)
-            )
-        });
+    };
+    if entry.size > MAX_TOC_JSON {
+        return Err(format!("the TOC is {} bytes, more than the {MAX_TOC_JSON} allowed", entry.size));
     }
-    Err("more than 8 tar extension headers before the TOC entry".into())
-}
-
-/// A tar numeric field: octal (space or NUL terminated) or base-256.
-fn numeric(field: &[u8]) -> Option<u64> {
-    if field.first().is_some_and(|&b| b & 0x80 != 0) {
-        if field[0] & 0x40 != 0 {
-            return None; // negative
-        }
-        let mut v: u64 = u64::from(field[0] & 0x3f);
-        for &b in &field[1..] {
-            v = v.checked_mul(256)?.checked_add(u64::from(b))?;
-        }
-        return Some(v);
-    }
-    let s = field.iter().position(|&b| b != b' ').map_or(&[][..], |i| &field[i..]);
-    let end = s.iter().position(|&b| b == 0 || b == b' ').unwrap_or(s.len());
-    let digits = &s[..end];
-    if digits.is_empty() {
-        return Some(0);
-    }
-    let mut v: u64 = 0;
-    for &d in digits {
-        if !(b'0'..=b'7').contains(&d) {
-            return None;
-        }
-        v = v.checked_mul(8)?.checked_add(u64::from(d - b'0'))?;
-    }
-    Some(v)
-}
-
-/// PAX records `LEN KEY=VALUE\n`.
-fn pax_records(mut body: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
-    let mut out = Vec::new();
-    while !body.is_empty() {
-        if body.iter().all(|&b| b == 0) {
-            break;
-        }
-        let sp = body.iter().position(|&b| b == b' ')?;
-        let len: usize = std::str::from_utf8(&body[..sp]).ok()?.parse().ok()?;
-        if len <= sp + 1 || len > body.len() || body[len - 1] != b'\n' {
-            return None;
-        }
-        let rec = &body[sp + 1..len - 1];
-        let eq = rec.iter().position(|&b| b == b'=')?;
-        out.push((&rec[..eq], &rec[eq + 1..]));
-        body = &body[len..];
-    }
-    Some(out)
+    let start =
+        usize::try_from(entry.data_offset).map_err(|_| "TOC entry offset out of range".to_string())?;
+    let end = usize::try_from(entry.size).ok().and_then(|n| start.checked_add(n));
+    end.and_then(|end| tar.get(start..end)).ok_or_else(|| {
+        format!(
+            "the TOC tar entry claims {} bytes, the TOC member holds only {}",
+            entry.size,
+            tar.len().saturating_sub(start)
+        )
+    })
 }
 
 /// A TOC entry as JSON has it. Every field is optional (Go's `omitempty`, and `null` is
@@ -1104,19 +969,9 @@ fn normalize(name: &str) -> Result<String, String> {
     if name.contains('\0') {
         return Err(format!("the name {name:?} holds a NUL byte"));
     }
-    let mut parts: Vec<&str> = Vec::new();
-    for part in name.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                if parts.pop().is_none() {
-                    return Err(format!("the name {name:?} climbs out of the root"));
-                }
-            }
-            p => parts.push(p),
-        }
-    }
-    Ok(parts.join("/"))
+    let normal = crate::tar::normalize(name.as_bytes())?;
+    // Components of a str joined by '/' are still UTF-8.
+    String::from_utf8(normal).map_err(|_| format!("the name {name:?} is not UTF-8"))
 }
 
 /// An RFC 3339 time (`2023-11-14T22:13:20Z`, `…20.123456789+02:00`) as seconds since the
