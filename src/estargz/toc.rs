@@ -1105,17 +1105,4 @@ mod tests {
         assert!(normalize("a/../../b").is_err());
         assert!(normalize("a\0b").is_err());
     }
-
-    #[test]
-    fn tar_numbers() {
-        assert_eq!(numeric(b"00000001750\0"), Some(1000));
-        assert_eq!(numeric(b"  1750 \0\0\0\0\0"), Some(1000));
-        assert_eq!(numeric(b"\0\0\0\0"), Some(0));
-        assert_eq!(numeric(&[0x80, 0, 0, 0, 0, 0, 0, 1, 0]), Some(256));
-        assert_eq!(numeric(b"0009"), None);
-        assert_eq!(numeric(&[0xff, 0xff]), None);
-        let recs = pax_records(b"12 path=abc\n11 size=99\n").unwrap();
-        assert_eq!(recs, vec![(&b"path"[..], &b"abc"[..]), (b"size", b"99")]);
-        assert!(pax_records(b"99 path=abc\n").is_none());
-    }
 }
