@@ -25,9 +25,10 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// The bit offset of the block start in the compressed stream.
-    pub fn bit_offset(&self) -> u64 {
-        self.input * 8 - u64::from(self.bits)
+    /// The bit offset of the block start in the compressed stream (None past 2^64 bits, which
+    /// only a forged index can claim).
+    pub fn bit_offset(&self) -> Option<u64> {
+        self.input.checked_mul(8).map(|b| b - u64::from(self.bits))
     }
 
     /// Decompress the window.
