@@ -14,10 +14,10 @@
 //! The interface is synchronous (the gzip engine and FUSE workers are threads); requests run on
 //! one shared tokio runtime. Do not call it from inside an async task: use `spawn_blocking`.
 
-use super::digest::{Digest, Hasher};
+use super::digest::Digest;
 use super::image::{MANIFEST_ACCEPT, MAX_MANIFEST};
 use super::reference::RegistryRef;
-use super::source::{BlobSource, OciError, check_digest};
+use super::source::{BlobSource, OciError, Verifying, check_digest};
 use base64::Engine as _;
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
@@ -660,37 +660,15 @@ impl BlobSource for RegistrySource {
         }
         let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<bytes::Bytes>>(64);
         let stats = self.registry.stats.clone();
-        let expected = digest.clone();
         runtime().spawn(async move {
-            // The digest is computed here, on the network side, while each chunk is still in
-            // cache; the reading thread only copies. A mismatch is the stream's last item.
             let mut resp = resp;
-            let mut hasher = Hasher::default();
-            let mut seen = 0u64;
             loop {
                 let item = match resp.chunk().await {
                     Ok(Some(c)) => {
                         stats.bytes.fetch_add(c.len() as u64, Ordering::Relaxed);
-                        hasher.update(&c);
-                        seen += c.len() as u64;
                         Ok(c)
                     }
-                    Ok(None) => {
-                        let actual = std::mem::take(&mut hasher).finish();
-                        let end = match size {
-                            Some(s) if s != seen => Err(io::Error::new(
-                                io::ErrorKind::UnexpectedEof,
-                                format!("{url}: blob {expected} ended after {seen} of {s} bytes"),
-                            )),
-                            _ if actual != expected => Err(io::Error::new(
-                                io::ErrorKind::InvalidData,
-                                format!("{url}: blob {expected} has digest {actual}"),
-                            )),
-                            _ => break,
-                        };
-                        let _ = tx.send(end).await;
-                        break;
-                    }
+                    Ok(None) => break,
                     Err(e) => Err(io::Error::other(format!("{url}: {}", error_chain(&e)))),
                 };
                 let failed = item.is_err();
@@ -700,7 +678,10 @@ impl BlobSource for RegistrySource {
                 }
             }
         });
-        Ok(Box::new(ChannelReader { rx, current: bytes::Bytes::new() }))
+        // The digest is computed on the reading thread, while the network task receives the
+        // next chunks: the two overlap.
+        let reader = ChannelReader { rx, current: bytes::Bytes::new() };
+        Ok(Box::new(Verifying::new(reader, digest.clone(), size)))
     }
 
     fn read_at(&self, digest: &Digest, offset: u64, buf: &mut [u8]) -> Result<usize, OciError> {
