@@ -10,8 +10,9 @@
 //! `WriteTOCAndFooter` returns `digest.FromBytes(tocJSON)` and its `parseTOCEStargz` hashes
 //! the tar payload as it decodes it.
 //!
-//! [`read_toc`] reads the blob's tail once (up to [`TAIL_READ`] bytes, as the stargz opener
-//! does), and a second time only when the TOC starts before that tail. Everything read is
+//! [`read_toc`] reads the blob's tail once (up to [`TAIL_READ`] bytes; the stargz opener reads
+//! 2 MiB), and a second time, exactly the missing part, only when the TOC starts before that
+//! tail. Everything read is
 //! distrusted: the TOC JSON is bounded ([`MAX_TOC_JSON`]), nothing is allocated from a size it
 //! claims, and every entry is checked (names, types, attributes, and that the chunks of each
 //! file cover it exactly, lie before the TOC and do not collide), with errors that name the
@@ -31,8 +32,10 @@ pub const TOC_TAR_NAME: &str = "stargz.index.json";
 pub const PREFETCH_LANDMARK: &str = ".prefetch.landmark";
 /// The landmark of a layer with nothing to prefetch.
 pub const NO_PREFETCH_LANDMARK: &str = ".no.prefetch.landmark";
-/// Bytes of the blob's tail read at once, hoping to get footer and TOC in one request.
-pub const TAIL_READ: u64 = 2 << 20;
+/// Bytes of the blob's tail read at once, hoping to get footer and TOC in one request. The
+/// stargz opener reads 2 MiB; most TOCs are far smaller, and reading a second time exactly the
+/// part of a larger TOC that is missing costs one round trip but no wasted bytes.
+pub const TAIL_READ: u64 = 128 << 10;
 /// The largest TOC JSON accepted (uncompressed).
 pub const MAX_TOC_JSON: u64 = 64 << 20;
 /// The largest uncompressed TOC tar stream: the JSON, its headers, padding and end blocks.
