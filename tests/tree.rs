@@ -121,6 +121,24 @@ fn trees_from_a_registry_equal_the_truth() {
         let ours = inspect_files(&format!("{}/{name}", reg.host()));
         compare(name, &ours);
     }
+    // eStargz from the registry: the TOCs alone, and only the layers' tails crossed the wire.
+    for name in ["python-estargz", "edge-estargz"] {
+        let ours = inspect_files(&format!("{}/{name}", reg.host()));
+        compare_with(name, &ours, true);
+        let image = zran::oci::open(&format!("{}/{name}", reg.host()).parse().unwrap(), &Default::default()).unwrap();
+        let tails: u64 = image
+            .manifest
+            .layers
+            .iter()
+            .map(|l| {
+                let toc = zran::estargz::read_toc(image.source.as_ref(), l, Default::default()).unwrap();
+                l.size.min(zran::estargz::toc::TAIL_READ).max(l.size - toc.footer.toc_offset)
+            })
+            .sum();
+        let fetched = ours["bytes_fetched"].as_u64().unwrap();
+        // Manifests and configs are a few KiB; the rest must be the tails.
+        assert!(fetched <= tails + 16384, "{name}: fetched {fetched}, tails {tails}");
+    }
 }
 
 #[test]
