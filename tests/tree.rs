@@ -125,7 +125,8 @@ fn trees_from_a_registry_equal_the_truth() {
     for name in ["python-estargz", "edge-estargz"] {
         let ours = inspect_files(&format!("{}/{name}", reg.host()));
         compare_with(name, &ours, true);
-        let image = zran::oci::open(&format!("{}/{name}", reg.host()).parse().unwrap(), &Default::default()).unwrap();
+        let image =
+            zran::oci::open(&format!("{}/{name}", reg.host()).parse().unwrap(), &Default::default()).unwrap();
         let tails: u64 = image
             .manifest
             .layers
