@@ -244,7 +244,7 @@ impl<R: Read> Input<R> {
     }
 }
 
-struct Pass<'a, R> {
+struct Pass<R> {
     input: Input<R>,
     inflate: RawInflate,
     span: u64,
@@ -267,10 +267,9 @@ struct Pass<'a, R> {
     checkpoints: Vec<Checkpoint>,
     members: u64,
     tail: [u8; 8],
-    _builder: std::marker::PhantomData<&'a ()>,
 }
 
-impl<'a, R: Read> Pass<'a, R> {
+impl<R: Read> Pass<R> {
     fn new(reader: R, builder: &IndexBuilder, windows: mpsc::Sender<Job>) -> Result<Self, GzipError> {
         let inflate =
             RawInflate::new().map_err(|e| GzipError::Deflate { member: 0, offset: 0, message: e.message })?;
@@ -301,7 +300,6 @@ impl<'a, R: Read> Pass<'a, R> {
             checkpoints: Vec::new(),
             members: 0,
             tail: [0; 8],
-            _builder: std::marker::PhantomData,
         })
     }
 
