@@ -7,10 +7,12 @@
 //! - [`tar`]: tar entries with the offsets of their data.
 //! - [`layer`]: one streaming pass over a layer blob: index and entries together.
 //! - [`tree`]: the merge of layers into one filesystem tree.
+//! - [`rafs`]: the RAFS v6 bootstrap and blob.meta formats (Nydus-compatible).
 
 pub mod estargz;
 pub mod gzip;
 pub mod layer;
 pub mod oci;
 pub mod tar;
+pub mod rafs;
 pub mod tree;

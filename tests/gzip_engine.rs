@@ -14,6 +14,8 @@ fn check_ranges(gz: &[u8], index: &Index, data: &[u8], ranges: &[(u64, usize)]) 
     assert_eq!(index.checkpoints[0].out, 0);
     let ex = Extractor::new(index, gz);
     for c in &index.checkpoints {
+        let prev = if c.bits > 0 { gz[c.input as usize - 1] } else { 0 };
+        assert_eq!(c.prev_byte, prev, "previous byte of checkpoint {}", c.out);
         let got = ex.extract(c.out, 100).unwrap();
         let end = (c.out as usize + 100).min(data.len());
         assert_eq!(got, &data[c.out as usize..end], "at checkpoint {}", c.out);

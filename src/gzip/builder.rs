@@ -90,6 +90,8 @@ struct Boundary {
     out: u64,
     input: u64,
     bits: u8,
+    /// Byte `input - 1` when `bits > 0`.
+    prev_byte: u8,
     member_start: u64,
     member: u64,
 }
@@ -380,6 +382,7 @@ impl<R: Read> Pass<R> {
             out: member_start,
             input: self.input.offset(),
             bits: 0,
+            prev_byte: 0,
             member_start,
             member,
         });
@@ -405,10 +408,18 @@ impl<R: Read> Pass<R> {
                 break;
             }
             if step.at_block_boundary() {
+                let bits = step.unused_bits();
+                let input = self.input.offset();
+                // The byte just consumed is still in the buffer.
+                let prev_byte = match (bits, input.checked_sub(1)) {
+                    (1.., Some(at)) => self.input.kept(at, 1).and_then(|b| b.first().copied()).unwrap_or(0),
+                    _ => 0,
+                };
                 self.boundary(Boundary {
                     out: self.total_out,
-                    input: self.input.offset(),
-                    bits: step.unused_bits(),
+                    input,
+                    bits,
+                    prev_byte,
                     member_start,
                     member,
                 });
@@ -554,6 +565,7 @@ impl<R: Read> Pass<R> {
             out: b.out,
             input: b.input,
             bits: b.bits,
+            prev_byte: b.prev_byte,
             member: b.member,
             window_len,
             window: Vec::new(),

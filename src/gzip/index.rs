@@ -14,6 +14,10 @@ pub struct Checkpoint {
     pub input: u64,
     /// How many bits of byte `input - 1` (its high bits) belong to the block, 0..=7.
     pub bits: u8,
+    /// The value of byte `input - 1` when `bits > 0` (its high `bits` bits start the block),
+    /// else 0. Kept so a checkpoint can be handed to a decoder (a Nydus zran context) without
+    /// the compressed stream at hand.
+    pub prev_byte: u8,
     /// The gzip member the block belongs to, counted from 0.
     pub member: u64,
     /// Length of the window: the output that precedes `out` in the same member, at most 32 KiB,

@@ -12,6 +12,19 @@ use crate::tar::{Entry, TarSink};
 pub struct Scan {
     pub entries: Vec<Entry>,
     pub index: Index,
+    /// Every chunk of every regular file, in stream order (empty without a chunk size).
+    pub chunks: Vec<FileChunk>,
+}
+
+/// A chunk-size piece of a regular file's data, as the pass saw it go by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileChunk {
+    /// Offset of the chunk's first byte in the layer's uncompressed tar stream.
+    pub out: u64,
+    /// Length: the chunk size, or less for the last chunk of a file.
+    pub len: u32,
+    /// sha256 of the chunk's bytes.
+    pub digest: [u8; 32],
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +77,7 @@ pub fn scan_gzip(
             source => LayerError::Gzip { digest: digest.clone(), source },
         })?;
     sink.parser.finish().map_err(|e| LayerError::Tar { digest: digest.clone(), message: e.to_string() })?;
-    Ok(Scan { entries: sink.parser.entries().to_vec(), index })
+    Ok(Scan { entries: sink.parser.entries().to_vec(), index, chunks: Vec::new() })
 }
 
 /// The default spacing for a layer pass.

@@ -44,7 +44,8 @@ pub struct PointRecord {
     pub window_csize: U32,
     pub window_len: U16,
     pub bits: u8,
-    pub reserved: u8,
+    /// Byte `input - 1` of the gzip stream when `bits > 0`, else 0.
+    pub prev_byte: u8,
 }
 
 #[derive(Debug, Clone, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]

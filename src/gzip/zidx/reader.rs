@@ -110,8 +110,11 @@ pub fn decode(bytes: &[u8]) -> Result<Index, ZidxError> {
         if member >= header.members.get() {
             return bad(24, format!("member {member} of {}", header.members.get()));
         }
-        if bits > 7 || (bits > 0 && input == 0) || rec.reserved != 0 {
+        if bits > 7 || (bits > 0 && input == 0) {
             return bad(38, format!("invalid bit count {bits}"));
+        }
+        if bits == 0 && rec.prev_byte != 0 {
+            return bad(39, "a previous byte without pending bits".into());
         }
         if window_len as usize > WINDOW_SIZE || u64::from(window_len) > out {
             return bad(36, format!("window length {window_len}"));
@@ -126,6 +129,7 @@ pub fn decode(bytes: &[u8]) -> Result<Index, ZidxError> {
             out,
             input,
             bits,
+            prev_byte: rec.prev_byte,
             member,
             window_len,
             window: windows[woff as usize..end as usize].to_vec(),

@@ -36,7 +36,7 @@ pub fn encode(index: &Index) -> Vec<u8> {
             window_csize: (c.window.len() as u32).into(),
             window_len: (c.window_len as u16).into(),
             bits: c.bits,
-            reserved: 0,
+            prev_byte: c.prev_byte,
         };
         out.extend_from_slice(rec.as_bytes());
         offset += c.window.len() as u64;

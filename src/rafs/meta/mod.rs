@@ -1,0 +1,1 @@
+//! The blob compression context (`blob.meta`): chunk infos, zran contexts and dictionaries.
