@@ -5,6 +5,7 @@
 
 use crate::gzip::{self, GzipError, Index, IndexBuilder};
 use crate::oci::{BlobSource, Compression, Descriptor, OciError};
+pub use crate::tar::FileChunk;
 use crate::tar::{Entry, TarSink};
 
 /// What one pass over a layer found.
@@ -14,17 +15,6 @@ pub struct Scan {
     pub index: Index,
     /// Every chunk of every regular file, in stream order (empty without a chunk size).
     pub chunks: Vec<FileChunk>,
-}
-
-/// A chunk-size piece of a regular file's data, as the pass saw it go by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileChunk {
-    /// Offset of the chunk's first byte in the layer's uncompressed tar stream.
-    pub out: u64,
-    /// Length: the chunk size, or less for the last chunk of a file.
-    pub len: u32,
-    /// sha256 of the chunk's bytes.
-    pub digest: [u8; 32],
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,8 +66,9 @@ pub fn scan_gzip(
             }
             source => LayerError::Gzip { digest: digest.clone(), source },
         })?;
-    sink.parser.finish().map_err(|e| LayerError::Tar { digest: digest.clone(), message: e.to_string() })?;
-    Ok(Scan { entries: sink.parser.entries().to_vec(), index, chunks: Vec::new() })
+    let (entries, chunks) =
+        sink.finish().map_err(|e| LayerError::Tar { digest: digest.clone(), message: e.to_string() })?;
+    Ok(Scan { entries, index, chunks })
 }
 
 /// The default spacing for a layer pass.

@@ -6,4 +6,7 @@
 //! offset, size and count before use. Calls `tree` (the merged image) and `layer` (the chunks
 //! and checkpoints of one pass) for what it writes.
 
+pub mod format;
 pub mod meta;
+pub mod reader;
+pub mod writer;

@@ -16,4 +16,4 @@ mod parser;
 mod sink;
 
 pub use parser::{Entry, EntryKind, TarError, TarParser, normalize};
-pub use sink::TarSink;
+pub use sink::{FileChunk, TarSink};
