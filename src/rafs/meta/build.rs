@@ -1,0 +1,185 @@
+//! From one layer pass to chunk infos and zran contexts: chunks deduplicated, placed in the
+//! synthetic address space, and each given the checkpoint it decodes from.
+
+use super::format::{MAX_CHUNK_SIZE, MAX_CHUNKS, MAX_COMPRESSED_OFFSET, MAX_COMPRESSED_SIZE, MAX_DICT_SIZE};
+use super::format::{MAX_UNCOMPRESSED_END, round_up_4k};
+use super::{BlobMeta, ChunkInfo, MetaError, ZranContext};
+use crate::gzip::Index;
+use crate::layer::FileChunk;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
+/// A context being gathered: its checkpoint, how far its chunks reach, the last chunk that
+/// extended it (for error messages).
+struct Span {
+    checkpoint: usize,
+    end: u64,
+    last: usize,
+}
+
+impl BlobMeta {
+    /// The blob.meta of a gzip layer, from its seek index and the chunks of its regular files
+    /// (every chunk of every file, in tar-stream order). Also returns, for each input chunk,
+    /// the chunk-info index it maps to: identical chunks (same digest and length) share one.
+    ///
+    /// Each chunk decodes from the last checkpoint at or before its first byte; the checkpoints
+    /// some chunk uses become the contexts, in stream order, each covering all of its chunks.
+    pub fn build(index: &Index, chunks: &[FileChunk]) -> Result<(BlobMeta, Vec<u32>), MetaError> {
+        let mut seen: HashMap<([u8; 32], u32), u32> = HashMap::new();
+        let mut ci_of = Vec::with_capacity(chunks.len());
+        let mut firsts: Vec<usize> = Vec::new();
+        for (i, c) in chunks.iter().enumerate() {
+            let err = |message: String| MetaError::Input { index: i, out: c.out, message };
+            if c.len == 0 || u64::from(c.len) > MAX_CHUNK_SIZE {
+                return Err(err(format!("length {} (1..={MAX_CHUNK_SIZE})", c.len)));
+            }
+            match c.out.checked_add(u64::from(c.len)) {
+                Some(end) if end <= index.uncompressed_size => {}
+                _ => {
+                    return Err(err(format!(
+                        "{} bytes reach past the end of the layer ({} bytes)",
+                        c.len, index.uncompressed_size
+                    )));
+                }
+            }
+            match seen.entry((c.digest, c.len)) {
+                Entry::Occupied(e) => ci_of.push(*e.get()),
+                Entry::Vacant(e) => {
+                    if let Some(&p) = firsts.last()
+                        && c.out < chunks[p].out
+                    {
+                        return Err(err(format!("comes before the previous chunk (at {})", chunks[p].out)));
+                    }
+                    if firsts.len() as u64 >= MAX_CHUNKS {
+                        return Err(err(format!("more than {MAX_CHUNKS} distinct chunks in one layer")));
+                    }
+                    let ci = firsts.len() as u32;
+                    e.insert(ci);
+                    firsts.push(i);
+                    ci_of.push(ci);
+                }
+            }
+        }
+        if !firsts.is_empty() && index.checkpoints.first().is_none_or(|c| c.out != 0) {
+            return Err(MetaError::Index("no checkpoint at uncompressed offset 0".into()));
+        }
+
+        // Assign checkpoints; they only move forward since the chunks do.
+        let mut spans: Vec<Span> = Vec::new();
+        let mut infos = Vec::with_capacity(firsts.len());
+        let mut pos = 0u64;
+        for &i in &firsts {
+            let c = &chunks[i];
+            let err = |message: String| MetaError::Input { index: i, out: c.out, message };
+            let cpi = index.checkpoint_for(c.out);
+            let cp = &index.checkpoints[cpi];
+            let end = c.out + u64::from(c.len);
+            let span_end = match spans.last_mut() {
+                Some(s) if s.checkpoint == cpi => {
+                    s.end = s.end.max(end);
+                    s.last = i;
+                    s.end
+                }
+                _ => {
+                    spans.push(Span { checkpoint: cpi, end, last: i });
+                    end
+                }
+            };
+            if span_end - cp.out > u64::from(u32::MAX) {
+                return Err(err(format!(
+                    "{} uncompressed bytes from the checkpoint at {} to the end of the chunk: more than a zran context holds (u32)",
+                    span_end - cp.out,
+                    cp.out
+                )));
+            }
+            let in_end = input_end(index, end);
+            let compressed_size = in_end.checked_sub(cp.input).ok_or_else(|| {
+                MetaError::Index(format!("checkpoint {cpi} starts at compressed {} after {in_end}", cp.input))
+            })?;
+            if cp.input > MAX_COMPRESSED_OFFSET {
+                return Err(err(format!("compressed offset {} does not fit 40 bits", cp.input)));
+            }
+            if compressed_size > MAX_COMPRESSED_SIZE {
+                return Err(err(format!(
+                    "{compressed_size} compressed bytes from the checkpoint at compressed offset {} \
+                     to past the chunk: more than a chunk info holds (24 bits)",
+                    cp.input
+                )));
+            }
+            let uncompressed_offset = pos;
+            pos = round_up_4k(pos + u64::from(c.len)).unwrap_or(u64::MAX);
+            if pos > MAX_UNCOMPRESSED_END {
+                return Err(err("the blob's uncompressed address space passes 2^44".into()));
+            }
+            infos.push(ChunkInfo {
+                uncompressed_offset,
+                uncompressed_size: c.len,
+                compressed_offset: cp.input,
+                compressed_size: compressed_size as u32,
+                zran_index: (spans.len() - 1) as u32,
+                zran_offset: (c.out - cp.out) as u32,
+            });
+        }
+
+        let mut contexts = Vec::with_capacity(spans.len());
+        for s in &spans {
+            let cp = &index.checkpoints[s.checkpoint];
+            let in_end = input_end(index, s.end);
+            let in_len = in_end.checked_sub(cp.input).ok_or_else(|| {
+                MetaError::Index(format!(
+                    "checkpoint {} starts at compressed {} after {in_end}",
+                    s.checkpoint, cp.input
+                ))
+            })?;
+            let in_len = u32::try_from(in_len).map_err(|_| MetaError::Input {
+                index: s.last,
+                out: chunks[s.last].out,
+                message: format!(
+                    "{in_len} compressed bytes from the checkpoint at compressed offset {}: more than a zran context holds (u32)",
+                    cp.input
+                ),
+            })?;
+            let dict = cp.window_bytes(s.checkpoint).map_err(|e| MetaError::Index(e.to_string()))?;
+            if dict.len() as u64 > MAX_DICT_SIZE {
+                return Err(MetaError::Index(format!(
+                    "checkpoint {} has a window of {} bytes",
+                    s.checkpoint,
+                    dict.len()
+                )));
+            }
+            contexts.push(ZranContext {
+                in_offset: cp.input,
+                out_offset: cp.out,
+                in_len,
+                out_len: (s.end - cp.out) as u32,
+                bits: cp.bits,
+                prev_byte: if cp.bits > 0 { cp.prev_byte } else { 0 },
+                dict,
+            });
+        }
+        let digests = firsts.iter().map(|&i| chunks[i].digest).collect();
+        let meta = BlobMeta { chunks: infos, contexts, digests };
+        meta.validate()?;
+        Ok((meta, ci_of))
+    }
+}
+
+/// A compressed offset past every byte that inflating up to uncompressed `end` needs, as
+/// Nydus's decoder reads them.
+///
+/// That is where the next checkpoint starts, or the end of the stream. One case needs more:
+/// when `end` is exactly where a gzip member ends and the next checkpoint starts the next
+/// member. Having produced its last byte, inflate goes on to read the member's final
+/// end-of-block code and reports the stream's end; Nydus's decoder then skips the trailer,
+/// parses the next member's header and inflates on, and fails if not one byte of the next
+/// member's deflate data is there. So the range takes that byte too.
+fn input_end(index: &Index, end: u64) -> u64 {
+    let at = index.checkpoints.partition_point(|c| c.out < end);
+    let plain = index.input_end_for(end);
+    match (at.checked_sub(1).and_then(|p| index.checkpoints.get(p)), index.checkpoints.get(at)) {
+        (Some(prev), Some(next)) if next.out == end && next.member != prev.member => {
+            next.input.saturating_add(1).min(index.compressed_size).max(plain)
+        }
+        _ => plain,
+    }
+}
