@@ -8,11 +8,13 @@
 //! - [`layer`]: one streaming pass over a layer blob: index and entries together.
 //! - [`tree`]: the merge of layers into one filesystem tree.
 //! - [`rafs`]: the RAFS v6 bootstrap and blob.meta formats (Nydus-compatible).
+//! - [`artifact`]: `generate`'s output: image -> layers -> tree -> bootstrap, and its directory.
 
+pub mod artifact;
 pub mod estargz;
 pub mod gzip;
 pub mod layer;
 pub mod oci;
-pub mod tar;
 pub mod rafs;
+pub mod tar;
 pub mod tree;

@@ -3,6 +3,7 @@
 
     truth.py LAYOUT_DIR[:TAG] OUT.json [--platform linux/amd64] [--keep-rootfs DIR]
              [--drop-estargz-meta] [--no-model]
+    truth.py --walk DIR OUT.json      (the same listing of any tree, e.g. a mounted image)
 
 TAG defaults to "latest" (or the only manifest of the layout). If the tag names an image index,
 the manifest for --platform (default linux/amd64) is used.
@@ -322,14 +323,27 @@ def compare(got, want, got_groups, want_groups):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("image", help="LAYOUT_DIR[:TAG]")
+    ap.add_argument("image", help="LAYOUT_DIR[:TAG], or with --walk a directory tree")
     ap.add_argument("out", help="OUT.json")
+    ap.add_argument("--walk", action="store_true",
+                    help="list the tree under IMAGE (a mounted image, say) the same way, nothing more")
     ap.add_argument("--platform", default="linux/amd64")
     ap.add_argument("--keep-rootfs", metavar="DIR", help="unpack here and keep it")
     ap.add_argument("--drop-estargz-meta", action="store_true",
                     help="leave out %s" % ", ".join(ESTARGZ_META))
     ap.add_argument("--no-model", action="store_true")
     args = ap.parse_args()
+
+    if args.walk:
+        got, inodes = walk_rootfs(os.path.abspath(args.image))
+        byino = {}
+        for p, k in inodes.items():
+            byino.setdefault(k, []).append(p)
+        groups = sorted(sorted(g) for g in byino.values() if len(g) > 1)
+        entries = [got[p] for p in sorted(got, key=lambda p: p.encode("utf-8", "surrogateescape"))]
+        with open(args.out, "w") as f:
+            json.dump({"entries": entries, "hardlink_groups": groups}, f, ensure_ascii=False)
+        return
 
     layout, tag = args.image, ""
     if ":" in args.image:

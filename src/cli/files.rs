@@ -125,13 +125,18 @@ fn date(secs: i64) -> String {
 }
 
 pub fn print_listing(tree: &Tree) {
+    // Hardlinked names are tied by a group number, in walk order, so that listings of the same
+    // tree read from different places compare equal.
+    let mut groups: std::collections::HashMap<usize, usize> = std::collections::HashMap::new();
     for (path, id) in tree.walk() {
         let i = &tree.inodes[id];
         let size = match i.kind {
             EntryKind::Char | EntryKind::Block => format!("{},{}", i.devmajor, i.devminor),
             _ => i.size.to_string(),
         };
-        let when = i.mtime.map(|(s, _)| date(s)).unwrap_or_else(|| "-".repeat(16));
+        // A directory no layer has an entry for has no time of its own: shown as the epoch, as
+        // it is stored in a bootstrap.
+        let when = date(i.mtime.map_or(0, |(s, _)| s));
         let mut line = format!(
             "{} {}/{} {:>12} {} {}",
             mode_string(i.kind, i.mode),
@@ -146,7 +151,9 @@ pub fn print_listing(tree: &Tree) {
             line.push_str(&String::from_utf8_lossy(&i.link));
         }
         if i.kind != EntryKind::Directory && i.nlink > 1 {
-            line.push_str(&format!(" [{} links, inode {id}]", i.nlink));
+            let next = groups.len() + 1;
+            let group = *groups.entry(id).or_insert(next);
+            line.push_str(&format!(" [{} links, group {group}]", i.nlink));
         }
         println!("{line}");
     }

@@ -67,6 +67,10 @@ struct Report<'a> {
 }
 
 pub fn run(args: InspectArgs) -> anyhow::Result<()> {
+    let dir = std::path::Path::new(&args.image);
+    if dir.join(zran::artifact::MANIFEST).is_file() {
+        return artifact(dir, args.json, args.files);
+    }
     let image = args.image_args.open(&args.image)?;
     if args.files {
         return files(&image, args.json, args.insecure_skip_verify);
@@ -119,7 +123,10 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
 const ZSTD_CHUNKED: [&str; 2] =
     ["io.github.containers.zstd-chunked.manifest-checksum", "io.containers.zstd-chunked.manifest-checksum"];
 
-fn layer_format(image: &zran::oci::Image, d: &Descriptor) -> anyhow::Result<(LayerFormat, Option<u64>)> {
+pub(crate) fn layer_format(
+    image: &zran::oci::Image,
+    d: &Descriptor,
+) -> anyhow::Result<(LayerFormat, Option<u64>)> {
     if ZSTD_CHUNKED.iter().any(|k| d.annotations.contains_key(*k)) {
         return Ok((LayerFormat::ZstdChunked, None));
     }
@@ -202,5 +209,119 @@ fn files(image: &zran::oci::Image, json: bool, insecure: bool) -> anyhow::Result
             image.manifest.layers.iter().map(|l| l.size).sum::<u64>()
         );
     }
+    Ok(())
+}
+
+/// `zran inspect DIR`: an artifact written by `generate`, read back and checked.
+fn artifact(dir: &std::path::Path, json: bool, files: bool) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let a = zran::artifact::open_dir(dir)
+        .with_context(|| format!("cannot read the artifact in {}", dir.display()))?;
+    let tree = &a.bootstrap.tree;
+    if files {
+        if json {
+            #[derive(Serialize)]
+            struct Files {
+                image: String,
+                manifest: String,
+                entries: Vec<super::files::FileRecord>,
+            }
+            let out = Files {
+                image: a.manifest.source.clone(),
+                manifest: a.manifest.manifest_digest.clone(),
+                entries: super::files::records(tree),
+            };
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        } else {
+            super::files::print_listing(tree);
+        }
+        return Ok(());
+    }
+    let s = &a.bootstrap.summary;
+    let image_size: u64 = a.manifest.layers.iter().map(|l| l.size).sum();
+    let contexts: usize = a.metas.values().map(|m| m.contexts.len()).sum();
+    if json {
+        #[derive(Serialize)]
+        struct Blob<'a> {
+            id: &'a str,
+            chunks: u32,
+            features: u32,
+            compressed_size: u64,
+            uncompressed_size: u64,
+            checkpoints: Option<usize>,
+            blob_meta_size: u64,
+        }
+        #[derive(Serialize)]
+        struct Report<'a> {
+            artifact: &'a zran::artifact::ArtifactManifest,
+            inodes: u64,
+            chunk_size: u32,
+            flags: u64,
+            root_nid: u16,
+            bootstrap_size: u64,
+            blob_meta_size: u64,
+            chunk_table_entries: usize,
+            checkpoints: usize,
+            image_size: u64,
+            blobs: Vec<Blob<'a>>,
+        }
+        let blobs = a
+            .bootstrap
+            .blobs
+            .iter()
+            .enumerate()
+            .map(|(i, b)| Blob {
+                id: &b.id,
+                chunks: b.chunk_count,
+                features: b.features,
+                compressed_size: b.compressed_size,
+                uncompressed_size: b.uncompressed_size,
+                checkpoints: a.metas.get(&i).map(|m| m.contexts.len()),
+                blob_meta_size: b.meta_size,
+            })
+            .collect();
+        let r = Report {
+            artifact: &a.manifest,
+            inodes: s.inodes,
+            chunk_size: s.chunk_size,
+            flags: s.flags,
+            root_nid: s.root_nid,
+            bootstrap_size: a.bootstrap_bytes,
+            blob_meta_size: a.meta_bytes,
+            chunk_table_entries: a.bootstrap.chunk_table.len(),
+            checkpoints: contexts,
+            image_size,
+            blobs,
+        };
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    println!("artifact   {}", dir.display());
+    println!("image      {}", a.manifest.source);
+    println!("manifest   {}", a.manifest.manifest_digest);
+    println!(
+        "bootstrap  RAFS v6, {} bytes, {} inodes, chunk size {}, flags {:#x}",
+        a.bootstrap_bytes, s.inodes, s.chunk_size, s.flags
+    );
+    println!(
+        "blobs      {} ({} chunk table entries, {} checkpoints)",
+        a.bootstrap.blobs.len(),
+        a.bootstrap.chunk_table.len(),
+        contexts
+    );
+    for (i, b) in a.bootstrap.blobs.iter().enumerate() {
+        let ctx = a.metas.get(&i).map_or("-".to_string(), |m| m.contexts.len().to_string());
+        println!(
+            "  {i:>3}  sha256:{}  {:>12}  {:>7} chunks  {:>6} checkpoints  {:>12} uncompressed  meta {} bytes",
+            b.id, b.compressed_size, b.chunk_count, ctx, b.uncompressed_size, b.meta_size
+        );
+    }
+    let total = a.bootstrap_bytes + a.meta_bytes;
+    println!(
+        "size       {} bytes ({:.2}% of {} bytes of layers)",
+        total,
+        100.0 * total as f64 / image_size.max(1) as f64,
+        image_size
+    );
     Ok(())
 }

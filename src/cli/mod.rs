@@ -1,6 +1,7 @@
 //! Command definitions (clap derive) and dispatch.
 
 mod files;
+mod generate;
 mod gz;
 mod image;
 mod inspect;
@@ -24,8 +25,12 @@ pub enum Command {
     /// Random access into gzip files: build a seek index, extract ranges.
     #[command(subcommand)]
     Gz(gz::GzCommand),
-    /// Show an image's manifest and layers, and how each layer can be served lazily.
+    /// Show an image's manifest and layers, and how each layer can be served lazily; or, given
+    /// a directory, the artifact `generate` wrote there.
     Inspect(inspect::InspectArgs),
+    /// Write the RAFS v6 artifact (image.boot, blob.meta, zran.json) of an image, pointing into
+    /// its original layers.
+    Generate(generate::GenerateArgs),
 }
 
 pub fn init_logging(verbose: u8) {
@@ -44,5 +49,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Gz(cmd) => gz::run(cmd),
         Command::Inspect(args) => inspect::run(args),
+        Command::Generate(args) => generate::run(args),
     }
 }

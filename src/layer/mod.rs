@@ -37,6 +37,17 @@ pub fn scan_gzip(
     span: u64,
     chunk: Option<u64>,
 ) -> Result<Scan, LayerError> {
+    scan_gzip_with_progress(source, layer, span, chunk, &|_| {})
+}
+
+/// [`scan_gzip`], calling `progress` with the number of compressed bytes read so far.
+pub fn scan_gzip_with_progress(
+    source: &dyn BlobSource,
+    layer: &Descriptor,
+    span: u64,
+    chunk: Option<u64>,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Scan, LayerError> {
     let digest = layer.digest.to_string();
     match layer.compression() {
         Compression::Gzip => {}
@@ -58,6 +69,7 @@ pub fn scan_gzip(
     let reader = source
         .open(&layer.digest, Some(layer.size))
         .map_err(|source| LayerError::Blob { digest: digest.clone(), source: Box::new(source) })?;
+    let reader = Counting { inner: reader, read: 0, progress };
     let mut sink = TarSink::new(chunk);
     let index =
         IndexBuilder::new().span(span).build_with(reader, &mut sink).map_err(|source| match source {
@@ -69,6 +81,22 @@ pub fn scan_gzip(
     let (entries, chunks) =
         sink.finish().map_err(|e| LayerError::Tar { digest: digest.clone(), message: e.to_string() })?;
     Ok(Scan { entries, index, chunks })
+}
+
+/// A reader that reports how much it has read.
+struct Counting<'a, R> {
+    inner: R,
+    read: u64,
+    progress: &'a (dyn Fn(u64) + Sync),
+}
+
+impl<R: std::io::Read> std::io::Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        (self.progress)(self.read);
+        Ok(n)
+    }
 }
 
 /// The default spacing for a layer pass.

@@ -1,0 +1,612 @@
+//! The `generate` artifact: an image's RAFS v6 bootstrap (`image.boot`), one blob.meta per gzip
+//! layer (`<layer hex>.blob.meta`), and `zran.json`, all pointing into the original layer blobs.
+//!
+//! Owns the pipeline image -> layers -> tree -> bootstrap, and the directory it is written to
+//! (atomically: a half-written artifact never sits where a later run would trust it). Calls
+//! `oci`, `estargz`, `layer`, `tree` and `rafs`.
+
+use crate::estargz::Toc;
+use crate::layer::{self, FileChunk, LayerError};
+use crate::oci::{Descriptor, Image};
+use crate::rafs::format::{CHUNK_COMPRESSED, blob_features, compressor, digester};
+use crate::rafs::meta::BlobMeta;
+use crate::rafs::writer::{self, BlobSpec, BootstrapSpec, ChunkSpec};
+use crate::tree::{Extent, InodeId, Tree};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// File names inside an artifact directory.
+pub const BOOTSTRAP: &str = "image.boot";
+pub const MANIFEST: &str = "zran.json";
+/// The version of `zran.json` this code writes and reads.
+pub const VERSION: u32 = 1;
+
+/// How a layer is turned into chunks.
+#[derive(Debug, Clone)]
+pub enum LayerInput {
+    /// A gzip tar, indexed in one streaming pass.
+    Gzip,
+    /// An eStargz layer whose TOC (verified) gives the chunks; nothing is decompressed.
+    Estargz(Box<Toc>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Chunk size: a power of two, 4 KiB to 16 MiB.
+    pub chunk_size: u32,
+    /// Checkpoint spacing of the zran index.
+    pub span: u64,
+    /// Layers indexed at once.
+    pub jobs: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { chunk_size: 1 << 20, span: layer::DEFAULT_SPAN, jobs: 2 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    #[error(transparent)]
+    Layer(#[from] LayerError),
+    #[error("layer {layer}: {message}")]
+    Meta { layer: String, message: String },
+    #[error(transparent)]
+    Tree(#[from] crate::tree::TreeError),
+    #[error("bootstrap: {0}")]
+    Write(#[from] writer::WriteError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// `zran.json`: what the artifact was made from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactManifest {
+    pub version: u32,
+    /// The image as the user named it, normalized.
+    pub source: String,
+    pub manifest_digest: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_digest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    pub chunk_size: u32,
+    pub span: u64,
+    /// sha256 of `image.boot`.
+    pub bootstrap_digest: String,
+    pub bootstrap_size: u64,
+    pub layers: Vec<LayerRecord>,
+    /// The program that wrote it.
+    pub created_by: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerRecord {
+    pub digest: String,
+    pub media_type: String,
+    pub size: u64,
+    /// `gzip` (zran contexts in the blob.meta) or `estargz` (chunks from the TOC).
+    pub format: String,
+    /// Distinct chunks (the blob's chunk-info entries).
+    pub chunks: u32,
+    /// zran contexts (gzip layers).
+    pub checkpoints: u32,
+    /// The blob's uncompressed address space (4 KiB-aligned chunks).
+    pub uncompressed_size: u64,
+    /// `<hex>.blob.meta`, for gzip layers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob_meta: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob_meta_digest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob_meta_size: Option<u64>,
+}
+
+/// An artifact in memory, ready to be written.
+#[derive(Debug, Clone)]
+pub struct Artifact {
+    pub bootstrap: Vec<u8>,
+    /// `(file name, bytes)` of each blob.meta.
+    pub metas: Vec<(String, Vec<u8>)>,
+    pub manifest: ArtifactManifest,
+}
+
+/// What one layer contributes: its blob entry, and the chunk specs of its files by the tar
+/// offset of their data (gzip) or by (file offset, TOC chunk) (eStargz).
+struct LayerOut {
+    blob: BlobSpec,
+    record: LayerRecord,
+    meta: Option<Vec<u8>>,
+    /// gzip: tar data offset of each chunk -> its spec.
+    by_out: HashMap<u64, ChunkSpec>,
+    /// eStargz: (member offset, inner offset, chunk offset in file) -> its spec.
+    by_toc: HashMap<(u64, u64, u64), ChunkSpec>,
+    entries: Option<Vec<crate::tar::Entry>>,
+}
+
+fn hex(d: &crate::oci::Digest) -> String {
+    d.hex().to_string()
+}
+
+fn meta_err(d: &Descriptor, message: impl std::fmt::Display) -> ArtifactError {
+    ArtifactError::Meta { layer: d.digest.to_string(), message: message.to_string() }
+}
+
+/// Index one gzip layer: entries, chunks, blob.meta.
+fn gzip_layer(
+    image: &Image,
+    i: usize,
+    d: &Descriptor,
+    opts: &Options,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<LayerOut, ArtifactError> {
+    let scan = layer::scan_gzip_with_progress(
+        image.source.as_ref(),
+        d,
+        opts.span,
+        Some(u64::from(opts.chunk_size)),
+        progress,
+    )?;
+    let (meta, ci_of) = BlobMeta::build(&scan.index, &scan.chunks).map_err(|e| meta_err(d, e))?;
+    if meta.chunks.is_empty() {
+        // No file data (directories, links, whiteouts only): a blob with no chunks and no
+        // blob.meta (Nydus refuses an empty one).
+        let blob = BlobSpec {
+            id: hex(&d.digest),
+            features: blob_features::ALIGNED,
+            compression_algo: compressor::GZIP,
+            digest_algo: digester::SHA256,
+            compressed_size: d.size,
+            ..Default::default()
+        };
+        let record = LayerRecord {
+            digest: d.digest.to_string(),
+            media_type: d.media_type.clone(),
+            size: d.size,
+            format: "gzip".into(),
+            chunks: 0,
+            checkpoints: 0,
+            uncompressed_size: 0,
+            blob_meta: None,
+            blob_meta_digest: None,
+            blob_meta_size: None,
+        };
+        return Ok(LayerOut {
+            blob,
+            record,
+            meta: None,
+            by_out: HashMap::new(),
+            by_toc: HashMap::new(),
+            entries: Some(scan.entries),
+        });
+    }
+    let encoded = meta.encode().map_err(|e| meta_err(d, e))?;
+    let mut by_out = HashMap::with_capacity(scan.chunks.len());
+    for (c, &ci) in scan.chunks.iter().zip(&ci_of) {
+        let info = meta.chunks.get(ci as usize).ok_or_else(|| meta_err(d, format!("chunk index {ci}")))?;
+        by_out.insert(
+            c.out,
+            ChunkSpec {
+                blob: i as u8,
+                ci,
+                digest: c.digest,
+                compressed_offset: info.compressed_offset,
+                compressed_size: info.compressed_size,
+                uncompressed_offset: info.uncompressed_offset,
+                uncompressed_size: info.uncompressed_size,
+                flags: CHUNK_COMPRESSED,
+            },
+        );
+    }
+    let file = format!("{}.blob.meta", hex(&d.digest));
+    let blob = BlobSpec {
+        id: hex(&d.digest),
+        chunk_count: meta.chunks.len() as u32,
+        features: encoded.features,
+        compression_algo: compressor::GZIP,
+        digest_algo: digester::SHA256,
+        compressed_size: d.size,
+        uncompressed_size: encoded.uncompressed_size,
+        ci_compressor: encoded.ci_compressor,
+        ci_offset: encoded.ci_offset,
+        ci_compressed_size: encoded.ci_compressed_size,
+        ci_uncompressed_size: encoded.ci_uncompressed_size,
+        meta_digest: encoded.digest,
+        meta_size: encoded.bytes.len() as u64,
+    };
+    let record = LayerRecord {
+        digest: d.digest.to_string(),
+        media_type: d.media_type.clone(),
+        size: d.size,
+        format: "gzip".into(),
+        chunks: meta.chunks.len() as u32,
+        checkpoints: meta.contexts.len() as u32,
+        uncompressed_size: encoded.uncompressed_size,
+        blob_meta: Some(file),
+        blob_meta_digest: Some(format!("sha256:{}", hex::encode(encoded.digest))),
+        blob_meta_size: Some(encoded.bytes.len() as u64),
+    };
+    let _: &[FileChunk] = &scan.chunks;
+    Ok(LayerOut {
+        blob,
+        record,
+        meta: Some(encoded.bytes),
+        by_out,
+        by_toc: HashMap::new(),
+        entries: Some(scan.entries),
+    })
+}
+
+/// Whether a TOC's chunks can be a RAFS blob at `chunk_size`: every chunk of a file but its
+/// last has exactly that size, chunks start their gzip member, and each has a digest.
+pub fn toc_fits(toc: &Toc, chunk_size: u32) -> Result<(), String> {
+    for e in &toc.entries {
+        let n = e.chunks.len();
+        for (k, c) in e.chunks.iter().enumerate() {
+            let path = e.name.clone();
+            if c.inner_offset != 0 {
+                return Err(format!("{path}: chunk {k} shares a gzip member (innerOffset)"));
+            }
+            if c.chunk_digest.is_none() {
+                return Err(format!("{path}: chunk {k} has no digest"));
+            }
+            if c.chunk_offset != k as u64 * u64::from(chunk_size)
+                || (k + 1 < n && c.chunk_size != u64::from(chunk_size))
+                || c.chunk_size > u64::from(chunk_size)
+            {
+                return Err(format!(
+                    "{path}: chunk {k} ({} bytes at {}) is not cut at {chunk_size}",
+                    c.chunk_size, c.chunk_offset
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The chunk size an eStargz TOC was cut with: the size of the first chunk of any file of
+/// more than one chunk (None when no file has more than one).
+pub fn toc_chunk_size(toc: &Toc) -> Option<u64> {
+    toc.entries.iter().find(|e| e.chunks.len() > 1).map(|e| e.chunks[0].chunk_size)
+}
+
+/// Chunks of one eStargz layer, straight from its TOC.
+fn estargz_layer(i: usize, d: &Descriptor, toc: &Toc) -> Result<LayerOut, ArtifactError> {
+    let mut by_toc = HashMap::new();
+    let mut pos = 0u64;
+    let mut ci = 0u32;
+    for e in &toc.entries {
+        for c in &e.chunks {
+            let key = (c.offset, c.inner_offset, c.chunk_offset);
+            if by_toc.contains_key(&key) {
+                continue;
+            }
+            let digest = c
+                .chunk_digest
+                .as_ref()
+                .ok_or_else(|| meta_err(d, format!("{}: a chunk without digest", e.name.clone())))?;
+            let mut raw = [0u8; 32];
+            hex::decode_to_slice(hex(digest), &mut raw).map_err(|e| meta_err(d, e))?;
+            let len = u32::try_from(c.chunk_size).map_err(|_| meta_err(d, "chunk larger than 4 GiB"))?;
+            let csize = u32::try_from(c.compressed_end.saturating_sub(c.offset)).unwrap_or(u32::MAX);
+            by_toc.insert(
+                key,
+                ChunkSpec {
+                    blob: i as u8,
+                    ci,
+                    digest: raw,
+                    compressed_offset: c.offset,
+                    compressed_size: csize,
+                    uncompressed_offset: pos,
+                    uncompressed_size: len,
+                    flags: CHUNK_COMPRESSED,
+                },
+            );
+            ci += 1;
+            pos += u64::from(len).div_ceil(4096) * 4096;
+        }
+    }
+    let blob = BlobSpec {
+        id: hex(&d.digest),
+        chunk_count: ci,
+        features: blob_features::ALIGNED,
+        compression_algo: compressor::GZIP,
+        digest_algo: digester::SHA256,
+        compressed_size: d.size,
+        uncompressed_size: pos,
+        ..Default::default()
+    };
+    let record = LayerRecord {
+        digest: d.digest.to_string(),
+        media_type: d.media_type.clone(),
+        size: d.size,
+        format: "estargz".into(),
+        chunks: ci,
+        checkpoints: 0,
+        uncompressed_size: pos,
+        blob_meta: None,
+        blob_meta_digest: None,
+        blob_meta_size: None,
+    };
+    Ok(LayerOut { blob, record, meta: None, by_out: HashMap::new(), by_toc, entries: None })
+}
+
+/// Build the artifact of `image`. `inputs` says how each layer is read; `progress(layer,
+/// bytes)` reports compressed bytes read per layer.
+pub fn generate(
+    image: &Image,
+    inputs: &[LayerInput],
+    opts: &Options,
+    progress: &(dyn Fn(usize, u64) + Sync),
+) -> Result<Artifact, ArtifactError> {
+    let layers = &image.manifest.layers;
+    if layers.len() >= 255 {
+        return Err(ArtifactError::Meta {
+            layer: image.name.clone(),
+            message: format!("{} layers; RAFS v6 holds at most 254", layers.len()),
+        });
+    }
+    // Gzip layers are indexed in parallel, each in one streaming pass.
+    let results: Mutex<Vec<Option<Result<LayerOut, ArtifactError>>>> =
+        Mutex::new((0..layers.len()).map(|_| None).collect());
+    let next = Mutex::new(0usize);
+    std::thread::scope(|s| {
+        for _ in 0..opts.jobs.max(1).min(layers.len().max(1)) {
+            s.spawn(|| {
+                loop {
+                    let i = {
+                        let Ok(mut n) = next.lock() else { return };
+                        let i = *n;
+                        *n += 1;
+                        i
+                    };
+                    let Some(d) = layers.get(i) else { return };
+                    let out = match &inputs[i] {
+                        LayerInput::Gzip => gzip_layer(image, i, d, opts, &|n| progress(i, n)),
+                        LayerInput::Estargz(toc) => {
+                            let r = estargz_layer(i, d, toc);
+                            progress(i, d.size);
+                            r
+                        }
+                    };
+                    let failed = out.is_err();
+                    if let Ok(mut r) = results.lock() {
+                        r[i] = Some(out);
+                    }
+                    if failed {
+                        // Stop handing out layers: the first error is what the user sees.
+                        if let Ok(mut n) = next.lock() {
+                            *n = layers.len();
+                        }
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let results = results.into_inner().map_err(|_| ArtifactError::Meta {
+        layer: image.name.clone(),
+        message: "a layer worker failed".into(),
+    })?;
+    let mut outs = Vec::with_capacity(layers.len());
+    for r in results {
+        match r {
+            Some(r) => outs.push(r?),
+            None => {
+                return Err(ArtifactError::Meta {
+                    layer: image.name.clone(),
+                    message: "a layer was not processed".into(),
+                });
+            }
+        }
+    }
+
+    // Merge the layers, then give each file its chunks.
+    let mut tree = Tree::new();
+    for (i, (out, input)) in outs.iter().zip(inputs).enumerate() {
+        match (input, &out.entries) {
+            (LayerInput::Estargz(toc), _) => tree.apply_estargz_layer(i, &toc.entries)?,
+            (LayerInput::Gzip, Some(entries)) => tree.apply_layer(i, entries)?,
+            (LayerInput::Gzip, None) => {}
+        }
+    }
+    tree.finish();
+    let chunk = u64::from(opts.chunk_size);
+    let mut chunks: HashMap<InodeId, Vec<ChunkSpec>> = HashMap::new();
+    for (path, id) in tree.walk() {
+        let inode = &tree.inodes[id];
+        if inode.data.is_empty() || chunks.contains_key(&id) {
+            continue;
+        }
+        let mut specs = Vec::new();
+        for x in &inode.data {
+            match x {
+                Extent::Tar { layer, offset, len } => {
+                    let out = &outs[*layer];
+                    let mut at = 0;
+                    while at < *len {
+                        let spec = out.by_out.get(&(offset + at)).ok_or_else(|| {
+                            meta_err(
+                                &layers[*layer],
+                                format!("{}: no chunk at file offset {at}", String::from_utf8_lossy(&path)),
+                            )
+                        })?;
+                        specs.push(*spec);
+                        at += chunk;
+                    }
+                }
+                Extent::Chunk { layer, chunk: c } => {
+                    let spec = outs[*layer]
+                        .by_toc
+                        .get(&(c.offset, c.inner_offset, c.chunk_offset))
+                        .ok_or_else(|| {
+                            meta_err(
+                                &layers[*layer],
+                                format!("{}: chunk not in the TOC", String::from_utf8_lossy(&path)),
+                            )
+                        })?;
+                    specs.push(*spec);
+                }
+            }
+        }
+        chunks.insert(id, specs);
+    }
+    let blobs: Vec<BlobSpec> = outs.iter().map(|o| o.blob.clone()).collect();
+    let bootstrap = writer::write(&BootstrapSpec {
+        tree: &tree,
+        chunk_size: opts.chunk_size,
+        blobs,
+        chunks,
+        prefetch: Vec::new(),
+    })?;
+    let metas: Vec<(String, Vec<u8>)> =
+        outs.iter_mut().filter_map(|o| Some((o.record.blob_meta.clone()?, o.meta.take()?))).collect();
+    let manifest = ArtifactManifest {
+        version: VERSION,
+        source: image.name.clone(),
+        manifest_digest: image.manifest.digest.to_string(),
+        index_digest: image.index.as_ref().map(|d| d.to_string()),
+        platform: image.platform.as_ref().map(|p| p.to_string()),
+        chunk_size: opts.chunk_size,
+        span: opts.span,
+        bootstrap_digest: crate::oci::Digest::of(&bootstrap).to_string(),
+        bootstrap_size: bootstrap.len() as u64,
+        layers: outs.into_iter().map(|o| o.record).collect(),
+        created_by: format!("zran {}", env!("CARGO_PKG_VERSION")),
+    };
+    Ok(Artifact { bootstrap, metas, manifest })
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ArtifactError + '_ {
+    move |source| ArtifactError::Io { path: path.to_path_buf(), source }
+}
+
+/// Write the artifact to `dir`: everything goes into a temporary sibling directory, synced,
+/// then renamed into place, so `dir` is either absent, the old artifact, or the whole new one.
+/// An existing `dir` is replaced only with `force` (an empty directory is always replaced).
+pub fn write_dir(a: &Artifact, dir: &Path, force: bool) -> Result<(), ArtifactError> {
+    let exists = dir.exists();
+    if exists {
+        let empty = std::fs::read_dir(dir).map_err(io(dir))?.next().is_none();
+        if !empty && !force {
+            return Err(ArtifactError::Invalid {
+                path: dir.to_path_buf(),
+                message: "exists and is not empty (--force replaces it)".into(),
+            });
+        }
+    }
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "artifact".into());
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(io(&parent))?;
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir(&tmp).map_err(io(&tmp))?;
+    let write = |file: &str, bytes: &[u8]| -> Result<(), ArtifactError> {
+        use std::io::Write;
+        let p = tmp.join(file);
+        let mut f = std::fs::File::create(&p).map_err(io(&p))?;
+        f.write_all(bytes).map_err(io(&p))?;
+        f.sync_all().map_err(io(&p))
+    };
+    let result = (|| {
+        write(BOOTSTRAP, &a.bootstrap)?;
+        for (file, bytes) in &a.metas {
+            write(file, bytes)?;
+        }
+        let json = serde_json::to_vec_pretty(&a.manifest)
+            .map_err(|e| ArtifactError::Invalid { path: tmp.join(MANIFEST), message: e.to_string() })?;
+        write(MANIFEST, &json)?;
+        if let Ok(d) = std::fs::File::open(&tmp) {
+            let _ = d.sync_all();
+        }
+        if exists {
+            let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+            std::fs::rename(dir, &old).map_err(io(dir))?;
+            if let Err(e) = std::fs::rename(&tmp, dir) {
+                let _ = std::fs::rename(&old, dir);
+                return Err(io(dir)(e));
+            }
+            let _ = std::fs::remove_dir_all(&old);
+        } else {
+            std::fs::rename(&tmp, dir).map_err(io(dir))?;
+        }
+        if let Ok(d) = std::fs::File::open(&parent) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+/// An artifact directory, read back and checked: `zran.json`, the bootstrap (validated), and
+/// each blob.meta (its digest checked against the bootstrap's blob table).
+#[derive(Debug)]
+pub struct Opened {
+    pub manifest: ArtifactManifest,
+    pub bootstrap: crate::rafs::reader::Bootstrap,
+    /// Decoded blob.meta of each gzip blob, by blob index.
+    pub metas: HashMap<usize, BlobMeta>,
+    pub bootstrap_bytes: u64,
+    pub meta_bytes: u64,
+}
+
+/// Open an artifact directory.
+pub fn open_dir(dir: &Path) -> Result<Opened, ArtifactError> {
+    let invalid = |path: PathBuf, message: String| ArtifactError::Invalid { path, message };
+    let mp = dir.join(MANIFEST);
+    let raw = std::fs::read(&mp).map_err(io(&mp))?;
+    let manifest: ArtifactManifest =
+        serde_json::from_slice(&raw).map_err(|e| invalid(mp.clone(), e.to_string()))?;
+    if manifest.version != VERSION {
+        return Err(invalid(mp, format!("version {} (this zran reads {VERSION})", manifest.version)));
+    }
+    let bp = dir.join(BOOTSTRAP);
+    let boot = std::fs::read(&bp).map_err(io(&bp))?;
+    if crate::oci::Digest::of(&boot).to_string() != manifest.bootstrap_digest {
+        return Err(invalid(bp, format!("does not match {MANIFEST} (digest {})", manifest.bootstrap_digest)));
+    }
+    let bootstrap =
+        crate::rafs::reader::read_bootstrap(&boot).map_err(|e| invalid(bp.clone(), e.to_string()))?;
+    if bootstrap.blobs.len() != manifest.layers.len() {
+        return Err(invalid(
+            bp,
+            format!("{} blobs for {} layers", bootstrap.blobs.len(), manifest.layers.len()),
+        ));
+    }
+    let mut metas = HashMap::new();
+    let mut meta_bytes = 0;
+    for (i, (blob, layer)) in bootstrap.blobs.iter().zip(&manifest.layers).enumerate() {
+        if format!("sha256:{}", blob.id) != layer.digest {
+            return Err(invalid(
+                bp.clone(),
+                format!("blob {i} is {} but layer {i} is {}", blob.id, layer.digest),
+            ));
+        }
+        let Some(file) = &layer.blob_meta else { continue };
+        if file.contains('/') {
+            return Err(invalid(mp.clone(), format!("blob.meta name {file:?}")));
+        }
+        let p = dir.join(file);
+        let bytes = std::fs::read(&p).map_err(io(&p))?;
+        let digest: [u8; 32] =
+            sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&bytes)).into();
+        if digest != blob.meta_digest || bytes.len() as u64 != blob.meta_size {
+            return Err(invalid(p, format!("does not match the bootstrap's blob {i}")));
+        }
+        meta_bytes += bytes.len() as u64;
+        let meta = BlobMeta::decode(&bytes, blob).map_err(|e| invalid(p.clone(), e.to_string()))?;
+        metas.insert(i, meta);
+    }
+    Ok(Opened { manifest, bootstrap, metas, bootstrap_bytes: boot.len() as u64, meta_bytes })
+}

@@ -1,0 +1,166 @@
+//! `zran generate IMAGE -o DIR`: the RAFS v6 artifact of an image, pointing into its original
+//! layer blobs.
+
+use super::image::ImageArgs;
+use super::inspect::{LayerFormat, layer_format};
+use anyhow::{Context, bail};
+use clap::Args;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use zran::artifact::{self, LayerInput, Options};
+use zran::estargz;
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// `oci:PATH[:TAG|@DIGEST]` or `[HOST[:PORT]/]REPO[:TAG|@DIGEST]`.
+    pub image: String,
+    /// The artifact directory to write (image.boot, <layer>.blob.meta, zran.json).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub image_args: ImageArgs,
+    /// Chunk size: a power of two from 4K to 16M (default 1M, or the chunk size of the
+    /// image's eStargz layers).
+    #[arg(long, value_parser = super::util::parse_size)]
+    pub chunk_size: Option<u64>,
+    /// Uncompressed bytes between zran checkpoints beyond those taken before every chunk.
+    #[arg(long, value_parser = super::util::parse_size, default_value = "1M")]
+    pub span: u64,
+    /// Layers indexed at once (default: the number of CPUs, at most 4).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Replace an existing artifact directory.
+    #[arg(long)]
+    pub force: bool,
+    /// Index eStargz layers like plain gzip layers instead of taking their chunks from the TOC.
+    #[arg(long)]
+    pub ignore_toc: bool,
+    /// Print zran.json on stdout when done.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
+    let image = args.image_args.open(&args.image)?;
+    let layers = &image.manifest.layers;
+
+    // How each layer is read; eStargz TOCs first (small), so the chunk size can follow them.
+    let mut tocs = Vec::with_capacity(layers.len());
+    for (i, d) in layers.iter().enumerate() {
+        let (format, _) = layer_format(&image, d)?;
+        let toc = match format {
+            LayerFormat::Gzip => None,
+            LayerFormat::Estargz if !args.ignore_toc => Some(
+                estargz::read_toc(image.source.as_ref(), d, estargz::Verify::Required)
+                    .with_context(|| format!("{}: layer {i} ({})", image.name, d.digest))?,
+            ),
+            LayerFormat::Estargz | LayerFormat::EstargzUnverified | LayerFormat::LegacyStargz => None,
+            other => bail!(
+                "{}: layer {i} ({}, {}) is {}: zran generate reads gzip layers (plain or eStargz); \
+                 zstd, zstd:chunked and uncompressed layers are not supported yet",
+                image.name,
+                d.digest,
+                d.media_type,
+                serde_json::to_value(other)?.as_str().unwrap_or("unknown")
+            ),
+        };
+        tocs.push(toc);
+    }
+    let chunk_size = match args.chunk_size {
+        Some(c) => c,
+        None => {
+            let sizes: Vec<u64> = tocs.iter().flatten().filter_map(artifact::toc_chunk_size).collect();
+            match sizes.first() {
+                Some(&c)
+                    if sizes.iter().all(|&s| s == c)
+                        && c.is_power_of_two()
+                        && (4096..=16 << 20).contains(&c) =>
+                {
+                    c
+                }
+                _ => 1 << 20,
+            }
+        }
+    };
+    if !chunk_size.is_power_of_two() || !(4096..=16 << 20).contains(&chunk_size) {
+        bail!("--chunk-size {chunk_size}: must be a power of two from 4K to 16M");
+    }
+    let chunk_size = chunk_size as u32;
+    let inputs: Vec<LayerInput> = tocs
+        .into_iter()
+        .enumerate()
+        .map(|(i, toc)| match toc {
+            Some(toc) => match artifact::toc_fits(&toc, chunk_size) {
+                Ok(()) => LayerInput::Estargz(Box::new(toc)),
+                Err(why) => {
+                    tracing::info!(
+                        layer = i,
+                        "eStargz TOC chunks do not fit ({why}): indexing the layer as gzip"
+                    );
+                    LayerInput::Gzip
+                }
+            },
+            None => LayerInput::Gzip,
+        })
+        .collect();
+
+    let jobs =
+        args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get().min(4)));
+    let multi = MultiProgress::with_draw_target(if std::io::stderr().is_terminal() {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    });
+    let bars: Vec<ProgressBar> = layers
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let bar = multi.add(super::util::byte_progress(Some(d.size), &format!("layer {i}")));
+            if !std::io::stderr().is_terminal() {
+                bar.set_draw_target(ProgressDrawTarget::hidden());
+            }
+            bar
+        })
+        .collect();
+    let opts = Options { chunk_size, span: args.span, jobs };
+    let started = std::time::Instant::now();
+    let art = artifact::generate(&image, &inputs, &opts, &|i, n| {
+        if let Some(b) = bars.get(i) {
+            b.set_position(n);
+        }
+    })
+    .with_context(|| format!("cannot generate the artifact of {}", image.name))?;
+    for b in &bars {
+        b.finish_and_clear();
+    }
+    artifact::write_dir(&art, &args.output, args.force)
+        .with_context(|| format!("cannot write the artifact to {}", args.output.display()))?;
+    let elapsed = started.elapsed();
+
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&art.manifest)?);
+        return Ok(());
+    }
+    let image_size: u64 = layers.iter().map(|l| l.size).sum();
+    let meta_size: u64 = art.metas.iter().map(|(_, b)| b.len() as u64).sum();
+    println!("image      {}", art.manifest.source);
+    println!("manifest   {}", art.manifest.manifest_digest);
+    println!("chunk size {}", chunk_size);
+    for (i, l) in art.manifest.layers.iter().enumerate() {
+        println!(
+            "  {i:>3}  {}  {:>12}  {:<8} {:>7} chunks {:>6} checkpoints",
+            l.digest, l.size, l.format, l.chunks, l.checkpoints
+        );
+    }
+    println!(
+        "wrote {}: image.boot {} bytes, blob.meta {} bytes ({:.2}% of {} bytes of layers) in {:.2}s",
+        args.output.display(),
+        art.bootstrap.len(),
+        meta_size,
+        100.0 * (art.bootstrap.len() as u64 + meta_size) as f64 / image_size.max(1) as f64,
+        image_size,
+        elapsed.as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,256 @@
+//! `zran generate` against readers nobody here wrote: the Linux kernel's EROFS mounts the
+//! bootstrap with each layer's chunks laid out at their block addresses (the layout the chunk
+//! cache uses), and the mounted tree must equal the truth (umoci's unpack) file by file,
+//! content included. Also: `inspect DIR --files` equals `inspect IMAGE --files`, and the
+//! artifact directory is written atomically.
+
+mod common;
+
+use common::harness::{layout_blob, layouts, repo_root};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn zran(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_zran")).args(args).output().unwrap()
+}
+
+fn generate(image: &str, out: &Path) {
+    let o = zran(&["generate", image, "-o", out.to_str().unwrap()]);
+    assert!(o.status.success(), "generate {image}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn truth(name: &str) -> Value {
+    let path = repo_root().join("target/testimages/truth").join(format!("{name}.json"));
+    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
+}
+
+/// Every chunk-size piece of every regular file in every layer, by sha256: read with flate2
+/// and the `tar` crate, so that the chunk bytes do not come from zran's own parser.
+fn chunks_by_digest(layout: &Path, chunk_size: usize) -> HashMap<[u8; 32], Vec<u8>> {
+    let index: Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let mut todo = vec![index["manifests"][0]["digest"].as_str().unwrap().to_string()];
+    let mut out = HashMap::new();
+    while let Some(d) = todo.pop() {
+        let blob = layout_blob(layout, d.trim_start_matches("sha256:"));
+        let m: Value = serde_json::from_slice(&std::fs::read(&blob).unwrap()).unwrap();
+        if let Some(ms) = m["manifests"].as_array() {
+            todo.extend(ms.iter().map(|x| x["digest"].as_str().unwrap().to_string()));
+            continue;
+        }
+        for l in m["layers"].as_array().unwrap() {
+            let path = layout_blob(layout, l["digest"].as_str().unwrap().trim_start_matches("sha256:"));
+            let gz = flate2::read::MultiGzDecoder::new(std::fs::File::open(path).unwrap());
+            let mut ar = tar::Archive::new(gz);
+            for e in ar.entries().unwrap() {
+                let mut e = e.unwrap();
+                if e.header().entry_type() != tar::EntryType::Regular {
+                    continue;
+                }
+                let mut data = Vec::new();
+                e.read_to_end(&mut data).unwrap();
+                for c in data.chunks(chunk_size) {
+                    out.insert(Sha256::digest(c).into(), c.to_vec());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The layout's manifest digest for one tag-less layout (the first manifest of index.json,
+/// through nested indexes choosing linux/amd64).
+struct Mounted {
+    dir: tempfile::TempDir,
+    mnt: PathBuf,
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mnt).status();
+        let _ = &self.dir;
+    }
+}
+
+/// mount(2) the bootstrap file itself as EROFS with the given device files (the kernel's
+/// file-backed mount; mount(8) would put the bootstrap on a loop device first).
+fn kernel_mount(boot: &Path, devices: &[PathBuf], mnt: &Path) {
+    let data = devices.iter().map(|d| format!("device={}", d.display())).collect::<Vec<_>>().join(",");
+    let script = "import ctypes,os,sys\nl=ctypes.CDLL(None,use_errno=True)\n\
+                  r=l.mount(sys.argv[1].encode(),sys.argv[2].encode(),b'erofs',1,sys.argv[3].encode())\n\
+                  sys.exit(0 if r==0 else 'mount: '+os.strerror(ctypes.get_errno()))";
+    let o = Command::new("/usr/bin/python3")
+        .args(["-c", script, boot.to_str().unwrap(), mnt.to_str().unwrap(), &data])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "kernel EROFS mount of {}: {}",
+        boot.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Lay every blob's chunks out at their block addresses, mount, return the mount.
+fn mount_with_kernel(name: &str, art: &Path) -> Mounted {
+    let layout = layouts().join(name);
+    let dump: Value =
+        serde_json::from_slice(&zran(&["inspect", "--json", art.to_str().unwrap()]).stdout).unwrap();
+    let chunk_size = dump["chunk_size"].as_u64().unwrap() as usize;
+    let pieces = chunks_by_digest(&layout, chunk_size);
+    let dir = tempfile::tempdir().unwrap();
+    let boot = std::fs::read(art.join("image.boot")).unwrap();
+    let b = zran::rafs::reader::read_bootstrap(&boot).unwrap();
+    let mut devices = Vec::new();
+    let mut files: Vec<std::fs::File> = Vec::new();
+    for (i, blob) in b.blobs.iter().enumerate() {
+        let p = dir.path().join(format!("blob{i}.dev"));
+        let f = std::fs::File::create(&p).unwrap();
+        f.set_len(blob.uncompressed_size).unwrap();
+        devices.push(p);
+        files.push(f);
+    }
+    use std::os::unix::fs::FileExt;
+    for c in &b.chunk_table {
+        let bytes = pieces
+            .get(&c.digest)
+            .unwrap_or_else(|| panic!("{name}: no file piece has the digest of chunk {c:?}"));
+        assert_eq!(bytes.len(), c.uncompressed_size as usize, "{name}: chunk size");
+        files[usize::from(c.blob)].write_all_at(bytes, c.uncompressed_offset).unwrap();
+    }
+    drop(files);
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    kernel_mount(&art.join("image.boot"), &devices, &mnt);
+    Mounted { dir, mnt }
+}
+
+/// `truth.py --walk` of a directory: the same listing as the truth files.
+fn walk(dir: &Path) -> Value {
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let s = Command::new("/usr/bin/python3")
+        .arg(repo_root().join("testimages/truth.py"))
+        .args(["--walk", dir.to_str().unwrap(), out.path().to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(s.success());
+    serde_json::from_slice(&std::fs::read(out.path()).unwrap()).unwrap()
+}
+
+/// Compare a walked tree with the truth, every field, content included. eStargz TOCs keep
+/// whole seconds; directories no layer describes have no time to compare.
+fn compare(name: &str, got: &Value, whole_seconds: bool) -> usize {
+    let truth = truth(name);
+    let by_path = |v: &Value| -> BTreeMap<String, Value> {
+        v["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["path"].as_str().unwrap().to_string(), e.clone()))
+            .collect()
+    };
+    let want = by_path(&truth);
+    let got_map = by_path(got);
+    let wk: BTreeSet<&String> = want.keys().collect();
+    let gk: BTreeSet<&String> = got_map.keys().collect();
+    assert_eq!(gk, wk, "{name}: paths");
+    for (path, w) in &want {
+        let g = &got_map[path];
+        for field in ["type", "mode", "uid", "gid", "size", "sha256", "target", "major", "minor", "xattrs"] {
+            assert_eq!(g.get(field), w.get(field), "{name} {path}: {field}");
+        }
+        if w.get("implicit").and_then(Value::as_bool) == Some(true) || w["mtime"].is_null() {
+            continue;
+        }
+        if whole_seconds {
+            let (sec, nsec) = (w["mtime"]["sec"].as_i64().unwrap(), w["mtime"]["nsec"].as_i64().unwrap());
+            assert_eq!(
+                g["mtime"]["sec"].as_i64(),
+                Some(sec + i64::from(nsec >= 500_000_000)),
+                "{name} {path}: mtime"
+            );
+        } else {
+            assert_eq!(g["mtime"], w["mtime"], "{name} {path}: mtime");
+        }
+    }
+    assert_eq!(got["hardlink_groups"], truth["hardlink_groups"], "{name}: hardlink groups");
+    want.len()
+}
+
+#[test]
+fn kernel_erofs_mounts_the_bootstrap_and_reads_the_truth() {
+    let dir = layouts();
+    for name in ["python", "edge", "python-estargz", "edge-estargz"] {
+        let work = tempfile::tempdir().unwrap();
+        let art = work.path().join("art");
+        generate(&format!("oci:{}", dir.join(name).display()), &art);
+        let m = mount_with_kernel(name, &art);
+        let got = walk(&m.mnt);
+        let n = compare(name, &got, name.ends_with("-estargz"));
+        assert!(n > 50, "{name}: {n} entries");
+    }
+}
+
+#[test]
+fn inspect_dir_lists_what_inspect_image_lists() {
+    let dir = layouts();
+    for name in ["python", "edge", "python-estargz", "edge-estargz"] {
+        let image = format!("oci:{}", dir.join(name).display());
+        let work = tempfile::tempdir().unwrap();
+        let art = work.path().join("art");
+        generate(&image, &art);
+        let a = zran(&["inspect", "--files", art.to_str().unwrap()]);
+        let b = zran(&["inspect", "--files", &image]);
+        assert!(a.status.success() && b.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+        let (a, b) = (String::from_utf8(a.stdout).unwrap(), String::from_utf8(b.stdout).unwrap());
+        assert!(a.lines().count() > 50);
+        assert_eq!(a, b, "{name}: listings differ");
+        let s = zran(&["inspect", art.to_str().unwrap()]);
+        assert!(s.status.success());
+        let s = String::from_utf8(s.stdout).unwrap();
+        assert!(s.contains("RAFS v6") && s.contains("checkpoints"), "{s}");
+    }
+}
+
+#[test]
+fn the_artifact_directory_is_replaced_whole_or_not_at_all() {
+    let image = format!("oci:{}", layouts().join("edge").display());
+    let work = tempfile::tempdir().unwrap();
+    let art = work.path().join("art");
+    generate(&image, &art);
+    let boot = std::fs::read(art.join("image.boot")).unwrap();
+    // Without --force an existing artifact stays as it is.
+    let o = zran(&["generate", &image, "-o", art.to_str().unwrap(), "--chunk-size", "64K"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--force"));
+    assert_eq!(std::fs::read(art.join("image.boot")).unwrap(), boot);
+    // With --force it is replaced, and nothing temporary is left beside it.
+    let o = zran(&["generate", &image, "-o", art.to_str().unwrap(), "--chunk-size", "64K", "--force"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_ne!(std::fs::read(art.join("image.boot")).unwrap(), boot);
+    let names: Vec<_> = std::fs::read_dir(work.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("art")]);
+    // A failing run (an image that does not exist) leaves nothing behind either.
+    let o = zran(&["generate", "oci:/nonexistent", "-o", work.path().join("b").to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(!work.path().join("b").exists());
+    // A blob.meta changed behind zran's back is caught when the artifact is opened.
+    let meta = std::fs::read_dir(&art)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".blob.meta"))
+        .unwrap();
+    let mut bytes = std::fs::read(&meta).unwrap();
+    bytes[10] ^= 1;
+    std::fs::write(&meta, bytes).unwrap();
+    let o = zran(&["inspect", art.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("blob.meta"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
