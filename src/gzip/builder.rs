@@ -415,14 +415,7 @@ impl<R: Read> Pass<R> {
                     (1.., Some(at)) => self.input.kept(at, 1).and_then(|b| b.first().copied()).unwrap_or(0),
                     _ => 0,
                 };
-                self.boundary(Boundary {
-                    out: self.total_out,
-                    input,
-                    bits,
-                    prev_byte,
-                    member_start,
-                    member,
-                });
+                self.boundary(Boundary { out: self.total_out, input, bits, prev_byte, member_start, member });
             }
             if step.consumed == 0 && step.produced == 0 {
                 stalls += 1;
