@@ -302,3 +302,97 @@ fn the_artifact_directory_is_replaced_whole_or_not_at_all() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+#[test]
+fn generate_from_a_registry_writes_the_same_bootstrap() {
+    let reg = common::harness::TestRegistry::start("plain");
+    for name in ["python", "edge", "edge-estargz"] {
+        let work = tempfile::tempdir().unwrap();
+        let (a, b) = (work.path().join("a"), work.path().join("b"));
+        generate(&format!("oci:{}", layouts().join(name).display()), &a);
+        generate(&format!("{}/{name}", reg.host()), &b);
+        for f in ["image.boot"] {
+            assert!(
+                std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(),
+                "{name}: {f} differs"
+            );
+        }
+        let (ja, jb): (Value, Value) = (
+            serde_json::from_slice(&std::fs::read(a.join("zran.json")).unwrap()).unwrap(),
+            serde_json::from_slice(&std::fs::read(b.join("zran.json")).unwrap()).unwrap(),
+        );
+        assert_eq!(ja["layers"], jb["layers"], "{name}");
+        assert_eq!(ja["manifest_digest"], jb["manifest_digest"], "{name}");
+    }
+}
+
+#[test]
+fn identical_chunks_of_a_layer_are_stored_once() {
+    // The edge image's 4 MiB of zeros is four identical 1 MiB chunks.
+    let work = tempfile::tempdir().unwrap();
+    let art = work.path().join("art");
+    generate(&format!("oci:{}", layouts().join("edge").display()), &art);
+    let b = zran::rafs::reader::read_bootstrap(&std::fs::read(art.join("image.boot")).unwrap()).unwrap();
+    let f = b.tree.lookup(b"big/zeros-4MiB").unwrap();
+    let refs = &b.chunks[&f];
+    assert_eq!(refs.len(), 4);
+    let distinct: BTreeSet<(u8, u32)> = refs.iter().map(|r| (r.blob, r.ci)).collect();
+    assert_eq!(distinct.len(), 1, "{distinct:?}");
+    let blocks: BTreeSet<u32> = refs.iter().map(|r| r.blk_addr).collect();
+    assert_eq!(blocks.len(), distinct.len(), "one place in the blob per distinct chunk");
+}
+
+/// A layout with one layer of the given media type and bytes.
+fn one_layer_layout(dir: &Path, media_type: &str, layer: &[u8]) {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |bytes: &[u8]| -> (String, usize) {
+        let hex = hex::encode(Sha256::digest(bytes));
+        std::fs::write(blobs.join(&hex), bytes).unwrap();
+        (format!("sha256:{hex}"), bytes.len())
+    };
+    let (ld, ls) = put(layer);
+    let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let (cd, cs) = put(config);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
+        "layers": [{"mediaType": media_type, "digest": ld, "size": ls}],
+    });
+    let (md, ms) = put(&serde_json::to_vec(&manifest).unwrap());
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": ms}]});
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+}
+
+#[test]
+fn layers_it_cannot_serve_get_a_clear_message() {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(5);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append_data(&mut h, "hello", &b"hello"[..]).unwrap();
+    let tar = b.into_inner().unwrap();
+    let zstd = zstd::encode_all(&tar[..], 3).unwrap();
+    for (mt, bytes, what) in [
+        ("application/vnd.oci.image.layer.v1.tar+zstd", &zstd, "zstd"),
+        ("application/vnd.oci.image.layer.v1.tar", &tar, "uncompressed"),
+    ] {
+        let work = tempfile::tempdir().unwrap();
+        one_layer_layout(&work.path().join("img"), mt, bytes);
+        let out = work.path().join("art");
+        let o = zran(&[
+            "generate",
+            &format!("oci:{}", work.path().join("img").display()),
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(what) && err.contains("layer 0") && err.contains("not supported"), "{err}");
+        assert!(!out.exists());
+    }
+}
