@@ -311,7 +311,14 @@ fn generate_from_a_registry_writes_the_same_bootstrap() {
         let (a, b) = (work.path().join("a"), work.path().join("b"));
         generate(&format!("oci:{}", layouts().join(name).display()), &a);
         generate(&format!("{}/{name}", reg.host()), &b);
-        for f in ["image.boot"] {
+        let mut files: Vec<String> = vec!["image.boot".into()];
+        files.extend(
+            std::fs::read_dir(&a)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".blob.meta")),
+        );
+        for f in &files {
             assert!(
                 std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(),
                 "{name}: {f} differs"
