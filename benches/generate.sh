@@ -53,11 +53,13 @@ artifact_share() {  # artifact bytes as pushed, and its share of the layers
 layers=$(layers_of "$layouts/python")
 bytes=$(du -cb $layers | tail -1 | cut -f1)
 gen_s=$(best "$zran" generate "oci:$layouts/python" -o "$WORK/python-art" --force)
+gen1_s=$(best "$zran" generate "oci:$layouts/python" -o "$WORK/python-art" --force --jobs 1)
 idx_s=$(best bash -c "for l in $layers; do $zran gz index \$l -o $WORK/x.zidx; done")
 pigz_s=$(best bash -c "for l in $layers; do pigz -dc \$l > /dev/null; done")
 echo "| python image, $bytes bytes of layers | seconds | MB/s of .tar.gz | vs zran gz index | vs pigz -dc |"
 echo "|---|---:|---:|---:|---:|"
 for row in "zran generate (index + tar + chunk sha256 + blob.meta + bootstrap):$gen_s" \
+           "zran generate --jobs 1 (one layer at a time):$gen1_s" \
            "zran gz index, each layer:$idx_s" "pigz -dc, each layer:$pigz_s"; do
     name=${row%:*}; s=${row##*:}
     echo "| $name | $s | $(python3 -c "print(f'{$bytes/$s/1e6:.0f}')") | $(ratio "$idx_s" "$s")x | $(ratio "$pigz_s" "$s")x |"

@@ -403,3 +403,27 @@ fn layers_it_cannot_serve_get_a_clear_message() {
         assert!(!out.exists());
     }
 }
+
+#[test]
+fn prefetch_files_become_the_prefetch_table() {
+    let work = tempfile::tempdir().unwrap();
+    let list = work.path().join("prefetch");
+    std::fs::write(
+        &list,
+        "# start-up files\n/usr/bin/python3.11\nusr/lib/python3.11/json/__init__.py\n/nope\n",
+    )
+    .unwrap();
+    let art = work.path().join("art");
+    let image = format!("oci:{}", layouts().join("python").display());
+    let o =
+        zran(&["generate", &image, "-o", art.to_str().unwrap(), "--prefetch-files", list.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("prefetch file not in the image") && err.contains("nope"), "{err}");
+    let v: Value =
+        serde_json::from_slice(&zran(&["inspect", "--json", art.to_str().unwrap()]).stdout).unwrap();
+    assert_eq!(
+        v["prefetch"],
+        serde_json::json!(["/usr/bin/python3.11", "/usr/lib/python3.11/json/__init__.py"])
+    );
+}

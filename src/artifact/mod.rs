@@ -40,11 +40,14 @@ pub struct Options {
     pub span: u64,
     /// Layers indexed at once.
     pub jobs: usize,
+    /// Files to fetch first when the image is mounted (paths in the image), in order; the files
+    /// before an eStargz layer's prefetch landmark are added after them.
+    pub prefetch: Vec<Vec<u8>>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { chunk_size: 1 << 20, span: layer::DEFAULT_SPAN, jobs: 2 }
+        Options { chunk_size: 1 << 20, span: layer::DEFAULT_SPAN, jobs: 2, prefetch: Vec::new() }
     }
 }
 
@@ -456,14 +459,31 @@ pub fn generate(
         }
         chunks.insert(id, specs);
     }
+    // The prefetch table: the files asked for, then those before eStargz prefetch landmarks.
+    let mut wanted: Vec<&[u8]> = opts.prefetch.iter().map(Vec::as_slice).collect();
+    for input in inputs {
+        if let LayerInput::Estargz(toc) = input
+            && let Some(end) = toc.prefetch_end()
+        {
+            wanted.extend(
+                toc.entries
+                    .iter()
+                    .filter(|e| !e.chunks.is_empty() && e.chunks.iter().all(|c| c.offset < end))
+                    .map(|e| e.name.as_bytes()),
+            );
+        }
+    }
+    let mut prefetch: Vec<InodeId> = Vec::new();
+    for path in wanted {
+        match tree.lookup(path) {
+            Some(id) if chunks.contains_key(&id) && !prefetch.contains(&id) => prefetch.push(id),
+            Some(_) => {}
+            None => tracing::warn!(path = %String::from_utf8_lossy(path), "prefetch file not in the image"),
+        }
+    }
     let blobs: Vec<BlobSpec> = outs.iter().map(|o| o.blob.clone()).collect();
-    let bootstrap = writer::write(&BootstrapSpec {
-        tree: &tree,
-        chunk_size: opts.chunk_size,
-        blobs,
-        chunks,
-        prefetch: Vec::new(),
-    })?;
+    let bootstrap =
+        writer::write(&BootstrapSpec { tree: &tree, chunk_size: opts.chunk_size, blobs, chunks, prefetch })?;
     let metas: Vec<(String, Vec<u8>)> =
         outs.iter_mut().filter_map(|o| Some((o.record.blob_meta.clone()?, o.meta.take()?))).collect();
     let manifest = ArtifactManifest {

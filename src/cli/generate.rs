@@ -30,6 +30,10 @@ pub struct GenerateArgs {
     /// Layers indexed at once (default: the number of CPUs, at most 4).
     #[arg(long)]
     pub jobs: Option<usize>,
+    /// A file listing paths in the image (one per line) to fetch first when it is mounted: the
+    /// bootstrap's prefetch table.
+    #[arg(long, value_name = "FILE")]
+    pub prefetch_files: Option<PathBuf>,
     /// Replace an existing artifact directory.
     #[arg(long)]
     pub force: bool,
@@ -123,7 +127,20 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             bar
         })
         .collect();
-    let opts = Options { chunk_size, span: args.span, jobs };
+    let prefetch = match &args.prefetch_files {
+        Some(p) => std::fs::read(p)
+            .with_context(|| format!("cannot read {}", p.display()))?
+            .split(|&b| b == b'\n')
+            .map(|l| l.trim_ascii())
+            .filter(|l| !l.is_empty() && !l.starts_with(b"#"))
+            .map(|l| {
+                zran::tar::normalize(l)
+                    .map_err(|e| anyhow::anyhow!("{}: {:?}: {e}", p.display(), String::from_utf8_lossy(l)))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        None => Vec::new(),
+    };
+    let opts = Options { chunk_size, span: args.span, jobs, prefetch };
     let started = std::time::Instant::now();
     let art = artifact::generate(&image, &inputs, &opts, &|i, n| {
         if let Some(b) = bars.get(i) {

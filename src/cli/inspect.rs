@@ -238,6 +238,14 @@ fn artifact(dir: &std::path::Path, json: bool, files: bool) -> anyhow::Result<()
         return Ok(());
     }
     let s = &a.bootstrap.summary;
+    let paths: std::collections::HashMap<usize, Vec<u8>> =
+        tree.walk().into_iter().map(|(p, id)| (id, p)).collect();
+    let prefetch: Vec<String> = a
+        .bootstrap
+        .prefetch
+        .iter()
+        .filter_map(|id| paths.get(id).map(|p| String::from_utf8_lossy(p).into_owned()))
+        .collect();
     let image_size: u64 = a.manifest.layers.iter().map(|l| l.size).sum();
     let contexts: usize = a.metas.values().map(|m| m.contexts.len()).sum();
     if json {
@@ -263,6 +271,7 @@ fn artifact(dir: &std::path::Path, json: bool, files: bool) -> anyhow::Result<()
             chunk_table_entries: usize,
             checkpoints: usize,
             image_size: u64,
+            prefetch: &'a [String],
             blobs: Vec<Blob<'a>>,
         }
         let blobs = a
@@ -291,6 +300,7 @@ fn artifact(dir: &std::path::Path, json: bool, files: bool) -> anyhow::Result<()
             chunk_table_entries: a.bootstrap.chunk_table.len(),
             checkpoints: contexts,
             image_size,
+            prefetch: &prefetch,
             blobs,
         };
         println!("{}", serde_json::to_string_pretty(&r)?);
@@ -316,6 +326,7 @@ fn artifact(dir: &std::path::Path, json: bool, files: bool) -> anyhow::Result<()
             b.id, b.compressed_size, b.chunk_count, ctx, b.uncompressed_size, b.meta_size
         );
     }
+    println!("prefetch   {} files", prefetch.len());
     let total = a.bootstrap_bytes + a.meta_bytes;
     println!(
         "size       {} bytes ({:.2}% of {} bytes of layers)",
