@@ -314,6 +314,9 @@ fn estargz_layer(i: usize, d: &Descriptor, toc: &Toc) -> Result<LayerOut, Artifa
             pos += u64::from(len).div_ceil(4096) * 4096;
         }
     }
+    // Chunk info v1 with no blob.meta of its own: the size of the v1 array is still recorded,
+    // as Nydus records it for TOC-derived blobs (its blob-table check requires 16 B per chunk).
+    let v1 = u64::from(ci) * 16;
     let blob = BlobSpec {
         id: hex(&d.digest),
         chunk_count: ci,
@@ -322,6 +325,9 @@ fn estargz_layer(i: usize, d: &Descriptor, toc: &Toc) -> Result<LayerOut, Artifa
         digest_algo: digester::SHA256,
         compressed_size: d.size,
         uncompressed_size: pos,
+        ci_compressor: compressor::NONE,
+        ci_compressed_size: v1,
+        ci_uncompressed_size: v1,
         ..Default::default()
     };
     let record = LayerRecord {
