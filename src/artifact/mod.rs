@@ -155,7 +155,10 @@ fn gzip_layer(
         Some(u64::from(opts.chunk_size)),
         progress,
     )?;
-    let (meta, ci_of) = BlobMeta::build(&scan.index, &scan.chunks).map_err(|e| meta_err(d, e))?;
+    // Planned without dictionaries, then written with one window decompressed at a time: memory
+    // does not grow with the number of checkpoints.
+    let plan = BlobMeta::plan(&scan.index, &scan.chunks).map_err(|e| meta_err(d, e))?;
+    let (meta, ci_of) = (plan.meta, plan.ci_of);
     if meta.chunks.is_empty() {
         // No file data (directories, links, whiteouts only): a blob with no chunks and no
         // blob.meta (Nydus refuses an empty one).
@@ -188,7 +191,7 @@ fn gzip_layer(
             entries: Some(scan.entries),
         });
     }
-    let encoded = meta.encode().map_err(|e| meta_err(d, e))?;
+    let encoded = meta.encode_from_index(&scan.index, &plan.checkpoints).map_err(|e| meta_err(d, e))?;
     let mut by_out = HashMap::with_capacity(scan.chunks.len());
     for (c, &ci) in scan.chunks.iter().zip(&ci_of) {
         let info = meta.chunks.get(ci as usize).ok_or_else(|| meta_err(d, format!("chunk index {ci}")))?;

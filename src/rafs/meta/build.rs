@@ -25,6 +25,20 @@ impl BlobMeta {
     /// Each chunk decodes from the last checkpoint at or before its first byte; the checkpoints
     /// some chunk uses become the contexts, in stream order, each covering all of its chunks.
     pub fn build(index: &Index, chunks: &[FileChunk]) -> Result<(BlobMeta, Vec<u32>), MetaError> {
+        let plan = BlobMeta::plan(index, chunks)?;
+        let mut meta = plan.meta;
+        for (ctx, &cpi) in meta.contexts.iter_mut().zip(&plan.checkpoints) {
+            ctx.dict = dictionary(index, cpi)?;
+        }
+        meta.validate()?;
+        Ok((meta, plan.ci_of))
+    }
+
+    /// [`BlobMeta::build`] without the dictionaries: every context's `dict` is left empty and
+    /// its checkpoint in `index` is returned instead, so that a writer can decompress one
+    /// window at a time ([`BlobMeta::encode_from_index`]) and memory does not grow with the
+    /// number of contexts.
+    pub fn plan(index: &Index, chunks: &[FileChunk]) -> Result<Plan, MetaError> {
         let mut seen: HashMap<([u8; 32], u32), u32> = HashMap::new();
         let mut ci_of = Vec::with_capacity(chunks.len());
         let mut firsts: Vec<usize> = Vec::new();
@@ -139,12 +153,10 @@ impl BlobMeta {
                     cp.input
                 ),
             })?;
-            let dict = cp.window_bytes(s.checkpoint).map_err(|e| MetaError::Index(e.to_string()))?;
-            if dict.len() as u64 > MAX_DICT_SIZE {
+            if u64::from(cp.window_len) > MAX_DICT_SIZE {
                 return Err(MetaError::Index(format!(
                     "checkpoint {} has a window of {} bytes",
-                    s.checkpoint,
-                    dict.len()
+                    s.checkpoint, cp.window_len
                 )));
             }
             contexts.push(ZranContext {
@@ -154,14 +166,35 @@ impl BlobMeta {
                 out_len: (s.end - cp.out) as u32,
                 bits: cp.bits,
                 prev_byte: if cp.bits > 0 { cp.prev_byte } else { 0 },
-                dict,
+                dict: Vec::new(),
             });
         }
         let digests = firsts.iter().map(|&i| chunks[i].digest).collect();
         let meta = BlobMeta { chunks: infos, contexts, digests };
         meta.validate()?;
-        Ok((meta, ci_of))
+        Ok(Plan { meta, ci_of, checkpoints: spans.iter().map(|s| s.checkpoint).collect() })
     }
+}
+
+/// A blob.meta without its dictionaries (see [`BlobMeta::plan`]).
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Every context's `dict` is empty.
+    pub meta: BlobMeta,
+    /// For each input chunk, its chunk-info index.
+    pub ci_of: Vec<u32>,
+    /// For each context, the checkpoint of the index it starts at.
+    pub checkpoints: Vec<usize>,
+}
+
+/// The dictionary of the context at checkpoint `cpi`: the checkpoint's window, decompressed.
+pub(super) fn dictionary(index: &Index, cpi: usize) -> Result<Vec<u8>, MetaError> {
+    let cp = index.checkpoints.get(cpi).ok_or_else(|| MetaError::Index(format!("no checkpoint {cpi}")))?;
+    let dict = cp.window_bytes(cpi).map_err(|e| MetaError::Index(e.to_string()))?;
+    if dict.len() as u64 > MAX_DICT_SIZE {
+        return Err(MetaError::Index(format!("checkpoint {cpi} has a window of {} bytes", dict.len())));
+    }
+    Ok(dict)
 }
 
 /// A compressed offset past every byte that inflating up to uncompressed `end` needs, as

@@ -15,6 +15,7 @@ pub mod format;
 mod reader;
 mod writer;
 
+pub use build::Plan;
 pub use reader::{Decoded, Form, decode_bytes};
 pub use writer::Encoded;
 

@@ -311,6 +311,13 @@ fn build_and_check(data: &[u8], gz: &[u8], chunks: &[FileChunk], span: u64) -> (
     let back = decode_bytes(&cache).unwrap();
     assert_eq!(back.form, Form::Cache);
     assert_eq!(back.meta, BlobMeta { digests: vec![], ..meta.clone() });
+    // Planned without dictionaries and written from the index, one window at a time: the
+    // same bytes.
+    let plan = BlobMeta::plan(&index, chunks).unwrap();
+    assert!(plan.meta.contexts.iter().all(|c| c.dict.is_empty()));
+    assert_eq!(plan.ci_of, ci_of);
+    assert_eq!(plan.meta.encode_from_index(&index, &plan.checkpoints).unwrap(), enc);
+    assert!(plan.meta.encode_from_index(&index, &plan.checkpoints[1..]).is_err());
     (index, meta, ci_of)
 }
 
