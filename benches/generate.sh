@@ -112,6 +112,20 @@ PY
 }
 mkbig big $((1 << 30))
 mkbig quarter $((1 << 28))
+
+# One big layer: generate against the bare index pass and inflate alone, in one process each.
+big_layer=$(layers_of "$WORK/big")
+big_bytes=$(stat -c %s "$big_layer")
+bgen_s=$(best "$zran" generate "oci:$WORK/big" -o "$WORK/big-art" --force)
+bidx_s=$(best "$zran" gz index "$big_layer" -o "$WORK/x.zidx")
+bpigz_s=$(best bash -c "pigz -dc $big_layer > /dev/null")
+echo "| one layer of 1 GiB uncompressed, $big_bytes bytes | seconds | MB/s of .tar.gz | vs zran gz index | vs pigz -dc |"
+echo "|---|---:|---:|---:|---:|"
+for row in "zran generate:$bgen_s" "zran gz index:$bidx_s" "pigz -dc:$bpigz_s"; do
+    name=${row%:*}; s=${row##*:}
+    echo "| $name | $s | $(python3 -c "print(f'{$big_bytes/$s/1e6:.0f}')") | $(ratio "$bidx_s" "$s")x | $(ratio "$bpigz_s" "$s")x |"
+done
+echo
 echo "| image | layers (bytes) | artifact as pushed (bytes) | share | peak RSS of generate | generate seconds |"
 echo "|---|---:|---:|---:|---:|---:|"
 for name in python quarter big; do
