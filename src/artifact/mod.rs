@@ -160,8 +160,8 @@ fn gzip_layer(
     let plan = BlobMeta::plan(&scan.index, &scan.chunks).map_err(|e| meta_err(d, e))?;
     let (meta, ci_of) = (plan.meta, plan.ci_of);
     if meta.chunks.is_empty() {
-        // No file data (directories, links, whiteouts only): a blob with no chunks and no
-        // blob.meta (Nydus refuses an empty one).
+        // No file data (directories, links, whiteouts only): no chunks and no blob.meta
+        // (Nydus refuses an empty one); `generate` leaves it out of the blob table.
         let blob = BlobSpec {
             id: hex(&d.digest),
             features: blob_features::ALIGNED,
@@ -428,6 +428,16 @@ pub fn generate(
         }
     }
     tree.finish();
+    // Only layers with file data get a blob (and a device): Nydus and the kernel refuse a
+    // device of zero blocks. Blob indexes count those layers only.
+    let mut blob_of = vec![0u8; outs.len()];
+    let mut next_blob = 0u8;
+    for (i, o) in outs.iter().enumerate() {
+        if o.blob.chunk_count > 0 {
+            blob_of[i] = next_blob;
+            next_blob += 1;
+        }
+    }
     let chunk = u64::from(opts.chunk_size);
     let mut chunks: HashMap<InodeId, Vec<ChunkSpec>> = HashMap::new();
     for (path, id) in tree.walk() {
@@ -448,7 +458,7 @@ pub fn generate(
                                 format!("{}: no chunk at file offset {at}", String::from_utf8_lossy(&path)),
                             )
                         })?;
-                        specs.push(*spec);
+                        specs.push(ChunkSpec { blob: blob_of[*layer], ..*spec });
                         at += chunk;
                     }
                 }
@@ -462,7 +472,7 @@ pub fn generate(
                                 format!("{}: chunk not in the TOC", String::from_utf8_lossy(&path)),
                             )
                         })?;
-                    specs.push(*spec);
+                    specs.push(ChunkSpec { blob: blob_of[*layer], ..*spec });
                 }
             }
         }
@@ -490,7 +500,8 @@ pub fn generate(
             None => tracing::warn!(path = %String::from_utf8_lossy(path), "prefetch file not in the image"),
         }
     }
-    let blobs: Vec<BlobSpec> = outs.iter().map(|o| o.blob.clone()).collect();
+    let blobs: Vec<BlobSpec> =
+        outs.iter().filter(|o| o.blob.chunk_count > 0).map(|o| o.blob.clone()).collect();
     let bootstrap =
         writer::write(&BootstrapSpec { tree: &tree, chunk_size: opts.chunk_size, blobs, chunks, prefetch })?;
     let metas: Vec<(String, Vec<u8>)> =
@@ -607,19 +618,21 @@ pub fn open_dir(dir: &Path) -> Result<Opened, ArtifactError> {
     }
     let bootstrap =
         crate::rafs::reader::read_bootstrap(&boot).map_err(|e| invalid(bp.clone(), e.to_string()))?;
-    if bootstrap.blobs.len() != manifest.layers.len() {
+    // The blob table holds the layers with file data, in layer order.
+    let with_data: Vec<&LayerRecord> = manifest.layers.iter().filter(|l| l.chunks > 0).collect();
+    if bootstrap.blobs.len() != with_data.len() {
         return Err(invalid(
             bp,
-            format!("{} blobs for {} layers", bootstrap.blobs.len(), manifest.layers.len()),
+            format!("{} blobs for {} layers with file data", bootstrap.blobs.len(), with_data.len()),
         ));
     }
     let mut metas = HashMap::new();
     let mut meta_bytes = 0;
-    for (i, (blob, layer)) in bootstrap.blobs.iter().zip(&manifest.layers).enumerate() {
+    for (i, (blob, layer)) in bootstrap.blobs.iter().zip(with_data).enumerate() {
         if format!("sha256:{}", blob.id) != layer.digest {
             return Err(invalid(
                 bp.clone(),
-                format!("blob {i} is {} but layer {i} is {}", blob.id, layer.digest),
+                format!("blob {i} is {} but the layer is {}", blob.id, layer.digest),
             ));
         }
         let Some(file) = &layer.blob_meta else { continue };

@@ -1,0 +1,306 @@
+//! `zran generate` against Nydus's own parsers (the crates.io crates `nydus-rafs`,
+//! `nydus-storage` and `nydus-utils`): `RafsSuper` loads `image.boot` and walks the tree, and
+//! every inode's attributes, xattrs, symlink target and hardlink identity must equal the truth
+//! (umoci's unpack). Each gzip layer's blob.meta is loaded by `BlobCompressionContextInfo` from
+//! its compressed form, through a `BlobReader` over the artifact file, exactly as nydusd fetches
+//! it from a registry; the cache file Nydus writes must equal zran's own cache form. Then every
+//! chunk of every file is decoded from the original layer blob by Nydus's zran decoder (eStargz
+//! chunks by its gzip decompressor), its sha256 checked against the chunk digest, and the
+//! file's content against the truth.
+
+mod common;
+
+use base64::Engine as _;
+use common::harness::{layout_blob, layouts, repo_root};
+use nydus_api::ConfigV2;
+use nydus_rafs::metadata::{RafsInodeExt, RafsSuper};
+use nydus_storage::backend::{BackendResult, BlobReader};
+use nydus_storage::device::{BlobChunkInfo, BlobFeatures, BlobInfo};
+use nydus_storage::meta::BlobCompressionContextInfo;
+use nydus_utils::compress::{self, zlib_random::ZranDecoder};
+use nydus_utils::metrics::BackendMetrics;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+/// Nydus explains what it rejects only through `log`: print it, so a failure says why.
+struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= log::Level::Warn
+    }
+
+    fn log(&self, r: &log::Record<'_>) {
+        if self.enabled(r.metadata()) {
+            eprintln!("nydus {}: {}", r.level(), r.args());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+fn generate(image: &str, out: &Path) {
+    let o =
+        Command::new(env!("CARGO_BIN_EXE_zran")).args(["generate", image, "-o"]).arg(out).output().unwrap();
+    assert!(o.status.success(), "generate {image}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn truth(name: &str) -> Value {
+    let path = repo_root().join("target/testimages/truth").join(format!("{name}.json"));
+    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
+}
+
+/// A file read the way nydusd reads a blob from its backend.
+struct FileReader {
+    file: std::fs::File,
+    metrics: BackendMetrics,
+}
+
+impl BlobReader for FileReader {
+    fn blob_size(&self) -> BackendResult<u64> {
+        Ok(self.file.metadata().unwrap().len())
+    }
+
+    fn try_read(&self, buf: &mut [u8], offset: u64) -> BackendResult<usize> {
+        Ok(self.file.read_at(buf, offset).unwrap())
+    }
+
+    fn metrics(&self) -> &BackendMetrics {
+        &self.metrics
+    }
+}
+
+/// Nydus's view of one blob: its blob.meta (gzip layers) and the original layer blob.
+struct Blob {
+    info: Arc<BlobInfo>,
+    meta: Option<BlobCompressionContextInfo>,
+    data: std::fs::File,
+}
+
+/// Load each gzip blob's blob.meta with Nydus from the artifact's compressed file, and check
+/// the cache file it writes against zran's own cache form.
+fn load_blobs(name: &str, rs: &RafsSuper, art: &Path, layout: &Path, cache: &Path) -> Vec<Blob> {
+    let ours = zran::rafs::reader::read_bootstrap(&std::fs::read(art.join("image.boot")).unwrap()).unwrap();
+    let infos = rs.superblock.get_blob_infos();
+    assert_eq!(infos.len(), ours.blobs.len(), "{name}: blob count");
+    let mut out = Vec::new();
+    for (info, spec) in infos.into_iter().zip(&ours.blobs) {
+        let id = info.blob_id();
+        assert_eq!(id, spec.id, "{name}: blob id");
+        assert_eq!(info.chunk_count(), spec.chunk_count, "{name}: chunk count of {id}");
+        let data = std::fs::File::open(layout_blob(layout, &id)).unwrap();
+        assert_eq!(info.compressed_size(), data.metadata().unwrap().len(), "{name}: {id} size");
+        let meta = if info.has_feature(BlobFeatures::ZRAN) {
+            let path = art.join(format!("{id}.blob.meta"));
+            let reader: Arc<dyn BlobReader> = Arc::new(FileReader {
+                file: std::fs::File::open(&path).unwrap(),
+                metrics: Default::default(),
+            });
+            let prefix = cache.join(&id);
+            let prefix = prefix.to_str().unwrap();
+            let m = BlobCompressionContextInfo::new(prefix, &info, Some(&reader), false)
+                .unwrap_or_else(|e| panic!("{name}: Nydus rejects the blob.meta of {id}: {e}"));
+            let written = std::fs::read(format!("{prefix}.blob.meta")).unwrap();
+            let decoded = zran::rafs::meta::BlobMeta::decode(&std::fs::read(&path).unwrap(), spec).unwrap();
+            assert!(written == decoded.encode_cache().unwrap(), "{name}: Nydus's cache form of {id} differs");
+            // And the cache form alone (no backend), as a second nydusd start would use it.
+            BlobCompressionContextInfo::new(prefix, &info, None, false)
+                .unwrap_or_else(|e| panic!("{name}: Nydus rejects its cached blob.meta of {id}: {e}"));
+            assert_eq!(m.get_chunk_count(), info.chunk_count() as usize, "{name}: {id}");
+            Some(m)
+        } else {
+            assert!(std::fs::metadata(art.join(format!("{id}.blob.meta"))).is_err());
+            None
+        };
+        out.push(Blob { info, meta, data });
+    }
+    out
+}
+
+/// One chunk's bytes, decoded by Nydus from the original layer blob.
+fn decode_chunk(name: &str, path: &Path, blob: &Blob, c: &dyn BlobChunkInfo) -> Vec<u8> {
+    let read = |offset: u64, len: usize| {
+        let mut buf = vec![0u8; len];
+        blob.data.read_exact_at(&mut buf, offset).unwrap();
+        buf
+    };
+    match &blob.meta {
+        Some(meta) => {
+            // The blob.meta's chunk info must say what the bootstrap's chunk table says.
+            let mc = meta.get_chunk_info(c.id() as usize);
+            assert_eq!(
+                (
+                    mc.compressed_offset(),
+                    mc.compressed_size(),
+                    mc.uncompressed_offset(),
+                    mc.uncompressed_size()
+                ),
+                (c.compressed_offset(), c.compressed_size(), c.uncompressed_offset(), c.uncompressed_size()),
+                "{name} {}: chunk {} in blob.meta and bootstrap",
+                path.display(),
+                c.id()
+            );
+            let zi = meta.get_zran_index(c.id()).unwrap();
+            let zo = meta.get_zran_offset(c.id()).unwrap() as usize;
+            let (ctx, dict) = meta.get_zran_context(zi).unwrap();
+            let input = read(ctx.in_offset, ctx.in_len as usize);
+            let mut out = vec![0u8; ctx.out_len as usize];
+            ZranDecoder::new().unwrap().uncompress(&ctx, Some(dict), &input, &mut out).unwrap_or_else(|e| {
+                panic!(
+                    "{name} {}: Nydus cannot inflate chunk {} from context {zi}: {e}",
+                    path.display(),
+                    c.id()
+                )
+            });
+            out[zo..zo + c.uncompressed_size() as usize].to_vec()
+        }
+        None => {
+            assert!(c.is_compressed());
+            let input = read(c.compressed_offset(), c.compressed_size() as usize);
+            let mut out = vec![0u8; c.uncompressed_size() as usize];
+            let n = compress::decompress(&input, &mut out, compress::Algorithm::GZip).unwrap();
+            assert_eq!(n, out.len(), "{name} {}: eStargz chunk {}", path.display(), c.id());
+            out
+        }
+    }
+}
+
+/// What Nydus sees of one path, in the truth's terms.
+fn entry(name: &str, inode: &dyn RafsInodeExt, path: &Path, blobs: &[Blob]) -> (Value, u64, u32) {
+    let attr = inode.get_attr();
+    let kind = match attr.mode & 0o170000 {
+        0o040000 => "dir",
+        0o100000 => "file",
+        0o120000 => "symlink",
+        0o020000 => "char",
+        0o060000 => "block",
+        0o010000 => "fifo",
+        0o140000 => "socket",
+        m => panic!("{name} {}: mode {m:o}", path.display()),
+    };
+    let mut e = serde_json::json!({
+        "type": kind,
+        "mode": attr.mode & 0o7777,
+        "uid": attr.uid,
+        "gid": attr.gid,
+        "mtime": {"sec": attr.mtime, "nsec": attr.mtimensec},
+    });
+    let mut xattrs = BTreeMap::new();
+    for key in inode.get_xattrs().unwrap() {
+        let value = inode.get_xattr(OsStr::from_bytes(&key)).unwrap().unwrap();
+        xattrs
+            .insert(String::from_utf8(key).unwrap(), base64::engine::general_purpose::STANDARD.encode(value));
+    }
+    e["xattrs"] = serde_json::to_value(xattrs).unwrap();
+    match kind {
+        "symlink" => e["target"] = inode.get_symlink().unwrap().to_str().unwrap().into(),
+        "char" | "block" => {
+            // The Linux kernel's encoding (new_encode_dev), as EROFS keeps it.
+            let d = attr.rdev;
+            e["major"] = ((d & 0xfff00) >> 8).into();
+            e["minor"] = ((d & 0xff) | ((d >> 12) & 0xfff00)).into();
+        }
+        "file" => {
+            let mut content = Vec::with_capacity(attr.size as usize);
+            for i in 0..inode.get_chunk_count() {
+                let c = inode.get_chunk_info(i).unwrap();
+                let blob = &blobs[c.blob_index() as usize];
+                assert_eq!(blob.info.blob_index(), c.blob_index());
+                let bytes = decode_chunk(name, path, blob, c.as_ref());
+                assert_eq!(
+                    Sha256::digest(&bytes).as_slice(),
+                    c.chunk_id().data.as_slice(),
+                    "{name} {}: chunk {i} does not match its digest",
+                    path.display()
+                );
+                content.extend_from_slice(&bytes);
+            }
+            assert_eq!(content.len() as u64, attr.size, "{name} {}: size", path.display());
+            e["size"] = attr.size.into();
+            e["sha256"] = hex::encode(Sha256::digest(&content)).into();
+        }
+        _ => {}
+    }
+    (e, attr.ino, attr.nlink)
+}
+
+fn check(name: &str) -> usize {
+    let _ = log::set_logger(&StderrLog).map(|()| log::set_max_level(log::LevelFilter::Warn));
+    let layout = layouts().join(name);
+    let work = tempfile::tempdir().unwrap();
+    let art = work.path().join("art");
+    generate(&format!("oci:{}", layout.display()), &art);
+    let (rs, _) = RafsSuper::load_from_file(art.join("image.boot"), Arc::new(ConfigV2::default()), false)
+        .unwrap_or_else(|e| panic!("{name}: Nydus cannot load image.boot: {e}"));
+    assert!(rs.meta.is_v6(), "{name}: not RAFS v6 to Nydus");
+    let cache = work.path().join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    let blobs = load_blobs(name, &rs, &art, &layout, &cache);
+
+    let mut got: BTreeMap<String, Value> = BTreeMap::new();
+    let mut by_ino: HashMap<u64, Vec<String>> = HashMap::new();
+    let mut nlinks: HashMap<u64, u32> = HashMap::new();
+    rs.walk_directory::<PathBuf>(rs.superblock.root_ino(), None, &mut |inode, path| {
+        let (e, ino, nlink) = entry(name, inode.as_ref(), path, &blobs);
+        let p = path.to_str().unwrap().to_string();
+        if e["type"] != "dir" {
+            by_ino.entry(ino).or_default().push(p.clone());
+            nlinks.insert(ino, nlink);
+        }
+        assert!(got.insert(p.clone(), e).is_none(), "{name}: {p} twice");
+        Ok(())
+    })
+    .unwrap();
+
+    let truth = truth(name);
+    let want: BTreeMap<String, Value> = truth["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["path"].as_str().unwrap().to_string(), e.clone()))
+        .collect();
+    assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>(), "{name}: paths");
+    let whole_seconds = name.ends_with("-estargz");
+    for (path, w) in &want {
+        let g = &got[path];
+        for field in ["type", "mode", "uid", "gid", "size", "sha256", "target", "major", "minor", "xattrs"] {
+            assert_eq!(g.get(field), w.get(field), "{name} {path}: {field}");
+        }
+        if w.get("implicit").and_then(Value::as_bool) == Some(true) || w["mtime"].is_null() {
+            continue;
+        }
+        let (sec, nsec) = (w["mtime"]["sec"].as_i64().unwrap(), w["mtime"]["nsec"].as_i64().unwrap());
+        let (gs, gn) = (g["mtime"]["sec"].as_i64().unwrap(), g["mtime"]["nsec"].as_i64().unwrap());
+        if whole_seconds {
+            assert_eq!((gs, gn), (sec + i64::from(nsec >= 500_000_000), 0), "{name} {path}: mtime");
+        } else {
+            assert_eq!((gs, gn), (sec, nsec), "{name} {path}: mtime");
+        }
+    }
+    // Hardlinks: one inode, and its nlink is the number of its names.
+    let mut groups: Vec<Vec<String>> = by_ino.values().filter(|g| g.len() > 1).cloned().collect();
+    for g in &mut groups {
+        g.sort();
+    }
+    groups.sort();
+    assert_eq!(serde_json::to_value(&groups).unwrap(), truth["hardlink_groups"], "{name}: hardlink groups");
+    for (ino, names) in &by_ino {
+        assert_eq!(nlinks[ino] as usize, names.len(), "{name}: nlink of {names:?}");
+    }
+    want.len()
+}
+
+#[test]
+fn nydus_reads_the_bootstrap_and_blob_meta_and_decodes_every_chunk() {
+    for name in ["python", "edge", "python-estargz", "edge-estargz"] {
+        let n = check(name);
+        assert!(n > 50, "{name}: {n} entries");
+    }
+}
