@@ -9,9 +9,13 @@
 //! - [`tree`]: the merge of layers into one filesystem tree.
 //! - [`rafs`]: the RAFS v6 bootstrap and blob.meta formats (Nydus-compatible).
 //! - [`artifact`]: `generate`'s output: image -> layers -> tree -> bootstrap, and its directory.
+//! - [`blob`]: chunks of layer blobs fetched by range, verified and cached, for reads.
+//! - [`fuse`]: the read-only filesystem that serves a bootstrap through FUSE.
 
 pub mod artifact;
+pub mod blob;
 pub mod estargz;
+pub mod fuse;
 pub mod gzip;
 pub mod layer;
 pub mod oci;

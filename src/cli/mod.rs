@@ -5,6 +5,7 @@ mod generate;
 mod gz;
 mod image;
 mod inspect;
+mod mount;
 mod util;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +32,13 @@ pub enum Command {
     /// Write the RAFS v6 artifact (image.boot, blob.meta, zran.json) of an image, pointing into
     /// its original layers.
     Generate(generate::GenerateArgs),
+    /// Serve an image lazily through FUSE: a `generate` artifact directory, or an image whose
+    /// layers are all eStargz. Every chunk is verified before it is read.
+    Mount(mount::MountArgs),
+    /// Unmount what `zran mount` mounted, and wait for its process to finish.
+    Umount(mount::UmountArgs),
+    /// The counters of a mount: bytes fetched, chunks verified, cache hits, digest failures.
+    Stats(mount::StatsArgs),
 }
 
 pub fn init_logging(verbose: u8) {
@@ -55,5 +63,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gz(cmd) => gz::run(cmd),
         Command::Inspect(args) => inspect::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Mount(args) => mount::mount(args),
+        Command::Umount(args) => mount::umount(args),
+        Command::Stats(args) => mount::stats(args),
     }
 }

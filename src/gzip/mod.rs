@@ -16,6 +16,7 @@ mod extract;
 pub mod header;
 mod index;
 mod inflate;
+mod restart;
 mod sparse;
 mod window;
 pub mod zidx;
@@ -23,6 +24,7 @@ pub mod zidx;
 pub use builder::{IndexBuilder, NullSink, Requests, Sink};
 pub use extract::{Extractor, ReadAt};
 pub use index::{Checkpoint, Index, WINDOW_SIZE};
+pub use restart::{Restart, inflate_from, inflate_member};
 
 /// The default spacing of checkpoints, in uncompressed bytes (see `benches/RESULTS.md`).
 pub const DEFAULT_SPAN: u64 = 1024 * 1024;

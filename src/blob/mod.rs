@@ -1,0 +1,609 @@
+//! Layer blobs for reading: chunks fetched by range from where the image lives (registry or
+//! OCI layout, through [`crate::oci::BlobSource`]), decoded, verified and cached.
+//!
+//! A read names the chunks it covers. Chunks not yet good this session are planned per blob:
+//! each zran chunk needs its context's compressed range (inflated from the context's checkpoint
+//! with [`crate::gzip::inflate_from`]), each eStargz chunk its gzip member; neighbouring ranges
+//! are coalesced into requests of up to [`MAX_REQUEST`] bytes, and every chunk a decoded
+//! range yields is kept, not just the ones asked for. A chunk is fetched by one reader however
+//! many wait for it. Every chunk's sha256 is checked before it is written to the cache or
+//! served; a mismatch is fetched once more, then the read fails and the chunk is never kept.
+//!
+//! Owns the cache files and the counters. Calls `oci`, `gzip` and `rafs`.
+
+pub mod cache;
+
+use crate::gzip::{Restart, inflate_from, inflate_member};
+use crate::oci::{BlobSource, Digest};
+use crate::rafs::meta::BlobMeta;
+use crate::rafs::writer::{BlobSpec, ChunkSpec};
+use cache::BlobCache;
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex};
+
+/// The largest range request coalescing builds.
+pub const MAX_REQUEST: u64 = 8 << 20;
+/// Ranges closer than this are fetched together (the gap is cheaper than a round trip).
+const MAX_GAP: u64 = 256 << 10;
+
+/// What went wrong reading a chunk; the message names layer, chunk and offsets.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("layer {layer} ({digest}): {message}")]
+    Layer { layer: usize, digest: String, message: String },
+    #[error("cache {path}: {source}")]
+    Cache { path: String, source: std::io::Error },
+}
+
+/// Counters of one mount, as `zran stats` shows them.
+#[derive(Debug, Default, Serialize)]
+pub struct Stats {
+    /// Compressed bytes received from the image's source.
+    pub bytes_fetched: AtomicU64,
+    /// Range requests made.
+    pub requests: AtomicU64,
+    /// Chunks decoded from fetched bytes and verified.
+    pub chunks_fetched: AtomicU64,
+    /// Chunks whose digest was checked (fetched, or found in the cache).
+    pub chunks_verified: AtomicU64,
+    /// Chunks found good in the cache left by an earlier mount.
+    pub cache_hits: AtomicU64,
+    /// Chunks whose bytes did not match their digest (fetched or cached).
+    pub digest_failures: AtomicU64,
+    /// Reads that failed.
+    pub read_errors: AtomicU64,
+}
+
+/// How a blob's chunks are decoded.
+enum Kind {
+    /// A gzip layer with a blob.meta: chunks come out of zran contexts.
+    Zran { meta: BlobMeta, by_context: Vec<Vec<u32>> },
+    /// An eStargz layer: each chunk is a gzip member of its own.
+    Members,
+}
+
+/// A fetch in progress: readers that need one of its chunks wait here.
+#[derive(Default)]
+struct Flight {
+    done: Mutex<Option<Result<(), String>>>,
+    cv: Condvar,
+}
+
+impl Flight {
+    fn finish(&self, r: Result<(), String>) {
+        if let Ok(mut d) = self.done.lock() {
+            *d = Some(r);
+        }
+        self.cv.notify_all();
+    }
+
+    fn wait(&self) -> Result<(), String> {
+        let mut d = self.done.lock().map_err(|_| "fetch state poisoned".to_string())?;
+        loop {
+            if let Some(r) = d.as_ref() {
+                return r.clone();
+            }
+            d = self.cv.wait(d).map_err(|_| "fetch state poisoned".to_string())?;
+        }
+    }
+}
+
+/// One blob of the image.
+struct Blob {
+    layer: usize,
+    digest: Digest,
+    size: u64,
+    kind: Kind,
+    /// By chunk index: the bootstrap's chunk-table entry (digest and offsets), if any file uses it.
+    chunks: Vec<Option<ChunkSpec>>,
+    cache: BlobCache,
+    /// Recorded good in the cache by an earlier run, not yet verified by this one.
+    cached: Vec<AtomicBool>,
+    /// Verified this session: served straight from the cache file.
+    good: Vec<AtomicBool>,
+    flights: Mutex<HashMap<u32, Arc<Flight>>>,
+}
+
+/// What a blob is made of, for [`BlobSet::open`].
+pub struct BlobInput<'a> {
+    /// The layer's position in the image, for messages.
+    pub layer: usize,
+    pub spec: &'a BlobSpec,
+    /// The blob.meta (gzip layers); `None` for eStargz layers.
+    pub meta: Option<BlobMeta>,
+}
+
+/// All blobs of one mounted image.
+pub struct BlobSet {
+    blobs: Vec<Blob>,
+    source: Box<dyn BlobSource>,
+    pub stats: Stats,
+}
+
+/// A piece of a read: `len` bytes at `offset` in chunk `ci` of blob `blob`.
+#[derive(Debug, Clone, Copy)]
+pub struct Piece {
+    pub blob: u8,
+    pub ci: u32,
+    pub offset: u32,
+    pub len: u32,
+}
+
+impl BlobSet {
+    /// Open the blobs of a bootstrap with their cache files under `cache_dir`.
+    pub fn open(
+        inputs: Vec<BlobInput<'_>>,
+        chunk_table: &[ChunkSpec],
+        source: Box<dyn BlobSource>,
+        cache_dir: &Path,
+    ) -> Result<BlobSet, BlobError> {
+        let mut blobs = Vec::with_capacity(inputs.len());
+        for (i, input) in inputs.into_iter().enumerate() {
+            let spec = input.spec;
+            let digest: Digest = format!("sha256:{}", spec.id).parse().map_err(|_| BlobError::Layer {
+                layer: input.layer,
+                digest: spec.id.clone(),
+                message: "blob id is not a sha256 digest".into(),
+            })?;
+            let layer_err = |message: String| BlobError::Layer {
+                layer: input.layer,
+                digest: digest.to_string(),
+                message,
+            };
+            let n = spec.chunk_count as usize;
+            let mut chunks = vec![None; n];
+            let mut layout = Sha256::new();
+            for c in chunk_table.iter().filter(|c| usize::from(c.blob) == i) {
+                let slot = chunks
+                    .get_mut(c.ci as usize)
+                    .ok_or_else(|| layer_err(format!("chunk index {} past the blob's {n} chunks", c.ci)))?;
+                *slot = Some(*c);
+                layout.update(c.ci.to_le_bytes());
+                layout.update(c.uncompressed_offset.to_le_bytes());
+                layout.update(c.uncompressed_size.to_le_bytes());
+                layout.update(c.digest);
+                if c.uncompressed_offset.saturating_add(u64::from(c.uncompressed_size))
+                    > spec.uncompressed_size
+                {
+                    return Err(layer_err(format!("chunk {} lies past the blob's address space", c.ci)));
+                }
+            }
+            let kind = match input.meta {
+                Some(meta) => {
+                    if meta.chunks.len() != n {
+                        return Err(layer_err(format!(
+                            "blob.meta has {} chunks, the bootstrap {n}",
+                            meta.chunks.len()
+                        )));
+                    }
+                    let mut by_context = vec![Vec::new(); meta.contexts.len()];
+                    for (ci, c) in meta.chunks.iter().enumerate() {
+                        by_context
+                            .get_mut(c.zran_index as usize)
+                            .ok_or_else(|| {
+                                layer_err(format!("chunk {ci}: zran context {} missing", c.zran_index))
+                            })?
+                            .push(ci as u32);
+                    }
+                    Kind::Zran { meta, by_context }
+                }
+                None => Kind::Members,
+            };
+            let layout = hex::encode(&layout.finalize()[..8]);
+            let (cache, recorded) = BlobCache::open(cache_dir, &spec.id, &layout, spec.uncompressed_size, n)
+                .map_err(|source| BlobError::Cache { path: cache_dir.display().to_string(), source })?;
+            blobs.push(Blob {
+                layer: input.layer,
+                size: spec.compressed_size,
+                digest,
+                kind,
+                chunks,
+                cache,
+                cached: recorded.into_iter().map(AtomicBool::new).collect(),
+                good: (0..n).map(|_| AtomicBool::new(false)).collect(),
+                flights: Mutex::new(HashMap::new()),
+            });
+        }
+        Ok(BlobSet { blobs, source, stats: Stats::default() })
+    }
+
+    /// Fill `buf` from the pieces, in order (their lengths must add up to `buf.len()`). Every
+    /// chunk involved is verified first (fetched, or checked in the cache) and fetched once.
+    pub fn read(&self, pieces: &[Piece], buf: &mut [u8]) -> Result<(), BlobError> {
+        let mut wanted: BTreeMap<u8, Vec<u32>> = BTreeMap::new();
+        for p in pieces {
+            wanted.entry(p.blob).or_default().push(p.ci);
+        }
+        for (b, cis) in &wanted {
+            self.ensure(*b, cis)?;
+        }
+        let mut at = 0usize;
+        for p in pieces {
+            let blob = self.blob(p.blob)?;
+            let c = blob.chunk(p.ci)?;
+            let end = at + p.len as usize;
+            blob.cache.read(c.uncompressed_offset + u64::from(p.offset), &mut buf[at..end]).map_err(
+                |source| BlobError::Cache { path: blob.cache.path().display().to_string(), source },
+            )?;
+            at = end;
+        }
+        Ok(())
+    }
+
+    /// Make the chunks of one blob good this session, in the background of no reader (used for
+    /// prefetch): the same path as a read, without copying data out.
+    pub fn ensure(&self, b: u8, cis: &[u32]) -> Result<(), BlobError> {
+        let blob = self.blob(b)?;
+        let mut missing = Vec::new();
+        for &ci in cis {
+            blob.chunk(ci)?;
+            if blob.good[ci as usize].load(Relaxed) || missing.contains(&ci) {
+                continue;
+            }
+            if blob.cached[ci as usize].swap(false, Relaxed) && self.check_cached(blob, ci)? {
+                continue;
+            }
+            missing.push(ci);
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        // Claim what nobody is fetching; wait for the rest.
+        let (mine, theirs) = {
+            let mut flights = blob.flights.lock().map_err(|_| blob.err("fetch state poisoned".into()))?;
+            let mut mine: Vec<u32> = Vec::new();
+            let mut theirs: Vec<Arc<Flight>> = Vec::new();
+            for &ci in &missing {
+                if let Some(f) = flights.get(&ci) {
+                    theirs.push(f.clone());
+                } else if !blob.good[ci as usize].load(Relaxed) {
+                    mine.push(ci);
+                }
+            }
+            // The neighbours a decode yields anyway are claimed too, so nobody fetches them twice.
+            if let Kind::Zran { meta, by_context } = &blob.kind {
+                let mut extra = Vec::new();
+                for &ci in &mine {
+                    for &n in &by_context[meta.chunks[ci as usize].zran_index as usize] {
+                        if !mine.contains(&n)
+                            && !extra.contains(&n)
+                            && !flights.contains_key(&n)
+                            && !blob.good[n as usize].load(Relaxed)
+                            && !blob.cached[n as usize].load(Relaxed)
+                            && blob.chunks[n as usize].is_some()
+                        {
+                            extra.push(n);
+                        }
+                    }
+                }
+                mine.extend(extra);
+            }
+            let flight = Arc::new(Flight::default());
+            for &ci in &mine {
+                flights.insert(ci, flight.clone());
+            }
+            (mine.into_iter().map(|ci| (ci, flight.clone())).collect::<Vec<_>>(), theirs)
+        };
+        let mut first_err = None;
+        if let Some((_, flight)) = mine.first() {
+            let cis: Vec<u32> = mine.iter().map(|(ci, _)| *ci).collect();
+            let r = self.fetch(blob, &cis);
+            if let Ok(mut flights) = blob.flights.lock() {
+                for ci in &cis {
+                    flights.remove(ci);
+                }
+            }
+            flight.finish(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+            if let Err(e) = r {
+                first_err = Some(e);
+            }
+        }
+        for f in theirs {
+            if let Err(message) = f.wait() {
+                first_err.get_or_insert(BlobError::Layer {
+                    layer: blob.layer,
+                    digest: blob.digest.to_string(),
+                    message,
+                });
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => {
+                // A chunk a failed neighbour fetch left bad is not good.
+                for &ci in &missing {
+                    if !blob.good[ci as usize].load(Relaxed) {
+                        return Err(blob.err(format!("chunk {ci} could not be fetched")));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Verify a chunk an earlier run left in the cache; false (and forgotten) when it is bad.
+    fn check_cached(&self, blob: &Blob, ci: u32) -> Result<bool, BlobError> {
+        let c = blob.chunk(ci)?;
+        let mut bytes = vec![0u8; c.uncompressed_size as usize];
+        if blob.cache.read(c.uncompressed_offset, &mut bytes).is_err() {
+            return Ok(false);
+        }
+        self.stats.chunks_verified.fetch_add(1, Relaxed);
+        if <[u8; 32]>::from(Sha256::digest(&bytes)) == c.digest {
+            blob.good[ci as usize].store(true, Relaxed);
+            self.stats.cache_hits.fetch_add(1, Relaxed);
+            return Ok(true);
+        }
+        self.stats.digest_failures.fetch_add(1, Relaxed);
+        tracing::error!(
+            layer = blob.layer,
+            blob = %blob.digest,
+            chunk = ci,
+            cache = %blob.cache.path().display(),
+            "cached chunk does not match its digest; fetching it again"
+        );
+        let _ = blob.cache.forget(ci);
+        Ok(false)
+    }
+
+    /// Fetch, decode, verify and cache chunks `cis` of `blob`; a range whose chunks fail
+    /// their digest is fetched once more. Errors name the first chunk that stays bad.
+    fn fetch(&self, blob: &Blob, cis: &[u32]) -> Result<(), BlobError> {
+        let mut stored: Vec<u32> = Vec::new();
+        let r = self.fetch_into(blob, cis, &mut stored);
+        // What was verified is kept even when another range failed.
+        blob.cache
+            .commit(&stored)
+            .map_err(|source| BlobError::Cache { path: blob.cache.path().display().to_string(), source })?;
+        self.stats.chunks_fetched.fetch_add(stored.len() as u64, Relaxed);
+        for &ci in &stored {
+            blob.good[ci as usize].store(true, Relaxed);
+        }
+        let bad = r?;
+        match bad.iter().find(|ci| cis.contains(ci)) {
+            Some(ci) => {
+                let c = blob.chunk(*ci)?;
+                Err(blob.err(format!(
+                    "chunk {ci} (compressed offset {}) does not match its sha256 {}, fetched twice",
+                    c.compressed_offset,
+                    hex::encode(c.digest)
+                )))
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The fetch itself: verified chunks are written and listed in `stored`; returns the
+    /// chunks that failed twice.
+    fn fetch_into(&self, blob: &Blob, cis: &[u32], stored: &mut Vec<u32>) -> Result<Vec<u32>, BlobError> {
+        let mut todo = blob.units(cis)?;
+        let mut bad = Vec::new();
+        for attempt in 0..2 {
+            let mut retry = Vec::new();
+            for group in coalesce(&todo) {
+                let start = group[0].start;
+                let end = group.iter().map(|u| u.end).max().unwrap_or(start);
+                let bytes = self.fetch_range(blob, start, end)?;
+                for u in group {
+                    let input =
+                        bytes.get((u.start - start) as usize..(u.end - start) as usize).unwrap_or(&[]);
+                    let decoded = blob.decode(u, input);
+                    let mut unit_bad = Vec::new();
+                    for &(ci, at) in &u.chunks {
+                        let c = blob.chunk(ci)?;
+                        let piece =
+                            decoded.as_ref().ok().and_then(|d| d.get(at..at + c.uncompressed_size as usize));
+                        self.stats.chunks_verified.fetch_add(1, Relaxed);
+                        match piece {
+                            Some(p) if <[u8; 32]>::from(Sha256::digest(p)) == c.digest => {
+                                blob.cache.write(c.uncompressed_offset, p).map_err(|source| {
+                                    BlobError::Cache { path: blob.cache.path().display().to_string(), source }
+                                })?;
+                                stored.push(ci);
+                            }
+                            _ => {
+                                self.stats.digest_failures.fetch_add(1, Relaxed);
+                                let why = match &decoded {
+                                    Err(e) => e.to_string(),
+                                    Ok(_) => "sha256 mismatch".into(),
+                                };
+                                tracing::error!(
+                                    layer = blob.layer,
+                                    blob = %blob.digest,
+                                    chunk = ci,
+                                    compressed_offset = u.start,
+                                    attempt = attempt + 1,
+                                    "chunk failed verification: {why}"
+                                );
+                                unit_bad.push(ci);
+                            }
+                        }
+                    }
+                    if !unit_bad.is_empty() {
+                        if attempt == 0 {
+                            retry.push(Unit {
+                                chunks: u
+                                    .chunks
+                                    .iter()
+                                    .copied()
+                                    .filter(|(ci, _)| unit_bad.contains(ci))
+                                    .collect(),
+                                ..u.clone()
+                            });
+                        } else {
+                            bad.extend(unit_bad);
+                        }
+                    }
+                }
+            }
+            if retry.is_empty() {
+                break;
+            }
+            todo = retry;
+        }
+        Ok(bad)
+    }
+
+    fn fetch_range(&self, blob: &Blob, start: u64, end: u64) -> Result<Vec<u8>, BlobError> {
+        let end = end.min(blob.size);
+        let mut buf = vec![0u8; (end - start) as usize];
+        self.stats.requests.fetch_add(1, Relaxed);
+        let n = self
+            .source
+            .read_at(&blob.digest, start, &mut buf)
+            .map_err(|e| blob.err(format!("range {start}-{end}: {e}")))?;
+        self.stats.bytes_fetched.fetch_add(n as u64, Relaxed);
+        if n < buf.len() {
+            return Err(blob.err(format!("range {start}-{end}: the blob ends at {}", start + n as u64)));
+        }
+        Ok(buf)
+    }
+
+    fn blob(&self, b: u8) -> Result<&Blob, BlobError> {
+        self.blobs.get(usize::from(b)).ok_or_else(|| BlobError::Layer {
+            layer: usize::from(b),
+            digest: String::new(),
+            message: format!("no blob {b} in the bootstrap"),
+        })
+    }
+
+    /// The layer and digest of a blob, for messages.
+    pub fn describe(&self, b: u8) -> String {
+        self.blobs
+            .get(usize::from(b))
+            .map_or(format!("blob {b}"), |x| format!("layer {} ({})", x.layer, x.digest))
+    }
+
+    /// All chunks of each blob that files use, for a full prefetch.
+    pub fn blob_count(&self) -> usize {
+        self.blobs.len()
+    }
+}
+
+/// One decode: a compressed range and the chunks it yields, at their offsets in its output.
+#[derive(Debug, Clone)]
+struct Unit {
+    start: u64,
+    end: u64,
+    /// Zran context index, or `None` for an eStargz member.
+    context: Option<u32>,
+    out_len: usize,
+    chunks: Vec<(u32, usize)>,
+}
+
+impl Blob {
+    fn err(&self, message: String) -> BlobError {
+        BlobError::Layer { layer: self.layer, digest: self.digest.to_string(), message }
+    }
+
+    fn chunk(&self, ci: u32) -> Result<&ChunkSpec, BlobError> {
+        self.chunks
+            .get(ci as usize)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| self.err(format!("chunk {ci} is not in the bootstrap's chunk table")))
+    }
+
+    /// The decodes that yield chunks `cis`, in compressed order.
+    fn units(&self, cis: &[u32]) -> Result<Vec<Unit>, BlobError> {
+        let mut units: BTreeMap<u64, Unit> = BTreeMap::new();
+        match &self.kind {
+            Kind::Zran { meta, .. } => {
+                let mut by_ctx: BTreeMap<u32, Vec<(u32, usize)>> = BTreeMap::new();
+                for &ci in cis {
+                    let c = &meta.chunks[ci as usize];
+                    by_ctx.entry(c.zran_index).or_default().push((ci, c.zran_offset as usize));
+                }
+                for (zi, chunks) in by_ctx {
+                    let z = &meta.contexts[zi as usize];
+                    units.insert(
+                        z.in_offset,
+                        Unit {
+                            start: z.in_offset,
+                            end: z.in_offset + u64::from(z.in_len),
+                            context: Some(zi),
+                            out_len: chunks
+                                .iter()
+                                .map(|&(ci, at)| at + meta.chunks[ci as usize].uncompressed_size as usize)
+                                .max()
+                                .unwrap_or(0),
+                            chunks,
+                        },
+                    );
+                }
+            }
+            Kind::Members => {
+                for &ci in cis {
+                    let c = self.chunk(ci)?;
+                    let u = units.entry(c.compressed_offset).or_insert(Unit {
+                        start: c.compressed_offset,
+                        end: c.compressed_offset + u64::from(c.compressed_size),
+                        context: None,
+                        out_len: 0,
+                        chunks: Vec::new(),
+                    });
+                    u.out_len = u.out_len.max(c.uncompressed_size as usize);
+                    u.chunks.push((ci, 0));
+                }
+            }
+        }
+        Ok(units.into_values().collect())
+    }
+
+    fn decode(&self, u: &Unit, input: &[u8]) -> Result<Vec<u8>, crate::gzip::GzipError> {
+        let mut out = vec![0u8; u.out_len];
+        match (&self.kind, u.context) {
+            (Kind::Zran { meta, .. }, Some(zi)) => {
+                let z = &meta.contexts[zi as usize];
+                let restart = Restart { bits: z.bits, prev_byte: z.prev_byte, dict: &z.dict };
+                inflate_from(&restart, input, u.start, &mut out)?;
+            }
+            _ => inflate_member(input, u.start, &mut out)?,
+        }
+        Ok(out)
+    }
+}
+
+/// Group units (sorted by start) into requests: overlapping or close ranges together, up to
+/// [`MAX_REQUEST`] bytes each.
+fn coalesce(units: &[Unit]) -> Vec<Vec<&Unit>> {
+    let mut groups: Vec<Vec<&Unit>> = Vec::new();
+    let mut span = (0u64, 0u64);
+    for u in units {
+        if let Some(g) = groups.last_mut()
+            && u.start <= span.1.saturating_add(MAX_GAP)
+            && u.end.max(span.1) - span.0 <= MAX_REQUEST
+        {
+            g.push(u);
+            span.1 = span.1.max(u.end);
+            continue;
+        }
+        groups.push(vec![u]);
+        span = (u.start, u.end);
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(start: u64, end: u64) -> Unit {
+        Unit { start, end, context: None, out_len: 0, chunks: Vec::new() }
+    }
+
+    #[test]
+    fn coalescing_joins_near_ranges_up_to_the_limit() {
+        let units =
+            [unit(0, 100), unit(50, 200), unit(200 + MAX_GAP, 300 + MAX_GAP), unit(10 << 20, 11 << 20)];
+        let g = coalesce(&units);
+        assert_eq!(g.iter().map(Vec::len).collect::<Vec<_>>(), vec![3, 1]);
+        let big: Vec<Unit> = (0..20).map(|i| unit(i << 20, (i + 1) << 20)).collect();
+        let g = coalesce(&big);
+        assert!(g.iter().all(|g| g.last().unwrap().end - g[0].start <= MAX_REQUEST));
+        assert_eq!(g.iter().map(Vec::len).sum::<usize>(), 20);
+    }
+}

@@ -1,0 +1,359 @@
+//! The read-only filesystem that serves a bootstrap through FUSE (on `fuser`).
+//!
+//! The tree comes from [`crate::rafs::reader`]; file data from [`crate::blob`], chunk by chunk,
+//! each verified before a byte of it is returned. Attributes are the image's own: uid, gid,
+//! mode, mtime with nanoseconds, rdev, nlink; inode numbers are the EROFS nids (what the kernel
+//! shows for the same bootstrap; the root is 1), so they are stable across mounts and hardlinks
+//! share one. The image never changes, so the kernel may cache entries, attributes and pages
+//! for as long as it likes.
+//!
+//! Owns nothing on disk. Calls `blob`, `rafs` and `tree`.
+
+use crate::blob::{BlobSet, Piece};
+use crate::rafs::reader::{Bootstrap, ChunkRef};
+use crate::tar::EntryKind;
+use crate::tree::{InodeId, Tree};
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
+    LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyXattr, Request,
+};
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How long the kernel may cache entries and attributes: the image is immutable.
+const TTL: Duration = Duration::from_secs(24 * 3600);
+const BLOCK: u64 = 4096;
+
+/// A mounted image.
+pub struct ImageFs {
+    tree: Tree,
+    chunks: HashMap<InodeId, Vec<ChunkRef>>,
+    chunk_size: u64,
+    /// FUSE inode number of each tree inode, and back.
+    ino: Vec<u64>,
+    id_of: HashMap<u64, InodeId>,
+    /// A parent and a name of each inode (the first found), for `..` and for messages.
+    parent: Vec<InodeId>,
+    name: Vec<Vec<u8>>,
+    blobs: Arc<BlobSet>,
+    total_bytes: u64,
+}
+
+impl ImageFs {
+    pub fn new(bootstrap: Bootstrap, blobs: Arc<BlobSet>) -> ImageFs {
+        let Bootstrap { tree, chunks, nids, summary, .. } = bootstrap;
+        let n = tree.inodes.len();
+        let ino: Vec<u64> =
+            (0..n).map(|id| if id == 0 { 1 } else { nids.get(id).copied().unwrap_or(0) }).collect();
+        let id_of = ino.iter().enumerate().map(|(id, &i)| (i, id)).collect();
+        let mut parent = vec![0; n];
+        let mut name = vec![Vec::new(); n];
+        let mut seen = vec![false; n];
+        let mut todo = vec![0usize];
+        seen[0] = true;
+        while let Some(d) = todo.pop() {
+            for (child_name, &(c, _)) in &tree.inodes[d].children {
+                if c < n && !seen[c] {
+                    seen[c] = true;
+                    parent[c] = d;
+                    name[c] = child_name.clone();
+                    if tree.inodes[c].is_dir() {
+                        todo.push(c);
+                    }
+                }
+            }
+        }
+        let total_bytes = tree.inodes.iter().filter(|i| i.kind == EntryKind::File).map(|i| i.size).sum();
+        ImageFs {
+            tree,
+            chunks,
+            chunk_size: u64::from(summary.chunk_size),
+            ino,
+            id_of,
+            parent,
+            name,
+            blobs,
+            total_bytes,
+        }
+    }
+
+    fn id(&self, ino: INodeNo) -> Option<InodeId> {
+        self.id_of.get(&ino.0).copied()
+    }
+
+    /// The path of an inode, for messages.
+    pub fn path_of(&self, mut id: InodeId) -> String {
+        let mut parts = Vec::new();
+        while id != 0 && parts.len() < 4096 {
+            parts.push(String::from_utf8_lossy(&self.name[id]).into_owned());
+            id = self.parent[id];
+        }
+        parts.reverse();
+        format!("/{}", parts.join("/"))
+    }
+
+    fn attr(&self, id: InodeId) -> FileAttr {
+        let i = &self.tree.inodes[id];
+        let (kind, rdev) = match i.kind {
+            EntryKind::Directory => (FileType::Directory, 0),
+            EntryKind::Symlink => (FileType::Symlink, 0),
+            EntryKind::Char => (FileType::CharDevice, libc::makedev(i.devmajor, i.devminor) as u32),
+            EntryKind::Block => (FileType::BlockDevice, libc::makedev(i.devmajor, i.devminor) as u32),
+            EntryKind::Fifo => (FileType::NamedPipe, 0),
+            EntryKind::File | EntryKind::Hardlink => (FileType::RegularFile, 0),
+        };
+        let size = match i.kind {
+            EntryKind::File | EntryKind::Hardlink => i.size,
+            EntryKind::Symlink => i.link.len() as u64,
+            EntryKind::Directory => BLOCK,
+            _ => 0,
+        };
+        let (s, ns) = i.mtime.unwrap_or((0, 0));
+        let mtime = if s >= 0 {
+            UNIX_EPOCH + Duration::new(s as u64, ns)
+        } else {
+            UNIX_EPOCH.checked_sub(Duration::new(s.unsigned_abs(), 0)).unwrap_or(UNIX_EPOCH)
+                + Duration::new(0, ns)
+        };
+        let nlink = if i.is_dir() {
+            2 + i
+                .children
+                .values()
+                .filter(|(c, _)| self.tree.inodes.get(*c).is_some_and(|x| x.is_dir()))
+                .count() as u32
+        } else {
+            i.nlink.max(1)
+        };
+        FileAttr {
+            ino: INodeNo(self.ino[id]),
+            size,
+            blocks: size.div_ceil(512),
+            atime: mtime,
+            mtime,
+            ctime: mtime,
+            crtime: mtime,
+            kind,
+            perm: (i.mode & 0o7777) as u16,
+            nlink,
+            uid: i.uid as u32,
+            gid: i.gid as u32,
+            rdev,
+            blksize: BLOCK as u32,
+            flags: 0,
+        }
+    }
+
+    /// The pieces of chunks that bytes `[offset, end)` of file `id` are made of.
+    fn pieces(&self, id: InodeId, offset: u64, end: u64) -> Result<Vec<Piece>, String> {
+        let refs = self.chunks.get(&id).map(Vec::as_slice).unwrap_or(&[]);
+        let cs = self.chunk_size.max(1);
+        let mut out = Vec::new();
+        let mut at = offset;
+        while at < end {
+            let k = at / cs;
+            let r = refs.get(k as usize).ok_or_else(|| format!("no chunk {k} (file has {})", refs.len()))?;
+            let stop = end.min((k + 1) * cs);
+            out.push(Piece { blob: r.blob, ci: r.ci, offset: (at - k * cs) as u32, len: (stop - at) as u32 });
+            at = stop;
+        }
+        Ok(out)
+    }
+
+    /// Read up to `size` bytes of file `id` at `offset`.
+    pub fn read_file(&self, id: InodeId, offset: u64, size: u32) -> Result<Vec<u8>, String> {
+        let i = &self.tree.inodes[id];
+        let end = i.size.min(offset.saturating_add(u64::from(size)));
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let pieces = self.pieces(id, offset, end)?;
+        let mut buf = vec![0u8; (end - offset) as usize];
+        self.blobs.read(&pieces, &mut buf).map_err(|e| e.to_string())?;
+        Ok(buf)
+    }
+
+    /// Every chunk of the files named (paths relative to the root), in the background.
+    pub fn prefetch(&self, ids: &[InodeId]) {
+        let mut by_blob: HashMap<u8, Vec<u32>> = HashMap::new();
+        for id in ids {
+            for r in self.chunks.get(id).map(Vec::as_slice).unwrap_or(&[]) {
+                let v = by_blob.entry(r.blob).or_default();
+                if !v.contains(&r.ci) {
+                    v.push(r.ci);
+                }
+            }
+        }
+        for (b, cis) in by_blob {
+            for part in cis.chunks(8) {
+                if let Err(e) = self.blobs.ensure(b, part) {
+                    tracing::warn!("prefetch: {e}");
+                }
+            }
+        }
+    }
+
+    pub fn tree(&self) -> &Tree {
+        &self.tree
+    }
+}
+
+/// `Filesystem` for a shared [`ImageFs`] (shared so that prefetch threads can use it too).
+pub struct Served(pub Arc<ImageFs>);
+
+impl Filesystem for Served {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        use fuser::InitFlags;
+        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS | InitFlags::FUSE_CACHE_SYMLINKS);
+        let _ = config.set_max_readahead(1 << 20);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let fs = &self.0;
+        let Some(p) = fs.id(parent) else { return reply.error(Errno::ENOENT) };
+        match fs.tree.inodes[p].children.get(name.as_bytes()) {
+            Some(&(c, _)) if c < fs.tree.inodes.len() => reply.entry(&TTL, &fs.attr(c), Generation(0)),
+            _ => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.0.id(ino) {
+            Some(id) => reply.attr(&TTL, &self.0.attr(id)),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.0.id(ino).map(|id| &self.0.tree.inodes[id]) {
+            Some(i) if i.kind == EntryKind::Symlink => reply.data(&i.link),
+            Some(_) => reply.error(Errno::EINVAL),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
+            return reply.error(Errno::EROFS);
+        }
+        match self.0.id(ino) {
+            Some(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let fs = &self.0;
+        let Some(id) = fs.id(ino) else { return reply.error(Errno::ENOENT) };
+        if fs.tree.inodes[id].is_dir() {
+            return reply.error(Errno::EISDIR);
+        }
+        match fs.read_file(id, offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(e) => {
+                fs.blobs.stats.read_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(file = %fs.path_of(id), offset, size, "read failed: {e}");
+                reply.error(Errno::EIO)
+            }
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.0.id(ino) {
+            Some(id) if self.0.tree.inodes[id].is_dir() => {
+                reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE)
+            }
+            Some(_) => reply.error(Errno::ENOTDIR),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let fs = &self.0;
+        let Some(id) = fs.id(ino) else { return reply.error(Errno::ENOENT) };
+        let dir = &fs.tree.inodes[id];
+        if !dir.is_dir() {
+            return reply.error(Errno::ENOTDIR);
+        }
+        let dots = [(b".".as_slice(), id), (b"..".as_slice(), fs.parent[id])];
+        let entries = dots.into_iter().chain(dir.children.iter().map(|(n, &(c, _))| (n.as_slice(), c)));
+        for (i, (name, c)) in entries.enumerate().skip(offset as usize) {
+            let Some(child) = fs.tree.inodes.get(c) else { continue };
+            let kind = fs.attr(c).kind;
+            let _ = child;
+            if reply.add(INodeNo(fs.ino[c]), i as u64 + 1, kind, OsStr::from_bytes(name)) {
+                break;
+            }
+        }
+        reply.ok()
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let fs = &self.0;
+        reply.statfs(
+            fs.total_bytes.div_ceil(BLOCK),
+            0,
+            0,
+            fs.tree.inodes.len() as u64,
+            0,
+            BLOCK as u32,
+            255,
+            BLOCK as u32,
+        );
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let Some(id) = self.0.id(ino) else { return reply.error(Errno::ENOENT) };
+        match self.0.tree.inodes[id].xattrs.get(name.as_bytes()) {
+            None => reply.error(Errno::ENODATA),
+            Some(v) => xattr_reply(v, size, reply),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let Some(id) = self.0.id(ino) else { return reply.error(Errno::ENOENT) };
+        let mut list = Vec::new();
+        for k in self.0.tree.inodes[id].xattrs.keys() {
+            list.extend_from_slice(k);
+            list.push(0);
+        }
+        xattr_reply(&list, size, reply)
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: fuser::AccessFlags, reply: fuser::ReplyEmpty) {
+        let _ = mask;
+        match self.0.id(ino) {
+            Some(_) => reply.ok(),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+}
+
+fn xattr_reply(value: &[u8], size: u32, reply: ReplyXattr) {
+    if size == 0 {
+        reply.size(value.len() as u32)
+    } else if (size as usize) < value.len() {
+        reply.error(Errno::ERANGE)
+    } else {
+        reply.data(value)
+    }
+}
+
+/// Time, for stats files.
+pub fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
