@@ -7,7 +7,8 @@
 
 mod common;
 
-use common::harness::{layout_blob, layouts, repo_root};
+use common::harness::{layout_blob, layouts};
+use common::truth::{compare, truth, walk};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -22,11 +23,6 @@ fn zran(args: &[&str]) -> std::process::Output {
 fn generate(image: &str, out: &Path) {
     let o = zran(&["generate", image, "-o", out.to_str().unwrap()]);
     assert!(o.status.success(), "generate {image}: {}", String::from_utf8_lossy(&o.stderr));
-}
-
-fn truth(name: &str) -> Value {
-    let path = repo_root().join("target/testimages/truth").join(format!("{name}.json"));
-    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
 }
 
 /// Every chunk-size piece of every regular file in every layer, by sha256: read with flate2
@@ -173,58 +169,6 @@ fn fsck_extract(name: &str, art: &Path, devices: &[PathBuf]) {
         let mode = |v: &Value| v["mode"].as_u64().map(|m| m & !0o6000);
         assert_eq!(mode(&got[path]), mode(w), "{name} {path}: fsck.erofs mode");
     }
-}
-
-/// `truth.py --walk` of a directory: the same listing as the truth files.
-fn walk(dir: &Path) -> Value {
-    let out = tempfile::NamedTempFile::new().unwrap();
-    let s = Command::new("/usr/bin/python3")
-        .arg(repo_root().join("testimages/truth.py"))
-        .args(["--walk", dir.to_str().unwrap(), out.path().to_str().unwrap()])
-        .status()
-        .unwrap();
-    assert!(s.success());
-    serde_json::from_slice(&std::fs::read(out.path()).unwrap()).unwrap()
-}
-
-/// Compare a walked tree with the truth, every field, content included. eStargz TOCs keep
-/// whole seconds; directories no layer describes have no time to compare.
-fn compare(name: &str, got: &Value, whole_seconds: bool) -> usize {
-    let truth = truth(name);
-    let by_path = |v: &Value| -> BTreeMap<String, Value> {
-        v["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| (e["path"].as_str().unwrap().to_string(), e.clone()))
-            .collect()
-    };
-    let want = by_path(&truth);
-    let got_map = by_path(got);
-    let wk: BTreeSet<&String> = want.keys().collect();
-    let gk: BTreeSet<&String> = got_map.keys().collect();
-    assert_eq!(gk, wk, "{name}: paths");
-    for (path, w) in &want {
-        let g = &got_map[path];
-        for field in ["type", "mode", "uid", "gid", "size", "sha256", "target", "major", "minor", "xattrs"] {
-            assert_eq!(g.get(field), w.get(field), "{name} {path}: {field}");
-        }
-        if w.get("implicit").and_then(Value::as_bool) == Some(true) || w["mtime"].is_null() {
-            continue;
-        }
-        if whole_seconds {
-            let (sec, nsec) = (w["mtime"]["sec"].as_i64().unwrap(), w["mtime"]["nsec"].as_i64().unwrap());
-            assert_eq!(
-                g["mtime"]["sec"].as_i64(),
-                Some(sec + i64::from(nsec >= 500_000_000)),
-                "{name} {path}: mtime"
-            );
-        } else {
-            assert_eq!(g["mtime"], w["mtime"], "{name} {path}: mtime");
-        }
-    }
-    assert_eq!(got["hardlink_groups"], truth["hardlink_groups"], "{name}: hardlink groups");
-    want.len()
 }
 
 #[test]

@@ -11,7 +11,8 @@
 mod common;
 
 use base64::Engine as _;
-use common::harness::{layout_blob, layouts, repo_root};
+use common::harness::{layout_blob, layouts};
+use common::truth::truth;
 use nydus_api::ConfigV2;
 use nydus_rafs::metadata::{RafsInodeExt, RafsSuper};
 use nydus_storage::backend::{BackendResult, BlobReader};
@@ -50,11 +51,6 @@ fn generate(image: &str, out: &Path) {
     let o =
         Command::new(env!("CARGO_BIN_EXE_zran")).args(["generate", image, "-o"]).arg(out).output().unwrap();
     assert!(o.status.success(), "generate {image}: {}", String::from_utf8_lossy(&o.stderr));
-}
-
-fn truth(name: &str) -> Value {
-    let path = repo_root().join("target/testimages/truth").join(format!("{name}.json"));
-    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
 }
 
 /// A file read the way nydusd reads a blob from its backend.

@@ -68,6 +68,41 @@ impl TestRegistry {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Stop serving (the process is killed; port, config and storage stay) until [`resume`].
+    pub fn pause(&self) {
+        let pid = std::fs::read_to_string(self.dir.path().join("pid")).unwrap();
+        let _ = Command::new("kill").arg(pid.trim()).status();
+        let url = format!("http://{}/v2/", self.host());
+        for _ in 0..100 {
+            if !Command::new("curl").args(["-s", "-o", "/dev/null", &url]).status().unwrap().success() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("registry still answers after kill");
+    }
+
+    /// Serve again on the same port.
+    pub fn resume(&self) {
+        let d = self.dir.path();
+        let o = Command::new("bash")
+            .arg("-c")
+            .arg("nohup docker-registry serve \"$1/config.yml\" >> \"$1/registry.log\" 2>&1 < /dev/null & echo $!")
+            .arg("resume")
+            .arg(d)
+            .output()
+            .unwrap();
+        std::fs::write(d.join("pid"), String::from_utf8_lossy(&o.stdout).trim()).unwrap();
+        let url = format!("http://{}/v2/", self.host());
+        for _ in 0..200 {
+            if Command::new("curl").args(["-s", "-o", "/dev/null", &url]).status().unwrap().success() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("registry did not come back");
+    }
+
     /// Where the registry keeps a blob's bytes (for tampering tests).
     pub fn blob_data(&self, hex: &str) -> PathBuf {
         self.dir.path().join("storage/docker/registry/v2/blobs/sha256").join(&hex[..2]).join(hex).join("data")

@@ -234,6 +234,7 @@ pub fn far_match_deflate(blocks: usize, matches: usize, seed: u64) -> (Vec<u8>, 
 
 pub mod faulty;
 pub mod harness;
+pub mod truth;
 
 /// Wrap raw deflate into a gzip member.
 pub fn gzip_wrap(raw: &[u8], data: &[u8]) -> Vec<u8> {

@@ -1,0 +1,449 @@
+//! `zran mount` for real: FUSE mounts of every test image (artifacts from `generate`, eStargz
+//! images straight from their TOCs), from the OCI layout and from a real registry, walked and
+//! compared with the truth file by file; random reads; a program run from the mount; a
+//! tampered layer blob, a corrupted cache, a registry that goes away, a killed mount process,
+//! and 16 readers of the same cold files.
+
+mod common;
+
+use common::harness::{TestRegistry, layouts, repo_root};
+use common::truth::{compare, truth, walk};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn zran(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_zran")).args(args).output().unwrap()
+}
+
+fn generate(image: &str, out: &Path) {
+    let o = zran(&["generate", image, "-o", out.to_str().unwrap()]);
+    assert!(o.status.success(), "generate {image}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// A live mount; unmounted (lazily if need be) when dropped.
+struct Mount {
+    mnt: PathBuf,
+    cache: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Mount {
+    fn new(source: &str, cache: &Path, extra: &[&str]) -> Mount {
+        let dir = tempfile::tempdir().unwrap();
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let mut args = vec!["mount", source, mnt.to_str().unwrap(), "--cache-dir", cache.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let o = zran(&args);
+        assert!(o.status.success(), "mount {source}: {}", String::from_utf8_lossy(&o.stderr));
+        Mount { mnt, cache: cache.to_path_buf(), _dir: dir }
+    }
+
+    fn record(&self) -> Value {
+        let o = zran(&["stats", self.mnt.to_str().unwrap(), "--cache-dir", self.cache.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    }
+
+    /// Unmount and return the final counters.
+    fn finish(self) -> Value {
+        let o = zran(&["umount", self.mnt.to_str().unwrap(), "--cache-dir", self.cache.to_str().unwrap()]);
+        assert!(o.status.success(), "umount: {}", String::from_utf8_lossy(&o.stderr));
+        let r = self.record();
+        assert_eq!(r["live"], false, "{r}");
+        r["stats"].clone()
+    }
+
+    /// The serving process's log.
+    fn log(&self) -> String {
+        let r = self.record();
+        let key = std::fs::read_dir(self.cache.join("mounts"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                p.extension().is_some_and(|e| e == "json")
+                    && std::fs::read(p)
+                        .ok()
+                        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                        .map(|v| v["pid"].clone())
+                        == Some(r["pid"].clone())
+            })
+            .unwrap();
+        std::fs::read_to_string(key.with_extension("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if std::fs::metadata(self.mnt.join("..")).is_ok() {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).output();
+        }
+    }
+}
+
+/// Regular files of the truth, with sizes (paths relative to the root).
+fn files(name: &str) -> Vec<(String, u64, String)> {
+    truth(name)["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "file")
+        .map(|e| {
+            (
+                e["path"].as_str().unwrap().trim_start_matches('/').to_string(),
+                e["size"].as_u64().unwrap(),
+                e["sha256"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Random reads at random offsets and sizes, cold (before anything else reads the files);
+/// checked against the whole files once the walk has checked those against the truth.
+fn random_reads(name: &str, mnt: &Path) -> Vec<(PathBuf, u64, Vec<u8>)> {
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ name.len() as u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut out = Vec::new();
+    let fs: Vec<_> = files(name).into_iter().filter(|f| f.1 > 0).collect();
+    for _ in 0..60 {
+        let (path, size, _) = &fs[(next() % fs.len() as u64) as usize];
+        let p = mnt.join(path);
+        let f = std::fs::File::open(&p).unwrap();
+        let offset = next() % size;
+        let len = (next() % (3 << 20)).min(size - offset + 100) as usize;
+        let mut buf = vec![0u8; len];
+        let mut got = 0;
+        while got < len {
+            match f.read_at(&mut buf[got..], offset + got as u64).unwrap() {
+                0 => break,
+                n => got += n,
+            }
+        }
+        buf.truncate(got);
+        assert_eq!(got as u64, len.min((size - offset) as usize) as u64, "{name} {path}: short read");
+        out.push((p, offset, buf));
+    }
+    out
+}
+
+fn check_random_reads(name: &str, reads: &[(PathBuf, u64, Vec<u8>)]) {
+    for (p, offset, bytes) in reads {
+        let whole = std::fs::read(p).unwrap();
+        let o = *offset as usize;
+        assert!(whole[o..o + bytes.len()] == bytes[..], "{name} {}: read at {offset} differs", p.display());
+    }
+}
+
+/// Mount, read at random, walk, compare with the truth; returns the final counters.
+fn mount_and_compare(name: &str, source: &str, extra: &[&str]) -> Value {
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mount::new(source, cache.path(), extra);
+    let reads = random_reads(name, &m.mnt);
+    let got = walk(&m.mnt);
+    let n = compare(name, &got, name.ends_with("-estargz"));
+    assert!(n > 50, "{name}: {n} entries");
+    check_random_reads(name, &reads);
+    let stats = m.finish();
+    assert_eq!(stats["digest_failures"], 0, "{name}: {stats}");
+    assert_eq!(stats["read_errors"], 0, "{name}: {stats}");
+    assert!(stats["chunks_fetched"].as_u64().unwrap() > 0, "{name}: {stats}");
+    stats
+}
+
+#[test]
+fn every_image_reads_the_truth_through_the_mount() {
+    let dir = layouts();
+    let reg = TestRegistry::start("plain");
+    for name in ["python", "edge", "python-estargz", "edge-estargz"] {
+        let image = format!("oci:{}", dir.join(name).display());
+        let work = tempfile::tempdir().unwrap();
+        let art = work.path().join("art");
+        generate(&image, &art);
+        // The artifact, reading the layers from the layout, then from the registry.
+        mount_and_compare(name, art.to_str().unwrap(), &[]);
+        let remote = format!("{}/{name}", reg.host());
+        let s = mount_and_compare(name, art.to_str().unwrap(), &["--image", &remote]);
+        assert!(s["requests"].as_u64().unwrap() > 0);
+        if name.ends_with("-estargz") {
+            // Straight from the TOCs, no artifact.
+            mount_and_compare(name, &image, &[]);
+            mount_and_compare(name, &remote, &[]);
+        }
+    }
+}
+
+#[test]
+fn a_plain_gzip_image_cannot_be_mounted_without_an_artifact() {
+    let image = format!("oci:{}", layouts().join("python").display());
+    let cache = tempfile::tempdir().unwrap();
+    let mnt = tempfile::tempdir().unwrap();
+    let o =
+        zran(&["mount", &image, mnt.path().to_str().unwrap(), "--cache-dir", cache.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("not eStargz") && err.contains("zran generate"), "{err}");
+    // Missing and busy mount points, and an artifact of another image.
+    let o = zran(&["mount", &image, "/nonexistent/mnt"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/mnt"));
+    let work = tempfile::tempdir().unwrap();
+    let art = work.path().join("art");
+    generate(&format!("oci:{}", layouts().join("edge").display()), &art);
+    let m = Mount::new(art.to_str().unwrap(), cache.path(), &[]);
+    let o = zran(&["mount", art.to_str().unwrap(), m.mnt.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("busy"), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = zran(&["mount", art.to_str().unwrap(), mnt.path().to_str().unwrap(), "--image", &image]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("does not belong"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    m.finish();
+}
+
+#[test]
+fn python_starts_from_the_mount() {
+    let work = tempfile::tempdir().unwrap();
+    let art = work.path().join("art");
+    generate(&format!("oci:{}", layouts().join("python").display()), &art);
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mount::new(art.to_str().unwrap(), cache.path(), &[]);
+    let o = Command::new("chroot")
+        .arg(&m.mnt)
+        .args(["/usr/bin/python3.11", "-c", "import json, email; print(json.dumps({'ok': 1}))"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), r#"{"ok": 1}"#);
+    let size = m.record()["image_size"].as_u64().unwrap();
+    let stats = m.finish();
+    let fetched = stats["bytes_fetched"].as_u64().unwrap();
+    assert!(fetched > 0 && fetched < size, "fetched {fetched} of {size}");
+}
+
+/// Every chunk the cache records as good matches its digest.
+fn cache_is_honest(art: &Path, cache: &Path) -> usize {
+    let b = zran::rafs::reader::read_bootstrap(&std::fs::read(art.join("image.boot")).unwrap()).unwrap();
+    let mut recorded = 0;
+    for (i, blob) in b.blobs.iter().enumerate() {
+        let d = cache.join("blobs").join(&blob.id);
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_none_or(|x| x != "map") {
+                continue;
+            }
+            let map = std::fs::read(&p).unwrap();
+            let data = std::fs::File::open(p.with_extension("data")).unwrap();
+            for c in b.chunk_table.iter().filter(|c| usize::from(c.blob) == i) {
+                if map.get(c.ci as usize) == Some(&1) {
+                    let mut buf = vec![0u8; c.uncompressed_size as usize];
+                    data.read_exact_at(&mut buf, c.uncompressed_offset).unwrap();
+                    assert_eq!(
+                        <[u8; 32]>::from(Sha256::digest(&buf)),
+                        c.digest,
+                        "recorded chunk {} of {}",
+                        c.ci,
+                        blob.id
+                    );
+                    recorded += 1;
+                }
+            }
+        }
+    }
+    recorded
+}
+
+/// Read every regular file; the paths that failed with EIO.
+fn read_all(name: &str, mnt: &Path) -> Vec<String> {
+    let mut failed = Vec::new();
+    for (path, size, sha) in files(name) {
+        match std::fs::read(mnt.join(&path)) {
+            Ok(bytes) => {
+                assert_eq!(bytes.len() as u64, size, "{path}");
+                assert_eq!(hex::encode(Sha256::digest(&bytes)), sha, "{path}: wrong bytes served");
+            }
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc_eio()), "{path}: {e}");
+                failed.push(path);
+            }
+        }
+    }
+    failed
+}
+
+fn libc_eio() -> i32 {
+    5
+}
+
+#[test]
+fn a_tampered_layer_is_never_served() {
+    let reg = TestRegistry::start("plain");
+    let work = tempfile::tempdir().unwrap();
+    let art = work.path().join("art");
+    generate(&format!("oci:{}", layouts().join("python").display()), &art);
+    let zj: Value = serde_json::from_slice(&std::fs::read(art.join("zran.json")).unwrap()).unwrap();
+    let big = zj["layers"].as_array().unwrap().iter().max_by_key(|l| l["size"].as_u64().unwrap()).unwrap();
+    let hex = big["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+    let data = reg.blob_data(&hex);
+    let mut bytes = std::fs::read(&data).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x55;
+    std::fs::write(&data, &bytes).unwrap();
+
+    let cache = tempfile::tempdir().unwrap();
+    let remote = format!("{}/python", reg.host());
+    let m = Mount::new(art.to_str().unwrap(), cache.path(), &["--image", &remote]);
+    let failed = read_all("python", &m.mnt);
+    let total = files("python").len();
+    assert!(!failed.is_empty(), "a changed byte in the middle of a layer must fail some read");
+    assert!(failed.len() < total / 4, "{} of {total} files failed", failed.len());
+    let log = m.log();
+    assert!(log.contains("failed verification") && log.contains(&hex[..12]), "{log}");
+    let stats = m.finish();
+    assert!(stats["digest_failures"].as_u64().unwrap() >= 2, "fetched twice: {stats}");
+    assert!(cache_is_honest(&art, cache.path()) > 0);
+
+    // With the blob put right, the same cache serves everything: no bad chunk was kept.
+    bytes[at] ^= 0x55;
+    std::fs::write(&data, &bytes).unwrap();
+    let m = Mount::new(art.to_str().unwrap(), cache.path(), &["--image", &remote]);
+    assert!(read_all("python", &m.mnt).is_empty());
+    let stats = m.finish();
+    assert_eq!(stats["digest_failures"], 0, "{stats}");
+    assert!(stats["cache_hits"].as_u64().unwrap() > 0, "{stats}");
+}
+
+#[test]
+fn a_corrupted_cache_is_caught_and_refetched() {
+    let work = tempfile::tempdir().unwrap();
+    let art = work.path().join("art");
+    generate(&format!("oci:{}", layouts().join("edge").display()), &art);
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mount::new(art.to_str().unwrap(), cache.path(), &[]);
+    assert!(read_all("edge", &m.mnt).is_empty());
+    m.finish();
+    let recorded = cache_is_honest(&art, cache.path());
+    // One byte changed in the first recorded chunk of every blob's data file.
+    let b = zran::rafs::reader::read_bootstrap(&std::fs::read(art.join("image.boot")).unwrap()).unwrap();
+    let mut changed = 0;
+    for (i, blob) in b.blobs.iter().enumerate() {
+        for e in std::fs::read_dir(cache.path().join("blobs").join(&blob.id)).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "data") {
+                let c = b.chunk_table.iter().find(|c| usize::from(c.blob) == i).unwrap();
+                let f = std::fs::OpenOptions::new().read(true).write(true).open(&p).unwrap();
+                let mut byte = [0u8];
+                f.read_exact_at(&mut byte, c.uncompressed_offset).unwrap();
+                f.write_all_at(&[byte[0] ^ 1], c.uncompressed_offset).unwrap();
+                changed += 1;
+            }
+        }
+    }
+    assert!(changed > 0 && recorded > changed);
+    let m = Mount::new(art.to_str().unwrap(), cache.path(), &[]);
+    let n = compare("edge", &walk(&m.mnt), false);
+    assert!(n > 50);
+    let stats = m.finish();
+    assert_eq!(stats["digest_failures"].as_u64(), Some(changed as u64), "{stats}");
+    assert!(stats["cache_hits"].as_u64().unwrap() > 0, "{stats}");
+    assert!(stats["chunks_fetched"].as_u64().unwrap() >= changed as u64, "{stats}");
+    cache_is_honest(&art, cache.path());
+}
+
+#[test]
+fn a_killed_mount_leaves_a_cache_the_next_one_trusts_rightly() {
+    let work = tempfile::tempdir().unwrap();
+    let art = work.path().join("art");
+    generate(&format!("oci:{}", layouts().join("python").display()), &art);
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mount::new(art.to_str().unwrap(), cache.path(), &[]);
+    let all = files("python");
+    // Readers busy when the process dies: some reads fail, none returns wrong bytes.
+    let mnt = m.mnt.clone();
+    let reader = std::thread::spawn(move || {
+        let mut ok = 0;
+        for (path, _, sha) in files("python") {
+            if let Ok(b) = std::fs::read(mnt.join(&path)) {
+                assert_eq!(hex::encode(Sha256::digest(&b)), sha, "{path}");
+                ok += 1;
+            }
+        }
+        ok
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = m.record()["pid"].as_u64().unwrap();
+    assert!(Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
+    let _ = reader.join().unwrap();
+    let _ = Command::new("umount").arg("-l").arg(&m.mnt).status();
+    drop(m);
+    cache_is_honest(&art, cache.path());
+    let m = Mount::new(art.to_str().unwrap(), cache.path(), &[]);
+    let n = compare("python", &walk(&m.mnt), false);
+    assert!(n >= all.len());
+    let stats = m.finish();
+    assert_eq!(stats["digest_failures"], 0, "{stats}");
+    assert!(stats["cache_hits"].as_u64().unwrap() > 0, "the cache of the killed mount was used: {stats}");
+}
+
+#[test]
+fn reads_fail_while_the_registry_is_away_and_work_when_it_is_back() {
+    let reg = TestRegistry::start("plain");
+    let work = tempfile::tempdir().unwrap();
+    let art = work.path().join("art");
+    generate(&format!("oci:{}", layouts().join("edge").display()), &art);
+    let cache = tempfile::tempdir().unwrap();
+    let remote = format!("{}/edge", reg.host());
+    let m = Mount::new(art.to_str().unwrap(), cache.path(), &["--image", &remote]);
+    reg.pause();
+    let (path, _, sha) = files("edge").into_iter().max_by_key(|f| f.1).unwrap();
+    let t = Instant::now();
+    let e = std::fs::read(m.mnt.join(&path)).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc_eio()), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(60), "no hang: {:?}", t.elapsed());
+    reg.resume();
+    let b = std::fs::read(m.mnt.join(&path)).unwrap();
+    assert_eq!(hex::encode(Sha256::digest(&b)), sha);
+    let stats = m.finish();
+    assert!(stats["read_errors"].as_u64().unwrap() >= 1, "{stats}");
+}
+
+#[test]
+fn sixteen_readers_of_cold_files_fetch_each_chunk_once() {
+    let work = tempfile::tempdir().unwrap();
+    let art = work.path().join("art");
+    generate(&format!("oci:{}", layouts().join("python").display()), &art);
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mount::new(art.to_str().unwrap(), cache.path(), &["--no-prefetch"]);
+    let mut big: Vec<_> = files("python");
+    big.sort_by_key(|f| std::cmp::Reverse(f.1));
+    big.truncate(12);
+    let threads: Vec<_> = (0..16)
+        .map(|t| {
+            let (mnt, mut list) = (m.mnt.clone(), big.clone());
+            let n = list.len();
+            list.rotate_left(t % n);
+            std::thread::spawn(move || {
+                for (path, _, sha) in list {
+                    let b = std::fs::read(mnt.join(&path)).unwrap();
+                    assert_eq!(hex::encode(Sha256::digest(&b)), sha, "{path}");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let stats = m.finish();
+    let recorded = cache_is_honest(&art, cache.path()) as u64;
+    assert_eq!(stats["chunks_fetched"].as_u64(), Some(recorded), "each chunk stored once: {stats}");
+    assert_eq!(stats["chunks_verified"].as_u64(), Some(recorded), "each chunk decoded once: {stats}");
+    let _ = repo_root();
+}
