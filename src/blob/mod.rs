@@ -56,6 +56,10 @@ pub struct Stats {
     pub digest_failures: AtomicU64,
     /// Reads that failed.
     pub read_errors: AtomicU64,
+    /// Distinct regular files read from, and the sum of their sizes (what a reader's start
+    /// needed, to set beside `bytes_fetched`).
+    pub files_read: AtomicU64,
+    pub file_bytes_read: AtomicU64,
 }
 
 /// How a blob's chunks are decoded.
@@ -94,6 +98,8 @@ impl Flight {
 
 /// One blob of the image.
 struct Blob {
+    /// Index in the bootstrap's blob table.
+    index: usize,
     layer: usize,
     digest: Digest,
     size: u64,
@@ -121,8 +127,21 @@ pub struct BlobInput<'a> {
 pub struct BlobSet {
     blobs: Vec<Blob>,
     source: Box<dyn BlobSource>,
+    /// Compressed ranges fetched lately, so that the next chunk of a context (decoded from the
+    /// same checkpoint) fetches only what lies past them.
+    recent: Mutex<std::collections::VecDeque<Recent>>,
     pub stats: Stats,
 }
+
+/// A compressed range kept in memory: `bytes` of blob `blob` from `start`.
+struct Recent {
+    blob: usize,
+    start: u64,
+    bytes: Arc<Vec<u8>>,
+}
+
+/// How many compressed bytes [`BlobSet::recent`] keeps.
+const RECENT_BYTES: usize = 32 << 20;
 
 /// A piece of a read: `len` bytes at `offset` in chunk `ci` of blob `blob`.
 #[derive(Debug, Clone, Copy)]
@@ -197,6 +216,7 @@ impl BlobSet {
             let (cache, recorded) = BlobCache::open(cache_dir, &spec.id, &layout, spec.uncompressed_size, n)
                 .map_err(|source| BlobError::Cache { path: cache_dir.display().to_string(), source })?;
             blobs.push(Blob {
+                index: i,
                 layer: input.layer,
                 size: spec.compressed_size,
                 digest,
@@ -208,7 +228,7 @@ impl BlobSet {
                 flights: Mutex::new(HashMap::new()),
             });
         }
-        Ok(BlobSet { blobs, source, stats: Stats::default() })
+        Ok(BlobSet { blobs, source, recent: Mutex::new(Default::default()), stats: Stats::default() })
     }
 
     /// Fill `buf` from the pieces, in order (their lengths must add up to `buf.len()`). Every
@@ -264,12 +284,21 @@ impl BlobSet {
                     mine.push(ci);
                 }
             }
-            // The neighbours a decode yields anyway are claimed too, so nobody fetches them twice.
+            // The neighbours a decode yields anyway (those that end before the last wanted
+            // chunk of the context) are claimed too, so nobody fetches them twice.
             if let Kind::Zran { meta, by_context } = &blob.kind {
-                let mut extra = Vec::new();
+                let mut reach: HashMap<u32, u64> = HashMap::new();
                 for &ci in &mine {
-                    for &n in &by_context[meta.chunks[ci as usize].zran_index as usize] {
-                        if !mine.contains(&n)
+                    let c = &meta.chunks[ci as usize];
+                    let r = reach.entry(c.zran_index).or_default();
+                    *r = (*r).max(u64::from(c.zran_offset) + u64::from(c.uncompressed_size));
+                }
+                let mut extra = Vec::new();
+                for (&zi, &r) in &reach {
+                    for &n in &by_context[zi as usize] {
+                        let c = &meta.chunks[n as usize];
+                        if u64::from(c.zran_offset) + u64::from(c.uncompressed_size) <= r
+                            && !mine.contains(&n)
                             && !extra.contains(&n)
                             && !flights.contains_key(&n)
                             && !blob.good[n as usize].load(Relaxed)
@@ -448,19 +477,49 @@ impl BlobSet {
         Ok(bad)
     }
 
+    /// Compressed bytes `[start, end)` of a blob: what a recent fetch already holds, plus one
+    /// range request for the rest.
     fn fetch_range(&self, blob: &Blob, start: u64, end: u64) -> Result<Vec<u8>, BlobError> {
         let end = end.min(blob.size);
-        let mut buf = vec![0u8; (end - start) as usize];
-        self.stats.requests.fetch_add(1, Relaxed);
-        let n = self
-            .source
-            .read_at(&blob.digest, start, &mut buf)
-            .map_err(|e| blob.err(format!("range {start}-{end}: {e}")))?;
-        self.stats.bytes_fetched.fetch_add(n as u64, Relaxed);
-        if n < buf.len() {
-            return Err(blob.err(format!("range {start}-{end}: the blob ends at {}", start + n as u64)));
+        let b = blob.index;
+        let mut have: Vec<u8> = Vec::new();
+        if let Ok(recent) = self.recent.lock() {
+            // The entry reaching furthest from at or before `start`.
+            if let Some(r) = recent
+                .iter()
+                .filter(|r| r.blob == b && r.start <= start && r.start + r.bytes.len() as u64 > start)
+                .max_by_key(|r| r.start + r.bytes.len() as u64)
+            {
+                let from = (start - r.start) as usize;
+                let to = ((end - r.start) as usize).min(r.bytes.len());
+                have.extend_from_slice(&r.bytes[from..to]);
+            }
         }
-        Ok(buf)
+        let from = start + have.len() as u64;
+        if from < end {
+            let mut buf = vec![0u8; (end - from) as usize];
+            self.stats.requests.fetch_add(1, Relaxed);
+            tracing::debug!(layer = blob.layer, start = from, end, "fetch");
+            let n = self
+                .source
+                .read_at(&blob.digest, from, &mut buf)
+                .map_err(|e| blob.err(format!("range {from}-{end}: {e}")))?;
+            self.stats.bytes_fetched.fetch_add(n as u64, Relaxed);
+            if n < buf.len() {
+                return Err(blob.err(format!("range {from}-{end}: the blob ends at {}", from + n as u64)));
+            }
+            have.extend_from_slice(&buf);
+            if let Ok(mut recent) = self.recent.lock() {
+                recent.push_back(Recent { blob: b, start, bytes: Arc::new(have.clone()) });
+                let mut total: usize = recent.iter().map(|r| r.bytes.len()).sum();
+                while total > RECENT_BYTES && recent.len() > 1 {
+                    if let Some(old) = recent.pop_front() {
+                        total -= old.bytes.len();
+                    }
+                }
+            }
+        }
+        Ok(have)
     }
 
     fn blob(&self, b: u8) -> Result<&Blob, BlobError> {
@@ -519,11 +578,21 @@ impl Blob {
                 }
                 for (zi, chunks) in by_ctx {
                     let z = &meta.contexts[zi as usize];
+                    // Only as far into the context as the last wanted chunk needs.
+                    let need = chunks
+                        .iter()
+                        .map(|&(ci, _)| {
+                            let c = &meta.chunks[ci as usize];
+                            c.compressed_offset.saturating_add(u64::from(c.compressed_size))
+                        })
+                        .max()
+                        .unwrap_or(0);
+                    let end = z.in_offset + u64::from(z.in_len);
                     units.insert(
                         z.in_offset,
                         Unit {
                             start: z.in_offset,
-                            end: z.in_offset + u64::from(z.in_len),
+                            end: if need > z.in_offset { need.min(end) } else { end },
                             context: Some(zi),
                             out_len: chunks
                                 .iter()

@@ -41,6 +41,8 @@ pub struct ImageFs {
     name: Vec<Vec<u8>>,
     blobs: Arc<BlobSet>,
     total_bytes: u64,
+    /// Files read from at least once (for the counters).
+    touched: Vec<std::sync::atomic::AtomicBool>,
 }
 
 impl ImageFs {
@@ -78,6 +80,7 @@ impl ImageFs {
             name,
             blobs,
             total_bytes,
+            touched: (0..n).map(|_| std::sync::atomic::AtomicBool::new(false)).collect(),
         }
     }
 
@@ -169,6 +172,10 @@ impl ImageFs {
         let end = i.size.min(offset.saturating_add(u64::from(size)));
         if offset >= end {
             return Ok(Vec::new());
+        }
+        if !self.touched[id].swap(true, std::sync::atomic::Ordering::Relaxed) {
+            self.blobs.stats.files_read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.blobs.stats.file_bytes_read.fetch_add(i.size, std::sync::atomic::Ordering::Relaxed);
         }
         let pieces = self.pieces(id, offset, end)?;
         let mut buf = vec![0u8; (end - offset) as usize];
