@@ -8,7 +8,7 @@
 mod common;
 
 use common::harness::{layout_blob, layouts};
-use common::truth::{compare, truth, walk};
+use common::truth::{by_path, compare, truth, walk};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -150,14 +150,6 @@ fn fsck_extract(name: &str, art: &Path, devices: &[PathBuf]) {
     );
     let got = walk(&x);
     let truth = truth(name);
-    let by_path = |v: &Value| -> BTreeMap<String, Value> {
-        v["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| (e["path"].as_str().unwrap().to_string(), e.clone()))
-            .collect()
-    };
     let (want, got) = (by_path(&truth), by_path(&got));
     assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>(), "{name}: fsck.erofs paths");
     for (path, w) in &want {

@@ -416,6 +416,22 @@ fn reads_fail_while_the_registry_is_away_and_work_when_it_is_back() {
 }
 
 #[test]
+fn sequential_readers_are_read_ahead() {
+    let work = tempfile::tempdir().unwrap();
+    let art = work.path().join("art");
+    generate(&format!("oci:{}", layouts().join("edge").display()), &art);
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mount::new(art.to_str().unwrap(), cache.path(), &["--no-prefetch"]);
+    let (path, size, sha) = files("edge").into_iter().max_by_key(|f| f.1).unwrap();
+    assert!(size > 8 << 20);
+    let b = std::fs::read(m.mnt.join(&path)).unwrap();
+    assert_eq!(hex::encode(Sha256::digest(&b)), sha);
+    let stats = m.finish();
+    assert!(stats["readahead_chunks"].as_u64().unwrap() >= 2, "{stats}");
+    assert_eq!(stats["digest_failures"], 0, "{stats}");
+}
+
+#[test]
 fn sixteen_readers_of_cold_files_fetch_each_chunk_once() {
     let work = tempfile::tempdir().unwrap();
     let art = work.path().join("art");

@@ -92,17 +92,9 @@ impl BlobCache {
     }
 }
 
+/// Read as much of `buf` as the file holds at `offset` (the gzip engine's positional read).
 fn read_full(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match f.read_at(&mut buf[done..], offset + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
+    crate::gzip::ReadAt::read_at(f, offset, buf)
 }
 
 #[cfg(test)]

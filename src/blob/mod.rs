@@ -60,6 +60,8 @@ pub struct Stats {
     /// needed, to set beside `bytes_fetched`).
     pub files_read: AtomicU64,
     pub file_bytes_read: AtomicU64,
+    /// Chunks queued for fetching ahead of sequential readers.
+    pub readahead_chunks: AtomicU64,
 }
 
 /// How a blob's chunks are decoded.

@@ -24,6 +24,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// Chunks fetched ahead of a sequential reader, beyond the one it is reading.
+const READAHEAD_CHUNKS: u64 = 2;
+
 /// How long the kernel may cache entries and attributes: the image is immutable.
 const TTL: Duration = Duration::from_secs(24 * 3600);
 const BLOCK: u64 = 4096;
@@ -43,6 +46,10 @@ pub struct ImageFs {
     total_bytes: u64,
     /// Files read from at least once (for the counters).
     touched: Vec<std::sync::atomic::AtomicBool>,
+    /// Where each file's last read ended: a read starting there is sequential.
+    last_end: Vec<std::sync::atomic::AtomicU64>,
+    /// Chunks to fetch ahead of sequential readers, for the readahead thread.
+    ahead: std::sync::Mutex<std::sync::mpsc::SyncSender<(u8, Vec<u32>)>>,
 }
 
 impl ImageFs {
@@ -70,6 +77,18 @@ impl ImageFs {
             }
         }
         let total_bytes = tree.inodes.iter().filter(|i| i.kind == EntryKind::File).map(|i| i.size).sum();
+        let (ahead, todo) = std::sync::mpsc::sync_channel::<(u8, Vec<u32>)>(16);
+        let worker = blobs.clone();
+        let spawned = std::thread::Builder::new().name("zran-readahead".into()).spawn(move || {
+            for (b, cis) in todo {
+                if let Err(e) = worker.ensure(b, &cis) {
+                    tracing::debug!("readahead: {e}");
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::warn!("no readahead thread: {e}");
+        }
         ImageFs {
             tree,
             chunks,
@@ -81,6 +100,8 @@ impl ImageFs {
             blobs,
             total_bytes,
             touched: (0..n).map(|_| std::sync::atomic::AtomicBool::new(false)).collect(),
+            last_end: (0..n).map(|_| std::sync::atomic::AtomicU64::new(0)).collect(),
+            ahead: std::sync::Mutex::new(ahead),
         }
     }
 
@@ -178,9 +199,39 @@ impl ImageFs {
             self.blobs.stats.file_bytes_read.fetch_add(i.size, std::sync::atomic::Ordering::Relaxed);
         }
         let pieces = self.pieces(id, offset, end)?;
+        let cs = self.chunk_size.max(1);
+        let enters_a_chunk = offset.is_multiple_of(cs) || offset / cs != (end - 1) / cs;
+        if offset > 0
+            && self.last_end[id].swap(end, std::sync::atomic::Ordering::Relaxed) == offset
+            && enters_a_chunk
+        {
+            self.read_ahead(id, end);
+        } else {
+            self.last_end[id].store(end, std::sync::atomic::Ordering::Relaxed);
+        }
         let mut buf = vec![0u8; (end - offset) as usize];
         self.blobs.read(&pieces, &mut buf).map_err(|e| e.to_string())?;
         Ok(buf)
+    }
+
+    /// Queue the chunks after byte `end` of a file read sequentially (when the queue is full
+    /// the reader is ahead of the network anyway, and nothing is queued).
+    fn read_ahead(&self, id: InodeId, end: u64) {
+        let refs = self.chunks.get(&id).map(Vec::as_slice).unwrap_or(&[]);
+        let cs = self.chunk_size.max(1);
+        let first = end.div_ceil(cs);
+        let mut by_blob: HashMap<u8, Vec<u32>> = HashMap::new();
+        for r in refs.iter().skip(first as usize).take(READAHEAD_CHUNKS as usize) {
+            by_blob.entry(r.blob).or_default().push(r.ci);
+        }
+        if let Ok(tx) = self.ahead.lock() {
+            for (b, cis) in by_blob {
+                let n = cis.len() as u64;
+                if tx.try_send((b, cis)).is_ok() {
+                    self.blobs.stats.readahead_chunks.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
     }
 
     /// Every chunk of the files named (paths relative to the root), in the background.

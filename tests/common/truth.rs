@@ -12,6 +12,16 @@ pub fn truth(name: &str) -> Value {
     serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
 }
 
+/// A listing's entries by path.
+pub fn by_path(v: &Value) -> BTreeMap<String, Value> {
+    v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["path"].as_str().unwrap().to_string(), e.clone()))
+        .collect()
+}
+
 /// `truth.py --walk` of a directory: the same listing as the truth files.
 pub fn walk(dir: &Path) -> Value {
     let out = tempfile::NamedTempFile::new().unwrap();
@@ -28,14 +38,6 @@ pub fn walk(dir: &Path) -> Value {
 /// whole seconds; directories no layer describes have no time to compare.
 pub fn compare(name: &str, got: &Value, whole_seconds: bool) -> usize {
     let truth = truth(name);
-    let by_path = |v: &Value| -> BTreeMap<String, Value> {
-        v["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| (e["path"].as_str().unwrap().to_string(), e.clone()))
-            .collect()
-    };
     let want = by_path(&truth);
     let got_map = by_path(got);
     let wk: BTreeSet<&String> = want.keys().collect();
