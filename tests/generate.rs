@@ -11,7 +11,7 @@ use common::harness::{layout_blob, layouts};
 use common::truth::{by_path, compare, truth, walk};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
