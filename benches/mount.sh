@@ -23,7 +23,7 @@ mkdir -p "$WORK"
 regdir="$WORK/registry"
 port=$(bash testimages/registry.sh start "$regdir" plain | tail -1)
 trap 'umount -l "$WORK"/m* 2>/dev/null || true; bash testimages/registry.sh stop "$regdir"' EXIT
-bash testimages/registry.sh push "$regdir" "$layouts" >/dev/null
+bash testimages/registry.sh push "$regdir" "$layouts" >/dev/null 2>&1
 host=127.0.0.1:$port
 "$zran" generate "oci:$layouts/python" -o "$WORK/art" >/dev/null
 
@@ -43,7 +43,7 @@ done
 printf '{"default":[{"type":"insecureAcceptAnything"}]}\n' > "$WORK/policy.json"
 t0=$(now)
 skopeo --policy "$WORK/policy.json" copy -q --src-tls-verify=false "docker://$host/python:latest" "oci:$WORK/pulled:latest"
-umoci raw unpack --image "$WORK/pulled:latest" "$WORK/unpacked" > /dev/null
+umoci raw unpack --image "$WORK/pulled:latest" "$WORK/unpacked" > /dev/null 2>&1
 t1=$(now)
 ls -lR "$WORK/unpacked" > /dev/null; t2=$(now)
 echo "   skopeo copy + umoci unpack: $(ms $t0 $t1) ms, ls -lR $(ms $t1 $t2) ms"
@@ -78,9 +78,9 @@ for _ in range(3):
 print(f"{best:.4f}")
 PY
 }
-bytes=$(find "$WORK/unpacked/rootfs" -type f -printf '%s\n' | awk '{s+=$1} END {print s}')
+bytes=$(find "$WORK/unpacked" -type f -printf '%s\n' | awk '{s+=$1} END {print s}')
 tz=$(best_cat "$WORK/m-warm")
-tl=$(best_cat "$WORK/unpacked/rootfs")
+tl=$(best_cat "$WORK/unpacked")
 python3 -c "b=$bytes; z=$tz; l=$tl; print(f'   {b} bytes: zran mount {b/z/1e6:.0f} MB/s, local disk {b/l/1e6:.0f} MB/s: {l/z:.2f}x')"
 "$zran" umount "$WORK/m-warm" --cache-dir "$WORK/c-warm"
 

@@ -15,8 +15,8 @@ use crate::tar::EntryKind;
 use crate::tree::{InodeId, Tree};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
-    LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyXattr, Request,
+    LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyXattr, Request,
 };
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -30,6 +30,9 @@ const READAHEAD_CHUNKS: u64 = 2;
 /// How long the kernel may cache entries and attributes: the image is immutable.
 const TTL: Duration = Duration::from_secs(24 * 3600);
 const BLOCK: u64 = 4096;
+
+/// A directory entry: the offset of the next one, the name, the inode.
+type DirEntry<'a> = (u64, &'a [u8], InodeId);
 
 /// A mounted image.
 pub struct ImageFs {
@@ -254,6 +257,25 @@ impl ImageFs {
         }
     }
 
+    /// A directory's entries from `offset` on: `.`, `..`, then the children by name, each
+    /// with the offset of the entry after it.
+    fn entries(&self, ino: INodeNo, offset: u64) -> Result<Vec<DirEntry<'_>>, Errno> {
+        let id = self.id(ino).ok_or(Errno::ENOENT)?;
+        let dir = &self.tree.inodes[id];
+        if !dir.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        let dots = [(b".".as_slice(), id), (b"..".as_slice(), self.parent[id])];
+        Ok(dots
+            .into_iter()
+            .chain(dir.children.iter().map(|(n, &(c, _))| (n.as_slice(), c)))
+            .enumerate()
+            .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+            .filter(|(_, (_, c))| *c < self.tree.inodes.len())
+            .map(|(i, (name, c))| (i as u64 + 1, name, c))
+            .collect())
+    }
+
     pub fn tree(&self) -> &Tree {
         &self.tree
     }
@@ -265,7 +287,12 @@ pub struct Served(pub Arc<ImageFs>);
 impl Filesystem for Served {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         use fuser::InitFlags;
-        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS | InitFlags::FUSE_CACHE_SYMLINKS);
+        let _ = config.add_capabilities(
+            InitFlags::FUSE_PARALLEL_DIROPS
+                | InitFlags::FUSE_CACHE_SYMLINKS
+                | InitFlags::FUSE_DO_READDIRPLUS
+                | InitFlags::FUSE_READDIRPLUS_AUTO,
+        );
         let _ = config.set_max_readahead(1 << 20);
         Ok(())
     }
@@ -342,22 +369,40 @@ impl Filesystem for Served {
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let fs = &self.0;
-        let Some(id) = fs.id(ino) else { return reply.error(Errno::ENOENT) };
-        let dir = &fs.tree.inodes[id];
-        if !dir.is_dir() {
-            return reply.error(Errno::ENOTDIR);
-        }
-        let dots = [(b".".as_slice(), id), (b"..".as_slice(), fs.parent[id])];
-        let entries = dots.into_iter().chain(dir.children.iter().map(|(n, &(c, _))| (n.as_slice(), c)));
-        for (i, (name, c)) in entries.enumerate().skip(offset as usize) {
-            let Some(child) = fs.tree.inodes.get(c) else { continue };
-            let kind = fs.attr(c).kind;
-            let _ = child;
-            if reply.add(INodeNo(fs.ino[c]), i as u64 + 1, kind, OsStr::from_bytes(name)) {
-                break;
+        match fs.entries(ino, offset) {
+            Err(e) => reply.error(e),
+            Ok(entries) => {
+                for (i, name, c) in entries {
+                    if reply.add(INodeNo(fs.ino[c]), i, fs.attr(c).kind, OsStr::from_bytes(name)) {
+                        break;
+                    }
+                }
+                reply.ok()
             }
         }
-        reply.ok()
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let fs = &self.0;
+        match fs.entries(ino, offset) {
+            Err(e) => reply.error(e),
+            Ok(entries) => {
+                for (i, name, c) in entries {
+                    let attr = fs.attr(c);
+                    if reply.add(attr.ino, i, OsStr::from_bytes(name), &TTL, &attr, Generation(0)) {
+                        break;
+                    }
+                }
+                reply.ok()
+            }
+        }
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
