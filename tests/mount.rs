@@ -463,3 +463,72 @@ fn sixteen_readers_of_cold_files_fetch_each_chunk_once() {
     assert_eq!(stats["chunks_verified"].as_u64(), Some(recorded), "each chunk decoded once: {stats}");
     let _ = repo_root();
 }
+
+fn mounted(mnt: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    mounts.lines().any(|l| l.split(' ').nth(1) == Some(mnt.to_str().unwrap()))
+}
+
+#[test]
+fn sigterm_unmounts_cleanly_even_with_a_file_open() {
+    let work = tempfile::tempdir().unwrap();
+    let art = work.path().join("art");
+    generate(&format!("oci:{}", layouts().join("edge").display()), &art);
+    let cache = work.path().join("cache");
+    for hold_a_file in [false, true] {
+        let mnt = work.path().join(format!("mnt-{hold_a_file}"));
+        std::fs::create_dir(&mnt).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_zran"))
+            .args(["mount", art.to_str().unwrap(), mnt.to_str().unwrap(), "--foreground", "--cache-dir"])
+            .arg(&cache)
+            .spawn()
+            .unwrap();
+        let t = Instant::now();
+        while !mounted(&mnt) {
+            assert!(t.elapsed() < Duration::from_secs(30), "the mount did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (path, _, _) = files("edge").into_iter().max_by_key(|f| f.1).unwrap();
+        let held = hold_a_file.then(|| std::fs::File::open(mnt.join(&path)).unwrap());
+        assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+        let t = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(t.elapsed() < Duration::from_secs(30), "still serving after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "{status}");
+        assert!(!mounted(&mnt), "still mounted");
+        drop(held);
+    }
+}
+
+#[test]
+fn an_unreachable_registry_is_a_clear_error() {
+    let work = tempfile::tempdir().unwrap();
+    let art = work.path().join("art");
+    generate(&format!("oci:{}", layouts().join("edge").display()), &art);
+    let mnt = work.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let image = format!("127.0.0.1:{port}/edge");
+    let t = Instant::now();
+    let cache = work.path().join("cache");
+    let o = zran(&[
+        "mount",
+        art.to_str().unwrap(),
+        mnt.to_str().unwrap(),
+        "--image",
+        &image,
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(&image) || err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(60));
+    assert!(!mounted(&mnt));
+}
