@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::faulty::{Fault, FaultyProxy};
 use common::harness::{TestRegistry, layouts, repo_root};
 use common::truth::{compare, truth, walk};
 use serde_json::Value;
@@ -531,4 +532,27 @@ fn an_unreachable_registry_is_a_clear_error() {
     assert!(err.contains(&image) || err.contains(&format!("127.0.0.1:{port}")), "{err}");
     assert!(t.elapsed() < Duration::from_secs(60));
     assert!(!mounted(&mnt));
+}
+
+#[test]
+fn a_chunk_spoiled_in_transit_is_fetched_again() {
+    let reg = TestRegistry::start("plain");
+    let work = tempfile::tempdir().unwrap();
+    let art = work.path().join("art");
+    generate(&format!("oci:{}", layouts().join("python").display()), &art);
+    let zj: Value = serde_json::from_slice(&std::fs::read(art.join("zran.json")).unwrap()).unwrap();
+    let big = zj["layers"].as_array().unwrap().iter().max_by_key(|l| l["size"].as_u64().unwrap()).unwrap();
+    let matching: &'static str =
+        Box::leak(format!("/blobs/{}", big["digest"].as_str().unwrap()).into_boxed_str());
+    // The first range request for the big layer gets one byte flipped past its headers.
+    let proxy = FaultyProxy::start(reg.port, Fault::FlipByte(3000), 1, matching);
+    let cache = tempfile::tempdir().unwrap();
+    let remote = format!("127.0.0.1:{}/python", proxy.port);
+    let m = Mount::new(art.to_str().unwrap(), cache.path(), &["--image", &remote, "--no-prefetch"]);
+    assert!(read_all("python", &m.mnt).is_empty(), "the second fetch must succeed");
+    let stats = m.finish();
+    assert_eq!(proxy.injected.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(stats["digest_failures"].as_u64().unwrap() >= 1, "{stats}");
+    assert_eq!(stats["read_errors"], 0, "{stats}");
+    cache_is_honest(&art, cache.path());
 }

@@ -418,7 +418,8 @@ impl BlobSet {
             for group in coalesce(&todo) {
                 let start = group[0].start;
                 let end = group.iter().map(|u| u.end).max().unwrap_or(start);
-                let bytes = self.fetch_range(blob, start, end)?;
+                // A second attempt fetches anew: the bytes in memory are what failed.
+                let bytes = self.fetch_range(blob, start, end, attempt > 0)?;
                 for u in group {
                     let input =
                         bytes.get((u.start - start) as usize..(u.end - start) as usize).unwrap_or(&[]);
@@ -480,12 +481,17 @@ impl BlobSet {
     }
 
     /// Compressed bytes `[start, end)` of a blob: what a recent fetch already holds, plus one
-    /// range request for the rest.
-    fn fetch_range(&self, blob: &Blob, start: u64, end: u64) -> Result<Vec<u8>, BlobError> {
+    /// range request for the rest; all of it from the source when `fresh` (and what memory
+    /// held of the range is dropped).
+    fn fetch_range(&self, blob: &Blob, start: u64, end: u64, fresh: bool) -> Result<Vec<u8>, BlobError> {
         let end = end.min(blob.size);
         let b = blob.index;
         let mut have: Vec<u8> = Vec::new();
-        if let Ok(recent) = self.recent.lock() {
+        if fresh {
+            if let Ok(mut recent) = self.recent.lock() {
+                recent.retain(|r| r.blob != b || r.start >= end || r.start + r.bytes.len() as u64 <= start);
+            }
+        } else if let Ok(recent) = self.recent.lock() {
             // The entry reaching furthest from at or before `start`.
             if let Some(r) = recent
                 .iter()

@@ -21,6 +21,10 @@ pub enum Fault {
     IgnoreRange,
     /// Change nothing; only count (for proxy and mirror tests).
     Count,
+    /// Flip the response byte at this offset (headers included), as a bad link or cache would.
+    /// Every request through the proxy is then made to close its connection, so that each
+    /// request is matched on its own.
+    FlipByte(usize),
 }
 
 pub struct FaultyProxy {
@@ -100,6 +104,16 @@ fn serve(
     }
     let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
     let head = match (faulty, fault) {
+        (_, Fault::FlipByte(_)) => {
+            let text = String::from_utf8_lossy(&head).to_string();
+            let mut kept: Vec<&str> = text
+                .trim_end_matches("\r\n")
+                .split("\r\n")
+                .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+                .collect();
+            kept.push("Connection: close");
+            format!("{}\r\n\r\n", kept.join("\r\n")).into_bytes()
+        }
         (true, Fault::IgnoreRange) => {
             let text = String::from_utf8_lossy(&head).to_string();
             let kept: Vec<&str> =
@@ -115,6 +129,10 @@ fn serve(
         (true, Fault::CutAfter(n)) => Some(n),
         _ => None,
     };
+    let flip = match (faulty, fault) {
+        (true, Fault::FlipByte(n)) => Some(n),
+        _ => None,
+    };
     // Upstream to client, possibly cut.
     let down = thread::spawn(move || {
         let mut buf = [0u8; 16384];
@@ -128,6 +146,11 @@ fn serve(
                 Some(limit) => n.min(limit.saturating_sub(sent)),
                 None => n,
             };
+            if let Some(at) = flip
+                && (sent..sent + n).contains(&at)
+            {
+                buf[at - sent] ^= 0xff;
+            }
             if n == 0 || client_write.write_all(&buf[..n]).is_err() {
                 break;
             }
