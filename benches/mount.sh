@@ -28,6 +28,15 @@ host=127.0.0.1:$port
 "$zran" generate "oci:$layouts/python" -o "$WORK/art" >/dev/null
 
 now() { date +%s.%N; }
+fetched() {  # a mount's record: bytes fetched against the image and the files read
+    python3 - "$1" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1])); s = r["stats"]
+print(f"   fetched {s['bytes_fetched']} of {r['image_size']} bytes ({100*s['bytes_fetched']/r['image_size']:.1f}%),"
+      f" {s['requests']} requests; the {s['files_read']} files read hold {s['file_bytes_read']} bytes:"
+      f" {s['bytes_fetched']/s['file_bytes_read']:.2f}x")
+PY
+}
 ms() { python3 -c "print(f'{1e3*($2-$1):.0f}')"; }
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 
@@ -54,13 +63,7 @@ mkdir -p "$WORK/m-py"
 chroot "$WORK/m-py" /usr/bin/python3.11 -c 'import json, email'
 "$zran" umount "$WORK/m-py" --cache-dir "$WORK/c-py"
 "$zran" stats "$WORK/m-py" --cache-dir "$WORK/c-py" > "$WORK/py.json"
-python3 - "$WORK/py.json" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1])); s = r["stats"]
-print(f"   fetched {s['bytes_fetched']} of {r['image_size']} bytes ({100*s['bytes_fetched']/r['image_size']:.1f}%),"
-      f" {s['requests']} requests; the {s['files_read']} files read hold {s['file_bytes_read']} bytes:"
-      f" {s['bytes_fetched']/s['file_bytes_read']:.2f}x")
-PY
+fetched "$WORK/py.json"
 
 echo "== 2b. the same on the python image with a further 300 MB layer (this machine's /usr/share and"
 echo "       /usr/lib/x86_64-linux-gnu under /opt/extra): what a start fetches does not grow with the image"
@@ -108,13 +111,7 @@ mkdir -p "$WORK/m-big"
 chroot "$WORK/m-big" /usr/bin/python3.11 -c 'import json, email'
 "$zran" umount "$WORK/m-big" --cache-dir "$WORK/c-big"
 "$zran" stats "$WORK/m-big" --cache-dir "$WORK/c-big" > "$WORK/big.json"
-python3 - "$WORK/big.json" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1])); s = r["stats"]
-print(f"   fetched {s['bytes_fetched']} of {r['image_size']} bytes ({100*s['bytes_fetched']/r['image_size']:.1f}%),"
-      f" {s['requests']} requests; the {s['files_read']} files read hold {s['file_bytes_read']} bytes:"
-      f" {s['bytes_fetched']/s['file_bytes_read']:.2f}x")
-PY
+fetched "$WORK/big.json"
 
 echo "== 3. warm sequential reads, page cache dropped, against local disk"
 mkdir -p "$WORK/m-warm"

@@ -195,9 +195,7 @@ fn a_plain_gzip_image_cannot_be_mounted_without_an_artifact() {
     // Missing and busy mount points, and an artifact of another image.
     let o = zran(&["mount", &image, "/nonexistent/mnt"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/mnt"));
-    let work = tempfile::tempdir().unwrap();
-    let art = work.path().join("art");
-    generate(&format!("oci:{}", layouts().join("edge").display()), &art);
+    let (_work, art, _) = artifact("edge");
     let m = Mount::new(art.to_str().unwrap(), cache.path(), &[]);
     let o = zran(&["mount", art.to_str().unwrap(), m.mnt.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("busy"), "{}", String::from_utf8_lossy(&o.stderr));
@@ -212,9 +210,7 @@ fn a_plain_gzip_image_cannot_be_mounted_without_an_artifact() {
 
 #[test]
 fn python_starts_from_the_mount() {
-    let work = tempfile::tempdir().unwrap();
-    let art = work.path().join("art");
-    generate(&format!("oci:{}", layouts().join("python").display()), &art);
+    let (_work, art, _) = artifact("python");
     let cache = tempfile::tempdir().unwrap();
     let m = Mount::new(art.to_str().unwrap(), cache.path(), &[]);
     let o = Command::new("chroot")
@@ -284,15 +280,22 @@ fn libc_eio() -> i32 {
     5
 }
 
+/// An artifact of a test image in a temporary directory, and the digest of its biggest layer.
+fn artifact(name: &str) -> (tempfile::TempDir, PathBuf, String) {
+    let work = tempfile::tempdir().unwrap();
+    let art = work.path().join("art");
+    generate(&format!("oci:{}", layouts().join(name).display()), &art);
+    let zj: Value = serde_json::from_slice(&std::fs::read(art.join("zran.json")).unwrap()).unwrap();
+    let big = zj["layers"].as_array().unwrap().iter().max_by_key(|l| l["size"].as_u64().unwrap()).unwrap();
+    let digest = big["digest"].as_str().unwrap().to_string();
+    (work, art, digest)
+}
+
 #[test]
 fn a_tampered_layer_is_never_served() {
     let reg = TestRegistry::start("plain");
-    let work = tempfile::tempdir().unwrap();
-    let art = work.path().join("art");
-    generate(&format!("oci:{}", layouts().join("python").display()), &art);
-    let zj: Value = serde_json::from_slice(&std::fs::read(art.join("zran.json")).unwrap()).unwrap();
-    let big = zj["layers"].as_array().unwrap().iter().max_by_key(|l| l["size"].as_u64().unwrap()).unwrap();
-    let hex = big["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+    let (_work, art, digest) = artifact("python");
+    let hex = digest.trim_start_matches("sha256:").to_string();
     let data = reg.blob_data(&hex);
     let mut bytes = std::fs::read(&data).unwrap();
     let at = bytes.len() / 2;
@@ -324,9 +327,7 @@ fn a_tampered_layer_is_never_served() {
 
 #[test]
 fn a_corrupted_cache_is_caught_and_refetched() {
-    let work = tempfile::tempdir().unwrap();
-    let art = work.path().join("art");
-    generate(&format!("oci:{}", layouts().join("edge").display()), &art);
+    let (_work, art, _) = artifact("edge");
     let cache = tempfile::tempdir().unwrap();
     let m = Mount::new(art.to_str().unwrap(), cache.path(), &[]);
     assert!(read_all("edge", &m.mnt).is_empty());
@@ -361,9 +362,7 @@ fn a_corrupted_cache_is_caught_and_refetched() {
 
 #[test]
 fn a_killed_mount_leaves_a_cache_the_next_one_trusts_rightly() {
-    let work = tempfile::tempdir().unwrap();
-    let art = work.path().join("art");
-    generate(&format!("oci:{}", layouts().join("python").display()), &art);
+    let (_work, art, _) = artifact("python");
     let cache = tempfile::tempdir().unwrap();
     let m = Mount::new(art.to_str().unwrap(), cache.path(), &[]);
     let all = files("python");
@@ -397,9 +396,7 @@ fn a_killed_mount_leaves_a_cache_the_next_one_trusts_rightly() {
 #[test]
 fn reads_fail_while_the_registry_is_away_and_work_when_it_is_back() {
     let reg = TestRegistry::start("plain");
-    let work = tempfile::tempdir().unwrap();
-    let art = work.path().join("art");
-    generate(&format!("oci:{}", layouts().join("edge").display()), &art);
+    let (_work, art, _) = artifact("edge");
     let cache = tempfile::tempdir().unwrap();
     let remote = format!("{}/edge", reg.host());
     let m = Mount::new(art.to_str().unwrap(), cache.path(), &["--image", &remote]);
@@ -418,9 +415,7 @@ fn reads_fail_while_the_registry_is_away_and_work_when_it_is_back() {
 
 #[test]
 fn sequential_readers_are_read_ahead() {
-    let work = tempfile::tempdir().unwrap();
-    let art = work.path().join("art");
-    generate(&format!("oci:{}", layouts().join("edge").display()), &art);
+    let (_work, art, _) = artifact("edge");
     let cache = tempfile::tempdir().unwrap();
     let m = Mount::new(art.to_str().unwrap(), cache.path(), &["--no-prefetch"]);
     let (path, size, sha) = files("edge").into_iter().max_by_key(|f| f.1).unwrap();
@@ -434,9 +429,7 @@ fn sequential_readers_are_read_ahead() {
 
 #[test]
 fn sixteen_readers_of_cold_files_fetch_each_chunk_once() {
-    let work = tempfile::tempdir().unwrap();
-    let art = work.path().join("art");
-    generate(&format!("oci:{}", layouts().join("python").display()), &art);
+    let (_work, art, _) = artifact("python");
     let cache = tempfile::tempdir().unwrap();
     let m = Mount::new(art.to_str().unwrap(), cache.path(), &["--no-prefetch"]);
     let mut big: Vec<_> = files("python");
@@ -472,9 +465,7 @@ fn mounted(mnt: &Path) -> bool {
 
 #[test]
 fn sigterm_unmounts_cleanly_even_with_a_file_open() {
-    let work = tempfile::tempdir().unwrap();
-    let art = work.path().join("art");
-    generate(&format!("oci:{}", layouts().join("edge").display()), &art);
+    let (work, art, _) = artifact("edge");
     let cache = work.path().join("cache");
     for hold_a_file in [false, true] {
         let mnt = work.path().join(format!("mnt-{hold_a_file}"));
@@ -508,9 +499,7 @@ fn sigterm_unmounts_cleanly_even_with_a_file_open() {
 
 #[test]
 fn an_unreachable_registry_is_a_clear_error() {
-    let work = tempfile::tempdir().unwrap();
-    let art = work.path().join("art");
-    generate(&format!("oci:{}", layouts().join("edge").display()), &art);
+    let (work, art, _) = artifact("edge");
     let mnt = work.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     // A port nothing listens on.
@@ -537,13 +526,8 @@ fn an_unreachable_registry_is_a_clear_error() {
 #[test]
 fn a_chunk_spoiled_in_transit_is_fetched_again() {
     let reg = TestRegistry::start("plain");
-    let work = tempfile::tempdir().unwrap();
-    let art = work.path().join("art");
-    generate(&format!("oci:{}", layouts().join("python").display()), &art);
-    let zj: Value = serde_json::from_slice(&std::fs::read(art.join("zran.json")).unwrap()).unwrap();
-    let big = zj["layers"].as_array().unwrap().iter().max_by_key(|l| l["size"].as_u64().unwrap()).unwrap();
-    let matching: &'static str =
-        Box::leak(format!("/blobs/{}", big["digest"].as_str().unwrap()).into_boxed_str());
+    let (_work, art, digest) = artifact("python");
+    let matching: &'static str = Box::leak(format!("/blobs/{digest}").into_boxed_str());
     // The first range request for the big layer gets one byte flipped past its headers.
     let proxy = FaultyProxy::start(reg.port, Fault::FlipByte(3000), 1, matching);
     let cache = tempfile::tempdir().unwrap();
