@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use proptest::prelude::*;
-use zran::gzip::{Extractor, GzipError, Index, IndexBuilder, Requests, Sink, zidx};
+use zran::gzip::{Extractor, GzipError, Index, IndexBuilder, Requests, Restart, Sink, inflate_from, zidx};
 
 /// Check `index` against `data` at every checkpoint and at the given ranges.
 fn check_ranges(gz: &[u8], index: &Index, data: &[u8], ranges: &[(u64, usize)]) {
@@ -61,6 +61,40 @@ proptest! {
         // The on-disk form decodes to the same index.
         let back = zidx::decode(&zidx::encode(&index)).unwrap();
         prop_assert_eq!(back, index);
+    }
+
+    /// Restarting from any checkpoint with only the compressed bytes after it in memory (as
+    /// the mount's blob layer does) yields the data, across member boundaries too; an input
+    /// cut short is an error, never a short or wrong output.
+    #[test]
+    fn restart_from_any_checkpoint_in_memory(
+        len in 1usize..300_000,
+        seed in any::<u64>(),
+        members in prop::collection::vec(member_strategy(), 1..4),
+        splits in prop::collection::vec(0usize..300_000, 0..4),
+        span in prop::sample::select(vec![4096u64, 32 * 1024, 100_000]),
+        want in 1usize..200_000,
+        cut in 1usize..64,
+    ) {
+        let data = sample_data(len, seed);
+        let gz = gzip_members(&data, &splits, &members);
+        let index = IndexBuilder::new().span(span).build(&gz[..]).unwrap();
+        for (i, cp) in index.checkpoints.iter().enumerate() {
+            let n = want.min(data.len() - cp.out as usize);
+            if n == 0 {
+                continue;
+            }
+            let window = cp.window_bytes(i).unwrap();
+            let restart = Restart { bits: cp.bits, prev_byte: cp.prev_byte, dict: &window };
+            let input = &gz[cp.input as usize..];
+            let mut out = vec![0u8; n];
+            inflate_from(&restart, input, cp.input, &mut out).unwrap();
+            prop_assert_eq!(&out[..], &data[cp.out as usize..cp.out as usize + n]);
+            let short = &input[..input.len().min(cut)];
+            if short.len() < input.len() && n > 128 * 1024 {
+                prop_assert!(inflate_from(&restart, short, cp.input, &mut out).is_err());
+            }
+        }
     }
 
     #[test]
