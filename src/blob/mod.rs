@@ -27,6 +27,9 @@ use std::sync::{Arc, Condvar, Mutex};
 
 /// The largest range request coalescing builds.
 pub const MAX_REQUEST: u64 = 8 << 20;
+/// The most one decode may read or produce: a context or member beyond it (which zran never
+/// writes: a context spans at most a chunk and a checkpoint span) is refused, not allocated.
+const MAX_UNIT: u64 = 64 << 20;
 /// Ranges closer than this are fetched together (the gap is cheaper than a round trip).
 const MAX_GAP: u64 = 256 << 10;
 
@@ -627,6 +630,18 @@ impl Blob {
                 }
             }
         }
+        for u in units.values() {
+            let input = u.end.saturating_sub(u.start);
+            if input > MAX_UNIT || u.out_len as u64 > MAX_UNIT {
+                return Err(self.err(format!(
+                    "{} at compressed offset {} needs {input} compressed and {} uncompressed bytes, \
+                     more than the {MAX_UNIT} this reader allows",
+                    u.context.map_or("gzip member".to_string(), |zi| format!("zran context {zi}")),
+                    u.start,
+                    u.out_len
+                )));
+            }
+        }
         Ok(units.into_values().collect())
     }
 
@@ -670,6 +685,119 @@ mod tests {
 
     fn unit(start: u64, end: u64) -> Unit {
         Unit { start, end, context: None, out_len: 0, chunks: Vec::new() }
+    }
+
+    /// A blob held in memory.
+    struct Memory(Vec<u8>);
+
+    impl BlobSource for Memory {
+        fn name(&self) -> String {
+            "memory".into()
+        }
+        fn manifest(&self, r: &str) -> Result<(Vec<u8>, Digest, Option<String>), crate::oci::OciError> {
+            Err(crate::oci::OciError::NotFound(r.into()))
+        }
+        fn open(
+            &self,
+            d: &Digest,
+            _: Option<u64>,
+        ) -> Result<Box<dyn std::io::Read + Send>, crate::oci::OciError> {
+            Err(crate::oci::OciError::NotFound(d.to_string()))
+        }
+        fn read_at(&self, _: &Digest, offset: u64, buf: &mut [u8]) -> Result<usize, crate::oci::OciError> {
+            let from = (offset as usize).min(self.0.len());
+            let n = buf.len().min(self.0.len() - from);
+            buf[..n].copy_from_slice(&self.0[from..from + n]);
+            Ok(n)
+        }
+        fn bytes_fetched(&self) -> u64 {
+            0
+        }
+    }
+
+    /// One gzip member of `data` cut into chunks of `cs` bytes, as `generate` would describe it
+    /// with a single context at the start; `tweak` may spoil the metadata.
+    fn one_blob(data: &[u8], cs: usize, tweak: impl Fn(&mut BlobMeta)) -> (BlobSet, tempfile::TempDir) {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+        e.write_all(data).unwrap();
+        let gz = e.finish().unwrap();
+        let header = crate::gzip::header::parse(&gz).unwrap().unwrap() as u64;
+        let mut meta = BlobMeta::default();
+        let mut table = Vec::new();
+        for (i, c) in data.chunks(cs).enumerate() {
+            meta.chunks.push(crate::rafs::meta::ChunkInfo {
+                uncompressed_offset: (i * cs) as u64,
+                uncompressed_size: c.len() as u32,
+                compressed_offset: header,
+                compressed_size: (gz.len() as u64 - header) as u32,
+                zran_index: 0,
+                zran_offset: (i * cs) as u32,
+            });
+            table.push(ChunkSpec {
+                blob: 0,
+                ci: i as u32,
+                digest: Sha256::digest(c).into(),
+                compressed_offset: header,
+                compressed_size: (gz.len() as u64 - header) as u32,
+                uncompressed_offset: (i * cs) as u64,
+                uncompressed_size: c.len() as u32,
+                flags: 0,
+            });
+        }
+        meta.contexts.push(crate::rafs::meta::ZranContext {
+            in_offset: header,
+            out_offset: 0,
+            in_len: (gz.len() as u64 - header) as u32,
+            out_len: data.len() as u32,
+            bits: 0,
+            prev_byte: 0,
+            dict: Vec::new(),
+        });
+        tweak(&mut meta);
+        let spec = BlobSpec {
+            id: hex::encode(Sha256::digest(&gz)),
+            chunk_count: table.len() as u32,
+            compressed_size: gz.len() as u64,
+            uncompressed_size: (data.len() as u64).div_ceil(4096) * 4096 + (64 << 20) + 8192,
+            ..Default::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let set = BlobSet::open(
+            vec![BlobInput { layer: 0, spec: &spec, meta: Some(meta) }],
+            &table,
+            Box::new(Memory(gz)),
+            dir.path(),
+        )
+        .unwrap();
+        (set, dir)
+    }
+
+    #[test]
+    fn reads_verify_and_cache_and_refuse_oversized_contexts() {
+        let data: Vec<u8> = (0..40_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let (set, _dir) = one_blob(&data, 8192, |_| {});
+        let mut buf = vec![0u8; 100];
+        set.read(&[Piece { blob: 0, ci: 3, offset: 50, len: 100 }], &mut buf).unwrap();
+        assert_eq!(buf, data[3 * 8192 + 50..3 * 8192 + 150]);
+        assert_eq!(set.stats.digest_failures.load(Relaxed), 0);
+        // The context's chunks up to the one read were kept; the next read needs no fetch.
+        let fetched = set.stats.requests.load(Relaxed);
+        set.read(&[Piece { blob: 0, ci: 1, offset: 0, len: 100 }], &mut buf).unwrap();
+        assert_eq!(set.stats.requests.load(Relaxed), fetched);
+        assert_eq!(buf, data[8192..8292]);
+
+        // A context that claims 64 MiB more output than it has: refused, nothing allocated.
+        let (set, _dir) = one_blob(&data, 8192, |m| {
+            m.contexts[0].out_len += 64 << 20;
+            m.chunks[2].zran_offset += 64 << 20;
+        });
+        let err = set.read(&[Piece { blob: 0, ci: 2, offset: 0, len: 10 }], &mut buf).unwrap_err();
+        assert!(err.to_string().contains("more than"), "{err}");
+        // A chunk whose digest does not match (offset moved): never served, counted twice.
+        let (set, _dir) = one_blob(&data, 8192, |m| m.chunks[4].zran_offset += 1);
+        assert!(set.read(&[Piece { blob: 0, ci: 4, offset: 0, len: 10 }], &mut buf).is_err());
+        assert_eq!(set.stats.digest_failures.load(Relaxed), 2);
     }
 
     #[test]
