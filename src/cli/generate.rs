@@ -21,7 +21,8 @@ pub struct GenerateArgs {
     #[command(flatten)]
     pub image_args: ImageArgs,
     /// Chunk size: a power of two from 4K to 16M (default 1M, or the chunk size of the
-    /// image's eStargz layers).
+    /// image's eStargz layers). In gzip layers a chunk and what precedes it back to its
+    /// checkpoint must fit the 16 MiB Nydus decodes at once, so 8M is the practical limit there.
     #[arg(long, value_parser = super::util::parse_size)]
     pub chunk_size: Option<u64>,
     /// Uncompressed bytes between zran checkpoints beyond those taken before every chunk.

@@ -99,9 +99,10 @@ impl BlobMeta {
                     end
                 }
             };
-            if span_end - cp.out > u64::from(u32::MAX) {
+            if span_end - cp.out > MAX_CHUNK_SIZE {
                 return Err(err(format!(
-                    "{} uncompressed bytes from the checkpoint at {} to the end of the chunk: more than a zran context holds (u32)",
+                    "{} uncompressed bytes from the checkpoint at {} to the end of the chunk: Nydus \
+                     decodes at most {MAX_CHUNK_SIZE} from a zran context (use a smaller --chunk-size)",
                     span_end - cp.out,
                     cp.out
                 )));

@@ -439,9 +439,12 @@ fn build_refuses_what_does_not_fit() {
     assert!(err(&[chunk(5, 1 << 24 | 1, 1)]).contains("length"));
     assert!(err(&[chunk((1 << 34) - 10, 11, 1)]).contains("past the end"));
     assert!(err(&[chunk(100, 10, 1), chunk(50, 10, 2)]).contains("before the previous"));
-    // More than 4 GiB from the checkpoint to the chunk: zran_offset / out_len are u32.
+    // More than 16 MiB from the checkpoint to the chunk's end: more than Nydus decodes from a
+    // zran context (its RAFS_MAX_CHUNK_SIZE).
     let e = err(&[chunk(1 << 33, 100, 1)]);
-    assert!(e.contains("file chunk 0") && e.contains("u32"), "{e}");
+    assert!(e.contains("file chunk 0") && e.contains("Nydus decodes at most"), "{e}");
+    let e = err(&[chunk((1 << 20) + (16 << 20) - 99, 100, 1)]);
+    assert!(e.contains("Nydus decodes at most"), "{e}");
     // 2^30 compressed bytes from the checkpoint to past the chunk: not in 24 bits.
     let e = err(&[chunk((1 << 20) + 5, 100, 1)]);
     assert!(e.contains("24 bits"), "{e}");
