@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use zran::estargz::toc::{
-    self, EntryKind, LandmarkKind, MAX_TOC_JSON, TAIL_READ, Toc, TocError, Verify, read_toc,
+    self, EntryKind, LandmarkKind, MAX_TOC_JSON, TAIL_READ, Toc, TocError, Verify, read_toc, read_toc_from,
 };
 use zran::estargz::{Footer, FooterKind};
 use zran::oci::image::ESTARGZ_TOC_DIGEST;
@@ -1059,6 +1059,16 @@ fn check_image(name: &str) {
         // Only the tail: one read of up to 2 MiB, and the rest of the TOC if it starts earlier.
         let tail = l.size.min(TAIL_READ).max(l.size - toc.footer.toc_offset);
         assert_eq!((fetched, toc.fetched), (tail, tail), "{name} {}", l.digest);
+        // With the footer known, exactly the TOC and the footer are read, and the TOC is the same.
+        for hint in [toc.footer.toc_offset, toc.footer.toc_offset + 1000, 0, l.size + 5] {
+            let before = img.source.bytes_fetched();
+            let again = read_toc_from(img.source.as_ref(), l, Verify::Required, Some(hint))
+                .unwrap_or_else(|e| panic!("{name} hint {hint}: {e}"));
+            assert_eq!(again.entries, toc.entries, "{name} hint {hint}");
+            if hint == toc.footer.toc_offset {
+                assert_eq!(img.source.bytes_fetched() - before, l.size - hint, "{name}");
+            }
+        }
         assert!(toc.verified);
         assert_eq!(Some(toc.digest.to_string().as_str()), l.estargz_toc_digest());
         assert_eq!(toc.footer.kind, FooterKind::Estargz);

@@ -134,11 +134,11 @@ pub fn layer_inputs(
     let layers = &image.manifest.layers;
     let mut tocs = Vec::with_capacity(layers.len());
     for (i, d) in layers.iter().enumerate() {
-        let (format, _) = layer_format(image, d)?;
+        let (format, toc_offset) = layer_format(image, d)?;
         let toc = match format {
             LayerFormat::Gzip => None,
             LayerFormat::Estargz if !ignore_toc => Some(
-                estargz::read_toc(image.source.as_ref(), d, estargz::Verify::Required)
+                estargz::read_toc_from(image.source.as_ref(), d, estargz::Verify::Required, toc_offset)
                     .with_context(|| format!("{}: layer {i} ({})", image.name, d.digest))?,
             ),
             LayerFormat::Estargz | LayerFormat::EstargzUnverified | LayerFormat::LegacyStargz => None,

@@ -8,4 +8,6 @@ pub mod footer;
 pub mod toc;
 
 pub use footer::{Footer, FooterKind, detect_footer};
-pub use toc::{Chunk, EntryKind, Landmark, LandmarkKind, Toc, TocEntry, TocError, Verify, read_toc};
+pub use toc::{
+    Chunk, EntryKind, Landmark, LandmarkKind, Toc, TocEntry, TocError, Verify, read_toc, read_toc_from,
+};

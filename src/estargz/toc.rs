@@ -12,7 +12,8 @@
 //!
 //! [`read_toc`] reads the blob's tail once (up to [`TAIL_READ`] bytes; the stargz opener reads
 //! 2 MiB), and a second time, exactly the missing part, only when the TOC starts before that
-//! tail. Everything read is
+//! tail ([`read_toc_from`], given the TOC offset of a footer already read, reads exactly the
+//! TOC and the footer instead). Everything read is
 //! distrusted: the TOC JSON is bounded ([`MAX_TOC_JSON`]), nothing is allocated from a size it
 //! claims, and every entry is checked (names, types, attributes, and that the chunks of each
 //! file cover it exactly, lie before the TOC and do not collide), with errors that name the
@@ -274,6 +275,18 @@ fn at(offset: &Option<u64>, before: &str, after: &str) -> String {
 /// Read, verify and parse the TOC of the eStargz layer `layer`: one read of the blob's last
 /// [`TAIL_READ`] bytes, and a second one only if the TOC starts before them.
 pub fn read_toc(source: &dyn BlobSource, layer: &Descriptor, verify: Verify) -> Result<Toc, TocError> {
+    read_toc_from(source, layer, verify, None)
+}
+
+/// [`read_toc`] when the footer has been read already: one read of exactly the TOC and the
+/// footer, from `toc_offset` (a hint: a wrong one costs a read, never a wrong TOC, since the
+/// footer read with it decides and the TOC's digest is checked).
+pub fn read_toc_from(
+    source: &dyn BlobSource,
+    layer: &Descriptor,
+    verify: Verify,
+    toc_offset: Option<u64>,
+) -> Result<Toc, TocError> {
     let digest = &layer.digest;
     let size = layer.size;
     if size < footer::MAX_FOOTER as u64 - 4 {
@@ -282,7 +295,12 @@ pub fn read_toc(source: &dyn BlobSource, layer: &Descriptor, verify: Verify) -> 
             reason: format!("{size} bytes are too few for a footer"),
         });
     }
-    let n = size.min(TAIL_READ);
+    let n = match toc_offset {
+        Some(o) if o < size && size - o <= MAX_TOC_REGION + footer::MAX_FOOTER as u64 => {
+            (size - o).max(footer::MAX_FOOTER as u64).min(size)
+        }
+        _ => size.min(TAIL_READ),
+    };
     let mut tail = vec![0u8; n as usize];
     read_exact_at(source, digest, size, size - n, &mut tail)?;
     let mut fetched = n;
