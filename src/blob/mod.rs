@@ -320,11 +320,11 @@ impl BlobSet {
             for &ci in &mine {
                 flights.insert(ci, flight.clone());
             }
-            (mine.into_iter().map(|ci| (ci, flight.clone())).collect::<Vec<_>>(), theirs)
+            ((mine, flight), theirs)
         };
         let mut first_err = None;
-        if let Some((_, flight)) = mine.first() {
-            let cis: Vec<u32> = mine.iter().map(|(ci, _)| *ci).collect();
+        let (cis, flight) = mine;
+        if !cis.is_empty() {
             let r = self.fetch(blob, &cis);
             if let Ok(mut flights) = blob.flights.lock() {
                 for ci in &cis {
@@ -486,7 +486,7 @@ impl BlobSet {
     /// Compressed bytes `[start, end)` of a blob: what a recent fetch already holds, plus one
     /// range request for the rest; all of it from the source when `fresh` (and what memory
     /// held of the range is dropped).
-    fn fetch_range(&self, blob: &Blob, start: u64, end: u64, fresh: bool) -> Result<Vec<u8>, BlobError> {
+    fn fetch_range(&self, blob: &Blob, start: u64, end: u64, fresh: bool) -> Result<Arc<Vec<u8>>, BlobError> {
         let end = end.min(blob.size);
         let b = blob.index;
         let mut have: Vec<u8> = Vec::new();
@@ -520,8 +520,9 @@ impl BlobSet {
                 return Err(blob.err(format!("range {from}-{end}: the blob ends at {}", from + n as u64)));
             }
             have.extend_from_slice(&buf);
+            let have = Arc::new(have);
             if let Ok(mut recent) = self.recent.lock() {
-                recent.push_back(Recent { blob: b, start, bytes: Arc::new(have.clone()) });
+                recent.push_back(Recent { blob: b, start, bytes: have.clone() });
                 let mut total: usize = recent.iter().map(|r| r.bytes.len()).sum();
                 while total > RECENT_BYTES && recent.len() > 1 {
                     if let Some(old) = recent.pop_front() {
@@ -529,8 +530,9 @@ impl BlobSet {
                     }
                 }
             }
+            return Ok(have);
         }
-        Ok(have)
+        Ok(Arc::new(have))
     }
 
     fn blob(&self, b: u8) -> Result<&Blob, BlobError> {
@@ -539,18 +541,6 @@ impl BlobSet {
             digest: String::new(),
             message: format!("no blob {b} in the bootstrap"),
         })
-    }
-
-    /// The layer and digest of a blob, for messages.
-    pub fn describe(&self, b: u8) -> String {
-        self.blobs
-            .get(usize::from(b))
-            .map_or(format!("blob {b}"), |x| format!("layer {} ({})", x.layer, x.digest))
-    }
-
-    /// All chunks of each blob that files use, for a full prefetch.
-    pub fn blob_count(&self) -> usize {
-        self.blobs.len()
     }
 }
 

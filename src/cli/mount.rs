@@ -269,7 +269,8 @@ fn serve(args: MountArgs, mnt: PathBuf) -> anyhow::Result<()> {
         unsafe { signal_hook::low_level::register(sig, || STOP.store(true, Ordering::SeqCst)) }?;
     }
     let record = record_path(&cache, &mnt);
-    let started = zran::fuse::now_secs();
+    let started =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let write_record = |live: bool| {
         let r = Record {
             pid: std::process::id(),

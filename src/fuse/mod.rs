@@ -22,7 +22,9 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::time::{Duration, UNIX_EPOCH};
 
 /// Chunks fetched ahead of a sequential reader, beyond the one it is reading.
 const READAHEAD_CHUNKS: u64 = 2;
@@ -42,15 +44,17 @@ pub struct ImageFs {
     /// FUSE inode number of each tree inode, and back.
     ino: Vec<u64>,
     id_of: HashMap<u64, InodeId>,
+    /// Each inode's link count: its names for files, 2 + subdirectories for directories.
+    nlink: Vec<u32>,
     /// A parent and a name of each inode (the first found), for `..` and for messages.
     parent: Vec<InodeId>,
     name: Vec<Vec<u8>>,
     blobs: Arc<BlobSet>,
     total_bytes: u64,
     /// Files read from at least once (for the counters).
-    touched: Vec<std::sync::atomic::AtomicBool>,
+    touched: Vec<AtomicBool>,
     /// Where each file's last read ended: a read starting there is sequential.
-    last_end: Vec<std::sync::atomic::AtomicU64>,
+    last_end: Vec<AtomicU64>,
     /// Chunks to fetch ahead of sequential readers, for the readahead thread.
     ahead: std::sync::Mutex<std::sync::mpsc::SyncSender<(u8, Vec<u32>)>>,
 }
@@ -79,6 +83,21 @@ impl ImageFs {
                 }
             }
         }
+        let nlink = tree
+            .inodes
+            .iter()
+            .map(|i| {
+                if i.is_dir() {
+                    2 + i
+                        .children
+                        .values()
+                        .filter(|(c, _)| tree.inodes.get(*c).is_some_and(|x| x.is_dir()))
+                        .count() as u32
+                } else {
+                    i.nlink.max(1)
+                }
+            })
+            .collect();
         let total_bytes = tree.inodes.iter().filter(|i| i.kind == EntryKind::File).map(|i| i.size).sum();
         let (ahead, todo) = std::sync::mpsc::sync_channel::<(u8, Vec<u32>)>(16);
         let worker = blobs.clone();
@@ -98,12 +117,13 @@ impl ImageFs {
             chunk_size: u64::from(summary.chunk_size),
             ino,
             id_of,
+            nlink,
             parent,
             name,
             blobs,
             total_bytes,
-            touched: (0..n).map(|_| std::sync::atomic::AtomicBool::new(false)).collect(),
-            last_end: (0..n).map(|_| std::sync::atomic::AtomicU64::new(0)).collect(),
+            touched: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            last_end: (0..n).map(|_| AtomicU64::new(0)).collect(),
             ahead: std::sync::Mutex::new(ahead),
         }
     }
@@ -123,15 +143,23 @@ impl ImageFs {
         format!("/{}", parts.join("/"))
     }
 
+    fn kind(&self, id: InodeId) -> FileType {
+        match self.tree.inodes[id].kind {
+            EntryKind::Directory => FileType::Directory,
+            EntryKind::Symlink => FileType::Symlink,
+            EntryKind::Char => FileType::CharDevice,
+            EntryKind::Block => FileType::BlockDevice,
+            EntryKind::Fifo => FileType::NamedPipe,
+            EntryKind::File | EntryKind::Hardlink => FileType::RegularFile,
+        }
+    }
+
     fn attr(&self, id: InodeId) -> FileAttr {
         let i = &self.tree.inodes[id];
-        let (kind, rdev) = match i.kind {
-            EntryKind::Directory => (FileType::Directory, 0),
-            EntryKind::Symlink => (FileType::Symlink, 0),
-            EntryKind::Char => (FileType::CharDevice, libc::makedev(i.devmajor, i.devminor) as u32),
-            EntryKind::Block => (FileType::BlockDevice, libc::makedev(i.devmajor, i.devminor) as u32),
-            EntryKind::Fifo => (FileType::NamedPipe, 0),
-            EntryKind::File | EntryKind::Hardlink => (FileType::RegularFile, 0),
+        let kind = self.kind(id);
+        let rdev = match i.kind {
+            EntryKind::Char | EntryKind::Block => libc::makedev(i.devmajor, i.devminor) as u32,
+            _ => 0,
         };
         let size = match i.kind {
             EntryKind::File | EntryKind::Hardlink => i.size,
@@ -146,15 +174,6 @@ impl ImageFs {
             UNIX_EPOCH.checked_sub(Duration::new(s.unsigned_abs(), 0)).unwrap_or(UNIX_EPOCH)
                 + Duration::new(0, ns)
         };
-        let nlink = if i.is_dir() {
-            2 + i
-                .children
-                .values()
-                .filter(|(c, _)| self.tree.inodes.get(*c).is_some_and(|x| x.is_dir()))
-                .count() as u32
-        } else {
-            i.nlink.max(1)
-        };
         FileAttr {
             ino: INodeNo(self.ino[id]),
             size,
@@ -165,7 +184,7 @@ impl ImageFs {
             crtime: mtime,
             kind,
             perm: (i.mode & 0o7777) as u16,
-            nlink,
+            nlink: self.nlink[id],
             uid: i.uid as u32,
             gid: i.gid as u32,
             rdev,
@@ -197,20 +216,17 @@ impl ImageFs {
         if offset >= end {
             return Ok(Vec::new());
         }
-        if !self.touched[id].swap(true, std::sync::atomic::Ordering::Relaxed) {
-            self.blobs.stats.files_read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.blobs.stats.file_bytes_read.fetch_add(i.size, std::sync::atomic::Ordering::Relaxed);
+        if !self.touched[id].swap(true, Relaxed) {
+            self.blobs.stats.files_read.fetch_add(1, Relaxed);
+            self.blobs.stats.file_bytes_read.fetch_add(i.size, Relaxed);
         }
         let pieces = self.pieces(id, offset, end)?;
         let cs = self.chunk_size.max(1);
         let enters_a_chunk = offset.is_multiple_of(cs) || offset / cs != (end - 1) / cs;
-        if offset > 0
-            && self.last_end[id].swap(end, std::sync::atomic::Ordering::Relaxed) == offset
-            && enters_a_chunk
-        {
+        if offset > 0 && self.last_end[id].swap(end, Relaxed) == offset && enters_a_chunk {
             self.read_ahead(id, end);
         } else {
-            self.last_end[id].store(end, std::sync::atomic::Ordering::Relaxed);
+            self.last_end[id].store(end, Relaxed);
         }
         let mut buf = vec![0u8; (end - offset) as usize];
         self.blobs.read(&pieces, &mut buf).map_err(|e| e.to_string())?;
@@ -223,15 +239,12 @@ impl ImageFs {
         let refs = self.chunks.get(&id).map(Vec::as_slice).unwrap_or(&[]);
         let cs = self.chunk_size.max(1);
         let first = end.div_ceil(cs);
-        let mut by_blob: HashMap<u8, Vec<u32>> = HashMap::new();
-        for r in refs.iter().skip(first as usize).take(READAHEAD_CHUNKS as usize) {
-            by_blob.entry(r.blob).or_default().push(r.ci);
-        }
+        let next = refs.iter().skip(first as usize).take(READAHEAD_CHUNKS as usize);
         if let Ok(tx) = self.ahead.lock() {
-            for (b, cis) in by_blob {
+            for (b, cis) in by_blob(next) {
                 let n = cis.len() as u64;
                 if tx.try_send((b, cis)).is_ok() {
-                    self.blobs.stats.readahead_chunks.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                    self.blobs.stats.readahead_chunks.fetch_add(n, Relaxed);
                 }
             }
         }
@@ -239,16 +252,8 @@ impl ImageFs {
 
     /// Every chunk of the files named (paths relative to the root), in the background.
     pub fn prefetch(&self, ids: &[InodeId]) {
-        let mut by_blob: HashMap<u8, Vec<u32>> = HashMap::new();
-        for id in ids {
-            for r in self.chunks.get(id).map(Vec::as_slice).unwrap_or(&[]) {
-                let v = by_blob.entry(r.blob).or_default();
-                if !v.contains(&r.ci) {
-                    v.push(r.ci);
-                }
-            }
-        }
-        for (b, cis) in by_blob {
+        let refs = ids.iter().flat_map(|id| self.chunks.get(id).map(Vec::as_slice).unwrap_or(&[]));
+        for (b, cis) in by_blob(refs) {
             for part in cis.chunks(8) {
                 if let Err(e) = self.blobs.ensure(b, part) {
                     tracing::warn!("prefetch: {e}");
@@ -274,10 +279,6 @@ impl ImageFs {
             .filter(|(_, (_, c))| *c < self.tree.inodes.len())
             .map(|(i, (name, c))| (i as u64 + 1, name, c))
             .collect())
-    }
-
-    pub fn tree(&self) -> &Tree {
-        &self.tree
     }
 }
 
@@ -350,7 +351,7 @@ impl Filesystem for Served {
         match fs.read_file(id, offset, size) {
             Ok(data) => reply.data(&data),
             Err(e) => {
-                fs.blobs.stats.read_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                fs.blobs.stats.read_errors.fetch_add(1, Relaxed);
                 tracing::error!(file = %fs.path_of(id), offset, size, "read failed: {e}");
                 reply.error(Errno::EIO)
             }
@@ -373,7 +374,7 @@ impl Filesystem for Served {
             Err(e) => reply.error(e),
             Ok(entries) => {
                 for (i, name, c) in entries {
-                    if reply.add(INodeNo(fs.ino[c]), i, fs.attr(c).kind, OsStr::from_bytes(name)) {
+                    if reply.add(INodeNo(fs.ino[c]), i, fs.kind(c), OsStr::from_bytes(name)) {
                         break;
                     }
                 }
@@ -437,13 +438,24 @@ impl Filesystem for Served {
         xattr_reply(&list, size, reply)
     }
 
-    fn access(&self, _req: &Request, ino: INodeNo, mask: fuser::AccessFlags, reply: fuser::ReplyEmpty) {
-        let _ = mask;
+    fn access(&self, _req: &Request, ino: INodeNo, _mask: fuser::AccessFlags, reply: fuser::ReplyEmpty) {
         match self.0.id(ino) {
             Some(_) => reply.ok(),
             None => reply.error(Errno::ENOENT),
         }
     }
+}
+
+/// Chunk references grouped by blob, each chunk once, in first-seen order.
+fn by_blob<'a>(refs: impl Iterator<Item = &'a ChunkRef>) -> HashMap<u8, Vec<u32>> {
+    let mut out: HashMap<u8, Vec<u32>> = HashMap::new();
+    for r in refs {
+        let v = out.entry(r.blob).or_default();
+        if !v.contains(&r.ci) {
+            v.push(r.ci);
+        }
+    }
+    out
 }
 
 fn xattr_reply(value: &[u8], size: u32, reply: ReplyXattr) {
@@ -454,9 +466,4 @@ fn xattr_reply(value: &[u8], size: u32, reply: ReplyXattr) {
     } else {
         reply.data(value)
     }
-}
-
-/// Time, for stats files.
-pub fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
