@@ -144,6 +144,48 @@ fn check_random_reads(name: &str, reads: &[(PathBuf, u64, Vec<u8>)]) {
     }
 }
 
+/// The errno of `lgetxattr(path, name)`, or None when it succeeds.
+fn getxattr_errno(path: &Path, name: &str) -> Option<i32> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    // SAFETY: both strings are NUL-terminated and live across the call; a null buffer of size 0
+    // asks only for the value's length.
+    let r = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) };
+    (r < 0).then(|| std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+}
+
+/// An image with no extended attribute anywhere answers "not supported" for every name (the
+/// kernel stops asking the mount); one with attributes answers "no such attribute" for a name
+/// it lacks, on a file without any and on one with some.
+fn check_xattr_answers(name: &str, walked: &Value, mnt: &Path) {
+    let entries = walked["entries"].as_array().unwrap();
+    let with = entries.iter().find(|e| e["xattrs"].as_object().is_some_and(|x| !x.is_empty()));
+    let without = entries
+        .iter()
+        .find(|e| e["type"] == "file" && e["xattrs"].as_object().is_none_or(|x| x.is_empty()))
+        .unwrap();
+    let at = |e: &Value| mnt.join(e["path"].as_str().unwrap().trim_start_matches('/'));
+    match with {
+        None => {
+            for _ in 0..3 {
+                assert_eq!(
+                    getxattr_errno(&at(without), "security.capability"),
+                    Some(libc::EOPNOTSUPP),
+                    "{name}"
+                );
+            }
+        }
+        Some(e) => {
+            for f in [e, without] {
+                assert_eq!(getxattr_errno(&at(f), "user.zran.absent"), Some(libc::ENODATA), "{name} {f}");
+            }
+            let present = e["xattrs"].as_object().unwrap().keys().next().unwrap();
+            assert_eq!(getxattr_errno(&at(e), present), None, "{name} {e}");
+        }
+    }
+}
+
 /// Mount, read at random, walk, compare with the truth; returns the final counters.
 fn mount_and_compare(name: &str, source: &str, extra: &[&str]) -> Value {
     let cache = tempfile::tempdir().unwrap();
@@ -152,6 +194,7 @@ fn mount_and_compare(name: &str, source: &str, extra: &[&str]) -> Value {
     let got = walk(&m.mnt);
     let n = compare(name, &got, name.ends_with("-estargz"));
     assert!(n > 50, "{name}: {n} entries");
+    check_xattr_answers(name, &got, &m.mnt);
     check_random_reads(name, &reads);
     let stats = m.finish();
     assert_eq!(stats["digest_failures"], 0, "{name}: {stats}");

@@ -51,6 +51,10 @@ pub struct ImageFs {
     name: Vec<Vec<u8>>,
     blobs: Arc<BlobSet>,
     total_bytes: u64,
+    /// Whether any inode has an extended attribute. When none has, `getxattr` answers ENOSYS
+    /// once and the kernel stops asking: no round trip per `ls -l` ACL probe or overlayfs
+    /// opaque check.
+    has_xattrs: bool,
     /// Files read from at least once (for the counters).
     touched: Vec<AtomicBool>,
     /// Where each file's last read ended: a read starting there is sequential.
@@ -99,6 +103,7 @@ impl ImageFs {
             })
             .collect();
         let total_bytes = tree.inodes.iter().filter(|i| i.kind == EntryKind::File).map(|i| i.size).sum();
+        let has_xattrs = tree.inodes.iter().any(|i| !i.xattrs.is_empty());
         let (ahead, todo) = std::sync::mpsc::sync_channel::<(u8, Vec<u32>)>(16);
         let worker = blobs.clone();
         let spawned = std::thread::Builder::new().name("zran-readahead".into()).spawn(move || {
@@ -122,6 +127,7 @@ impl ImageFs {
             name,
             blobs,
             total_bytes,
+            has_xattrs,
             touched: (0..n).map(|_| AtomicBool::new(false)).collect(),
             last_end: (0..n).map(|_| AtomicU64::new(0)).collect(),
             ahead: std::sync::Mutex::new(ahead),
@@ -421,6 +427,11 @@ impl Filesystem for Served {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if !self.0.has_xattrs {
+            // The kernel remembers ENOSYS for the connection and answers EOPNOTSUPP itself from
+            // then on, which readers take as "no attribute" (fs/fuse/xattr.c).
+            return reply.error(Errno::ENOSYS);
+        }
         let Some(id) = self.0.id(ino) else { return reply.error(Errno::ENOENT) };
         match self.0.tree.inodes[id].xattrs.get(name.as_bytes()) {
             None => reply.error(Errno::ENODATA),
