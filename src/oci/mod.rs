@@ -8,7 +8,7 @@ pub mod digest;
 pub mod image;
 pub mod reference;
 
-pub use digest::Digest;
+pub use digest::{Digest, Hasher};
 pub use reference::{ImageRef, LayoutRef, RegistryRef};
 pub mod layout;
 pub mod registry;
