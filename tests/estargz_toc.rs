@@ -241,6 +241,7 @@ fn descriptor(blob: &[u8], toc_digest: Option<String>) -> Descriptor {
             .map(|d| BTreeMap::from([(ESTARGZ_TOC_DIGEST.to_string(), d)]))
             .unwrap_or_default(),
         platform: None,
+        artifact_type: None,
     }
 }
 
@@ -813,6 +814,7 @@ fn not_estargz_or_not_yet() {
         size: src.blob(&d).unwrap().len() as u64,
         annotations: BTreeMap::new(),
         platform: None,
+        artifact_type: None,
     };
     let err = read(&src, &desc).unwrap_err();
     assert!(matches!(err, TocError::NotEstargz { .. }), "{err}");

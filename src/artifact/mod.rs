@@ -5,6 +5,8 @@
 //! (atomically: a half-written artifact never sits where a later run would trust it). Calls
 //! `oci`, `estargz`, `layer`, `tree` and `rafs`.
 
+pub mod publish;
+
 use crate::estargz::Toc;
 use crate::layer::{self, FileChunk, LayerError};
 use crate::oci::{Descriptor, Image};
@@ -65,6 +67,8 @@ pub enum ArtifactError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
+    #[error(transparent)]
+    Oci(#[from] crate::oci::OciError),
 }
 
 /// `zran.json`: what the artifact was made from.

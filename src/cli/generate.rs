@@ -44,6 +44,10 @@ pub struct GenerateArgs {
     /// Print zran.json on stdout when done.
     #[arg(long)]
     pub json: bool,
+    /// Then store the artifact beside the image (as `zran push` does), where `zran mount
+    /// IMAGE` finds it.
+    #[arg(long)]
+    pub push: bool,
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
@@ -96,6 +100,14 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     artifact::write_dir(&art, &args.output, args.force)
         .with_context(|| format!("cannot write the artifact to {}", args.output.display()))?;
     let elapsed = started.elapsed();
+    let pushed = if args.push {
+        Some(
+            artifact::publish::push(&args.output, &image)
+                .with_context(|| format!("cannot store the artifact beside {}", image.name))?,
+        )
+    } else {
+        None
+    };
 
     if args.json {
         println!("{}", serde_json::to_string_pretty(&art.manifest)?);
@@ -121,6 +133,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         image_size,
         elapsed.as_secs_f64()
     );
+    if let Some(d) = pushed {
+        println!("pushed {d} beside {} (referrer of {})", image.name, image.manifest.digest);
+    }
     Ok(())
 }
 

@@ -6,6 +6,7 @@ mod gz;
 mod image;
 mod inspect;
 mod mount;
+mod push;
 mod util;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +33,9 @@ pub enum Command {
     /// Write the RAFS v6 artifact (image.boot, blob.meta, zran.json) of an image, pointing into
     /// its original layers.
     Generate(generate::GenerateArgs),
+    /// Store a `generate` artifact beside its image (a referrer of its manifest, in the same
+    /// registry repository or OCI layout), where `zran mount IMAGE` finds it.
+    Push(push::PushArgs),
     /// Serve an image lazily through FUSE: a `generate` artifact directory, or an image whose
     /// layers are all eStargz. Every chunk is verified before it is read.
     Mount(mount::MountArgs),
@@ -63,6 +67,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gz(cmd) => gz::run(cmd),
         Command::Inspect(args) => inspect::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Push(args) => push::run(args),
         Command::Mount(args) => mount::mount(args),
         Command::Umount(args) => mount::umount(args),
         Command::Stats(args) => mount::stats(args),

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use zran::artifact::{self, Options};
+use zran::artifact::{self, Options, publish};
 use zran::blob::{BlobInput, BlobSet};
 use zran::fuse::{ImageFs, Served};
 use zran::rafs::reader::{Bootstrap, read_bootstrap};
@@ -29,8 +29,9 @@ const READY_FD: &str = "ZRAN_MOUNT_READY_FD";
 
 #[derive(Debug, Args)]
 pub struct MountArgs {
-    /// An artifact directory written by `zran generate`, or an image whose layers are all
-    /// eStargz (`oci:PATH[:TAG|@DIGEST]` or `[HOST[:PORT]/]REPO[:TAG|@DIGEST]`).
+    /// An artifact directory written by `zran generate`, or an image
+    /// (`oci:PATH[:TAG|@DIGEST]` or `[HOST[:PORT]/]REPO[:TAG|@DIGEST]`) with a zran artifact
+    /// stored beside it (`zran push`) or whose layers are all eStargz.
     pub source: String,
     pub mountpoint: PathBuf,
     /// Where fetched chunks are kept (default /var/lib/zran as root, else ~/.cache/zran).
@@ -180,28 +181,28 @@ fn prepare(args: &MountArgs, cache: &Path) -> anyhow::Result<Prepared> {
         let opened = artifact::open_dir(dir)?;
         let reference = args.image.clone().unwrap_or_else(|| opened.manifest.source.clone());
         let image = args.image_args.open(&reference)?;
-        if image.manifest.digest.to_string() != opened.manifest.manifest_digest {
-            bail!(
-                "artifact {} was generated from manifest {}, but {} is {}: it does not belong to this image",
-                dir.display(),
-                opened.manifest.manifest_digest,
-                image.name,
-                image.manifest.digest
-            );
-        }
-        let artifact::Opened { bootstrap, mut metas, .. } = opened;
-        let name = image.name.clone();
-        let image_size = image.manifest.layers.iter().map(|l| l.size).sum();
-        let blobs = open_blobs(image, &bootstrap, |i| metas.remove(&i), cache)?;
-        return Ok(Prepared { bootstrap, blobs, name, image_size });
+        return from_artifact(dir, opened, image, cache);
     }
-    // An image: every layer must be eStargz with a TOC that fits one chunk size.
     let image = args.image_args.open(&args.source)?;
+    // An artifact stored beside the image (`zran push`, `generate --push`) comes first.
+    match publish::find(&image) {
+        Ok(Some(found)) => {
+            let dir = publish::pull(&image, &found, &cache.join("artifacts")).with_context(|| {
+                format!("cannot fetch the zran artifact {} of {}", found.digest, image.name)
+            })?;
+            tracing::info!(artifact = %found.digest, dir = %dir.display(), "mounting the artifact stored beside the image");
+            let opened = artifact::open_dir(&dir)?;
+            return from_artifact(&dir, opened, image, cache);
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!("{}: cannot list its referrers: {e}", image.name),
+    }
+    // Otherwise every layer must be eStargz with a TOC that fits one chunk size.
     let (inputs, chunk_size) = layer_inputs(&image, false, None)?;
     for (i, input) in inputs.iter().enumerate() {
         if !matches!(input, artifact::LayerInput::Estargz(_)) {
             bail!(
-                "{}: layer {i} ({}) is not eStargz with a usable TOC: run `zran generate {} -o DIR` and mount DIR",
+                "{}: layer {i} ({}) is not eStargz with a usable TOC, and no zran artifact is stored beside the image: run `zran generate {} -o DIR` and mount DIR (or add --push to store it beside the image)",
                 image.name,
                 image.manifest.layers[i].digest,
                 args.source
@@ -215,6 +216,30 @@ fn prepare(args: &MountArgs, cache: &Path) -> anyhow::Result<Prepared> {
     let name = image.name.clone();
     let image_size = image.manifest.layers.iter().map(|l| l.size).sum();
     let blobs = open_blobs(image, &bootstrap, |_| None, cache)?;
+    Ok(Prepared { bootstrap, blobs, name, image_size })
+}
+
+/// Mount an artifact directory over the layers of `image`, which must be the image it was made
+/// from.
+fn from_artifact(
+    dir: &Path,
+    opened: artifact::Opened,
+    image: zran::oci::Image,
+    cache: &Path,
+) -> anyhow::Result<Prepared> {
+    if image.manifest.digest.to_string() != opened.manifest.manifest_digest {
+        bail!(
+            "artifact {} was generated from manifest {}, but {} is {}: it does not belong to this image",
+            dir.display(),
+            opened.manifest.manifest_digest,
+            image.name,
+            image.manifest.digest
+        );
+    }
+    let artifact::Opened { bootstrap, mut metas, .. } = opened;
+    let name = image.name.clone();
+    let image_size = image.manifest.layers.iter().map(|l| l.size).sum();
+    let blobs = open_blobs(image, &bootstrap, |i| metas.remove(&i), cache)?;
     Ok(Prepared { bootstrap, blobs, name, image_size })
 }
 

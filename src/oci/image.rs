@@ -18,6 +18,9 @@ pub const ESTARGZ_TOC_DIGEST: &str = "containerd.io/snapshot/stargz/toc.digest";
 /// The manifest annotation eStargz layers carry: their uncompressed size.
 pub const ESTARGZ_UNCOMPRESSED_SIZE: &str = "io.containers.estargz.uncompressed-size";
 
+/// The descriptor of the empty JSON object `{}`, the config of artifacts that have none.
+pub const EMPTY_JSON: &str = "application/vnd.oci.empty.v1+json";
+
 /// The largest manifest or index accepted (the distribution spec's limit is 4 MiB).
 pub const MAX_MANIFEST: u64 = 4 << 20;
 
@@ -111,6 +114,61 @@ impl fmt::Display for Platform {
     }
 }
 
+/// A manifest that names another as its `subject` (a signature, an SBOM, a zran artifact), as
+/// the referrers API and its tag fallback list them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Referrer {
+    pub media_type: String,
+    pub digest: String,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// An index listing referrers: the answer of `GET /v2/NAME/referrers/DIGEST`, and what the
+/// fallback tag `sha256-HEX` holds on registries without that API.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReferrerIndex {
+    pub schema_version: u32,
+    #[serde(default)]
+    pub media_type: String,
+    #[serde(default)]
+    pub manifests: Vec<Referrer>,
+}
+
+impl ReferrerIndex {
+    pub fn new(manifests: Vec<Referrer>) -> ReferrerIndex {
+        ReferrerIndex { schema_version: 2, media_type: OCI_INDEX.to_string(), manifests }
+    }
+
+    pub fn parse(raw: &[u8], what: &str) -> Result<ReferrerIndex, ImageError> {
+        serde_json::from_slice(raw)
+            .map_err(|e| ImageError::Other(format!("{what}: not a referrers index: {e}")))
+    }
+}
+
+/// The tag that stands in for the referrers API: `sha256-HEX` of the subject.
+pub fn referrers_tag(subject: &Digest) -> String {
+    format!("{}-{}", subject.algorithm(), subject.hex())
+}
+
+/// The `subject` a manifest names, if any.
+pub fn subject_of(raw: &[u8]) -> Option<Digest> {
+    #[derive(serde::Deserialize)]
+    struct S {
+        digest: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct M {
+        subject: Option<S>,
+    }
+    serde_json::from_slice::<M>(raw).ok()?.subject?.digest.parse().ok()
+}
+
 /// A content descriptor: what a manifest says about a blob.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Descriptor {
@@ -122,6 +180,9 @@ pub struct Descriptor {
     pub annotations: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub platform: Option<Platform>,
+    /// Set on artifacts (signatures, zran artifacts), which are not images to run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
 }
 
 fn ser_digest<S: serde::Serializer>(d: &Digest, s: S) -> Result<S::Ok, S::Error> {
@@ -179,6 +240,7 @@ impl Descriptor {
             size: d.size(),
             annotations,
             platform,
+            artifact_type: d.artifact_type().as_ref().map(|t| t.to_string()),
         })
     }
 }

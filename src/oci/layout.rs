@@ -2,7 +2,7 @@
 //! `umoci` and `buildah` write them.
 
 use super::digest::Digest;
-use super::image::{self, MAX_MANIFEST, OCI_INDEX};
+use super::image::{self, MAX_MANIFEST, OCI_INDEX, OCI_MANIFEST, Referrer, ReferrerIndex};
 use super::reference::LayoutRef;
 use super::source::{BlobSource, OciError, Verifying, check_digest};
 use std::fs::File;
@@ -43,6 +43,30 @@ impl Layout {
         Ok(Layout { root: root.to_path_buf() })
     }
 
+    fn index_path(&self) -> PathBuf {
+        self.root.join("index.json")
+    }
+
+    /// Write a file under the layout whole or not at all: a temporary sibling, synced, renamed.
+    fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<(), OciError> {
+        use std::io::Write;
+        let err = |e| OciError::Io { path: path.display().to_string(), source: e };
+        let dir = path.parent().unwrap_or(&self.root);
+        std::fs::create_dir_all(dir).map_err(err)?;
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        let result = (|| {
+            let mut f = File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result.map_err(err)
+    }
+
     fn blob_path(&self, digest: &Digest) -> PathBuf {
         self.root.join("blobs").join(digest.algorithm()).join(digest.hex())
     }
@@ -57,7 +81,7 @@ impl Layout {
         if let Some(d) = &r.digest {
             return Ok(d.to_string());
         }
-        let path = self.root.join("index.json");
+        let path = self.index_path();
         let raw =
             std::fs::read(&path).map_err(|e| OciError::Io { path: path.display().to_string(), source: e })?;
         let digest = Digest::of(&raw);
@@ -70,8 +94,14 @@ impl Layout {
             manifests.iter().filter_map(|d| d.annotations.get(REF_NAME).map(String::as_str)).collect();
         let found = match &r.tag {
             Some(tag) => manifests.iter().find(|d| d.annotations.get(REF_NAME) == Some(tag)),
-            None if manifests.len() == 1 => manifests.first(),
-            None => None,
+            None => {
+                // Artifacts stored beside an image (its referrers) do not make it ambiguous.
+                let mut images = manifests.iter().filter(|d| d.artifact_type.is_none());
+                match (images.next(), images.next()) {
+                    (Some(only), None) => Some(only),
+                    _ => None,
+                }
+            }
         };
         match found {
             Some(d) => Ok(d.digest.to_string()),
@@ -165,6 +195,57 @@ impl BlobSource for LayoutSource {
 
     fn bytes_fetched(&self) -> u64 {
         self.fetched.load(Ordering::Relaxed)
+    }
+
+    fn put_blob(&self, digest: &Digest, bytes: &[u8]) -> Result<(), OciError> {
+        let path = self.layout.blob_path(digest);
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() == bytes.len() as u64) {
+            return Ok(());
+        }
+        check_digest(&format!("{} blob", self.name), bytes, digest)?;
+        self.layout.write_atomic(&path, bytes)
+    }
+
+    fn put_referrer(&self, manifest: &[u8], desc: &Referrer, _subject: &Digest) -> Result<(), OciError> {
+        let digest: Digest = desc
+            .digest
+            .parse()
+            .map_err(|_| OciError::NotFound(format!("{}: bad digest {:?}", self.name, desc.digest)))?;
+        self.put_blob(&digest, manifest)?;
+        // A layout lists referrers in index.json, untagged; readers find them by their subject.
+        let path = self.layout.index_path();
+        let err = |e: String| OciError::NotFound(format!("{}: {e}", path.display()));
+        let raw =
+            std::fs::read(&path).map_err(|e| OciError::Io { path: path.display().to_string(), source: e })?;
+        let mut index: serde_json::Value = serde_json::from_slice(&raw).map_err(|e| err(e.to_string()))?;
+        let manifests = index
+            .get_mut("manifests")
+            .and_then(|m| m.as_array_mut())
+            .ok_or_else(|| err("no manifests array".into()))?;
+        if manifests.iter().any(|m| m.get("digest").and_then(|d| d.as_str()) == Some(desc.digest.as_str())) {
+            return Ok(());
+        }
+        manifests.push(serde_json::to_value(desc).map_err(|e| err(e.to_string()))?);
+        let out = serde_json::to_vec(&index).map_err(|e| err(e.to_string()))?;
+        self.layout.write_atomic(&path, &out)
+    }
+
+    fn referrers(&self, subject: &Digest) -> Result<Vec<Referrer>, OciError> {
+        let path = self.layout.index_path();
+        let raw =
+            std::fs::read(&path).map_err(|e| OciError::Io { path: path.display().to_string(), source: e })?;
+        let index = ReferrerIndex::parse(&raw, &path.display().to_string())?;
+        let mut out = Vec::new();
+        for m in index.manifests {
+            if m.media_type != OCI_MANIFEST || m.size > MAX_MANIFEST {
+                continue;
+            }
+            let Ok((bytes, _, _)) = self.manifest(&m.digest) else { continue };
+            if image::subject_of(&bytes).as_ref() == Some(subject) {
+                out.push(m);
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -14,7 +14,7 @@ pub mod layout;
 pub mod registry;
 pub mod source;
 
-pub use image::{Compression, Descriptor, Manifest, Platform};
+pub use image::{Compression, Descriptor, Manifest, Platform, Referrer, ReferrerIndex};
 pub use registry::{RegistryOptions, RegistrySource};
 pub use source::{BlobSource, Image, OciError};
 

@@ -15,7 +15,7 @@
 //! one shared tokio runtime. Do not call it from inside an async task: use `spawn_blocking`.
 
 use super::digest::Digest;
-use super::image::{MANIFEST_ACCEPT, MAX_MANIFEST};
+use super::image::{MANIFEST_ACCEPT, MAX_MANIFEST, OCI_INDEX, Referrer, ReferrerIndex, referrers_tag};
 use super::reference::RegistryRef;
 use super::source::{BlobSource, OciError, Verifying, check_digest};
 use base64::Engine as _;
@@ -200,11 +200,26 @@ impl Registry {
         headers: HeaderMap,
         authorize: bool,
     ) -> Result<reqwest::Response, OciError> {
+        self.send_body(method, url, headers, authorize, None).await
+    }
+
+    /// [`Registry::send_url`] with a request body (sent again on each attempt).
+    async fn send_body(
+        &self,
+        method: Method,
+        url: &str,
+        headers: HeaderMap,
+        authorize: bool,
+        body: Option<bytes::Bytes>,
+    ) -> Result<reqwest::Response, OciError> {
         let mut attempt = 0;
         let mut reauthed = false;
         loop {
             attempt += 1;
             let mut req = self.client.request(method.clone(), url).headers(headers.clone());
+            if let Some(b) = &body {
+                req = req.body(b.clone());
+            }
             if authorize && let Some(value) = self.authorization().await? {
                 req = req.header(header::AUTHORIZATION, value);
             }
@@ -347,6 +362,111 @@ impl Registry {
         // Tokens live 60 s unless said otherwise; renew a little early.
         let life = Duration::from_secs(t.expires_in.unwrap_or(60).max(10));
         Ok((token, Instant::now() + life - Duration::from_secs(5)))
+    }
+
+    /// A URL on the registry itself, never a mirror: where pushes go.
+    fn origin_url(&self, kind: &str, reference: &str) -> String {
+        let base = self.endpoints.last().map(|e| e.base.as_str()).unwrap_or_default();
+        format!("{base}/v2/{}/{kind}/{reference}", self.repo.repository)
+    }
+
+    /// The error for a refused write: a missing or read-only credential says so.
+    async fn push_error(&self, url: &str, resp: reqwest::Response) -> OciError {
+        match resp.status() {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => OciError::Auth {
+                registry: self.repo.registry.clone(),
+                message: format!(
+                    "{url}: HTTP {}: no right to push to {} (--creds USER:PASS or docker login)",
+                    resp.status().as_u16(),
+                    self.repo.repository
+                ),
+            },
+            _ => status_error(url, resp).await,
+        }
+    }
+
+    /// Upload a blob unless the repository has it: `POST` an upload, then one `PUT` of the
+    /// whole body with its digest (the distribution spec's monolithic upload).
+    async fn push_blob(&self, digest: &Digest, body: bytes::Bytes) -> Result<(), OciError> {
+        let url = self.origin_url("blobs", &digest.to_string());
+        let head = self.send_body(Method::HEAD, &url, HeaderMap::new(), true, None).await?;
+        if head.status().is_success() {
+            return Ok(());
+        }
+        let start = self.origin_url("blobs", "uploads/");
+        let resp = self.send_body(Method::POST, &start, HeaderMap::new(), true, None).await?;
+        if resp.status() != StatusCode::ACCEPTED {
+            return Err(self.push_error(&start, resp).await);
+        }
+        let mut put = resp
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .and_then(|l| resp.url().join(l).ok())
+            .ok_or_else(|| OciError::Network {
+                url: start.clone(),
+                message: "upload started without a usable Location".into(),
+            })?;
+        put.query_pairs_mut().append_pair("digest", &digest.to_string());
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        let resp = self.send_body(Method::PUT, put.as_str(), headers, true, Some(body)).await?;
+        if resp.status() != StatusCode::CREATED {
+            return Err(self.push_error(&url, resp).await);
+        }
+        Ok(())
+    }
+
+    /// `PUT` a manifest under `reference` (a digest or a tag); returns the response headers.
+    async fn push_manifest(
+        &self,
+        reference: &str,
+        media_type: &str,
+        body: bytes::Bytes,
+    ) -> Result<HeaderMap, OciError> {
+        let url = self.origin_url("manifests", reference);
+        let mut headers = HeaderMap::new();
+        if let Ok(v) = HeaderValue::from_str(media_type) {
+            headers.insert(header::CONTENT_TYPE, v);
+        }
+        let resp = self.send_body(Method::PUT, &url, headers, true, Some(body)).await?;
+        if resp.status() != StatusCode::CREATED {
+            return Err(self.push_error(&url, resp).await);
+        }
+        Ok(resp.headers().clone())
+    }
+
+    /// A small document (an index): `None` when the answer is one of `missing`.
+    async fn get_small(
+        &self,
+        kind: &str,
+        reference: &str,
+        missing: &[StatusCode],
+    ) -> Result<Option<Vec<u8>>, OciError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT, HeaderValue::from_static(OCI_INDEX));
+        let resp = self.send(Method::GET, kind, reference, headers).await?;
+        let url = resp.url().to_string();
+        if missing.contains(&resp.status()) {
+            return Ok(None);
+        }
+        if !resp.status().is_success() {
+            return Err(status_error(&url, resp).await);
+        }
+        let mut resp = resp;
+        let mut raw = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| OciError::Network { url: url.clone(), message: error_chain(&e) })?
+        {
+            raw.extend_from_slice(&chunk);
+            if raw.len() as u64 > MAX_MANIFEST {
+                return Err(OciError::Network { url, message: format!("larger than {MAX_MANIFEST} bytes") });
+            }
+        }
+        self.stats.bytes.fetch_add(raw.len() as u64, Ordering::Relaxed);
+        Ok(Some(raw))
     }
 
     /// A blob request that follows a redirect once and remembers where it led.
@@ -705,6 +825,54 @@ impl BlobSource for RegistrySource {
 
     fn bytes_fetched(&self) -> u64 {
         self.registry.stats.bytes.load(Ordering::Relaxed)
+    }
+
+    fn put_blob(&self, digest: &Digest, bytes: &[u8]) -> Result<(), OciError> {
+        let body = bytes::Bytes::copy_from_slice(bytes);
+        runtime().block_on(self.registry.push_blob(digest, body))
+    }
+
+    fn put_referrer(&self, manifest: &[u8], desc: &Referrer, subject: &Digest) -> Result<(), OciError> {
+        let r = &self.registry;
+        runtime().block_on(async {
+            let headers = r
+                .push_manifest(&desc.digest, &desc.media_type, bytes::Bytes::copy_from_slice(manifest))
+                .await?;
+            if headers.contains_key("oci-subject") {
+                // The registry keeps the referrers list itself (distribution spec 1.1).
+                return Ok(());
+            }
+            // No referrers API: keep the list in the fallback tag, this manifest once.
+            let tag = referrers_tag(subject);
+            let mut index = match r.get_small("manifests", &tag, &[StatusCode::NOT_FOUND]).await? {
+                Some(raw) => ReferrerIndex::parse(&raw, &format!("{}:{tag}", r.repo))?,
+                None => ReferrerIndex::new(Vec::new()),
+            };
+            index.manifests.retain(|m| m.digest != desc.digest);
+            index.manifests.push(desc.clone());
+            index.media_type = OCI_INDEX.to_string();
+            index.schema_version = 2;
+            let body = serde_json::to_vec(&index).map_err(|e| OciError::NotFound(e.to_string()))?;
+            r.push_manifest(&tag, OCI_INDEX, body.into()).await?;
+            Ok(())
+        })
+    }
+
+    fn referrers(&self, subject: &Digest) -> Result<Vec<Referrer>, OciError> {
+        let r = &self.registry;
+        runtime().block_on(async {
+            let what = format!("{}: referrers of {subject}", r.repo);
+            // A registry without the API answers 404 (or 400/405 for a path it does not route).
+            let unsupported =
+                [StatusCode::NOT_FOUND, StatusCode::BAD_REQUEST, StatusCode::METHOD_NOT_ALLOWED];
+            if let Some(raw) = r.get_small("referrers", &subject.to_string(), &unsupported).await? {
+                return Ok(ReferrerIndex::parse(&raw, &what)?.manifests);
+            }
+            match r.get_small("manifests", &referrers_tag(subject), &[StatusCode::NOT_FOUND]).await? {
+                Some(raw) => Ok(ReferrerIndex::parse(&raw, &what)?.manifests),
+                None => Ok(Vec::new()),
+            }
+        })
     }
 }
 

@@ -2,7 +2,7 @@
 //! single-platform manifest over it.
 
 use super::digest::{Digest, Hasher};
-use super::image::{self, ImageError, MAX_MANIFEST, Manifest, ManifestKind, Platform};
+use super::image::{self, ImageError, MAX_MANIFEST, Manifest, ManifestKind, Platform, Referrer};
 use std::io::{self, Read};
 
 /// Errors reaching an image. Each names the place: a path, a URL, a digest.
@@ -57,6 +57,24 @@ pub trait BlobSource: Send + Sync {
 
     /// Bytes fetched so far (manifests and blobs), for reports.
     fn bytes_fetched(&self) -> u64;
+
+    /// Store a blob whose digest the caller has computed; a blob already there is left alone.
+    /// Sources that cannot be written (the default) say so.
+    fn put_blob(&self, digest: &Digest, _bytes: &[u8]) -> Result<(), OciError> {
+        Err(OciError::NotFound(format!("{}: cannot store blob {digest} here", self.name())))
+    }
+
+    /// Store `manifest` (an image manifest naming `subject`; `desc` describes it, with its
+    /// artifact type) so that [`BlobSource::referrers`] of `subject` lists it. Its blobs must
+    /// be stored first.
+    fn put_referrer(&self, _manifest: &[u8], desc: &Referrer, _subject: &Digest) -> Result<(), OciError> {
+        Err(OciError::NotFound(format!("{}: cannot store manifest {} here", self.name(), desc.digest)))
+    }
+
+    /// The manifests that name `subject`, as the source lists them (none, by default).
+    fn referrers(&self, _subject: &Digest) -> Result<Vec<Referrer>, OciError> {
+        Ok(Vec::new())
+    }
 }
 
 fn io_error(source: String, digest: &Digest, e: io::Error) -> OciError {

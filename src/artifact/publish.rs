@@ -1,0 +1,217 @@
+//! The artifact beside its image: an OCI image manifest of artifact type
+//! [`ARTIFACT_TYPE`] whose `subject` is the image's manifest, with `image.boot`, the blob.metas
+//! and `zran.json` as its layers. It is stored where the image lives (a registry repository or
+//! an OCI layout) and found again through the referrers API, or the `sha256-HEX` tag that
+//! stands in for it on registries without that API (distribution spec 1.1). The layout is in
+//! `formats/artifact-oci.md`.
+//!
+//! Owns the packaging and the pulled copy in the cache; calls `oci` and the directory
+//! functions of this module. Whoever may push to the repository may attach an artifact: it can
+//! only point into the image's own layers, and each chunk is checked against the digest it
+//! names, but the file table is the artifact's; sign it like any referrer when that matters.
+
+use super::{Artifact, ArtifactError, ArtifactManifest, BOOTSTRAP, MANIFEST, open_dir, write_dir};
+use crate::oci::image::{EMPTY_JSON, OCI_MANIFEST};
+use crate::oci::{Digest, Image, Referrer};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The artifact type of a zran artifact.
+pub const ARTIFACT_TYPE: &str = "application/vnd.zran.artifact.v1";
+/// Media types of its parts.
+pub const BOOTSTRAP_TYPE: &str = "application/vnd.zran.rafs.bootstrap.v6";
+pub const BLOB_META_TYPE: &str = "application/vnd.zran.rafs.blob-meta.v1";
+pub const MANIFEST_TYPE: &str = "application/vnd.zran.manifest.v1+json";
+/// The annotation that names each part's file.
+const TITLE: &str = "org.opencontainers.image.title";
+/// The config of an artifact that has none: the empty JSON object.
+const EMPTY: &[u8] = b"{}";
+/// The most a pulled artifact may hold, all parts together.
+const MAX_PULL: u64 = 1 << 30;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Desc {
+    media_type: String,
+    digest: String,
+    size: u64,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    annotations: BTreeMap<String, String>,
+}
+
+impl Desc {
+    fn of(media_type: &str, bytes: &[u8], title: Option<&str>) -> Desc {
+        Desc {
+            media_type: media_type.to_string(),
+            digest: Digest::of(bytes).to_string(),
+            size: bytes.len() as u64,
+            annotations: title
+                .map(|t| BTreeMap::from([(TITLE.to_string(), t.to_string())]))
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// The manifest document. Field order is fixed, so the same artifact always has the same
+/// digest and pushing it again changes nothing.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Doc {
+    schema_version: u32,
+    media_type: String,
+    artifact_type: String,
+    config: Desc,
+    layers: Vec<Desc>,
+    subject: Desc,
+}
+
+fn invalid(what: impl Into<PathBuf>, message: String) -> ArtifactError {
+    ArtifactError::Invalid { path: what.into(), message }
+}
+
+/// Store the artifact in `dir` beside `image`, which must be the image it was generated from.
+/// Returns the digest of the artifact's manifest.
+pub fn push(dir: &Path, image: &Image) -> Result<Digest, ArtifactError> {
+    let opened = open_dir(dir)?;
+    if opened.manifest.manifest_digest != image.manifest.digest.to_string() {
+        return Err(invalid(
+            dir,
+            format!(
+                "generated from manifest {}, but {} is {}: it does not belong to this image",
+                opened.manifest.manifest_digest, image.name, image.manifest.digest
+            ),
+        ));
+    }
+    let read = |name: &str| {
+        let p = dir.join(name);
+        std::fs::read(&p).map_err(|source| ArtifactError::Io { path: p, source })
+    };
+    let mut parts = vec![(BOOTSTRAP_TYPE, BOOTSTRAP.to_string(), read(BOOTSTRAP)?)];
+    for l in &opened.manifest.layers {
+        if let Some(file) = &l.blob_meta {
+            parts.push((BLOB_META_TYPE, file.clone(), read(file)?));
+        }
+    }
+    parts.push((MANIFEST_TYPE, MANIFEST.to_string(), read(MANIFEST)?));
+
+    let src = &image.source;
+    src.put_blob(&Digest::of(EMPTY), EMPTY)?;
+    let mut layers = Vec::new();
+    for (media_type, name, bytes) in &parts {
+        let d = Desc::of(media_type, bytes, Some(name));
+        src.put_blob(&Digest::of(bytes), bytes)?;
+        layers.push(d);
+    }
+    let doc = Doc {
+        schema_version: 2,
+        media_type: OCI_MANIFEST.to_string(),
+        artifact_type: ARTIFACT_TYPE.to_string(),
+        config: Desc::of(EMPTY_JSON, EMPTY, None),
+        layers,
+        subject: Desc {
+            media_type: image.manifest.media_type.clone(),
+            digest: image.manifest.digest.to_string(),
+            size: image.manifest.raw.len() as u64,
+            annotations: BTreeMap::new(),
+        },
+    };
+    let bytes = serde_json::to_vec(&doc).map_err(|e| invalid(dir, e.to_string()))?;
+    let digest = Digest::of(&bytes);
+    let desc = Referrer {
+        media_type: OCI_MANIFEST.to_string(),
+        digest: digest.to_string(),
+        size: bytes.len() as u64,
+        artifact_type: Some(ARTIFACT_TYPE.to_string()),
+        annotations: BTreeMap::new(),
+    };
+    src.put_referrer(&bytes, &desc, &image.manifest.digest)?;
+    tracing::info!(image = %image.name, artifact = %digest, "artifact stored beside the image");
+    Ok(digest)
+}
+
+/// The zran artifact stored beside `image`, if there is one (the last listed).
+pub fn find(image: &Image) -> Result<Option<Referrer>, ArtifactError> {
+    let found = image.source.referrers(&image.manifest.digest)?;
+    Ok(found
+        .into_iter()
+        .rfind(|r| r.artifact_type.as_deref() == Some(ARTIFACT_TYPE) && r.media_type == OCI_MANIFEST))
+}
+
+/// Fetch the artifact `found` beside `image` into `cache/<manifest hex>` (every part checked
+/// against its digest, written atomically) and return that directory. A copy already there is
+/// used when it still opens cleanly.
+pub fn pull(image: &Image, found: &Referrer, cache: &Path) -> Result<PathBuf, ArtifactError> {
+    let digest: Digest =
+        found.digest.parse().map_err(|_| invalid(cache, format!("referrer digest {:?}", found.digest)))?;
+    let dir = cache.join(digest.hex());
+    if dir.join(MANIFEST).is_file() {
+        match open_dir(&dir) {
+            Ok(_) => return Ok(dir),
+            Err(e) => tracing::warn!("{}: {e}; fetching the artifact again", dir.display()),
+        }
+    }
+    let what = format!("{} artifact {digest}", image.name);
+    let (raw, _, _) = image.source.manifest(&digest.to_string())?;
+    let doc: Doc = serde_json::from_slice(&raw).map_err(|e| invalid(&what, e.to_string()))?;
+    if doc.artifact_type != ARTIFACT_TYPE {
+        return Err(invalid(&what, format!("artifact type {:?}", doc.artifact_type)));
+    }
+    if doc.subject.digest != image.manifest.digest.to_string() {
+        return Err(invalid(
+            &what,
+            format!("its subject is {}, not {}", doc.subject.digest, image.manifest.digest),
+        ));
+    }
+    let total: u64 = doc.layers.iter().map(|l| l.size).sum();
+    if total > MAX_PULL {
+        return Err(invalid(&what, format!("{total} bytes of parts, more than {MAX_PULL}")));
+    }
+    let mut bootstrap = None;
+    let mut manifest: Option<ArtifactManifest> = None;
+    let mut metas = Vec::new();
+    for l in &doc.layers {
+        let name = l.annotations.get(TITLE).map(String::as_str).unwrap_or_default();
+        let ok_name = match l.media_type.as_str() {
+            BOOTSTRAP_TYPE => name == BOOTSTRAP,
+            MANIFEST_TYPE => name == MANIFEST,
+            BLOB_META_TYPE => name
+                .strip_suffix(".blob.meta")
+                .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())),
+            _ => false,
+        };
+        if !ok_name {
+            return Err(invalid(&what, format!("part {:?} of type {:?}", name, l.media_type)));
+        }
+        let d: Digest =
+            l.digest.parse().map_err(|_| invalid(&what, format!("part digest {:?}", l.digest)))?;
+        let bytes = image.source.fetch(&d, l.size)?;
+        if bytes.len() as u64 != l.size {
+            return Err(invalid(
+                &what,
+                format!("{name}: {} bytes where {} were expected", bytes.len(), l.size),
+            ));
+        }
+        match l.media_type.as_str() {
+            BOOTSTRAP_TYPE => bootstrap = Some(bytes),
+            MANIFEST_TYPE => {
+                manifest =
+                    Some(serde_json::from_slice(&bytes).map_err(|e| invalid(&what, format!("{name}: {e}")))?)
+            }
+            _ => metas.push((name.to_string(), bytes)),
+        }
+    }
+    let (Some(bootstrap), Some(manifest)) = (bootstrap, manifest) else {
+        return Err(invalid(&what, format!("it lacks {BOOTSTRAP} or {MANIFEST}")));
+    };
+    std::fs::create_dir_all(cache)
+        .map_err(|source| ArtifactError::Io { path: cache.to_path_buf(), source })?;
+    write_dir(&Artifact { bootstrap, metas, manifest }, &dir, true)?;
+    // What was written must open: the bootstrap against zran.json, each blob.meta against the
+    // bootstrap. Otherwise it does not stay where the next mount would look.
+    if let Err(e) = open_dir(&dir) {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(e);
+    }
+    Ok(dir)
+}
