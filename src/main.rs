@@ -15,8 +15,21 @@ fn main() -> ExitCode {
             {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("zran: error: {e:#}");
+            eprintln!("zran: error: {}", message(&e));
             ExitCode::from(1)
         }
     }
+}
+
+/// The error and its causes, each said once: some library errors already print their source.
+fn message(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg
 }

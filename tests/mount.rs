@@ -2,7 +2,9 @@
 //! images straight from their TOCs), from the OCI layout and from a real registry, walked and
 //! compared with the truth file by file; random reads; a program run from the mount; a
 //! tampered layer blob, a corrupted cache, a registry that goes away, a killed mount process,
-//! and 16 readers of the same cold files.
+//! and 16 readers of the same cold files. Artifacts stored beside their image (`push`,
+//! `generate --push`) in a registry and in a layout, found by `mount IMAGE`; push rights;
+//! a tampered stored artifact.
 
 mod common;
 
@@ -582,4 +584,145 @@ fn a_chunk_spoiled_in_transit_is_fetched_again() {
     assert!(stats["digest_failures"].as_u64().unwrap() >= 1, "{stats}");
     assert_eq!(stats["read_errors"], 0, "{stats}");
     cache_is_honest(&art, cache.path());
+}
+
+/// Copy a test layout, so that a test may add to it.
+fn layout_copy(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let work = tempfile::tempdir().unwrap();
+    let dst = work.path().join(name);
+    let s = Command::new("cp").arg("-a").arg(layouts().join(name)).arg(&dst).status().unwrap();
+    assert!(s.success());
+    (work, dst)
+}
+
+/// The referrers the fallback tag of `subject` lists in a registry repository.
+fn fallback_index(host: &str, repo: &str, subject: &str) -> Value {
+    let url = format!("http://{host}/v2/{repo}/manifests/{}", subject.replace(':', "-"));
+    let o = Command::new("curl")
+        .args(["-sSf", "-H", "Accept: application/vnd.oci.image.index.v1+json", &url])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{url}: {}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn manifest_digest(art: &Path) -> String {
+    let z: Value = serde_json::from_slice(&std::fs::read(art.join("zran.json")).unwrap()).unwrap();
+    z["manifest_digest"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn an_artifact_pushed_beside_its_image_is_what_mount_image_serves() {
+    // A registry without the referrers API: the sha256-HEX tag lists the artifact, once.
+    let reg = TestRegistry::start("plain");
+    let image = format!("{}/python", reg.host());
+    let work = tempfile::tempdir().unwrap();
+    let art = work.path().join("art");
+    let o = zran(&["generate", &image, "-o", art.to_str().unwrap(), "--push"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let subject = manifest_digest(&art);
+    let index = fallback_index(&reg.host(), "python", &subject);
+    let listed = index["manifests"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{index}");
+    assert_eq!(listed[0]["artifactType"], "application/vnd.zran.artifact.v1");
+    let o = zran(&["push", art.to_str().unwrap(), &image, "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let pushed: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(pushed["artifact"], listed[0]["digest"], "the same artifact has the same digest");
+    assert_eq!(fallback_index(&reg.host(), "python", &subject)["manifests"].as_array().unwrap().len(), 1);
+    let o = zran(&["inspect", &image, "--json"]);
+    let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["zran_artifact"], pushed["artifact"], "{report}");
+    let o = zran(&["inspect", &format!("{}/edge", reg.host()), "--json"]);
+    assert!(serde_json::from_slice::<Value>(&o.stdout).unwrap().get("zran_artifact").is_none());
+    // Not beside another image.
+    let o = zran(&["push", art.to_str().unwrap(), &format!("{}/edge", reg.host())]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("does not belong"));
+
+    // `mount IMAGE` finds it, fetches it into the cache and serves the truth.
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mount::new(&image, cache.path(), &[]);
+    let got = walk(&m.mnt);
+    compare("python", &got, false);
+    let pulled = cache
+        .path()
+        .join("artifacts")
+        .join(pushed["artifact"].as_str().unwrap().trim_start_matches("sha256:"));
+    assert_eq!(
+        std::fs::read(pulled.join("image.boot")).unwrap(),
+        std::fs::read(art.join("image.boot")).unwrap()
+    );
+    m.finish();
+
+    // An OCI layout keeps it in index.json; the untagged reference still names the image.
+    let (_lw, layout) = layout_copy("edge");
+    let oci = format!("oci:{}", layout.display());
+    let art2 = work.path().join("art2");
+    let o = zran(&["generate", &oci, "-o", art2.to_str().unwrap(), "--push"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let index: Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 2, "{index}");
+    mount_and_compare("edge", &oci, &[]);
+    // skopeo still reads the layout with the artifact in it.
+    let o = Command::new("skopeo").args(["inspect", "--raw", &format!("{oci}:latest")]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn pushing_takes_the_right_to_push_and_reading_does_not() {
+    let reg = TestRegistry::start("token");
+    let image = format!("{}/python", reg.host());
+    let work = tempfile::tempdir().unwrap();
+    let art = work.path().join("art");
+    // Anonymous pulls are granted: generate works, the push is refused with a clear message.
+    let o = zran(&["generate", &image, "-o", art.to_str().unwrap(), "--push"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("no right to push") && err.contains("--creds"), "{err}");
+    assert!(art.join("image.boot").is_file(), "the artifact is written before the push");
+    let o = zran(&["push", art.to_str().unwrap(), &image, "--creds", "zran:zran-secret"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // An anonymous reader finds it.
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mount::new(&image, cache.path(), &[]);
+    let o = Command::new("chroot")
+        .arg(&m.mnt)
+        .args(["/usr/bin/python3.11", "-c", "import json; print(json.dumps([1]))"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "[1]", "{}", String::from_utf8_lossy(&o.stderr));
+    m.finish();
+}
+
+#[test]
+fn a_tampered_artifact_is_refused_and_not_kept() {
+    let reg = TestRegistry::start("plain");
+    let image = format!("{}/python", reg.host());
+    let work = tempfile::tempdir().unwrap();
+    let art = work.path().join("art");
+    let o = zran(&["generate", &image, "-o", art.to_str().unwrap(), "--push"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let boot = std::fs::read(art.join("image.boot")).unwrap();
+    let hex = hex::encode(Sha256::digest(&boot));
+    let stored = reg.blob_data(&hex);
+    let mut bad = boot.clone();
+    bad[2000] ^= 0x40;
+    std::fs::write(&stored, &bad).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let mnt = tempfile::tempdir().unwrap();
+    let args = ["mount", &image, mnt.path().to_str().unwrap(), "--cache-dir", cache.path().to_str().unwrap()];
+    let o = zran(&args);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(&hex) && err.contains("digest"), "{err}");
+    let kept: Vec<_> = std::fs::read_dir(cache.path().join("artifacts"))
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(kept.is_empty(), "nothing of a bad artifact stays in the cache: {kept:?}");
+    // Put right, the same cache serves it.
+    std::fs::write(&stored, &boot).unwrap();
+    let m = Mount::new(&image, cache.path(), &[]);
+    assert!(m.mnt.join("usr/bin/python3.11").is_file());
+    m.finish();
 }

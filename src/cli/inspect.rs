@@ -63,6 +63,9 @@ struct Report<'a> {
     config: String,
     compressed_size: u64,
     layers: Vec<LayerReport<'a>>,
+    /// The zran artifact stored beside the image (`zran push`), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    zran_artifact: Option<String>,
     bytes_fetched: u64,
 }
 
@@ -80,6 +83,13 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
         let (format, toc_offset) = layer_format(&image, d)?;
         layers.push(LayerReport { descriptor: d, format, toc_offset });
     }
+    let zran_artifact = match zran::artifact::publish::find(&image) {
+        Ok(found) => found.map(|r| r.digest),
+        Err(e) => {
+            tracing::warn!("{}: cannot list its referrers: {e}", image.name);
+            None
+        }
+    };
     let report = Report {
         image: &image.name,
         source: image.source.name(),
@@ -90,6 +100,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
         config: image.manifest.config.digest.to_string(),
         compressed_size: image.manifest.layers.iter().map(|l| l.size).sum(),
         layers,
+        zran_artifact,
         bytes_fetched: image.source.bytes_fetched(),
     };
     if args.json {
@@ -114,6 +125,9 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
             serde_json::to_value(l.format)?.as_str().unwrap_or("?"),
             l.descriptor.media_type
         );
+    }
+    if let Some(a) = &report.zran_artifact {
+        println!("zran      {a} (artifact stored beside the image: `zran mount {}` serves it)", args.image);
     }
     println!("fetched   {} bytes", report.bytes_fetched);
     Ok(())

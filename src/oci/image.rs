@@ -146,6 +146,10 @@ impl ReferrerIndex {
     }
 
     pub fn parse(raw: &[u8], what: &str) -> Result<ReferrerIndex, ImageError> {
+        // serde would also take a JSON array for the struct.
+        if raw.trim_ascii_start().first() != Some(&b'{') {
+            return Err(ImageError::Other(format!("{what}: not a referrers index: not a JSON object")));
+        }
         serde_json::from_slice(raw)
             .map_err(|e| ImageError::Other(format!("{what}: not a referrers index: {e}")))
     }
@@ -362,6 +366,32 @@ pub fn choose_platform<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn referrers() {
+        let subject = Digest::of(b"image");
+        assert_eq!(referrers_tag(&subject), format!("sha256-{}", subject.hex()));
+        let m = format!(
+            r#"{{"schemaVersion":2,"subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{subject}","size":5}}}}"#
+        );
+        assert_eq!(subject_of(m.as_bytes()), Some(subject));
+        assert_eq!(subject_of(br#"{"schemaVersion":2}"#), None);
+        assert_eq!(subject_of(br#"{"subject":{"digest":"md5:x"}}"#), None);
+        // What a registry answers, unknown fields and all; and what zran writes back.
+        let raw = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[
+            {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:00","size":7,
+             "artifactType":"application/vnd.zran.artifact.v1","platform":{"os":"linux"}},
+            {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:01","size":8,
+             "annotations":{"a":"b"}}]}"#;
+        let index = ReferrerIndex::parse(raw, "test").unwrap();
+        assert_eq!(index.manifests.len(), 2);
+        assert_eq!(index.manifests[0].artifact_type.as_deref(), Some("application/vnd.zran.artifact.v1"));
+        assert_eq!(index.manifests[1].annotations["a"], "b");
+        let again = ReferrerIndex::parse(&serde_json::to_vec(&index).unwrap(), "test").unwrap();
+        assert_eq!(again.manifests, index.manifests);
+        assert!(ReferrerIndex::parse(b"[1]", "test").unwrap_err().to_string().contains("test"));
+        assert!(ReferrerIndex::parse(br#"{"schemaVersion":2}"#, "t").unwrap().manifests.is_empty());
+    }
 
     #[test]
     fn platforms() {
