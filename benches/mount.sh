@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `zran mount` figures, each beside a baseline measured in the same run (run as root):
 #  1. time to a live mount and to `ls -lR` of the python test image: the generate artifact
-#     (layers read from a real registry on loopback), the eStargz image straight from its TOCs,
-#     against pulling and unpacking the image with `skopeo copy` + `umoci unpack`;
+#     (layers read from a real registry on loopback), the same artifact stored beside the image
+#     in the registry (`mount IMAGE` finds and fetches it), the eStargz image straight from its
+#     TOCs, against pulling and unpacking the image with `skopeo copy` + `umoci unpack`;
 #  2. bytes fetched to start `python3 -c 'import json, email'` from the mount, against the
 #     image size and against the bytes of the files python read (zran's own counters);
 #  3. warm (cached) sequential read throughput of every file through the mount against the
@@ -26,6 +27,7 @@ trap 'umount -l "$WORK"/m* 2>/dev/null || true; bash testimages/registry.sh stop
 bash testimages/registry.sh push "$regdir" "$layouts" >/dev/null 2>&1
 host=127.0.0.1:$port
 "$zran" generate "oci:$layouts/python" -o "$WORK/art" >/dev/null
+"$zran" push "$WORK/art" "$host/python" >/dev/null
 
 now() { date +%s.%N; }
 fetched() {  # a mount's record: bytes fetched against the image and the files read
@@ -41,9 +43,13 @@ ms() { python3 -c "print(f'{1e3*($2-$1):.0f}')"; }
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 
 echo "== 1. time to a live mount, and to ls -lR"
-for kind in artifact estargz; do
+for kind in artifact pushed estargz; do
     mkdir -p "$WORK/m-$kind"
-    if [ $kind = artifact ]; then src=("$WORK/art" --image "$host/python"); else src=("$host/python-estargz"); fi
+    case $kind in
+        artifact) src=("$WORK/art" --image "$host/python") ;;
+        pushed) src=("$host/python") ;;
+        estargz) src=("$host/python-estargz") ;;
+    esac
     t0=$(now); "$zran" mount "${src[@]}" "$WORK/m-$kind" --cache-dir "$WORK/c-$kind" --no-prefetch; t1=$(now)
     ls -lR "$WORK/m-$kind" > /dev/null; t2=$(now)
     echo "   zran mount ($kind): live in $(ms $t0 $t1) ms, ls -lR $(ms $t1 $t2) ms"
