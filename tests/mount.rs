@@ -726,3 +726,31 @@ fn a_tampered_artifact_is_refused_and_not_kept() {
     assert!(m.mnt.join("usr/bin/python3.11").is_file());
     m.finish();
 }
+
+#[test]
+fn a_registry_with_the_referrers_api_lists_the_artifact_itself() {
+    // distribution 2.8 has no referrers API; the proxy lends it one (see common::faulty).
+    let reg = TestRegistry::start("plain");
+    let proxy = FaultyProxy::start(reg.port, Fault::ReferrersApi, 0, "");
+    let image = format!("127.0.0.1:{}/python", proxy.port);
+    let work = tempfile::tempdir().unwrap();
+    let art = work.path().join("art");
+    let o = zran(&["generate", &image, "-o", art.to_str().unwrap(), "--push"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let subject = manifest_digest(&art);
+    let listed = proxy.referrers.lock().unwrap().get(&subject).cloned().unwrap_or_default();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["artifactType"], "application/vnd.zran.artifact.v1");
+    // The registry acknowledged the subject: no fallback tag was written.
+    let o = Command::new("curl")
+        .args(["-sSf", &format!("http://{}/v2/python/tags/list", reg.host())])
+        .output()
+        .unwrap();
+    let tags: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(tags["tags"], serde_json::json!(["latest"]), "{tags}");
+    // Found through the API.
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mount::new(&image, cache.path(), &[]);
+    compare("python", &walk(&m.mnt), false);
+    m.finish();
+}
