@@ -754,3 +754,45 @@ fn a_registry_with_the_referrers_api_lists_the_artifact_itself() {
     compare("python", &walk(&m.mnt), false);
     m.finish();
 }
+
+#[test]
+fn two_mounts_share_one_cache_at_the_same_time() {
+    // As a snapshotter would run them: two containers of one image, one cache directory.
+    let (_work, art, _) = artifact("python");
+    let cache = tempfile::tempdir().unwrap();
+    let a = Mount::new(art.to_str().unwrap(), cache.path(), &["--no-prefetch"]);
+    let b = Mount::new(art.to_str().unwrap(), cache.path(), &["--no-prefetch"]);
+    let readers: Vec<_> = [a.mnt.clone(), b.mnt.clone()]
+        .into_iter()
+        .enumerate()
+        .map(|(i, mnt)| {
+            std::thread::spawn(move || {
+                let mut list = files("python");
+                if i == 1 {
+                    list.reverse();
+                }
+                for (path, size, sha) in list {
+                    let bytes = std::fs::read(mnt.join(&path)).unwrap();
+                    assert_eq!(bytes.len() as u64, size, "{path}");
+                    assert_eq!(hex::encode(Sha256::digest(&bytes)), sha, "{path}");
+                }
+            })
+        })
+        .collect();
+    for r in readers {
+        r.join().unwrap();
+    }
+    let (sa, sb) = (a.finish(), b.finish());
+    for s in [&sa, &sb] {
+        assert_eq!(s["digest_failures"], 0, "{s}");
+        assert_eq!(s["read_errors"], 0, "{s}");
+    }
+    let recorded = cache_is_honest(&art, cache.path());
+    assert!(recorded > 0);
+    // What they stored together serves a third mount without a fetch.
+    let c = Mount::new(art.to_str().unwrap(), cache.path(), &["--no-prefetch"]);
+    assert!(read_all("python", &c.mnt).is_empty());
+    let sc = c.finish();
+    assert_eq!(sc["bytes_fetched"], 0, "{sc}");
+    assert!(sc["cache_hits"].as_u64().unwrap() > 0, "{sc}");
+}

@@ -269,15 +269,14 @@ impl BlobSet {
             if blob.good[ci as usize].load(Relaxed) || missing.contains(&ci) {
                 continue;
             }
-            if blob.cached[ci as usize].swap(false, Relaxed) && self.check_cached(blob, ci)? {
-                continue;
-            }
             missing.push(ci);
         }
         if missing.is_empty() {
             return Ok(());
         }
-        // Claim what nobody is fetching; wait for the rest.
+        // Claim what nobody is checking or fetching; wait for the rest. A chunk an earlier run
+        // cached is claimed like one to fetch, so that readers arriving while its digest is
+        // being checked wait for that instead of fetching it again.
         let (mine, theirs) = {
             let mut flights = blob.flights.lock().map_err(|_| blob.err("fetch state poisoned".into()))?;
             let mut mine: Vec<u32> = Vec::new();
@@ -325,7 +324,23 @@ impl BlobSet {
         let mut first_err = None;
         let (cis, flight) = mine;
         if !cis.is_empty() {
-            let r = self.fetch(blob, &cis);
+            let mut to_fetch = Vec::with_capacity(cis.len());
+            let mut checked = Ok(());
+            for &ci in &cis {
+                if blob.cached[ci as usize].swap(false, Relaxed) {
+                    match self.check_cached(blob, ci) {
+                        Ok(true) => continue,
+                        Ok(false) => {}
+                        Err(e) => {
+                            checked = Err(e);
+                            break;
+                        }
+                    }
+                }
+                to_fetch.push(ci);
+            }
+            let r =
+                checked.and_then(|()| if to_fetch.is_empty() { Ok(()) } else { self.fetch(blob, &to_fetch) });
             if let Ok(mut flights) = blob.flights.lock() {
                 for ci in &cis {
                     flights.remove(ci);
