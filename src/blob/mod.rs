@@ -537,6 +537,11 @@ impl BlobSet {
             have.extend_from_slice(&buf);
             let have = Arc::new(have);
             if let Ok(mut recent) = self.recent.lock() {
+                // What the new range holds whole is dropped: the next chunk of a context
+                // fetches from the same checkpoint again, and copies that only grow would
+                // push out everything else.
+                let new_end = start + have.len() as u64;
+                recent.retain(|r| r.blob != b || r.start < start || r.start + r.bytes.len() as u64 > new_end);
                 recent.push_back(Recent { blob: b, start, bytes: have.clone() });
                 let mut total: usize = recent.iter().map(|r| r.bytes.len()).sum();
                 while total > RECENT_BYTES && recent.len() > 1 {
