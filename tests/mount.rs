@@ -796,3 +796,50 @@ fn two_mounts_share_one_cache_at_the_same_time() {
     assert_eq!(sc["bytes_fetched"], 0, "{sc}");
     assert!(sc["cache_hits"].as_u64().unwrap() > 0, "{sc}");
 }
+
+#[test]
+fn cache_prune_spares_live_mounts_and_frees_the_rest() {
+    let (_work, art, _) = artifact("python");
+    let cache = tempfile::tempdir().unwrap();
+    let c = cache.path().to_str().unwrap();
+    let m = Mount::new(art.to_str().unwrap(), cache.path(), &["--no-prefetch"]);
+    let mut some = files("python");
+    some.sort_by_key(|f| std::cmp::Reverse(f.1));
+    some.truncate(5);
+    for (path, _, _) in &some {
+        std::fs::read(m.mnt.join(path)).unwrap();
+    }
+    let ls = |args: &[&str]| -> Value {
+        let o = zran(&[&["cache"], args, &["--cache-dir", c, "--json"]].concat());
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let listed = ls(&["ls"]);
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    assert!(listed.iter().all(|e| e["in_use"] == true));
+    assert!(listed.iter().map(|e| e["chunks"].as_u64().unwrap()).sum::<u64>() > 0);
+    // A stale artifact copy goes; nothing a live mount holds does, and it keeps serving.
+    let stale = cache.path().join("artifacts/0123");
+    std::fs::create_dir_all(&stale).unwrap();
+    assert!(Command::new("touch").args(["-d", "2 hours ago"]).arg(&stale).status().unwrap().success());
+    let pruned = ls(&["prune"]);
+    assert_eq!(pruned["removed"], serde_json::json!([]), "{pruned}");
+    assert_eq!(pruned["artifacts_removed"], serde_json::json!(["0123"]), "{pruned}");
+    assert!(read_all("python", &m.mnt).is_empty());
+    let stats = m.finish();
+    assert_eq!(stats["read_errors"], 0, "{stats}");
+    let kept = cache_is_honest(&art, cache.path());
+    assert!(kept > 0);
+    // Unused now: --keep with room to spare keeps all, plain prune frees all.
+    assert_eq!(ls(&["prune", "--keep", "1G"])["removed"], serde_json::json!([]));
+    let pruned = ls(&["prune"]);
+    assert_eq!(pruned["removed"].as_array().unwrap().len(), 3, "{pruned}");
+    assert!(pruned["freed_bytes"].as_u64().unwrap() > 1 << 20, "{pruned}");
+    assert_eq!(ls(&["ls"]), serde_json::json!([]));
+    // The next mount starts cold and is right.
+    let m = Mount::new(art.to_str().unwrap(), cache.path(), &["--no-prefetch"]);
+    assert!(read_all("python", &m.mnt).is_empty());
+    let s = m.finish();
+    assert_eq!(s["cache_hits"], 0, "{s}");
+}

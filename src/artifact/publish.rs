@@ -206,7 +206,13 @@ pub fn pull(image: &Image, found: &Referrer, cache: &Path) -> Result<PathBuf, Ar
     };
     std::fs::create_dir_all(cache)
         .map_err(|source| ArtifactError::Io { path: cache.to_path_buf(), source })?;
-    write_dir(&Artifact { bootstrap, metas, manifest }, &dir, true)?;
+    if let Err(e) = write_dir(&Artifact { bootstrap, metas, manifest }, &dir, true) {
+        // Another mount may have put the same artifact there meanwhile.
+        if open_dir(&dir).is_ok() {
+            return Ok(dir);
+        }
+        return Err(e);
+    }
     // What was written must open: the bootstrap against zran.json, each blob.meta against the
     // bootstrap. Otherwise it does not stay where the next mount would look.
     if let Err(e) = open_dir(&dir) {

@@ -10,6 +10,11 @@
 //! Files live at `DIR/blobs/<blob hex>/<layout>.data` and `.map`, where `<layout>` is a hash
 //! of the blob's chunk table: artifacts that lay the same layer out differently (another chunk
 //! size) never share a data file.
+//!
+//! Sharing and pruning: a mount holds a shared `flock` on each data file it uses, for as long
+//! as it runs; [`prune`] removes only files it can lock exclusively, so never those of a live
+//! mount. A mount that opened a file just as it was pruned notices (the path no longer names
+//! its file) and opens the new one.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -35,7 +40,13 @@ impl BlobCache {
         let d = dir.join("blobs").join(blob_hex);
         std::fs::create_dir_all(&d)?;
         let path = d.join(format!("{layout}.data"));
-        let data = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
+        let data = loop {
+            let f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
+            lock(&f, libc::LOCK_SH)?;
+            if same_file(&f, &path) {
+                break f;
+            }
+        };
         if data.metadata()?.len() != size {
             data.set_len(size)?;
         }
@@ -45,6 +56,8 @@ impl BlobCache {
             .create(true)
             .truncate(false)
             .open(d.join(format!("{layout}.map")))?;
+        // The map's time is the cache's last use, for pruning the least recently used first.
+        let _ = map.set_modified(std::time::SystemTime::now());
         let mut bytes = vec![0u8; chunks];
         let n = read_full(&map, &mut bytes, 0)?;
         if map.metadata()?.len() != chunks as u64 {
@@ -92,6 +105,119 @@ impl BlobCache {
     }
 }
 
+/// `flock(2)` the file with `op`; `Ok(false)` when `LOCK_NB` was asked and another holds it.
+fn try_lock(f: &File, op: i32) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    loop {
+        // SAFETY: the descriptor belongs to `f`, open for the whole call; flock only reads it.
+        if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
+            return Ok(true);
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            _ => return Err(e),
+        }
+    }
+}
+
+fn lock(f: &File, op: i32) -> std::io::Result<()> {
+    try_lock(f, op).map(|_| ())
+}
+
+/// Does `path` still name the open file `f`?
+fn same_file(f: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (f.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// The cache files of one layout of one blob.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Entry {
+    /// The blob's sha256 (hex).
+    pub blob: String,
+    pub layout: String,
+    /// Bytes the files take on disk (the data file is sparse).
+    pub disk_bytes: u64,
+    /// Chunks recorded as good.
+    pub chunks: u64,
+    /// Seconds since the epoch of the last use (a mount opening it, or a write).
+    pub modified: u64,
+    /// A mount is using it.
+    pub in_use: bool,
+}
+
+/// Every blob cache under `dir`, least recently used first.
+pub fn list(dir: &Path) -> std::io::Result<Vec<Entry>> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let blobs = dir.join("blobs");
+    let Ok(rd) = std::fs::read_dir(&blobs) else { return Ok(out) };
+    for b in rd {
+        let b = b?;
+        let Ok(files) = std::fs::read_dir(b.path()) else { continue };
+        for f in files {
+            let p = f?.path();
+            if p.extension().is_none_or(|e| e != "data") {
+                continue;
+            }
+            let Ok(data) = File::open(&p) else { continue };
+            let m = data.metadata()?;
+            let map = p.with_extension("map");
+            let recorded = std::fs::read(&map).map(|b| b.iter().filter(|&&x| x == 1).count()).unwrap_or(0);
+            let map_meta = std::fs::metadata(&map).ok();
+            let in_use = !try_lock(&data, libc::LOCK_EX | libc::LOCK_NB)?;
+            out.push(Entry {
+                blob: b.file_name().to_string_lossy().into_owned(),
+                layout: p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+                disk_bytes: m.blocks() * 512 + map_meta.as_ref().map_or(0, |m| m.blocks() * 512),
+                chunks: recorded as u64,
+                modified: m.mtime().max(map_meta.map_or(0, |m| m.mtime())).max(0) as u64,
+                in_use,
+            });
+        }
+    }
+    out.sort_by_key(|e| (e.modified, e.blob.clone(), e.layout.clone()));
+    Ok(out)
+}
+
+/// Remove blob caches no mount is using, least recently used first, until what stays takes
+/// at most `keep_bytes` on disk (`None`: remove every unused one). Returns what was removed.
+pub fn prune(dir: &Path, keep_bytes: Option<u64>) -> std::io::Result<Vec<Entry>> {
+    let entries = list(dir)?;
+    let mut total: u64 = entries.iter().map(|e| e.disk_bytes).sum();
+    let mut removed = Vec::new();
+    for e in entries {
+        if keep_bytes.is_some_and(|k| total <= k) {
+            break;
+        }
+        if e.in_use {
+            continue;
+        }
+        let data_path = dir.join("blobs").join(&e.blob).join(format!("{}.data", e.layout));
+        let Ok(data) = File::open(&data_path) else { continue };
+        // Held while the files go: a mount opening them now waits, then sees them gone.
+        if !try_lock(&data, libc::LOCK_EX | libc::LOCK_NB)? || !same_file(&data, &data_path) {
+            continue;
+        }
+        // The record first: a data file without one is never trusted.
+        match std::fs::remove_file(data_path.with_extension("map")) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err),
+        }
+        std::fs::remove_file(&data_path)?;
+        let _ = std::fs::remove_dir(data_path.parent().unwrap_or(dir));
+        total = total.saturating_sub(e.disk_bytes);
+        removed.push(e);
+    }
+    Ok(removed)
+}
+
 /// Read as much of `buf` as the file holds at `offset` (the gzip engine's positional read).
 fn read_full(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
     crate::gzip::ReadAt::read_at(f, offset, buf)
@@ -121,5 +247,38 @@ mod tests {
         // Another layout of the same blob has files of its own.
         let (_, good) = BlobCache::open(dir.path(), "ab", "l2", 4096, 1).unwrap();
         assert_eq!(good, vec![false]);
+    }
+
+    #[test]
+    fn prune_removes_only_what_no_mount_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let (held, _) = BlobCache::open(dir.path(), "aa", "l1", 1 << 20, 2).unwrap();
+        held.write(0, &[1; 65536]).unwrap();
+        held.commit(&[0]).unwrap();
+        let (free, _) = BlobCache::open(dir.path(), "bb", "l1", 1 << 20, 2).unwrap();
+        free.write(0, &[2; 65536]).unwrap();
+        free.commit(&[0, 1]).unwrap();
+        drop(free);
+        let listed = list(dir.path()).unwrap();
+        assert_eq!(listed.len(), 2);
+        let by = |b: &str| listed.iter().find(|e| e.blob == b).unwrap().clone();
+        assert!(by("aa").in_use && !by("bb").in_use);
+        assert_eq!((by("aa").chunks, by("bb").chunks), (1, 2));
+        assert!(by("bb").disk_bytes >= 65536 && by("bb").disk_bytes < 1 << 20, "sparse: {:?}", by("bb"));
+        // Everything unused goes; the held one stays and still works.
+        let removed = prune(dir.path(), None).unwrap();
+        assert_eq!(removed.iter().map(|e| e.blob.as_str()).collect::<Vec<_>>(), ["bb"]);
+        assert!(!dir.path().join("blobs/bb").exists());
+        let mut buf = [0; 4];
+        held.read(0, &mut buf).unwrap();
+        assert_eq!(buf, [1; 4]);
+        // Under a size to keep, nothing goes.
+        let (again, good) = BlobCache::open(dir.path(), "bb", "l1", 1 << 20, 2).unwrap();
+        assert_eq!(good, vec![false, false], "a pruned cache starts empty");
+        drop(again);
+        assert!(prune(dir.path(), Some(u64::MAX)).unwrap().is_empty());
+        drop(held);
+        assert_eq!(prune(dir.path(), None).unwrap().len(), 2);
+        assert!(list(dir.path()).unwrap().is_empty());
     }
 }

@@ -1,5 +1,6 @@
 //! Command definitions (clap derive) and dispatch.
 
+mod cache;
 mod files;
 mod generate;
 mod gz;
@@ -43,6 +44,9 @@ pub enum Command {
     Umount(mount::UmountArgs),
     /// The counters of a mount: bytes fetched, chunks verified, cache hits, digest failures.
     Stats(mount::StatsArgs),
+    /// The chunk cache: list it, or make room without touching what live mounts use.
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
 }
 
 pub fn init_logging(verbose: u8) {
@@ -71,5 +75,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mount(args) => mount::mount(args),
         Command::Umount(args) => mount::umount(args),
         Command::Stats(args) => mount::stats(args),
+        Command::Cache(cmd) => cache::run(cmd),
     }
 }

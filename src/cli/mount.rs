@@ -90,7 +90,7 @@ struct Record {
     stats: serde_json::Value,
 }
 
-fn default_cache_dir() -> PathBuf {
+pub(crate) fn default_cache_dir() -> PathBuf {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } == 0 {
         PathBuf::from("/var/lib/zran")
