@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The zran demo, with no network (run as root: it mounts and chroots):
 #  1. lazy start: build the python test image (an OCI layout made from this machine's files),
-#     `zran generate` its artifact, `zran mount` it through FUSE, start
-#     `python3 -c 'import json, email'` from the mounted tree with chroot, and print what was
-#     fetched against the image size;
+#     `zran generate --push` its artifact into the layout beside the image, `zran mount` the
+#     image through FUSE (it finds the artifact), start `python3 -c 'import json, email'` from
+#     the mounted tree with chroot, and print what was fetched against the image size;
 #  2. the gzip engine: build a ~700 MB tar.gz from this machine's own files, index it in one
 #     pass, read random ranges back through the index, check them, and print the figures.
 set -euo pipefail
@@ -17,17 +17,20 @@ mkdir -p "$work"
 
 echo "== building the test images (cached under target/testimages)"
 bash testimages/build.sh > "$work/testimages.log" 2>&1 || { tail -20 "$work/testimages.log"; exit 1; }
-image="oci:$PWD/target/testimages/layouts/python"
-echo "== zran generate $image"
-"$zran" generate "$image" -o "$work/python.art" --force | tail -1
+# A copy of the layout, so that the artifact stored beside the image stays out of the tests'.
+rm -rf "$work/python-layout"
+cp -a "$PWD/target/testimages/layouts/python" "$work/python-layout"
+image="oci:$work/python-layout"
+echo "== zran generate $image --push"
+"$zran" generate "$image" -o "$work/python.art" --force --push | tail -2
 mnt="$work/mnt"
 cache="$work/cache"
 mkdir -p "$mnt"
 umount -l "$mnt" 2>/dev/null || true
 rm -rf "$cache"
-echo "== zran mount (cold cache), then chroot MNT /usr/bin/python3.11 -c 'import json, email'"
+echo "== zran mount $image (cold cache), then chroot MNT /usr/bin/python3.11 -c 'import json, email'"
 t0=$(date +%s.%N)
-"$zran" mount "$work/python.art" "$mnt" --cache-dir "$cache"
+"$zran" mount "$image" "$mnt" --cache-dir "$cache"
 t1=$(date +%s.%N)
 chroot "$mnt" /usr/bin/python3.11 -c 'import json, email; print("   python says: json and email imported")'
 t2=$(date +%s.%N)

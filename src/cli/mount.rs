@@ -164,7 +164,11 @@ fn detach() -> anyhow::Result<()> {
         return Ok(());
     }
     let status = child.wait()?;
-    bail!("the mount failed ({status})")
+    match status.code() {
+        // The serving process has said why on the same standard error: exit as it did.
+        Some(code) if code != 0 => std::process::exit(code),
+        _ => bail!("the mount failed ({status})"),
+    }
 }
 
 /// Everything a mount serves: the bootstrap and its blobs.
