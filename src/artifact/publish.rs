@@ -10,7 +10,7 @@
 //! only point into the image's own layers, and each chunk is checked against the digest it
 //! names, but the file table is the artifact's; sign it like any referrer when that matters.
 
-use super::{Artifact, ArtifactError, ArtifactManifest, BOOTSTRAP, MANIFEST, open_dir, write_dir};
+use super::{Artifact, ArtifactError, ArtifactManifest, BOOTSTRAP, MANIFEST, Opened, open_dir, write_dir};
 use crate::oci::image::{EMPTY_JSON, OCI_MANIFEST};
 use crate::oci::{Digest, Image, Referrer};
 use serde::{Deserialize, Serialize};
@@ -41,15 +41,23 @@ struct Desc {
 }
 
 impl Desc {
-    fn of(media_type: &str, bytes: &[u8], title: Option<&str>) -> Desc {
-        Desc {
+    /// Store `bytes` as a blob beside the image and describe them.
+    fn put(
+        image: &Image,
+        media_type: &str,
+        bytes: &[u8],
+        title: Option<&str>,
+    ) -> Result<Desc, ArtifactError> {
+        let digest = Digest::of(bytes);
+        image.source.put_blob(&digest, bytes)?;
+        Ok(Desc {
             media_type: media_type.to_string(),
-            digest: Digest::of(bytes).to_string(),
+            digest: digest.to_string(),
             size: bytes.len() as u64,
             annotations: title
                 .map(|t| BTreeMap::from([(TITLE.to_string(), t.to_string())]))
                 .unwrap_or_default(),
-        }
+        })
     }
 }
 
@@ -95,19 +103,16 @@ pub fn push(dir: &Path, image: &Image) -> Result<Digest, ArtifactError> {
     }
     parts.push((MANIFEST_TYPE, MANIFEST.to_string(), read(MANIFEST)?));
 
-    let src = &image.source;
-    src.put_blob(&Digest::of(EMPTY), EMPTY)?;
-    let mut layers = Vec::new();
-    for (media_type, name, bytes) in &parts {
-        let d = Desc::of(media_type, bytes, Some(name));
-        src.put_blob(&Digest::of(bytes), bytes)?;
-        layers.push(d);
-    }
+    let config = Desc::put(image, EMPTY_JSON, EMPTY, None)?;
+    let layers = parts
+        .iter()
+        .map(|(media_type, name, bytes)| Desc::put(image, media_type, bytes, Some(name)))
+        .collect::<Result<Vec<_>, _>>()?;
     let doc = Doc {
         schema_version: 2,
         media_type: OCI_MANIFEST.to_string(),
         artifact_type: ARTIFACT_TYPE.to_string(),
-        config: Desc::of(EMPTY_JSON, EMPTY, None),
+        config,
         layers,
         subject: Desc {
             media_type: image.manifest.media_type.clone(),
@@ -125,7 +130,7 @@ pub fn push(dir: &Path, image: &Image) -> Result<Digest, ArtifactError> {
         artifact_type: Some(ARTIFACT_TYPE.to_string()),
         annotations: BTreeMap::new(),
     };
-    src.put_referrer(&bytes, &desc, &image.manifest.digest)?;
+    image.source.put_referrer(&bytes, &desc, &image.manifest.digest)?;
     tracing::info!(image = %image.name, artifact = %digest, "artifact stored beside the image");
     Ok(digest)
 }
@@ -139,15 +144,15 @@ pub fn find(image: &Image) -> Result<Option<Referrer>, ArtifactError> {
 }
 
 /// Fetch the artifact `found` beside `image` into `cache/<manifest hex>` (every part checked
-/// against its digest, written atomically) and return that directory. A copy already there is
-/// used when it still opens cleanly.
-pub fn pull(image: &Image, found: &Referrer, cache: &Path) -> Result<PathBuf, ArtifactError> {
+/// against its digest, written atomically) and return that directory, opened. A copy already
+/// there is used when it still opens cleanly.
+pub fn pull(image: &Image, found: &Referrer, cache: &Path) -> Result<(PathBuf, Opened), ArtifactError> {
     let digest: Digest =
         found.digest.parse().map_err(|_| invalid(cache, format!("referrer digest {:?}", found.digest)))?;
     let dir = cache.join(digest.hex());
     if dir.join(MANIFEST).is_file() {
         match open_dir(&dir) {
-            Ok(_) => return Ok(dir),
+            Ok(opened) => return Ok((dir, opened)),
             Err(e) => tracing::warn!("{}: {e}; fetching the artifact again", dir.display()),
         }
     }
@@ -208,16 +213,15 @@ pub fn pull(image: &Image, found: &Referrer, cache: &Path) -> Result<PathBuf, Ar
         .map_err(|source| ArtifactError::Io { path: cache.to_path_buf(), source })?;
     if let Err(e) = write_dir(&Artifact { bootstrap, metas, manifest }, &dir, true) {
         // Another mount may have put the same artifact there meanwhile.
-        if open_dir(&dir).is_ok() {
-            return Ok(dir);
-        }
-        return Err(e);
+        return open_dir(&dir).map(|opened| (dir, opened)).map_err(|_| e);
     }
     // What was written must open: the bootstrap against zran.json, each blob.meta against the
     // bootstrap. Otherwise it does not stay where the next mount would look.
-    if let Err(e) = open_dir(&dir) {
-        let _ = std::fs::remove_dir_all(&dir);
-        return Err(e);
+    match open_dir(&dir) {
+        Ok(opened) => Ok((dir, opened)),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            Err(e)
+        }
     }
-    Ok(dir)
 }

@@ -191,11 +191,11 @@ fn prepare(args: &MountArgs, cache: &Path) -> anyhow::Result<Prepared> {
     // An artifact stored beside the image (`zran push`, `generate --push`) comes first.
     match publish::find(&image) {
         Ok(Some(found)) => {
-            let dir = publish::pull(&image, &found, &cache.join("artifacts")).with_context(|| {
-                format!("cannot fetch the zran artifact {} of {}", found.digest, image.name)
-            })?;
+            let (dir, opened) =
+                publish::pull(&image, &found, &cache.join("artifacts")).with_context(|| {
+                    format!("cannot fetch the zran artifact {} of {}", found.digest, image.name)
+                })?;
             tracing::info!(artifact = %found.digest, dir = %dir.display(), "mounting the artifact stored beside the image");
-            let opened = artifact::open_dir(&dir)?;
             return from_artifact(&dir, opened, image, cache);
         }
         Ok(None) => {}
