@@ -12,6 +12,7 @@
 //! Owns the cache files and the counters. Calls `oci`, `gzip` and `rafs`.
 
 pub mod cache;
+mod ranges;
 
 use crate::gzip::{Restart, inflate_from, inflate_member};
 use crate::oci::{BlobSource, Digest};
@@ -132,20 +133,14 @@ pub struct BlobInput<'a> {
 pub struct BlobSet {
     blobs: Vec<Blob>,
     source: Box<dyn BlobSource>,
-    /// Compressed ranges fetched lately, so that the next chunk of a context (decoded from the
-    /// same checkpoint) fetches only what lies past them.
-    recent: Mutex<std::collections::VecDeque<Recent>>,
+    /// Compressed ranges fetched lately and under way, so that the next chunk of a context
+    /// (decoded from the same checkpoint) fetches only what lies past them, and concurrent
+    /// readers of one context fetch its shared part once.
+    ranges: ranges::Ranges,
     pub stats: Stats,
 }
 
-/// A compressed range kept in memory: `bytes` of blob `blob` from `start`.
-struct Recent {
-    blob: usize,
-    start: u64,
-    bytes: Arc<Vec<u8>>,
-}
-
-/// How many compressed bytes [`BlobSet::recent`] keeps.
+/// How many compressed bytes [`BlobSet::ranges`] keeps.
 const RECENT_BYTES: usize = 32 << 20;
 
 /// A piece of a read: `len` bytes at `offset` in chunk `ci` of blob `blob`.
@@ -233,7 +228,7 @@ impl BlobSet {
                 flights: Mutex::new(HashMap::new()),
             });
         }
-        Ok(BlobSet { blobs, source, recent: Mutex::new(Default::default()), stats: Stats::default() })
+        Ok(BlobSet { blobs, source, ranges: ranges::Ranges::new(RECENT_BYTES), stats: Stats::default() })
     }
 
     /// Fill `buf` from the pieces, in order (their lengths must add up to `buf.len()`). Every
@@ -498,61 +493,25 @@ impl BlobSet {
         Ok(bad)
     }
 
-    /// Compressed bytes `[start, end)` of a blob: what a recent fetch already holds, plus one
-    /// range request for the rest; all of it from the source when `fresh` (and what memory
-    /// held of the range is dropped).
+    /// Compressed bytes `[start, end)` of a blob: what memory holds, what another reader is
+    /// fetching (waited for), and range requests for the rest; all of it from the source when
+    /// `fresh` (and what memory held of the range is dropped).
     fn fetch_range(&self, blob: &Blob, start: u64, end: u64, fresh: bool) -> Result<Arc<Vec<u8>>, BlobError> {
         let end = end.min(blob.size);
-        let b = blob.index;
-        let mut have: Vec<u8> = Vec::new();
-        if fresh {
-            if let Ok(mut recent) = self.recent.lock() {
-                recent.retain(|r| r.blob != b || r.start >= end || r.start + r.bytes.len() as u64 <= start);
-            }
-        } else if let Ok(recent) = self.recent.lock() {
-            // The entry reaching furthest from at or before `start`.
-            if let Some(r) = recent
-                .iter()
-                .filter(|r| r.blob == b && r.start <= start && r.start + r.bytes.len() as u64 > start)
-                .max_by_key(|r| r.start + r.bytes.len() as u64)
-            {
-                let from = (start - r.start) as usize;
-                let to = ((end - r.start) as usize).min(r.bytes.len());
-                have.extend_from_slice(&r.bytes[from..to]);
-            }
-        }
-        let from = start + have.len() as u64;
-        if from < end {
-            let mut buf = vec![0u8; (end - from) as usize];
+        self.ranges.get(blob.index, start, end, fresh, |from, to| {
+            let mut buf = vec![0u8; (to - from) as usize];
             self.stats.requests.fetch_add(1, Relaxed);
-            tracing::debug!(layer = blob.layer, start = from, end, "fetch");
+            tracing::debug!(layer = blob.layer, start = from, end = to, "fetch");
             let n = self
                 .source
                 .read_at(&blob.digest, from, &mut buf)
-                .map_err(|e| blob.err(format!("range {from}-{end}: {e}")))?;
+                .map_err(|e| blob.err(format!("range {from}-{to}: {e}")))?;
             self.stats.bytes_fetched.fetch_add(n as u64, Relaxed);
             if n < buf.len() {
-                return Err(blob.err(format!("range {from}-{end}: the blob ends at {}", from + n as u64)));
+                return Err(blob.err(format!("range {from}-{to}: the blob ends at {}", from + n as u64)));
             }
-            have.extend_from_slice(&buf);
-            let have = Arc::new(have);
-            if let Ok(mut recent) = self.recent.lock() {
-                // What the new range holds whole is dropped: the next chunk of a context
-                // fetches from the same checkpoint again, and copies that only grow would
-                // push out everything else.
-                let new_end = start + have.len() as u64;
-                recent.retain(|r| r.blob != b || r.start < start || r.start + r.bytes.len() as u64 > new_end);
-                recent.push_back(Recent { blob: b, start, bytes: have.clone() });
-                let mut total: usize = recent.iter().map(|r| r.bytes.len()).sum();
-                while total > RECENT_BYTES && recent.len() > 1 {
-                    if let Some(old) = recent.pop_front() {
-                        total -= old.bytes.len();
-                    }
-                }
-            }
-            return Ok(have);
-        }
-        Ok(Arc::new(have))
+            Ok(buf)
+        })
     }
 
     fn blob(&self, b: u8) -> Result<&Blob, BlobError> {
