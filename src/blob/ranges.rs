@@ -298,6 +298,40 @@ mod tests {
         assert_eq!(asked.load(Ordering::Relaxed), 50_000);
     }
 
+    proptest::proptest! {
+        /// Whatever memory holds, an answer is the source's bytes; memory stays within its
+        /// limit (or the largest range asked, if larger); a range just fetched fresh costs
+        /// nothing again.
+        #[test]
+        fn answers_are_the_source(ops in proptest::collection::vec(
+            (0usize..2, 0u64..300_000, 1u64..120_000, proptest::bool::weighted(0.2)), 1..40),
+            limit in 50_000usize..400_000)
+        {
+            let src = data(420_000);
+            let r = Ranges::new(limit);
+            let asked = AtomicU64::new(0);
+            let fetch = |a: u64, b: u64| -> Result<Vec<u8>, ()> {
+                asked.fetch_add(b - a, Ordering::Relaxed);
+                Ok(src[a as usize..b as usize].to_vec())
+            };
+            let mut largest = 0;
+            for (blob, start, len, fresh) in ops {
+                let end = start + len;
+                largest = largest.max(len as usize);
+                let got = r.get(blob, start, end, fresh, fetch).unwrap();
+                proptest::prop_assert_eq!(&got[..], &src[start as usize..end as usize]);
+                if fresh && (len as usize) <= limit {
+                    let before = asked.load(Ordering::Relaxed);
+                    let again = r.get(blob, start, end, false, fetch).unwrap();
+                    proptest::prop_assert_eq!(&again[..], &src[start as usize..end as usize]);
+                    proptest::prop_assert_eq!(asked.load(Ordering::Relaxed), before);
+                }
+                let held: usize = r.lock().held.iter().map(|h| h.bytes.len()).sum();
+                proptest::prop_assert!(held <= limit.max(largest));
+            }
+        }
+    }
+
     #[test]
     fn memory_stays_under_its_limit() {
         let src = data(1 << 20);
