@@ -453,20 +453,31 @@ impl Registry {
         if !resp.status().is_success() {
             return Err(status_error(&url, resp).await);
         }
-        let mut resp = resp;
+        self.read_small(&url, resp).await.map(Some)
+    }
+
+    /// The body of a manifest or index, refused past [`MAX_MANIFEST`] bytes (declared or read).
+    async fn read_small(&self, url: &str, mut resp: reqwest::Response) -> Result<Vec<u8>, OciError> {
+        let too_large = || OciError::Network {
+            url: url.to_string(),
+            message: format!("manifest larger than {MAX_MANIFEST} bytes"),
+        };
+        if resp.content_length().is_some_and(|l| l > MAX_MANIFEST) {
+            return Err(too_large());
+        }
         let mut raw = Vec::new();
         while let Some(chunk) = resp
             .chunk()
             .await
-            .map_err(|e| OciError::Network { url: url.clone(), message: error_chain(&e) })?
+            .map_err(|e| OciError::Network { url: url.to_string(), message: error_chain(&e) })?
         {
             raw.extend_from_slice(&chunk);
             if raw.len() as u64 > MAX_MANIFEST {
-                return Err(OciError::Network { url, message: format!("larger than {MAX_MANIFEST} bytes") });
+                return Err(too_large());
             }
         }
         self.stats.bytes.fetch_add(raw.len() as u64, Ordering::Relaxed);
-        Ok(Some(raw))
+        Ok(raw)
     }
 
     /// A blob request that follows a redirect once and remembers where it led.
@@ -729,28 +740,7 @@ impl BlobSource for RegistrySource {
                 .get("docker-content-digest")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<Digest>().ok());
-            if resp.content_length().is_some_and(|l| l > MAX_MANIFEST) {
-                return Err(OciError::Network {
-                    url,
-                    message: format!("manifest larger than {MAX_MANIFEST} bytes"),
-                });
-            }
-            let mut resp = resp;
-            let mut raw = Vec::new();
-            while let Some(chunk) = resp
-                .chunk()
-                .await
-                .map_err(|e| OciError::Network { url: url.clone(), message: error_chain(&e) })?
-            {
-                raw.extend_from_slice(&chunk);
-                if raw.len() as u64 > MAX_MANIFEST {
-                    return Err(OciError::Network {
-                        url,
-                        message: format!("manifest larger than {MAX_MANIFEST} bytes"),
-                    });
-                }
-            }
-            r.stats.bytes.fetch_add(raw.len() as u64, Ordering::Relaxed);
+            let raw = r.read_small(&url, resp).await?;
             let digest = match reference.parse::<Digest>() {
                 Ok(d) => {
                     check_digest(&format!("manifest {url}"), &raw, &d)?;
