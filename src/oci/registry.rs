@@ -398,15 +398,7 @@ impl Registry {
         if resp.status() != StatusCode::ACCEPTED {
             return Err(self.push_error(&start, resp).await);
         }
-        let mut put = resp
-            .headers()
-            .get(header::LOCATION)
-            .and_then(|l| l.to_str().ok())
-            .and_then(|l| resp.url().join(l).ok())
-            .ok_or_else(|| OciError::Network {
-                url: start.clone(),
-                message: "upload started without a usable Location".into(),
-            })?;
+        let mut put = location(&resp, "upload started")?;
         put.query_pairs_mut().append_pair("digest", &digest.to_string());
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
@@ -504,15 +496,7 @@ impl Registry {
         let resp = self.send(Method::GET, "blobs", &key, headers.clone()).await?;
         let url = resp.url().to_string();
         if resp.status().is_redirection() {
-            let location = resp
-                .headers()
-                .get(header::LOCATION)
-                .and_then(|l| l.to_str().ok())
-                .and_then(|l| resp.url().join(l).ok())
-                .ok_or_else(|| OciError::Network {
-                    url: url.clone(),
-                    message: "redirect without a usable Location".into(),
-                })?;
+            let location = location(&resp, "redirect")?;
             tracing::debug!(from = %url, to = %location, "blob redirected");
             if let Ok(mut m) = self.redirects.lock() {
                 m.insert(key, location.clone());
@@ -582,6 +566,18 @@ impl Registry {
         }
         Ok(filled)
     }
+}
+
+/// Where a response's `Location` header points, resolved against the response's URL.
+fn location(resp: &reqwest::Response, what: &str) -> Result<reqwest::Url, OciError> {
+    resp.headers()
+        .get(header::LOCATION)
+        .and_then(|l| l.to_str().ok())
+        .and_then(|l| resp.url().join(l).ok())
+        .ok_or_else(|| OciError::Network {
+            url: resp.url().to_string(),
+            message: format!("{what} without a usable Location"),
+        })
 }
 
 fn retryable(s: StatusCode) -> bool {
