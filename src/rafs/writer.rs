@@ -304,8 +304,9 @@ pub fn write(spec: &BootstrapSpec) -> Result<Vec<u8>, WriteError> {
             return Err(WriteError::Inode { path: path_str(), message: "uid or gid above 2^32".into() });
         }
         // Compact inodes carry no mtime: the kernel shows the superblock's build time for
-        // them, but nydusd shows 0. Only an inode whose mtime is 0 reads the same in both
-        // (with a build time of 0); every other inode is extended.
+        // them, but Nydus reads 0. Only an inode whose mtime is 0 reads the same in both
+        // (with a build time of 0); every other inode is extended. (nydusd shows its own
+        // start time for any mtime of 0, compact or not.)
         p.extended = !(inode.uid <= 0xffff
             && inode.gid <= 0xffff
             && inode.nlink <= 0xffff
@@ -561,9 +562,13 @@ pub fn write(spec: &BootstrapSpec) -> Result<Vec<u8>, WriteError> {
 
     let has_xattr = placed.values().any(|p| !p.xattrs.is_empty());
     let ext = SuperBlockExt {
+        // EXPLICIT_UID_GID: the inodes' owners are the image's. Without it nydusd shows every
+        // file as owned by the daemon's own uid and gid (Nydus's builder sets it for every
+        // image but rootless ones).
         flags: (flags::COMPRESSION_GZIP
             | flags::HASH_SHA256
             | flags::ENCRYPTION_NONE
+            | flags::EXPLICIT_UID_GID
             | if has_xattr { flags::HAS_XATTR } else { 0 })
         .into(),
         blob_table_offset: blob_table_offset.into(),
