@@ -72,12 +72,14 @@ pub fn scan_gzip_with_progress(
     let reader = Counting { inner: reader, read: 0, progress };
     let mut sink = TarSink::new(chunk);
     let index =
-        IndexBuilder::new().span(span).build_with(reader, &mut sink).map_err(|source| match source {
-            GzipError::Sink { source, .. } => {
-                LayerError::Tar { digest: digest.clone(), message: source.to_string() }
-            }
-            source => LayerError::Gzip { digest: digest.clone(), source },
-        })?;
+        IndexBuilder::new().span(span).member_checkpoints(true).build_with(reader, &mut sink).map_err(
+            |source| match source {
+                GzipError::Sink { source, .. } => {
+                    LayerError::Tar { digest: digest.clone(), message: source.to_string() }
+                }
+                source => LayerError::Gzip { digest: digest.clone(), source },
+            },
+        )?;
     let (entries, chunks) =
         sink.finish().map_err(|e| LayerError::Tar { digest: digest.clone(), message: e.to_string() })?;
     Ok(Scan { entries, index, chunks })
