@@ -250,7 +250,7 @@ fn every_layer_of_the_test_images() {
 
 #[test]
 fn hostile_archives() {
-    // ../ escapes are refused with the entry and offset named.
+    // `../` climbing out of the root stops at the root, as containerd and umoci clean names.
     let mut h = tar::Header::new_gnu();
     h.set_size(0);
     h.set_entry_type(tar::EntryType::Regular);
@@ -264,11 +264,9 @@ fn hostile_archives() {
     b.append(&raw, std::io::empty()).unwrap();
     let archive = b.into_inner().unwrap();
     let mut p = TarParser::new();
-    let err = p.push(0, &archive, &mut |_, _, _| {}).unwrap_err();
-    assert!(
-        err.to_string().contains("climbs out of the root") && err.to_string().contains("offset 512"),
-        "{err}"
-    );
+    p.push(0, &archive, &mut |_, _, _| {}).unwrap();
+    p.finish().unwrap();
+    assert_eq!(p.entries()[1].path, b"etc/pass");
 
     // A corrupt checksum.
     let mut bad = build(&[Item::Dir("d".into())], false, 0, 0);
@@ -281,7 +279,12 @@ fn hostile_archives() {
     let mut p = TarParser::new();
     p.push(0, &archive[..2000], &mut |_, _, _| {}).unwrap();
     let err = p.finish().unwrap_err();
-    assert!(err.to_string().contains("middle of an entry") && err.to_string().contains("\"f\""), "{err}");
+    assert!(
+        err.to_string().contains("middle of the entry's data")
+            && err.to_string().contains("\"f\"")
+            && err.to_string().contains("offset 2000"),
+        "{err}"
+    );
 
     // An absurd PAX header size is refused before anything is allocated.
     let mut x = tar::Header::new_ustar();

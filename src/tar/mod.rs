@@ -15,5 +15,5 @@ mod header;
 mod parser;
 mod sink;
 
-pub use parser::{Entry, EntryKind, TarError, TarParser, normalize};
-pub use sink::{FileChunk, TarSink};
+pub use parser::{Entry, EntryKind, TarError, TarParser, TarWarning, normalize};
+pub use sink::{FileChunk, Parsed, TarSink};
