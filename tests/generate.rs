@@ -40,8 +40,14 @@ fn chunks_by_digest(layout: &Path, chunk_size: usize) -> HashMap<[u8; 32], Vec<u
         }
         for l in m["layers"].as_array().unwrap() {
             let path = layout_blob(layout, l["digest"].as_str().unwrap().trim_start_matches("sha256:"));
-            let gz = flate2::read::MultiGzDecoder::new(std::fs::File::open(path).unwrap());
-            let mut ar = tar::Archive::new(gz);
+            let mut tar = Vec::new();
+            flate2::read::MultiGzDecoder::new(std::fs::File::open(path).unwrap())
+                .read_to_end(&mut tar)
+                .unwrap();
+            // Padded to whole blocks and end blocks: Go's reader (so zran) accepts a stream
+            // that ends right after the last file's data (umoci insert), the `tar` crate not.
+            tar.resize(tar.len().next_multiple_of(512) + 1024, 0);
+            let mut ar = tar::Archive::new(tar.as_slice());
             for e in ar.entries().unwrap() {
                 let mut e = e.unwrap();
                 if e.header().entry_type() != tar::EntryType::Regular {
