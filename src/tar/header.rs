@@ -186,7 +186,7 @@ mod tests {
         assert_eq!(number(&neg, "mtime"), Ok(-1));
         assert!(number(b"12x4", "m").is_err());
         // As Go reads octal: NULs and spaces around the digits, digits up to the first NUL.
-        assert_eq!(number(b"\0\0\00644\0", "m"), Ok(0o644));
+        assert_eq!(number(b"\0\0\x000644\0", "m"), Ok(0o644));
         assert_eq!(number(b"644\0 junk", "m"), Ok(0o644));
         assert!(number(b"644 7\0\0\0", "m").is_err());
         assert_eq!(number(b"        ", "m"), Ok(0));

@@ -309,11 +309,8 @@ impl Tree {
             Some(&(_, by)) if by != layer => {
                 self.inodes[dir].children.remove(name);
             }
-            Some(&(id, _)) => {
-                if self.inodes[id].is_dir() {
-                    self.hide_below(layer, id);
-                }
-            }
+            Some(&(id, _)) if self.inodes[id].is_dir() => self.hide_below(layer, id),
+            Some(_) => {}
         }
     }
 
