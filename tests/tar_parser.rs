@@ -425,6 +425,42 @@ fn how_a_stream_may_not_end() {
 }
 
 #[test]
+fn global_pax_headers_apply_to_nothing() {
+    // containerd, docker and podman skip the global header Go's reader hands them; umoci
+    // refuses the layer. Its records (and an extension header before it) change no entry.
+    let body = b"12 uid=4242\n20 mtime=1234567890\n18 path=elsewhere\n";
+    let size = format!("{:011o}\0", body.len());
+    let g = block(&[
+        (0, b"pax_global_header"),
+        (100, b"0000644\0"),
+        (124, size.as_bytes()),
+        (156, b"g"),
+        (257, b"ustar\x0000"),
+    ]);
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([("path", &b"lost/by/the/global/header"[..])]).unwrap();
+    let lost = b.into_inner().unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_path("f").unwrap();
+    h.set_size(2);
+    h.set_uid(7);
+    h.set_mtime(1_700_000_000);
+    h.set_cksum();
+    let mut archive = lost[..lost.len() - 1024].to_vec();
+    archive.extend_from_slice(&g);
+    archive.extend_from_slice(&body[..]);
+    archive.resize(archive.len().next_multiple_of(512), 0);
+    archive.extend_from_slice(h.as_bytes());
+    archive.extend_from_slice(b"x\n");
+    archive.resize(archive.len().next_multiple_of(512) + 1024, 0);
+    let (entries, warnings) = parse(&archive, &[100]).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(entries.len(), 1);
+    assert_eq!((entries[0].path.as_slice(), entries[0].uid, entries[0].mtime), (&b"f"[..], 7, 1_700_000_000));
+    assert_eq!(entries[0].header_offset, archive.len() as u64 - 2048);
+}
+
+#[test]
 fn every_layer_of_the_test_images() {
     let dir = common::harness::layouts();
     let mut layers = 0;

@@ -107,7 +107,6 @@ pub struct TarParser {
     block: Vec<u8>,
     ext: Vec<u8>,
     pending: Pending,
-    global: BTreeMap<String, Vec<u8>>,
     entries: Vec<Entry>,
     zero_blocks: u32,
     warnings: Vec<TarWarning>,
@@ -135,7 +134,6 @@ impl TarParser {
             block: Vec::with_capacity(BLOCK),
             ext: Vec::new(),
             pending: Pending::default(),
-            global: BTreeMap::new(),
             entries: Vec::new(),
             zero_blocks: 0,
             warnings: Vec::new(),
@@ -378,11 +376,14 @@ impl TarParser {
             b'L' => self.pending.long_name = Some(trim_nul(&body)),
             b'K' => self.pending.long_link = Some(trim_nul(&body)),
             b'g' => {
+                // Go's reader hands a global header over as an entry of its own, and
+                // containerd, docker and podman skip it: its records apply to nothing.
                 let records =
                     parse_pax(&body).map_err(|m| self.err(at, None, format!("global PAX header: {m}")))?;
-                self.global.extend(records);
-                // A global header is not part of the next entry.
-                self.pending.start = None;
+                tracing::debug!(offset = at, records = ?records.keys().collect::<Vec<_>>(), "global PAX header ignored");
+                // Nor is what came before it: Go returns the global header with whatever
+                // extensions preceded it, and starts the next entry afresh.
+                self.pending = Pending::default();
             }
             _ => {
                 let records = parse_pax(&body).map_err(|m| self.err(at, None, format!("PAX header: {m}")))?;
@@ -394,8 +395,7 @@ impl TarParser {
 
     fn entry(&mut self, raw: RawHeader, at: u64) -> Result<(), TarError> {
         let pending = std::mem::take(&mut self.pending);
-        let mut pax = self.global.clone();
-        pax.extend(pending.pax);
+        let pax = pending.pax;
         let header_offset = pending.start.unwrap_or(at);
         let raw_name = pax.get("path").cloned().or(pending.long_name).unwrap_or_else(|| raw.name.clone());
         let fail = |m: String| TarError { offset: header_offset, path: Some(lossy(&raw_name)), message: m };
