@@ -6,7 +6,7 @@
 use crate::gzip::{self, GzipError, Index, IndexBuilder};
 use crate::oci::{BlobSource, Compression, Descriptor, OciError};
 pub use crate::tar::FileChunk;
-use crate::tar::{Entry, TarSink};
+use crate::tar::{Entry, TarSink, TarWarning};
 
 /// What one pass over a layer found.
 #[derive(Debug)]
@@ -15,6 +15,9 @@ pub struct Scan {
     pub index: Index,
     /// Every chunk of every regular file, in stream order (empty without a chunk size).
     pub chunks: Vec<FileChunk>,
+    /// What the tar stream did that is accepted but not well-formed (each is also logged as a
+    /// warning naming the layer).
+    pub warnings: Vec<TarWarning>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,9 +83,12 @@ pub fn scan_gzip_with_progress(
                 source => LayerError::Gzip { digest: digest.clone(), source },
             },
         )?;
-    let (entries, chunks) =
+    let parsed =
         sink.finish().map_err(|e| LayerError::Tar { digest: digest.clone(), message: e.to_string() })?;
-    Ok(Scan { entries, index, chunks })
+    for w in &parsed.warnings {
+        tracing::warn!("layer {digest}: {w}");
+    }
+    Ok(Scan { entries: parsed.entries, index, chunks: parsed.chunks, warnings: parsed.warnings })
 }
 
 /// A reader that reports how much it has read.
