@@ -388,9 +388,9 @@ fn check(name: &str, args: &[&str]) -> usize {
 
 #[test]
 fn nydus_reads_the_bootstrap_and_blob_meta_and_decodes_every_chunk() {
-    for name in ["python", "edge", "python-estargz", "edge-estargz"] {
+    for name in ["python", "edge", "python-estargz", "edge-estargz", "tarquirks", "paths", "umoci-insert"] {
         let n = check(name, &[]);
-        assert!(n > 50, "{name}: {n} entries");
+        assert!(n > 5, "{name}: {n} entries");
     }
 }
 

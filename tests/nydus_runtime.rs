@@ -339,8 +339,8 @@ fn check(name: &str) -> usize {
 
 #[test]
 fn nydus_serves_every_test_image_as_unpacked() {
-    for name in ["python", "edge"] {
+    for name in ["python", "edge", "tarquirks", "paths", "umoci-insert"] {
         let n = check(name);
-        assert!(n > 50, "{name}: {n} entries");
+        assert!(n > 5, "{name}: {n} entries");
     }
 }
