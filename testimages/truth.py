@@ -66,6 +66,7 @@ What umoci 0.4.7 does, so later comparisons know what to expect (checked on the 
 
 import argparse
 import base64
+import errno
 import gzip
 import hashlib
 import io
@@ -133,8 +134,9 @@ def b64(b):
     return base64.b64encode(b).decode()
 
 
-def walk_rootfs(root):
-    """{path: entry} and {path: inode key} for everything under ROOT."""
+def walk_rootfs(root, unreadable_ok=False):
+    """{path: entry} and {path: inode key} for everything under ROOT. With UNREADABLE_OK, a
+    file whose content fails to read (EIO) gets "sha256": "unreadable" instead of an error."""
     entries, inodes = {}, {}
     todo = [""]
     while todo:
@@ -153,11 +155,16 @@ def walk_rootfs(root):
         e["xattrs"] = {n: b64(os.getxattr(full, n, follow_symlinks=False)) for n in names}
         if t == "file":
             h = hashlib.sha256()
-            with open(full, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
+            try:
+                with open(full, "rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        h.update(chunk)
+                e["sha256"] = h.hexdigest()
+            except OSError as err:
+                if not unreadable_ok or err.errno != errno.EIO:
+                    raise
+                e["sha256"] = "unreadable"
             e["size"] = st.st_size
-            e["sha256"] = h.hexdigest()
         elif t == "symlink":
             e["target"] = os.fsdecode(os.readlink(full))
         elif t in ("char", "block"):
@@ -393,6 +400,8 @@ def main():
     ap.add_argument("out", help="OUT.json")
     ap.add_argument("--walk", action="store_true",
                     help="list the tree under IMAGE (a mounted image, say) the same way, nothing more")
+    ap.add_argument("--unreadable-ok", action="store_true",
+                    help="with --walk, a file that fails to read (EIO) is listed as unreadable")
     ap.add_argument("--platform", default="linux/amd64")
     ap.add_argument("--keep-rootfs", metavar="DIR", help="unpack here and keep it")
     ap.add_argument("--drop-estargz-meta", action="store_true",
@@ -401,7 +410,7 @@ def main():
     args = ap.parse_args()
 
     if args.walk:
-        got, inodes = walk_rootfs(os.path.abspath(args.image))
+        got, inodes = walk_rootfs(os.path.abspath(args.image), args.unreadable_ok)
         byino = {}
         for p, k in inodes.items():
             byino.setdefault(k, []).append(p)
