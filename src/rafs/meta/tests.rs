@@ -432,6 +432,36 @@ fn chunk(out: u64, len: u32, tag: u8) -> FileChunk {
 }
 
 #[test]
+fn contexts_at_member_ends() {
+    use crate::gzip::MemberEnd;
+    // Two members: [0, 100) in compressed [10, 58), [100, 200) from 70; the first ends cleanly
+    // after compressed byte 50, the second does not.
+    let mut index = fake_index(&[(0, 10), (100, 70)], 200, 130);
+    index.checkpoints[1].member = 1;
+    index.member_ends = vec![
+        MemberEnd { out: 100, input: 50, clean: true },
+        MemberEnd { out: 200, input: 120, clean: false },
+    ];
+    // A chunk that ends with the first member stops at the last byte its data needs.
+    let plan = BlobMeta::plan(&index, &[chunk(0, 100, 1)]).unwrap();
+    assert_eq!(plan.meta.contexts[0].in_len, 40);
+    assert!(plan.past_member_end.is_empty());
+    // One that ends with the second runs to the end of the layer, and is counted.
+    let plan = BlobMeta::plan(&index, &[chunk(0, 60, 1), chunk(100, 100, 2)]).unwrap();
+    assert_eq!(plan.meta.contexts.len(), 2);
+    assert_eq!(plan.meta.contexts[1].in_len, 60);
+    assert_eq!(plan.past_member_end, vec![1]);
+    // A chunk that crosses from one member into the next is counted too.
+    let plan = BlobMeta::plan(&index, &[chunk(50, 100, 3)]).unwrap();
+    assert_eq!(plan.past_member_end, vec![0]);
+    // Without member ends (an index from a `.zidx`), nothing is known and nothing counted.
+    index.member_ends.clear();
+    let plan = BlobMeta::plan(&index, &[chunk(0, 100, 1)]).unwrap();
+    assert!(plan.past_member_end.is_empty());
+    assert_eq!(plan.meta.contexts[0].in_len, 61, "the next member's start and one byte");
+}
+
+#[test]
 fn build_refuses_what_does_not_fit() {
     let index = fake_index(&[(0, 10), (1 << 20, 1000)], 1 << 34, 1 << 30);
     let err = |chunks: &[FileChunk]| BlobMeta::build(&index, chunks).unwrap_err().to_string();
