@@ -1,9 +1,11 @@
 //! `zran generate` against Nydus's own parsers (the crates.io crates `nydus-rafs`,
 //! `nydus-storage` and `nydus-utils`): `RafsSuper` loads `image.boot` and walks the tree, and
 //! every inode's attributes, xattrs, symlink target and hardlink identity must equal the truth
-//! (umoci's unpack). Each gzip layer's blob.meta is loaded by `BlobCompressionContextInfo` from
-//! its compressed form, through a `BlobReader` over the artifact file, exactly as nydusd fetches
-//! it from a registry; the cache file Nydus writes must equal zran's own cache form. Then every
+//! (umoci's unpack). Each layer's blob.meta (zran contexts for gzip layers, chunk info v1 for
+//! eStargz layers) is loaded by `BlobCompressionContextInfo` from its compressed form, through a
+//! `BlobReader` over the artifact file, exactly as nydusd fetches it from a registry; the cache
+//! file Nydus writes must equal zran's own cache form, and an eStargz blob's chunk infos must
+//! say what the bootstrap says of each chunk. Then every
 //! chunk of every file is decoded from the original layer blob by Nydus's zran decoder (eStargz
 //! chunks by its gzip decompressor), its sha256 checked against the chunk digest, and the
 //! file's content against the truth.
@@ -73,11 +75,39 @@ impl BlobReader for FileReader {
     }
 }
 
-/// Nydus's view of one blob: its blob.meta (gzip layers) and the original layer blob.
+/// Nydus's view of one blob: its blob.meta (gzip layers), its chunk info v1 (eStargz layers)
+/// and the original layer blob.
 struct Blob {
     info: Arc<BlobInfo>,
     meta: Option<BlobCompressionContextInfo>,
+    v1: Option<BlobCompressionContextInfo>,
     data: std::fs::File,
+}
+
+/// Load a blob.meta with Nydus from the artifact's compressed file, as nydusd fetches it; the
+/// cache file it writes must be `cache_form`, and must load alone (no backend), as a second
+/// nydusd start would use it.
+fn nydus_meta(
+    name: &str,
+    info: &BlobInfo,
+    art: &Path,
+    cache: &Path,
+    cache_form: &[u8],
+) -> BlobCompressionContextInfo {
+    let id = info.blob_id();
+    let path = art.join(format!("{id}.blob.meta"));
+    let reader: Arc<dyn BlobReader> =
+        Arc::new(FileReader { file: std::fs::File::open(&path).unwrap(), metrics: Default::default() });
+    let prefix = cache.join(&id);
+    let prefix = prefix.to_str().unwrap();
+    let m = BlobCompressionContextInfo::new(prefix, info, Some(&reader), false)
+        .unwrap_or_else(|e| panic!("{name}: Nydus rejects the blob.meta of {id}: {e}"));
+    let written = std::fs::read(format!("{prefix}.blob.meta")).unwrap();
+    assert!(written == cache_form, "{name}: Nydus's cache form of {id} differs");
+    BlobCompressionContextInfo::new(prefix, info, None, false)
+        .unwrap_or_else(|e| panic!("{name}: Nydus rejects its cached blob.meta of {id}: {e}"));
+    assert_eq!(m.get_chunk_count(), info.chunk_count() as usize, "{name}: {id}");
+    m
 }
 
 /// Load each gzip blob's blob.meta with Nydus from the artifact's compressed file, and check
@@ -93,29 +123,19 @@ fn load_blobs(name: &str, rs: &RafsSuper, art: &Path, layout: &Path, cache: &Pat
         assert_eq!(info.chunk_count(), spec.chunk_count, "{name}: chunk count of {id}");
         let data = std::fs::File::open(layout_blob(layout, &id)).unwrap();
         assert_eq!(info.compressed_size(), data.metadata().unwrap().len(), "{name}: {id} size");
-        let meta = if info.has_feature(BlobFeatures::ZRAN) {
-            let path = art.join(format!("{id}.blob.meta"));
-            let reader: Arc<dyn BlobReader> = Arc::new(FileReader {
-                file: std::fs::File::open(&path).unwrap(),
-                metrics: Default::default(),
-            });
-            let prefix = cache.join(&id);
-            let prefix = prefix.to_str().unwrap();
-            let m = BlobCompressionContextInfo::new(prefix, &info, Some(&reader), false)
-                .unwrap_or_else(|e| panic!("{name}: Nydus rejects the blob.meta of {id}: {e}"));
-            let written = std::fs::read(format!("{prefix}.blob.meta")).unwrap();
+        let path = art.join(format!("{id}.blob.meta"));
+        let (meta, v1) = if info.has_feature(BlobFeatures::ZRAN) {
             let decoded = zran::rafs::meta::BlobMeta::decode(&std::fs::read(&path).unwrap(), spec).unwrap();
-            assert!(written == decoded.encode_cache().unwrap(), "{name}: Nydus's cache form of {id} differs");
-            // And the cache form alone (no backend), as a second nydusd start would use it.
-            BlobCompressionContextInfo::new(prefix, &info, None, false)
-                .unwrap_or_else(|e| panic!("{name}: Nydus rejects its cached blob.meta of {id}: {e}"));
-            assert_eq!(m.get_chunk_count(), info.chunk_count() as usize, "{name}: {id}");
-            Some(m)
+            (Some(nydus_meta(name, &info, art, cache, &decoded.encode_cache().unwrap())), None)
         } else {
-            assert!(std::fs::metadata(art.join(format!("{id}.blob.meta"))).is_err());
-            None
+            // An eStargz blob: chunk info v1 in a blob.meta of its own, a "legacy stargz" blob
+            // to Nydus (gzip chunks, each a member inflated alone).
+            assert!(info.is_legacy_stargz(), "{name}: {id} is not a legacy stargz blob to Nydus");
+            assert!(info.has_feature(BlobFeatures::SEPARATE) && info.meta_ci_is_valid(), "{name}: {id}");
+            let decoded = zran::rafs::meta::StargzMeta::decode(&std::fs::read(&path).unwrap(), spec).unwrap();
+            (None, Some(nydus_meta(name, &info, art, cache, &decoded.encode_cache().unwrap())))
         };
-        out.push(Blob { info, meta, data });
+        out.push(Blob { info, meta, v1, data });
     }
     out
 }
@@ -209,6 +229,29 @@ fn entry(name: &str, inode: &dyn RafsInodeExt, path: &Path, blobs: &[Blob]) -> (
                 let c = inode.get_chunk_info(i).unwrap();
                 let blob = &blobs[c.blob_index() as usize];
                 assert_eq!(blob.info.blob_index(), c.blob_index());
+                if let Some(v1) = &blob.v1 {
+                    // The chunk info v1 must say what the bootstrap's chunk table says.
+                    let mc = v1.get_chunk_info(c.id() as usize);
+                    assert_eq!(
+                        (
+                            mc.compressed_offset(),
+                            mc.compressed_size(),
+                            mc.uncompressed_offset(),
+                            mc.uncompressed_size(),
+                            mc.is_compressed()
+                        ),
+                        (
+                            c.compressed_offset(),
+                            c.compressed_size(),
+                            c.uncompressed_offset(),
+                            c.uncompressed_size(),
+                            true
+                        ),
+                        "{name} {}: chunk {} in blob.meta and bootstrap",
+                        path.display(),
+                        c.id()
+                    );
+                }
                 let bytes = decode_chunk(name, path, blob, c.as_ref());
                 assert_eq!(
                     Sha256::digest(&bytes).as_slice(),
