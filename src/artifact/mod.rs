@@ -775,3 +775,27 @@ pub fn open_dir(dir: &Path) -> Result<Opened, ArtifactError> {
     }
     Ok(Opened { manifest, bootstrap, metas, stargz, bootstrap_bytes: boot.len() as u64, meta_bytes })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(offset: u64, compressed_end: u64, chunk_size: u64) -> Chunk {
+        Chunk { offset, inner_offset: 0, chunk_offset: 0, chunk_size, chunk_digest: None, compressed_end }
+    }
+
+    #[test]
+    fn v1_compressed_sizes() {
+        // To the next member holding a chunk.
+        assert_eq!(v1_compressed_size(&chunk(100, 600, 4096)), Some(500));
+        // One byte more where the sizes would be equal, which Nydus reads as "stored".
+        assert_eq!(v1_compressed_size(&chunk(100, 4196, 4096)), Some(4097));
+        // 2^24 bytes fit chunk info v1; one more does not, nor an equal size pushed past it.
+        assert_eq!(v1_compressed_size(&chunk(0, 1 << 24, 4096)), Some(1 << 24));
+        assert_eq!(v1_compressed_size(&chunk(0, (1 << 24) + 1, 4096)), None);
+        assert_eq!(v1_compressed_size(&chunk(0, 1 << 24, 1 << 24)), None);
+        // Nothing between a member and the next, or members out of order.
+        assert_eq!(v1_compressed_size(&chunk(100, 100, 4096)), None);
+        assert_eq!(v1_compressed_size(&chunk(100, 50, 4096)), None);
+    }
+}
