@@ -75,14 +75,15 @@ impl BlobReader for FileReader {
     }
 }
 
-/// Nydus's view of one blob: its blob.meta (gzip layers), its chunk info v1 (eStargz layers)
-/// and the original layer blob.
+/// Nydus's view of one blob: its blob.meta (gzip layers) and the original layer blob.
 struct Blob {
     info: Arc<BlobInfo>,
     meta: Option<BlobCompressionContextInfo>,
-    v1: Option<BlobCompressionContextInfo>,
     data: std::fs::File,
 }
+
+/// Nydus's view of each eStargz blob's chunk info v1, by blob index.
+type ChunkInfosV1 = HashMap<u32, BlobCompressionContextInfo>;
 
 /// Load a blob.meta with Nydus from the artifact's compressed file, as nydusd fetches it; the
 /// cache file it writes must be `cache_form`, and must load alone (no backend), as a second
@@ -111,12 +112,20 @@ fn nydus_meta(
 }
 
 /// Load each gzip blob's blob.meta with Nydus from the artifact's compressed file, and check
-/// the cache file it writes against zran's own cache form.
-fn load_blobs(name: &str, rs: &RafsSuper, art: &Path, layout: &Path, cache: &Path) -> Vec<Blob> {
+/// the cache file it writes against zran's own cache form; the same for each eStargz blob's
+/// chunk info v1.
+fn load_blobs(
+    name: &str,
+    rs: &RafsSuper,
+    art: &Path,
+    layout: &Path,
+    cache: &Path,
+) -> (Vec<Blob>, ChunkInfosV1) {
     let ours = zran::rafs::reader::read_bootstrap(&std::fs::read(art.join("image.boot")).unwrap()).unwrap();
     let infos = rs.superblock.get_blob_infos();
     assert_eq!(infos.len(), ours.blobs.len(), "{name}: blob count");
     let mut out = Vec::new();
+    let mut v1s = ChunkInfosV1::new();
     for (info, spec) in infos.into_iter().zip(&ours.blobs) {
         let id = info.blob_id();
         assert_eq!(id, spec.id, "{name}: blob id");
@@ -124,20 +133,56 @@ fn load_blobs(name: &str, rs: &RafsSuper, art: &Path, layout: &Path, cache: &Pat
         let data = std::fs::File::open(layout_blob(layout, &id)).unwrap();
         assert_eq!(info.compressed_size(), data.metadata().unwrap().len(), "{name}: {id} size");
         let path = art.join(format!("{id}.blob.meta"));
-        let (meta, v1) = if info.has_feature(BlobFeatures::ZRAN) {
+        let meta = if info.has_feature(BlobFeatures::ZRAN) {
             let decoded = zran::rafs::meta::BlobMeta::decode(&std::fs::read(&path).unwrap(), spec).unwrap();
-            (Some(nydus_meta(name, &info, art, cache, &decoded.encode_cache().unwrap())), None)
+            Some(nydus_meta(name, &info, art, cache, &decoded.encode_cache().unwrap()))
         } else {
             // An eStargz blob: chunk info v1 in a blob.meta of its own, a "legacy stargz" blob
             // to Nydus (gzip chunks, each a member inflated alone).
             assert!(info.is_legacy_stargz(), "{name}: {id} is not a legacy stargz blob to Nydus");
             assert!(info.has_feature(BlobFeatures::SEPARATE) && info.meta_ci_is_valid(), "{name}: {id}");
             let decoded = zran::rafs::meta::StargzMeta::decode(&std::fs::read(&path).unwrap(), spec).unwrap();
-            (None, Some(nydus_meta(name, &info, art, cache, &decoded.encode_cache().unwrap())))
+            v1s.insert(
+                info.blob_index(),
+                nydus_meta(name, &info, art, cache, &decoded.encode_cache().unwrap()),
+            );
+            None
         };
-        out.push(Blob { info, meta, v1, data });
+        out.push(Blob { info, meta, data });
     }
-    out
+    (out, v1s)
+}
+
+/// Each eStargz chunk of a file: Nydus's chunk info v1 must say what its reading of the
+/// bootstrap's chunk table says, and the chunk is compressed.
+fn v1_agrees(name: &str, inode: &dyn RafsInodeExt, path: &Path, v1s: &ChunkInfosV1) {
+    if !inode.is_reg() {
+        return;
+    }
+    for i in 0..inode.get_chunk_count() {
+        let c = inode.get_chunk_info(i).unwrap();
+        let Some(v1) = v1s.get(&c.blob_index()) else { continue };
+        let mc = v1.get_chunk_info(c.id() as usize);
+        assert_eq!(
+            (
+                mc.compressed_offset(),
+                mc.compressed_size(),
+                mc.uncompressed_offset(),
+                mc.uncompressed_size(),
+                mc.is_compressed()
+            ),
+            (
+                c.compressed_offset(),
+                c.compressed_size(),
+                c.uncompressed_offset(),
+                c.uncompressed_size(),
+                true
+            ),
+            "{name} {}: chunk {} in blob.meta and bootstrap",
+            path.display(),
+            c.id()
+        );
+    }
 }
 
 /// One chunk's bytes, decoded by Nydus from the original layer blob.
@@ -229,29 +274,6 @@ fn entry(name: &str, inode: &dyn RafsInodeExt, path: &Path, blobs: &[Blob]) -> (
                 let c = inode.get_chunk_info(i).unwrap();
                 let blob = &blobs[c.blob_index() as usize];
                 assert_eq!(blob.info.blob_index(), c.blob_index());
-                if let Some(v1) = &blob.v1 {
-                    // The chunk info v1 must say what the bootstrap's chunk table says.
-                    let mc = v1.get_chunk_info(c.id() as usize);
-                    assert_eq!(
-                        (
-                            mc.compressed_offset(),
-                            mc.compressed_size(),
-                            mc.uncompressed_offset(),
-                            mc.uncompressed_size(),
-                            mc.is_compressed()
-                        ),
-                        (
-                            c.compressed_offset(),
-                            c.compressed_size(),
-                            c.uncompressed_offset(),
-                            c.uncompressed_size(),
-                            true
-                        ),
-                        "{name} {}: chunk {} in blob.meta and bootstrap",
-                        path.display(),
-                        c.id()
-                    );
-                }
                 let bytes = decode_chunk(name, path, blob, c.as_ref());
                 assert_eq!(
                     Sha256::digest(&bytes).as_slice(),
@@ -281,13 +303,14 @@ fn check(name: &str) -> usize {
     assert!(rs.meta.is_v6(), "{name}: not RAFS v6 to Nydus");
     let cache = work.path().join("cache");
     std::fs::create_dir(&cache).unwrap();
-    let blobs = load_blobs(name, &rs, &art, &layout, &cache);
+    let (blobs, v1s) = load_blobs(name, &rs, &art, &layout, &cache);
 
     let mut got: BTreeMap<String, Value> = BTreeMap::new();
     let mut by_ino: HashMap<u64, Vec<String>> = HashMap::new();
     let mut nlinks: HashMap<u64, u32> = HashMap::new();
     rs.walk_directory::<PathBuf>(rs.superblock.root_ino(), None, &mut |inode, path| {
         let (e, ino, nlink) = entry(name, inode.as_ref(), path, &blobs);
+        v1_agrees(name, inode.as_ref(), path, &v1s);
         let p = path.to_str().unwrap().to_string();
         if e["type"] != "dir" {
             by_ino.entry(ino).or_default().push(p.clone());
