@@ -82,35 +82,6 @@ struct Blob {
     data: std::fs::File,
 }
 
-/// Nydus's view of each eStargz blob's chunk info v1, by blob index.
-type ChunkInfosV1 = HashMap<u32, BlobCompressionContextInfo>;
-
-/// Load a blob.meta with Nydus from the artifact's compressed file, as nydusd fetches it; the
-/// cache file it writes must be `cache_form`, and must load alone (no backend), as a second
-/// nydusd start would use it.
-fn nydus_meta(
-    name: &str,
-    info: &BlobInfo,
-    art: &Path,
-    cache: &Path,
-    cache_form: &[u8],
-) -> BlobCompressionContextInfo {
-    let id = info.blob_id();
-    let path = art.join(format!("{id}.blob.meta"));
-    let reader: Arc<dyn BlobReader> =
-        Arc::new(FileReader { file: std::fs::File::open(&path).unwrap(), metrics: Default::default() });
-    let prefix = cache.join(&id);
-    let prefix = prefix.to_str().unwrap();
-    let m = BlobCompressionContextInfo::new(prefix, info, Some(&reader), false)
-        .unwrap_or_else(|e| panic!("{name}: Nydus rejects the blob.meta of {id}: {e}"));
-    let written = std::fs::read(format!("{prefix}.blob.meta")).unwrap();
-    assert!(written == cache_form, "{name}: Nydus's cache form of {id} differs");
-    BlobCompressionContextInfo::new(prefix, info, None, false)
-        .unwrap_or_else(|e| panic!("{name}: Nydus rejects its cached blob.meta of {id}: {e}"));
-    assert_eq!(m.get_chunk_count(), info.chunk_count() as usize, "{name}: {id}");
-    m
-}
-
 /// Load each gzip blob's blob.meta with Nydus from the artifact's compressed file, and check
 /// the cache file it writes against zran's own cache form; the same for each eStargz blob's
 /// chunk info v1.
@@ -151,38 +122,6 @@ fn load_blobs(
         out.push(Blob { info, meta, data });
     }
     (out, v1s)
-}
-
-/// Each eStargz chunk of a file: Nydus's chunk info v1 must say what its reading of the
-/// bootstrap's chunk table says, and the chunk is compressed.
-fn v1_agrees(name: &str, inode: &dyn RafsInodeExt, path: &Path, v1s: &ChunkInfosV1) {
-    if !inode.is_reg() {
-        return;
-    }
-    for i in 0..inode.get_chunk_count() {
-        let c = inode.get_chunk_info(i).unwrap();
-        let Some(v1) = v1s.get(&c.blob_index()) else { continue };
-        let mc = v1.get_chunk_info(c.id() as usize);
-        assert_eq!(
-            (
-                mc.compressed_offset(),
-                mc.compressed_size(),
-                mc.uncompressed_offset(),
-                mc.uncompressed_size(),
-                mc.is_compressed()
-            ),
-            (
-                c.compressed_offset(),
-                c.compressed_size(),
-                c.uncompressed_offset(),
-                c.uncompressed_size(),
-                true
-            ),
-            "{name} {}: chunk {} in blob.meta and bootstrap",
-            path.display(),
-            c.id()
-        );
-    }
 }
 
 /// One chunk's bytes, decoded by Nydus from the original layer blob.
@@ -230,6 +169,67 @@ fn decode_chunk(name: &str, path: &Path, blob: &Blob, c: &dyn BlobChunkInfo) -> 
             assert_eq!(n, out.len(), "{name} {}: eStargz chunk {}", path.display(), c.id());
             out
         }
+    }
+}
+
+/// Nydus's view of each eStargz blob's chunk info v1, by blob index.
+type ChunkInfosV1 = HashMap<u32, BlobCompressionContextInfo>;
+
+/// Load a blob.meta with Nydus from the artifact's compressed file, as nydusd fetches it; the
+/// cache file it writes must be `cache_form`, and must load alone (no backend), as a second
+/// nydusd start would use it.
+fn nydus_meta(
+    name: &str,
+    info: &BlobInfo,
+    art: &Path,
+    cache: &Path,
+    cache_form: &[u8],
+) -> BlobCompressionContextInfo {
+    let id = info.blob_id();
+    let path = art.join(format!("{id}.blob.meta"));
+    let reader: Arc<dyn BlobReader> =
+        Arc::new(FileReader { file: std::fs::File::open(&path).unwrap(), metrics: Default::default() });
+    let prefix = cache.join(&id);
+    let prefix = prefix.to_str().unwrap();
+    let m = BlobCompressionContextInfo::new(prefix, info, Some(&reader), false)
+        .unwrap_or_else(|e| panic!("{name}: Nydus rejects the blob.meta of {id}: {e}"));
+    let written = std::fs::read(format!("{prefix}.blob.meta")).unwrap();
+    assert!(written == cache_form, "{name}: Nydus's cache form of {id} differs");
+    BlobCompressionContextInfo::new(prefix, info, None, false)
+        .unwrap_or_else(|e| panic!("{name}: Nydus rejects its cached blob.meta of {id}: {e}"));
+    assert_eq!(m.get_chunk_count(), info.chunk_count() as usize, "{name}: {id}");
+    m
+}
+
+/// Each eStargz chunk of a file: Nydus's chunk info v1 must say what its reading of the
+/// bootstrap's chunk table says, and the chunk is compressed.
+fn v1_agrees(name: &str, inode: &dyn RafsInodeExt, path: &Path, v1s: &ChunkInfosV1) {
+    if !inode.is_reg() {
+        return;
+    }
+    for i in 0..inode.get_chunk_count() {
+        let c = inode.get_chunk_info(i).unwrap();
+        let Some(v1) = v1s.get(&c.blob_index()) else { continue };
+        let mc = v1.get_chunk_info(c.id() as usize);
+        assert_eq!(
+            (
+                mc.compressed_offset(),
+                mc.compressed_size(),
+                mc.uncompressed_offset(),
+                mc.uncompressed_size(),
+                mc.is_compressed()
+            ),
+            (
+                c.compressed_offset(),
+                c.compressed_size(),
+                c.uncompressed_offset(),
+                c.uncompressed_size(),
+                true
+            ),
+            "{name} {}: chunk {} in blob.meta and bootstrap",
+            path.display(),
+            c.id()
+        );
     }
 }
 
