@@ -3,15 +3,16 @@
 #
 #   testimages/build.sh [OUT]        (default OUT=$REPO/target/testimages)
 #
-# makes OUT/layouts/{python,edge,multi,python-estargz,edge-estargz}, each tagged "latest",
-# and their truth trees (truth.py) OUT/truth/{python,edge,multi,multi-arm64,python-estargz,
-# edge-estargz}.json (multi.json is linux/amd64; the eStargz ones leave out the eStargz TOC and
-# landmark files, and must equal the plain ones).
+# makes OUT/layouts/{python,edge,multi,tarquirks,paths,umoci-insert,python-estargz,
+# edge-estargz}, each tagged "latest", and their truth trees (truth.py) OUT/truth/<name>.json
+# plus multi-arm64.json (multi.json is linux/amd64; the eStargz ones leave out the eStargz TOC
+# and landmark files, and must equal the plain ones).
 # Cached: OUT/stamp records the sha256 of every file in testimages/ and the versions of the
 # Debian packages the images are made from; when it matches and every layout is there, this
 # does nothing. Deterministic: the same files and packages give byte-identical blobs.
 #
-# Steps: mkpython.py and mkedge.py (in parallel) and mkmulti.py write the plain layouts; the
+# Steps: mkpython.py and mkedge.py (in parallel), mkmulti.py, mkquirks.py (tarquirks, paths)
+# and mkumoci.sh (umoci-insert, made by umoci itself) write the plain layouts; the
 # python image is unpacked with umoci and `chroot ROOTFS /usr/bin/python3.11 -c 'import json'`
 # must work; then a private registry (registry.sh, plain mode) and a private containerd (root,
 # state and sockets under OUT/work, CRI disabled) convert python and edge to eStargz with
@@ -32,7 +33,7 @@ DEB_PACKAGES="busybox-static python3.11 python3.11-minimal libpython3.11-stdlib 
 
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
-IMAGES="python edge multi"
+IMAGES="python edge multi tarquirks paths umoci-insert"
 [ "${ZRAN_TESTIMAGES_NO_ESTARGZ:-}" = 1 ] || IMAGES="$IMAGES python-estargz edge-estargz"
 
 log() { printf '[build.sh %5.1fs] %s\n' "$(( $(date +%s%N) - T0 ))e-9" "$*" >&2; }
@@ -92,10 +93,14 @@ cleanup() {
 trap cleanup EXIT
 
 # -- 1. the plain layouts -------------------------------------------------------------------
-log "python, edge, multi"
+log "python, edge, multi, tarquirks, paths, umoci-insert"
 "$PY" "$HERE/mkpython.py" "$NEW/python" & p1=$!
 "$PY" "$HERE/mkedge.py" "$NEW/edge" & p2=$!
 "$PY" "$HERE/mkmulti.py" "$NEW/multi"
+"$PY" "$HERE/mkquirks.py" tarquirks "$NEW/tarquirks"
+"$PY" "$HERE/mkquirks.py" paths "$NEW/paths"
+bash "$HERE/mkumoci.sh" "$NEW/umoci-insert" > "$WORK/mkumoci.log" 2>&1 \
+    || { cat "$WORK/mkumoci.log" >&2; echo "build.sh: mkumoci.sh failed" >&2; exit 1; }
 wait $p1
 wait $p2
 
@@ -227,7 +232,8 @@ run2() {   # run truth jobs two at a time; fail if any fails
     done
     return $rc
 }
-jobs_=("python" "edge" "multi --platform linux/amd64" "multi-arm64 --platform linux/arm64/v8")
+jobs_=("python" "edge" "multi --platform linux/amd64" "multi-arm64 --platform linux/arm64/v8"
+       "tarquirks" "paths" "umoci-insert")
 case " $IMAGES " in *" python-estargz "*)
     jobs_+=("python-estargz --drop-estargz-meta" "edge-estargz --drop-estargz-meta") ;; esac
 run2 "${jobs_[@]}" || { tail -n 3 "$OUT"/truth/*.log >&2; echo "build.sh: truth.py failed" >&2; exit 1; }

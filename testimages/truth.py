@@ -16,7 +16,10 @@ How it works
   3. Independently, the layers are applied in memory by a small model of the OCI layer rules
      (whiteouts and opaque markers hide lower layers only, a non-directory replaces whatever was
      there, a directory entry over a directory keeps its children, hardlinks share an inode),
-     from the tar headers themselves. The two are compared field by field; the differences,
+     from the tar headers themselves, entry by entry as umoci applies them: names cleaned with
+     `..` stopping at the root, the parent of every entry (and of whiteouts and hardlink
+     targets) resolved through symlinks inside the root (securejoin), whiteouts keeping what
+     their own layer wrote there or below. The two are compared field by field; the differences,
      expected to be none, go to "model_diffs" in the JSON and to stderr. --no-model skips it.
 
 Output (UTF-8 JSON):
@@ -54,12 +57,19 @@ What umoci 0.4.7 does, so later comparisons know what to expect (checked on the 
   * As root, char/block devices and fifos are made with mknod; --rootless makes empty regular
     files in place of devices and maps every owner to the caller.
   * The tar padding after the end-of-archive blocks is ignored with a warning ("trailing junk").
+    A tar stream may also end with one end block, without them, or right after the last
+    entry's data (Go's archive/tar reads to there; `umoci insert` writes such layers).
+  * Names are cleaned with `..` stopping at the root (`../a` is `/a`); the parent directory
+    of an entry is resolved through symlinks inside the root (`lnk -> /etc`, then `lnk/x` is
+    `/etc/x`); the same for whiteouts and hardlink targets; 256 links is "too many levels".
 """
 
 import argparse
 import base64
+import errno
 import gzip
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -124,8 +134,9 @@ def b64(b):
     return base64.b64encode(b).decode()
 
 
-def walk_rootfs(root):
-    """{path: entry} and {path: inode key} for everything under ROOT."""
+def walk_rootfs(root, unreadable_ok=False):
+    """{path: entry} and {path: inode key} for everything under ROOT. With UNREADABLE_OK, a
+    file whose content fails to read (EIO) gets "sha256": "unreadable" instead of an error."""
     entries, inodes = {}, {}
     todo = [""]
     while todo:
@@ -144,11 +155,16 @@ def walk_rootfs(root):
         e["xattrs"] = {n: b64(os.getxattr(full, n, follow_symlinks=False)) for n in names}
         if t == "file":
             h = hashlib.sha256()
-            with open(full, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
+            try:
+                with open(full, "rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        h.update(chunk)
+                e["sha256"] = h.hexdigest()
+            except OSError as err:
+                if not unreadable_ok or err.errno != errno.EIO:
+                    raise
+                e["sha256"] = "unreadable"
             e["size"] = st.st_size
-            e["sha256"] = h.hexdigest()
         elif t == "symlink":
             e["target"] = os.fsdecode(os.readlink(full))
         elif t in ("char", "block"):
@@ -221,35 +237,81 @@ class Model:
                 self.nodes[p] = Inode({"type": "dir", "mode": 0o755, "uid": 0, "gid": 0,
                                        "mtime": None, "xattrs": {}, "implicit": True})
 
+    def resolve(self, d):
+        """The directory path D resolves to, as umoci's securejoin resolves it: every symlink
+        on the way followed (absolute targets from the root, relative ones from the link's
+        directory), `..` never above the root, more than 255 links an error."""
+        out, todo, links = [], [d], 0
+        while todo:
+            comp, _, todo[-1] = todo[-1].partition("/")
+            if not todo[-1] and not comp:
+                todo.pop()
+                continue
+            if not todo[-1]:
+                todo.pop()
+            if comp in ("", "."):
+                continue
+            if comp == "..":
+                if out:
+                    out.pop()
+                continue
+            n = self.nodes.get("/" + "/".join(out + [comp]))
+            if n is not None and n.e["type"] == "symlink":
+                links += 1
+                if links > 255:
+                    raise SystemExit("model: too many levels of symbolic links in %s" % d)
+                if n.e["target"].startswith("/"):
+                    out = []
+                todo.append(n.e["target"])
+            else:
+                out.append(comp)
+        return "/" + "/".join(out)
+
+    def hide(self, target, upper, opaque):
+        """umoci's whiteout walk: what this layer did not write (nor write below) goes; an
+        opaque marker keeps the directory itself."""
+        todo = [target]
+        while todo:
+            p = todo.pop()
+            n = self.nodes.get(p)
+            if n is None:
+                continue
+            if p not in upper and not (opaque and p == target):
+                self.remove(p)
+                continue
+            if n.e["type"] == "dir":
+                pre = p.rstrip("/") + "/"
+                todo += [c for c in self.nodes if c.startswith(pre) and "/" not in c[len(pre):]]
+
     def apply_layer(self, fileobj):
-        upper = set()  # paths written by this layer: whiteouts do not touch them
+        # paths written by this layer and their ancestors (resolved): whiteouts keep them
+        upper = set()
         with tarfile.open(fileobj=fileobj, mode="r|*", encoding="utf-8",
                           errors="surrogateescape") as tf:
             for ti in tf:
-                path = norm(ti.name)
-                base = path.rsplit("/", 1)[1]
+                name = norm(ti.name)
+                base = name.rsplit("/", 1)[1]
+                rdir = self.resolve(parent(name)) if name != "/" else "/"
+                path = rdir.rstrip("/") + "/" + base if name != "/" else "/"
                 if base == ".wh..wh..opq":
-                    d = parent(path)
-                    for c in self.children(d):
-                        if c not in upper:
-                            self.nodes.pop(c, None)
+                    self.hide(rdir, upper, True)
                     continue
                 if base.startswith(".wh."):
-                    victim = parent(path).rstrip("/") + "/" + base[4:]
-                    if victim not in upper:
-                        self.remove(victim)
+                    self.hide(rdir.rstrip("/") + "/" + base[4:], upper, False)
                     continue
                 if path != "/":
                     self.ensure_parents(path)
                 old = self.nodes.get(path)
                 if ti.islnk():
-                    target = self.nodes.get(norm(ti.linkname))
+                    lname = norm(ti.linkname)
+                    lpath = self.resolve(parent(lname)).rstrip("/") + "/" + lname.rsplit("/", 1)[1]
+                    target = self.nodes.get(lpath)
                     if target is None:
                         raise SystemExit("model: hardlink %s to missing %s" % (path, ti.linkname))
                     if old is not None:
                         self.remove(path)
                     self.nodes[path] = target
-                    upper.add(path)
+                    self.upper(upper, path)
                     continue
                 xattrs = {k[len("SCHILY.xattr."):]: b64(v.encode("utf-8", "surrogateescape"))
                           for k, v in ti.pax_headers.items() if k.startswith("SCHILY.xattr.")}
@@ -279,7 +341,13 @@ class Model:
                     self.nodes[path].e = e
                 else:
                     self.nodes[path] = Inode(e)
-                upper.add(path)
+                self.upper(upper, path)
+
+    @staticmethod
+    def upper(upper, path):
+        while path != "/":
+            upper.add(path)
+            path = parent(path)
 
     def result(self):
         entries, groups = {}, {}
@@ -292,14 +360,19 @@ class Model:
 
 
 def open_layer(path):
-    f = open(path, "rb")
-    magic = f.read(2)
-    f.seek(0)
-    if magic == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=f)  # reads every member of a multi-member stream
-    if magic == b"\x28\xb5":
-        sys.exit("truth.py: zstd layers are not supported by the model (use --no-model)")
-    return f
+    """The layer's tar stream, in memory, padded to whole blocks and two zero blocks more:
+    Go's reader (umoci's) accepts a stream that ends without its last entry's padding or its
+    end blocks, tarfile would not. (A stream cut inside an entry's data is umoci's to refuse.)"""
+    with open(path, "rb") as f:
+        magic = f.read(2)
+        f.seek(0)
+        if magic == b"\x1f\x8b":
+            data = gzip.GzipFile(fileobj=f).read()  # every member of a multi-member stream
+        elif magic == b"\x28\xb5":
+            sys.exit("truth.py: zstd layers are not supported by the model (use --no-model)")
+        else:
+            data = f.read()
+    return io.BytesIO(data + b"\0" * (-len(data) % 512 + 1024))
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -327,6 +400,8 @@ def main():
     ap.add_argument("out", help="OUT.json")
     ap.add_argument("--walk", action="store_true",
                     help="list the tree under IMAGE (a mounted image, say) the same way, nothing more")
+    ap.add_argument("--unreadable-ok", action="store_true",
+                    help="with --walk, a file that fails to read (EIO) is listed as unreadable")
     ap.add_argument("--platform", default="linux/amd64")
     ap.add_argument("--keep-rootfs", metavar="DIR", help="unpack here and keep it")
     ap.add_argument("--drop-estargz-meta", action="store_true",
@@ -335,7 +410,7 @@ def main():
     args = ap.parse_args()
 
     if args.walk:
-        got, inodes = walk_rootfs(os.path.abspath(args.image))
+        got, inodes = walk_rootfs(os.path.abspath(args.image), args.unreadable_ok)
         byino = {}
         for p, k in inodes.items():
             byino.setdefault(k, []).append(p)

@@ -40,8 +40,14 @@ fn chunks_by_digest(layout: &Path, chunk_size: usize) -> HashMap<[u8; 32], Vec<u
         }
         for l in m["layers"].as_array().unwrap() {
             let path = layout_blob(layout, l["digest"].as_str().unwrap().trim_start_matches("sha256:"));
-            let gz = flate2::read::MultiGzDecoder::new(std::fs::File::open(path).unwrap());
-            let mut ar = tar::Archive::new(gz);
+            let mut tar = Vec::new();
+            flate2::read::MultiGzDecoder::new(std::fs::File::open(path).unwrap())
+                .read_to_end(&mut tar)
+                .unwrap();
+            // Padded to whole blocks and end blocks: Go's reader (so zran) accepts a stream
+            // that ends right after the last file's data (umoci insert), the `tar` crate not.
+            tar.resize(tar.len().next_multiple_of(512) + 1024, 0);
+            let mut ar = tar::Archive::new(tar.as_slice());
             for e in ar.entries().unwrap() {
                 let mut e = e.unwrap();
                 if e.header().entry_type() != tar::EntryType::Regular {
@@ -166,14 +172,16 @@ fn fsck_extract(name: &str, art: &Path, devices: &[PathBuf]) {
 #[test]
 fn kernel_erofs_mounts_the_bootstrap_and_reads_the_truth() {
     let dir = layouts();
-    for name in ["python", "edge", "python-estargz", "edge-estargz"] {
+    // (tarquirks has header-only entries with sizes, which the `tar` crate reading the chunks
+    // here would skip data for; the FUSE mount test covers it.)
+    for name in ["python", "edge", "python-estargz", "edge-estargz", "paths", "umoci-insert"] {
         let work = tempfile::tempdir().unwrap();
         let art = work.path().join("art");
         generate(&format!("oci:{}", dir.join(name).display()), &art);
         let m = mount_with_kernel(name, &art);
         let got = walk(&m.mnt);
         let n = compare(name, &got, name.ends_with("-estargz"));
-        assert!(n > 50, "{name}: {n} entries");
+        assert!(n > 10, "{name}: {n} entries");
         fsck_extract(name, &art, &m.devices);
     }
 }
@@ -181,7 +189,7 @@ fn kernel_erofs_mounts_the_bootstrap_and_reads_the_truth() {
 #[test]
 fn inspect_dir_lists_what_inspect_image_lists() {
     let dir = layouts();
-    for name in ["python", "edge", "python-estargz", "edge-estargz"] {
+    for name in ["python", "edge", "python-estargz", "edge-estargz", "tarquirks", "paths", "umoci-insert"] {
         let image = format!("oci:{}", dir.join(name).display());
         let work = tempfile::tempdir().unwrap();
         let art = work.path().join("art");
@@ -190,7 +198,7 @@ fn inspect_dir_lists_what_inspect_image_lists() {
         let b = zran(&["inspect", "--files", &image]);
         assert!(a.status.success() && b.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
         let (a, b) = (String::from_utf8(a.stdout).unwrap(), String::from_utf8(b.stdout).unwrap());
-        assert!(a.lines().count() > 50);
+        assert!(a.lines().count() > 10);
         assert_eq!(a, b, "{name}: listings differ");
         let s = zran(&["inspect", art.to_str().unwrap()]);
         assert!(s.status.success());

@@ -63,6 +63,68 @@ proptest! {
         prop_assert_eq!(back, index);
     }
 
+    /// With member checkpoints, the data of every member after the first starts at a
+    /// checkpoint, and each member's recorded end says exactly what Nydus 2.2's decoder
+    /// (nydus-utils 0.4, which takes the end of a member as an error) makes of a context that
+    /// ends there: the compressed bytes up to `input` decode the member's tail from its last
+    /// checkpoint when `clean`, and never when not; Nydus's current decoder agrees when clean.
+    #[test]
+    fn member_ends_decode_with_nydus_2_2_exactly_when_clean(
+        len in 1usize..200_000,
+        seed in any::<u64>(),
+        members in prop::collection::vec(member_strategy(), 1..5),
+        splits in prop::collection::vec(0usize..200_000, 0..5),
+        span in prop::sample::select(vec![4096u64, 100_000, 1 << 20]),
+    ) {
+        let data = sample_data(len, seed);
+        let gz = gzip_members(&data, &splits, &members);
+        let index = IndexBuilder::new().span(span).member_checkpoints(true).build(&gz[..]).unwrap();
+        let ends = &index.member_ends;
+        prop_assert!(!ends.is_empty());
+        prop_assert_eq!(ends.last().unwrap().out, data.len() as u64);
+        for m in &ends[..ends.len() - 1] {
+            prop_assert!(index.checkpoints.iter().any(|c| c.out == m.out), "no checkpoint at member start {}", m.out);
+        }
+        for m in ends {
+            let ci = index.checkpoint_for(m.out - 1);
+            let cp = &index.checkpoints[ci];
+            let dict = cp.window_bytes(ci).unwrap();
+            let old = nydus_utils_04::compress::zlib_random::ZranContext {
+                in_offset: cp.input,
+                out_offset: cp.out,
+                in_len: (m.input - cp.input) as u32,
+                out_len: (m.out - cp.out) as u32,
+                ctx_byte: cp.prev_byte,
+                ctx_bits: cp.bits,
+                dict: Vec::new(),
+            };
+            let input = &gz[cp.input as usize..m.input as usize];
+            let mut out = vec![0u8; old.out_len as usize];
+            let r = nydus_utils_04::compress::zlib_random::ZranDecoder::new()
+                .unwrap()
+                .uncompress(&old, Some(&dict), input, &mut out);
+            prop_assert_eq!(r.is_ok(), m.clean, "member ending at {}: {:?}", m.out, r.err());
+            if m.clean {
+                prop_assert!(out == data[cp.out as usize..m.out as usize]);
+                let new = nydus_utils::compress::zlib_random::ZranContext {
+                    in_offset: old.in_offset,
+                    out_offset: old.out_offset,
+                    in_len: old.in_len,
+                    out_len: old.out_len,
+                    ctx_byte: old.ctx_byte,
+                    ctx_bits: old.ctx_bits,
+                    dict: Vec::new(),
+                };
+                let mut again = vec![0u8; new.out_len as usize];
+                nydus_utils::compress::zlib_random::ZranDecoder::new()
+                    .unwrap()
+                    .uncompress(&new, Some(&dict), input, &mut again)
+                    .unwrap();
+                prop_assert!(again == out);
+            }
+        }
+    }
+
     /// Restarting from any checkpoint with only the compressed bytes after it in memory (as
     /// the mount's blob layer does) yields the data, across member boundaries too; an input
     /// cut short is an error, never a short or wrong output.

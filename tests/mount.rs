@@ -195,7 +195,9 @@ fn mount_and_compare(name: &str, source: &str, extra: &[&str]) -> Value {
     let reads = random_reads(name, &m.mnt);
     let got = walk(&m.mnt);
     let n = compare(name, &got, name.ends_with("-estargz"));
-    assert!(n > 50, "{name}: {n} entries");
+    // The small images of lenient tar streams and resolved paths have a dozen or more.
+    let least = if SMALL.contains(&name) { 10 } else { 50 };
+    assert!(n > least, "{name}: {n} entries");
     check_xattr_answers(name, &got, &m.mnt);
     check_random_reads(name, &reads);
     let stats = m.finish();
@@ -203,6 +205,21 @@ fn mount_and_compare(name: &str, source: &str, extra: &[&str]) -> Value {
     assert_eq!(stats["read_errors"], 0, "{name}: {stats}");
     assert!(stats["chunks_fetched"].as_u64().unwrap() > 0, "{name}: {stats}");
     stats
+}
+
+/// Images of lenient tar streams (`tarquirks`, `umoci-insert`: made by umoci itself) and of
+/// names resolved inside the root (`paths`).
+const SMALL: [&str; 3] = ["tarquirks", "umoci-insert", "paths"];
+
+#[test]
+fn lenient_tar_streams_and_resolved_paths_read_the_truth_through_the_mount() {
+    let dir = layouts();
+    for name in SMALL {
+        let work = tempfile::tempdir().unwrap();
+        let art = work.path().join("art");
+        generate(&format!("oci:{}", dir.join(name).display()), &art);
+        mount_and_compare(name, art.to_str().unwrap(), &[]);
+    }
 }
 
 #[test]

@@ -359,8 +359,8 @@ fn check(name: &str) -> usize {
 
 #[test]
 fn nydus_serves_every_test_image_as_unpacked() {
-    for name in ["python", "edge", "python-estargz", "edge-estargz"] {
+    for name in ["python", "edge", "python-estargz", "edge-estargz", "tarquirks", "paths", "umoci-insert"] {
         let n = check(name);
-        assert!(n > 50, "{name}: {n} entries");
+        assert!(n > 5, "{name}: {n} entries");
     }
 }

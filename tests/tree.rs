@@ -114,6 +114,176 @@ fn trees_from_layouts_equal_the_truth() {
     }
 }
 
+fn inspect_files_with_log(image: &str) -> (Value, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_zran"))
+        .args(["inspect", "--files", "--json", image])
+        .env_remove("ZRAN_LOG")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{image}: {log}");
+    (serde_json::from_slice(&out.stdout).unwrap(), log)
+}
+
+/// The layer digests of a layout's manifest, and each layer's tar stream.
+fn layers(name: &str) -> Vec<(String, Vec<u8>)> {
+    let layout = layouts().join(name);
+    let index: Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let blob =
+        |d: &str| std::fs::read(layout.join("blobs/sha256").join(d.trim_start_matches("sha256:"))).unwrap();
+    let manifest: Value =
+        serde_json::from_slice(&blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap();
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let d = l["digest"].as_str().unwrap().to_string();
+            let mut tar = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(blob(&d).as_slice()), &mut tar)
+                .unwrap();
+            (d, tar)
+        })
+        .collect()
+}
+
+#[test]
+fn lenient_tar_streams_are_read_with_a_warning_naming_layer_and_offset() {
+    let dir = layouts();
+    // What each layer's warning says (none for garbage after the end blocks, which Go's
+    // reader never looks at). Every layer umoci insert writes ends without its end blocks.
+    let umoci: Vec<Option<&str>> = layers("umoci-insert")
+        .iter()
+        .map(|(_, tar)| {
+            Some(if tar.len() % 512 == 0 {
+                "without its end-of-archive blocks"
+            } else {
+                "without the last entry's padding"
+            })
+        })
+        .collect();
+    assert_eq!(umoci.len(), 5);
+    assert_eq!(umoci.iter().filter(|w| w == &&Some("without the last entry's padding")).count(), 2);
+    let quirks = vec![
+        Some("one end-of-archive block instead of two"),
+        None,
+        Some("without its end-of-archive blocks"),
+        Some("without the last entry's padding"),
+    ];
+    for (name, want) in [("umoci-insert", umoci), ("tarquirks", quirks)] {
+        let (ours, log) = inspect_files_with_log(&format!("oci:{}", dir.join(name).display()));
+        let n = compare(name, &ours);
+        assert!(n >= 12, "{name}: only {n} entries");
+        let layers = layers(name);
+        assert_eq!(layers.len(), want.len(), "{name}");
+        for ((digest, tar), want) in layers.iter().zip(want) {
+            let line = log.lines().find(|l| l.contains(&format!("layer {digest}: ")));
+            match want {
+                None => assert!(line.is_none(), "{name} {digest}: {log}"),
+                Some(what) => {
+                    let line = line.unwrap_or_else(|| panic!("{name}: no warning for layer {digest}: {log}"));
+                    assert!(
+                        line.contains("WARN")
+                            && line.contains(what)
+                            && line.contains(&format!("offset {}", tar.len())),
+                        "{line}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn names_resolve_inside_the_root_as_umoci_and_containerd_apply_them() {
+    let dir = layouts();
+    let ours = inspect_files(&format!("oci:{}", dir.join("paths").display()));
+    let n = compare("paths", &ours);
+    assert!(n > 20, "only {n} entries");
+    // What the truth (umoci unpack) holds, so that the comparison above means something.
+    let truth = truth("paths");
+    let kind = |p: &str| {
+        truth["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["path"] == p)
+            .map(|e| e["type"].as_str().unwrap().to_string())
+    };
+    for (p, t) in [
+        ("/escape.txt", "file"),
+        ("/b.txt", "file"),
+        ("/lnk", "symlink"),
+        ("/etc/from-lnk", "file"),
+        ("/etc/from-rel", "file"),
+        ("/etc/from-climb", "file"),
+        ("/etc/from-layer2", "file"),
+        ("/etc/from-layer3", "file"),
+        ("/made/by/a/link/file", "file"),
+        ("/d/from-via", "file"),
+        ("/opt/new-after", "file"),
+        ("/hard-climbing", "file"),
+    ] {
+        assert_eq!(kind(p).as_deref(), Some(t), "truth {p}");
+    }
+    for gone in ["/etc/group", "/etc/shadow", "/etc/from-chain", "/opt/old1", "/lnk/passwd"] {
+        assert_eq!(kind(gone), None, "truth {gone}");
+    }
+}
+
+#[test]
+fn loops_and_missing_hardlink_targets_are_errors_naming_the_entry() {
+    // Hand-made layouts: a symlink loop below an entry, and a hardlink whose target, clamped
+    // to the root, does not exist. umoci and containerd refuse both.
+    let work = tempfile::tempdir().unwrap();
+    let script = r#"
+import io, sys, tarfile
+sys.path.insert(0, sys.argv[1])
+import oci
+def entry(L, name, typ, link=""):
+    ti = tarfile.TarInfo(name); ti.type = typ; ti.linkname = link; ti.mtime = oci.EPOCH
+    L.starts.append(L.buf.tell()); L.tf.addfile(ti, io.BytesIO(b"") if typ == tarfile.REGTYPE else None)
+for out, kind in ((sys.argv[2], "loop"), (sys.argv[3], "hardlink")):
+    L = oci.Layer()
+    if kind == "loop":
+        L.symlink("a", "b"); L.symlink("b", "/a"); entry(L, "a/x", tarfile.REGTYPE)
+    else:
+        entry(L, "hl", tarfile.LNKTYPE, "../../etc/nope")
+    lay = oci.Layout(out); lay.tag(lay.image([L], {})); lay.close()
+"#;
+    let (a, b) = (work.path().join("loop"), work.path().join("hardlink"));
+    let s = Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            script,
+            repo_root().join("testimages").to_str().unwrap(),
+            a.to_str().unwrap(),
+            b.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(s.success());
+    for (layout, want) in [
+        (&a, ["\"a/x\"", "too many levels of symbolic links"]),
+        (&b, ["\"hl\"", "\"etc/nope\", which does not exist"]),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_zran"))
+            .args(["inspect", "--files", &format!("oci:{}", layout.display())])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(want.iter().all(|w| err.contains(w)) && err.contains("layer 0"), "{err}");
+        let umoci = Command::new("umoci")
+            .args(["raw", "unpack", "--image", &format!("{}:latest", layout.display())])
+            .arg(work.path().join("rootfs"))
+            .output()
+            .unwrap();
+        assert!(!umoci.status.success(), "umoci unpacked {}", layout.display());
+        let _ = std::fs::remove_dir_all(work.path().join("rootfs"));
+    }
+}
+
 #[test]
 fn trees_from_a_registry_equal_the_truth() {
     let reg = TestRegistry::start("plain");

@@ -114,6 +114,16 @@ pub struct LayerRecord {
     pub blob_meta_digest: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blob_meta_size: Option<u64>,
+    /// zran contexts whose decode reaches the end of a gzip member (a chunk that ends where a
+    /// member's data ends, in a stored final block or with the end code in the same byte, or
+    /// that crosses into the next member): Nydus 2.2's decoder cannot read them (zran's and
+    /// Nydus's later ones can). 0 for nearly every layer.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub contexts_past_member_end: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// An artifact in memory, ready to be written.
@@ -187,6 +197,7 @@ fn gzip_layer(
             blob_meta: None,
             blob_meta_digest: None,
             blob_meta_size: None,
+            contexts_past_member_end: 0,
         };
         return Ok(LayerOut {
             blob,
@@ -242,7 +253,15 @@ fn gzip_layer(
         blob_meta: Some(file),
         blob_meta_digest: Some(format!("sha256:{}", hex::encode(encoded.digest))),
         blob_meta_size: Some(encoded.bytes.len() as u64),
+        contexts_past_member_end: plan.past_member_end.len() as u32,
     };
+    if !plan.past_member_end.is_empty() {
+        tracing::warn!(
+            layer = %d.digest,
+            contexts = plan.past_member_end.len(),
+            "zran contexts that reach the end of a gzip member: Nydus 2.2 (nydus-utils 0.4) cannot decode their chunks; zran and later Nydus releases can"
+        );
+    }
     let _: &[FileChunk] = &scan.chunks;
     Ok(LayerOut {
         blob,
@@ -385,6 +404,7 @@ fn estargz_layer(i: usize, d: &Descriptor, toc: &Toc) -> Result<LayerOut, Artifa
         blob_meta: file,
         blob_meta_digest: digest,
         blob_meta_size: size,
+        contexts_past_member_end: 0,
     };
     if meta.chunks.is_empty() {
         // No file data: no blob (see `gzip_layer`).

@@ -79,11 +79,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             .split(|&b| b == b'\n')
             .map(|l| l.trim_ascii())
             .filter(|l| !l.is_empty() && !l.starts_with(b"#"))
-            .map(|l| {
-                zran::tar::normalize(l)
-                    .map_err(|e| anyhow::anyhow!("{}: {:?}: {e}", p.display(), String::from_utf8_lossy(l)))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?,
+            .map(zran::tar::normalize)
+            .collect::<Vec<_>>(),
         None => Vec::new(),
     };
     let opts = Options { chunk_size, span: args.span, jobs, prefetch };

@@ -413,8 +413,7 @@ fn prefetch_list(args: &MountArgs, b: &Bootstrap) -> anyhow::Result<Vec<usize>> 
             .map(<[u8]>::trim_ascii)
             .filter(|l| !l.is_empty() && !l.starts_with(b"#"))
         {
-            let path = zran::tar::normalize(line)
-                .map_err(|e| anyhow::anyhow!("{}: {:?}: {e}", p.display(), String::from_utf8_lossy(line)))?;
+            let path = zran::tar::normalize(line);
             match b.tree.lookup(&path) {
                 Some(id) if !ids.contains(&id) => ids.push(id),
                 Some(_) => {}

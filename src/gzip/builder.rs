@@ -13,7 +13,7 @@
 //! past it have been decoded.
 
 use super::header::{self, HeaderError};
-use super::index::{Checkpoint, Index, WINDOW_SIZE};
+use super::index::{Checkpoint, Index, MemberEnd, WINDOW_SIZE};
 use super::inflate::RawInflate;
 use super::window::{self, Job, Packed};
 use super::{DEFAULT_SPAN, GzipError};
@@ -30,6 +30,9 @@ const ANALYSIS_INPUT: usize = 96 * 1024;
 /// At most this much compressed input is kept for the analysis of a checkpoint not yet made;
 /// past it (a single huge deflate block) that checkpoint keeps its whole window.
 const MAX_RETAINED: u64 = 16 << 20;
+/// A member's final block is decoded a second time to find where its data ends (see
+/// [`MemberEnd`]) only up to this much output; past it the member's end is left unknown.
+const MAX_TAIL_OUTPUT: u64 = 8 << 20;
 
 /// Receives the uncompressed stream, in order, during the index pass.
 pub trait Sink {
@@ -77,6 +80,7 @@ impl Requests {
 pub struct IndexBuilder {
     span: u64,
     slack: Option<u64>,
+    members: bool,
 }
 
 impl Default for IndexBuilder {
@@ -121,7 +125,7 @@ impl Boundary {
 
 impl IndexBuilder {
     pub fn new() -> Self {
-        IndexBuilder { span: DEFAULT_SPAN, slack: None }
+        IndexBuilder { span: DEFAULT_SPAN, slack: None, members: false }
     }
 
     /// Take a checkpoint at the first block boundary at least `span` uncompressed bytes after
@@ -135,6 +139,15 @@ impl IndexBuilder {
     /// taken for it. Defaults to the span.
     pub fn request_slack(mut self, slack: u64) -> Self {
         self.slack = Some(slack);
+        self
+    }
+
+    /// Make every gzip member's start a checkpoint (its window is empty, so it costs only its
+    /// record), so that no decode from a checkpoint needs to cross into the next member, and
+    /// record where each member's data ends ([`Index::member_ends`]). Decoders that stop at the
+    /// end of a member (Nydus before 2.3) need both.
+    pub fn member_checkpoints(mut self, on: bool) -> Self {
+        self.members = on;
         self
     }
 
@@ -251,6 +264,9 @@ struct Pass<R> {
     inflate: RawInflate,
     span: u64,
     slack: u64,
+    /// [`IndexBuilder::member_checkpoints`].
+    by_member: bool,
+    member_ends: Vec<MemberEnd>,
     windows: Option<mpsc::Sender<Job>>,
     /// Checkpoints whose windows wait for 32 KiB of output after them.
     waiting: Vec<Waiting>,
@@ -288,6 +304,8 @@ impl<R: Read> Pass<R> {
             inflate,
             span: builder.span,
             slack: builder.slack.unwrap_or(builder.span),
+            by_member: builder.members,
+            member_ends: Vec::new(),
             windows: Some(windows),
             waiting: Vec::new(),
             out: vec![0; WINDOW_SIZE + ROUND],
@@ -327,6 +345,7 @@ impl<R: Read> Pass<R> {
             members: self.members,
             tail: self.tail,
             checkpoints: std::mem::take(&mut self.checkpoints),
+            member_ends: std::mem::take(&mut self.member_ends),
         })
     }
 
@@ -405,6 +424,15 @@ impl<R: Read> Pass<R> {
             self.out_len += step.produced;
             self.total_out += step.produced as u64;
             if step.stream_end {
+                if self.by_member && self.total_out > member_start {
+                    // Unknown: every byte up to the end of the deflate data, which ends it.
+                    let end = self.member_end(member).unwrap_or(MemberEnd {
+                        out: self.total_out,
+                        input: self.input.offset(),
+                        clean: false,
+                    });
+                    self.member_ends.push(end);
+                }
                 break;
             }
             if step.at_block_boundary() {
@@ -445,6 +473,52 @@ impl<R: Read> Pass<R> {
             return Err(GzipError::Isize { member, offset, stored: stored_len, computed: len });
         }
         Ok(())
+    }
+
+    /// Where the data of the member that just ended ends, for a decoder that is given exactly
+    /// the compressed bytes up to some offset. Its final block is decoded again, from the last
+    /// boundary before the member's last byte, to all but that byte: the input this consumes
+    /// holds every bit of the code that yields the last byte. Then one more byte is asked for
+    /// with no more input, which tells whether the bits already read also end the stream
+    /// (a stored final block, or an end-of-block code that fits in the last byte). None when
+    /// the block's input or window is no longer at hand, or the block is too large to redo.
+    fn member_end(&self, member: u64) -> Option<MemberEnd> {
+        let end = self.total_out;
+        let before_end = |b: &&Boundary| b.member == member && b.out < end;
+        let (b, window) = match self.boundaries.iter().rev().find(before_end) {
+            Some(b) => (*b, self.window_in_buffer(b)),
+            None => match &self.prev {
+                Some(p) if before_end(&&p.boundary) => (p.boundary, p.window.as_slice()),
+                _ => return None,
+            },
+        };
+        let want = usize::try_from(end - b.out).ok().filter(|&w| w as u64 <= MAX_TAIL_OUTPUT)?;
+        let stop = self.input.offset();
+        let data = self.input.kept(b.input, usize::try_from(stop.checked_sub(b.input)?).ok()?)?;
+        let mut inflate = RawInflate::new().ok()?;
+        inflate.prime(b.bits, b.prev_byte).ok()?;
+        inflate.set_dictionary(window).ok()?;
+        let mut out = vec![0u8; want];
+        let (mut used, mut made) = (0, 0);
+        loop {
+            let step = inflate.inflate(&data[used..], &mut out[made..want - 1], false).ok()?;
+            used += step.consumed;
+            made += step.produced;
+            if step.stream_end || made > want - 1 {
+                return None;
+            }
+            if made == want - 1 || (step.consumed == 0 && step.produced == 0) {
+                break;
+            }
+        }
+        if made != want - 1 {
+            return None;
+        }
+        let last = inflate.inflate(&[], &mut out[want - 1..], false).ok()?;
+        if last.produced != 1 {
+            return None;
+        }
+        Some(MemberEnd { out: end, input: b.input + used as u64, clean: !last.stream_end })
     }
 
     fn boundary(&mut self, b: Boundary) {
@@ -508,9 +582,10 @@ impl<R: Read> Pass<R> {
                 None => limit,
             };
             let last_out = self.checkpoints.last().map(|c| c.out);
+            let member_start = self.by_member && !is_prev && b.out == b.member_start && b.bits == 0;
             let mut take = match last_out {
                 None => true,
-                Some(last) => !is_prev && b.out - last >= self.span,
+                Some(last) => !is_prev && (b.out - last >= self.span || member_start),
             };
             while ri < requests.len() && requests[ri] < next_out {
                 let r = requests[ri];
@@ -536,9 +611,18 @@ impl<R: Read> Pass<R> {
     fn checkpoint(&mut self, b: &Boundary, is_prev: bool) {
         if let Some(last) = self.checkpoints.last() {
             // One checkpoint per output offset: a later boundary at the same offset (an empty
-            // block or member) gains nothing.
-            if last.out >= b.out {
+            // block) gains nothing. But a member's start replaces a checkpoint of an earlier
+            // member at the same offset (after an empty member), so that no decode from it
+            // crosses into the next member.
+            let later_member =
+                self.by_member && b.out == b.member_start && b.bits == 0 && b.member > last.member;
+            if last.out > b.out || (last.out == b.out && !later_member) {
                 return;
+            }
+            if last.out == b.out {
+                let i = self.checkpoints.len() - 1;
+                self.waiting.retain(|w| w.index != i);
+                self.checkpoints.pop();
             }
         }
         let (window, analysable) = if is_prev {

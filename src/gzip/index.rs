@@ -68,6 +68,28 @@ pub struct Index {
     pub tail: [u8; 8],
     /// Checkpoints by increasing offset; the first is at offset 0.
     pub checkpoints: Vec<Checkpoint>,
+    /// Where each member with data ends, by increasing offset, when the index was built with
+    /// [`IndexBuilder::member_checkpoints`](super::IndexBuilder::member_checkpoints) (else
+    /// empty). Kept in memory only: `.zidx` does not store it.
+    pub member_ends: Vec<MemberEnd>,
+}
+
+/// The end of a gzip member's data, as a decoder given the compressed bytes up to some offset
+/// sees it. Inflate goes on decoding past the last byte it was asked for while the bits it has
+/// allow: past the end of a member, it reports the end of the stream, which a decoder that
+/// cannot go on into the next member (Nydus before 2.3) takes as an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberEnd {
+    /// Uncompressed offset just past the member's last byte.
+    pub out: u64,
+    /// Compressed offset just past the last byte that holds bits of the code yielding the
+    /// member's last byte: decoding the compressed bytes up to here yields all of its data.
+    pub input: u64,
+    /// Decoding the compressed bytes up to `input` does not also reach the end of the deflate
+    /// stream (the end-of-block code is not already in the last byte, and the final block is
+    /// not a stored one). False also where that could not be worked out; `input` is then the
+    /// end of the member's deflate data.
+    pub clean: bool,
 }
 
 impl Index {
@@ -92,6 +114,12 @@ impl Index {
         let cp = &self.checkpoints[self.checkpoint_for(offset)];
         let start = cp.input - u64::from(cp.bits > 0);
         (start, self.input_end_for(offset.saturating_add(len)).max(start))
+    }
+
+    /// The end of the member whose data ends at uncompressed `end`, if it was worked out.
+    pub fn member_end_at(&self, end: u64) -> Option<&MemberEnd> {
+        let i = self.member_ends.partition_point(|m| m.out < end);
+        self.member_ends.get(i).filter(|m| m.out == end)
     }
 
     /// Bytes taken by the compressed windows.

@@ -23,7 +23,7 @@ pub mod zidx;
 
 pub use builder::{IndexBuilder, NullSink, Requests, Sink};
 pub use extract::{Extractor, ReadAt};
-pub use index::{Checkpoint, Index, WINDOW_SIZE};
+pub use index::{Checkpoint, Index, MemberEnd, WINDOW_SIZE};
 pub use restart::{Restart, inflate_from, inflate_member};
 
 /// The default spacing of checkpoints, in uncompressed bytes (see `benches/RESULTS.md`).

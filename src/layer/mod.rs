@@ -6,7 +6,7 @@
 use crate::gzip::{self, GzipError, Index, IndexBuilder};
 use crate::oci::{BlobSource, Compression, Descriptor, OciError};
 pub use crate::tar::FileChunk;
-use crate::tar::{Entry, TarSink};
+use crate::tar::{Entry, TarSink, TarWarning};
 
 /// What one pass over a layer found.
 #[derive(Debug)]
@@ -15,6 +15,9 @@ pub struct Scan {
     pub index: Index,
     /// Every chunk of every regular file, in stream order (empty without a chunk size).
     pub chunks: Vec<FileChunk>,
+    /// What the tar stream did that is accepted but not well-formed (each is also logged as a
+    /// warning naming the layer).
+    pub warnings: Vec<TarWarning>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,15 +75,20 @@ pub fn scan_gzip_with_progress(
     let reader = Counting { inner: reader, read: 0, progress };
     let mut sink = TarSink::new(chunk);
     let index =
-        IndexBuilder::new().span(span).build_with(reader, &mut sink).map_err(|source| match source {
-            GzipError::Sink { source, .. } => {
-                LayerError::Tar { digest: digest.clone(), message: source.to_string() }
-            }
-            source => LayerError::Gzip { digest: digest.clone(), source },
-        })?;
-    let (entries, chunks) =
+        IndexBuilder::new().span(span).member_checkpoints(true).build_with(reader, &mut sink).map_err(
+            |source| match source {
+                GzipError::Sink { source, .. } => {
+                    LayerError::Tar { digest: digest.clone(), message: source.to_string() }
+                }
+                source => LayerError::Gzip { digest: digest.clone(), source },
+            },
+        )?;
+    let parsed =
         sink.finish().map_err(|e| LayerError::Tar { digest: digest.clone(), message: e.to_string() })?;
-    Ok(Scan { entries, index, chunks })
+    for w in &parsed.warnings {
+        tracing::warn!("layer {digest}: {w}");
+    }
+    Ok(Scan { entries: parsed.entries, index, chunks: parsed.chunks, warnings: parsed.warnings })
 }
 
 /// A reader that reports how much it has read.

@@ -1,8 +1,10 @@
 //! Tar entries, with the offset of each entry's data in the uncompressed stream.
 //!
-//! Owns the tar format as OCI layers use it: ustar, GNU (long names and links, base-256
-//! numbers) and PAX (per-entry and global headers, long paths, sub-second mtimes, xattrs in
-//! `SCHILY.xattr.*` and `LIBARCHIVE.xattr.*`). Calls nothing else in the crate; `tar::TarSink`
+//! Owns the tar format as OCI layers use it, read as Go's `archive/tar` (and so containerd,
+//! docker, podman and umoci) reads it: ustar, v7, star, GNU (long names and links, base-256
+//! numbers) and PAX (long paths, sub-second mtimes, xattrs in `SCHILY.xattr.*` and
+//! `LIBARCHIVE.xattr.*`; global headers are skipped, as the runtimes skip them), streams that
+//! end without their end blocks or padding. Calls nothing else in the crate; `tar::TarSink`
 //! plugs it into the gzip engine's one pass.
 //!
 //! The parser is *pushed* bytes as the gzip engine produces them (it is a `Sink` of the index
@@ -15,5 +17,5 @@ mod header;
 mod parser;
 mod sink;
 
-pub use parser::{Entry, EntryKind, TarError, TarParser, normalize};
-pub use sink::{FileChunk, TarSink};
+pub use parser::{Entry, EntryKind, TarError, TarParser, TarWarning, normalize};
+pub use sink::{FileChunk, Parsed, TarSink};

@@ -57,12 +57,36 @@ pub struct TarError {
     pub message: String,
 }
 
+/// Something a tar stream does that Go's `archive/tar` (and so containerd, docker, podman and
+/// skopeo) accepts but a well-formed archive would not: where, and what.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("tar{} at offset {offset}: {message}", path.as_ref().map(|p| format!(" entry {p:?}")).unwrap_or_default())]
+pub struct TarWarning {
+    pub offset: u64,
+    pub path: Option<String>,
+    pub message: String,
+}
+
 #[derive(Debug)]
 enum State {
     Header,
-    Extension { kind: u8, remaining: u64, pad: u64 },
-    Data { entry: Option<usize>, remaining: u64, pad: u64, done: u64 },
-    Padding { remaining: u64 },
+    Extension {
+        kind: u8,
+        remaining: u64,
+        pad: u64,
+    },
+    /// An entry's data: `entry` is the entry it belongs to (none for a volume label), `emit`
+    /// whether its runs go to the data callback (regular files).
+    Data {
+        entry: Option<usize>,
+        emit: bool,
+        remaining: u64,
+        pad: u64,
+        done: u64,
+    },
+    Padding {
+        remaining: u64,
+    },
     End,
 }
 
@@ -83,9 +107,9 @@ pub struct TarParser {
     block: Vec<u8>,
     ext: Vec<u8>,
     pending: Pending,
-    global: BTreeMap<String, Vec<u8>>,
     entries: Vec<Entry>,
     zero_blocks: u32,
+    warnings: Vec<TarWarning>,
 }
 
 impl Default for TarParser {
@@ -110,15 +134,20 @@ impl TarParser {
             block: Vec::with_capacity(BLOCK),
             ext: Vec::new(),
             pending: Pending::default(),
-            global: BTreeMap::new(),
             entries: Vec::new(),
             zero_blocks: 0,
+            warnings: Vec::new(),
         }
     }
 
     /// The entries parsed so far.
     pub fn entries(&self) -> &[Entry] {
         &self.entries
+    }
+
+    /// What the stream did that a reader as lenient as Go's accepts (see [`Self::finish`]).
+    pub fn warnings(&self) -> &[TarWarning] {
+        &self.warnings
     }
 
     /// The offset of the next byte the parser expects.
@@ -157,9 +186,9 @@ impl TarParser {
                     }
                     self.advance(&mut bytes, n as usize);
                 }
-                State::Data { entry, remaining, pad, done } => {
+                State::Data { entry, emit, remaining, pad, done } => {
                     let n = (*remaining).min(bytes.len() as u64) as usize;
-                    if let Some(e) = *entry {
+                    if let (Some(e), true) = (*entry, *emit) {
                         data(e, *done, &bytes[..n]);
                     }
                     *remaining -= n as u64;
@@ -202,30 +231,87 @@ impl TarParser {
         self.pos += n as u64;
     }
 
-    /// The stream has ended: complain if it ended inside an entry.
+    /// The stream has ended. It may end as Go's `archive/tar` lets it (the runtimes users have
+    /// read layers with it): after the end-of-archive blocks, after only one of them, at an
+    /// entry boundary without them, or right after the last entry's data without its padding
+    /// (`umoci insert` writes such layers). All but the first are recorded in
+    /// [`Self::warnings`]. A stream that ends inside a header block, an extension header's
+    /// records or an entry's data is an error naming the entry and the offset.
     pub fn finish(&mut self) -> Result<(), TarError> {
+        let end = self.pos;
+        let last = self.entries.last().map(|e| e.path.clone());
+        let dangling = self.pending.start;
         match self.state {
-            State::End => Ok(()),
-            State::Header if self.block.is_empty() => {
-                // No end-of-archive marker (or only one of its blocks): accepted, as GNU tar
-                // and Go's archive/tar do.
-                if self.zero_blocks == 0 && !self.entries.is_empty() {
-                    tracing::debug!(offset = self.pos, "tar stream without an end-of-archive marker");
-                }
-                if self.pending.start.is_some() {
-                    return Err(self.err(
-                        self.pos,
-                        None,
-                        "stream ends after an extension header with no entry",
-                    ));
-                }
-                Ok(())
+            State::End => {}
+            State::Header if !self.block.is_empty() => {
+                let at = end - self.block.len() as u64;
+                let after = last.map(|p| format!(" (after entry {:?})", lossy(&p))).unwrap_or_default();
+                return Err(self.err(
+                    at,
+                    None,
+                    format!(
+                        "the stream ends inside a header block{after}: {} of its 512 bytes are there",
+                        self.block.len()
+                    ),
+                ));
             }
-            _ => {
-                let path = self.entries.last().map(|e| e.path.clone());
-                Err(self.err(self.pos, path.as_deref(), "stream ends in the middle of an entry"))
+            State::Extension { remaining, .. } => {
+                return Err(self.err(
+                    dangling.unwrap_or(end),
+                    None,
+                    format!(
+                        "the stream ends inside an extension header's records ({remaining} bytes missing)"
+                    ),
+                ));
+            }
+            State::Data { entry, remaining, done, .. } => {
+                let path = entry.and_then(|e| self.entries.get(e)).map(|e| e.path.clone());
+                return Err(self.err(
+                    end,
+                    path.as_deref(),
+                    format!(
+                        "the stream ends in the middle of the entry's data: {remaining} of its {} bytes are missing",
+                        done + remaining
+                    ),
+                ));
+            }
+            State::Header | State::Padding { .. } => {
+                let padding = match self.state {
+                    State::Padding { remaining } => remaining,
+                    _ => 0,
+                };
+                let message = if let Some(at) = dangling {
+                    (
+                        at,
+                        format!(
+                            "the stream ends after an extension header (at offset {at}) with no entry: ignored"
+                        ),
+                    )
+                } else if padding > 0 {
+                    (
+                        end,
+                        format!(
+                            "the archive ends without the last entry's padding ({padding} bytes) and without the end-of-archive blocks"
+                        ),
+                    )
+                } else if self.zero_blocks == 1 {
+                    (end, "the archive ends with one end-of-archive block instead of two".to_string())
+                } else if end > 0 {
+                    (end, "the archive ends without its end-of-archive blocks".to_string())
+                } else {
+                    (end, String::new())
+                };
+                if !message.1.is_empty() {
+                    let path = if padding > 0 { last } else { None };
+                    self.warnings.push(TarWarning {
+                        offset: message.0,
+                        path: path.map(|p| lossy(&p)),
+                        message: message.1,
+                    });
+                }
             }
         }
+        Ok(())
     }
 
     fn header(&mut self) -> Result<(), TarError> {
@@ -268,18 +354,18 @@ impl TarParser {
             b'M' => Err(self.err(at, Some(&raw.name), "multi-volume archives are not supported")),
             b'V' => {
                 // A volume label: no entry.
-                self.skip(None, raw.size);
+                self.skip(None, false, raw.size);
                 Ok(())
             }
             _ => self.entry(raw, at),
         }
     }
 
-    fn skip(&mut self, entry: Option<usize>, size: u64) {
+    fn skip(&mut self, entry: Option<usize>, emit: bool, size: u64) {
         self.state = if size == 0 {
             State::Header
         } else {
-            State::Data { entry, remaining: size, pad: padding(size), done: 0 }
+            State::Data { entry, emit, remaining: size, pad: padding(size), done: 0 }
         };
     }
 
@@ -290,11 +376,14 @@ impl TarParser {
             b'L' => self.pending.long_name = Some(trim_nul(&body)),
             b'K' => self.pending.long_link = Some(trim_nul(&body)),
             b'g' => {
+                // Go's reader hands a global header over as an entry of its own, and
+                // containerd, docker and podman skip it: its records apply to nothing.
                 let records =
                     parse_pax(&body).map_err(|m| self.err(at, None, format!("global PAX header: {m}")))?;
-                self.global.extend(records);
-                // A global header is not part of the next entry.
-                self.pending.start = None;
+                tracing::debug!(offset = at, records = ?records.keys().collect::<Vec<_>>(), "global PAX header ignored");
+                // Nor is what came before it: Go returns the global header with whatever
+                // extensions preceded it, and starts the next entry afresh.
+                self.pending = Pending::default();
             }
             _ => {
                 let records = parse_pax(&body).map_err(|m| self.err(at, None, format!("PAX header: {m}")))?;
@@ -306,8 +395,7 @@ impl TarParser {
 
     fn entry(&mut self, raw: RawHeader, at: u64) -> Result<(), TarError> {
         let pending = std::mem::take(&mut self.pending);
-        let mut pax = self.global.clone();
-        pax.extend(pending.pax);
+        let pax = pending.pax;
         let header_offset = pending.start.unwrap_or(at);
         let raw_name = pax.get("path").cloned().or(pending.long_name).unwrap_or_else(|| raw.name.clone());
         let fail = |m: String| TarError { offset: header_offset, path: Some(lossy(&raw_name)), message: m };
@@ -333,6 +421,9 @@ impl TarParser {
             None => (raw.mtime, 0),
         };
         let is_dir_name = raw_name.ends_with(b"/");
+        // Types that carry no data whatever their size field says, as Go's reader has them
+        // (a v7 regular-file type with a name ending in '/' is a directory, so it is one).
+        let header_only = matches!(raw.typeflag, b'1'..=b'6') || (raw.typeflag == b'\0' && is_dir_name);
         let kind = match raw.typeflag {
             b'0' | b'\0' | b'7' => {
                 if is_dir_name && raw.typeflag == b'\0' {
@@ -353,10 +444,10 @@ impl TarParser {
                 EntryKind::File
             }
         };
-        let path = normalize(&raw_name).map_err(fail)?;
+        let path = normalize(&raw_name);
         let raw_link = pax.get("linkpath").cloned().or(pending.long_link).unwrap_or(raw.linkname);
         let link = match kind {
-            EntryKind::Hardlink => normalize(&raw_link).map_err(|m| fail(format!("hardlink target: {m}")))?,
+            EntryKind::Hardlink => normalize(&raw_link),
             _ => raw_link,
         };
         let mut xattrs = BTreeMap::new();
@@ -395,8 +486,8 @@ impl TarParser {
             header_offset,
             data_offset,
         });
-        // Hardlinks and others may still carry data (some writers record a size): skip it.
-        self.skip(file.then_some(index), size);
+        // Other types with data (GNU dumpdirs, say): skipped.
+        self.skip(Some(index), file, if header_only { 0 } else { size });
         Ok(())
     }
 }
@@ -478,22 +569,22 @@ fn percent_decode(s: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Normalize a tar path: relative, `/`-separated, no `.`, `..` resolved lexically. A path that
-/// would climb out of the root is refused rather than followed.
-pub fn normalize(name: &[u8]) -> Result<Vec<u8>, String> {
+/// Normalize a tar path as containerd and umoci clean one (`filepath.Clean` of the name below
+/// `/`): relative, `/`-separated, no empty or `.` components, `..` resolved lexically and
+/// clamped at the root (`../a` and `x/../../a` are both `a`). Symlinks are the tree's business
+/// ([`crate::tree`]): this is text only.
+pub fn normalize(name: &[u8]) -> Vec<u8> {
     let mut parts: Vec<&[u8]> = Vec::new();
     for part in name.split(|&b| b == b'/') {
         match part {
             b"" | b"." => {}
             b".." => {
-                if parts.pop().is_none() {
-                    return Err(format!("path {:?} climbs out of the root", lossy(name)));
-                }
+                parts.pop();
             }
             p => parts.push(p),
         }
     }
-    Ok(parts.join(&b'/'))
+    parts.join(&b'/')
 }
 
 #[cfg(test)]
@@ -502,12 +593,15 @@ mod tests {
 
     #[test]
     fn normalization() {
-        assert_eq!(normalize(b"./usr/bin/").unwrap(), b"usr/bin");
-        assert_eq!(normalize(b"/etc//passwd").unwrap(), b"etc/passwd");
-        assert_eq!(normalize(b"a/b/../c").unwrap(), b"a/c");
-        assert_eq!(normalize(b"./").unwrap(), b"");
-        assert!(normalize(b"../etc/passwd").is_err());
-        assert!(normalize(b"a/../../b").is_err());
+        assert_eq!(normalize(b"./usr/bin/"), b"usr/bin");
+        assert_eq!(normalize(b"/etc//passwd"), b"etc/passwd");
+        assert_eq!(normalize(b"a/b/../c"), b"a/c");
+        assert_eq!(normalize(b"./"), b"");
+        // Climbing out of the root stops at the root, as containerd and umoci clean names.
+        assert_eq!(normalize(b"../escape.txt"), b"escape.txt");
+        assert_eq!(normalize(b"a/../../b.txt"), b"b.txt");
+        assert_eq!(normalize(b"/../../.."), b"");
+        assert_eq!(normalize(b"../a/./../../b/c/.."), b"b");
     }
 
     #[test]

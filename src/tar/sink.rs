@@ -7,7 +7,7 @@
 //! inflating.
 
 use super::parser::TarParser;
-use super::{Entry, TarError};
+use super::{Entry, TarError, TarWarning};
 use crate::gzip::{Requests, Sink};
 use sha2::{Digest as _, Sha256};
 use std::sync::mpsc;
@@ -22,6 +22,16 @@ pub struct FileChunk {
     pub len: u32,
     /// sha256 of the chunk's bytes.
     pub digest: [u8; 32],
+}
+
+/// What a layer's tar stream held, once it has ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed {
+    pub entries: Vec<Entry>,
+    /// Every chunk of every regular file, in stream order (empty without a chunk size).
+    pub chunks: Vec<FileChunk>,
+    /// What the stream did that is accepted but not well-formed ([`TarParser::finish`]).
+    pub warnings: Vec<TarWarning>,
 }
 
 /// Rounds in flight to the hashing thread.
@@ -104,8 +114,9 @@ impl TarSink {
         TarSink { parser: TarParser::new(), chunk_size, seen: 0, hasher }
     }
 
-    /// End of the stream: check the archive ended well and collect the chunks, in stream order.
-    pub fn finish(mut self) -> Result<(Vec<Entry>, Vec<FileChunk>), TarError> {
+    /// End of the stream: check the archive ended as a tar stream may, and collect the
+    /// chunks, in stream order.
+    pub fn finish(mut self) -> Result<Parsed, TarError> {
         self.parser.finish()?;
         let hashed = match self.hasher.as_mut() {
             Some(h) => {
@@ -128,7 +139,7 @@ impl TarSink {
             .into_iter()
             .map(|(e, at, len, digest)| FileChunk { out: entries[e].data_offset + at, len, digest })
             .collect();
-        Ok((entries.to_vec(), chunks))
+        Ok(Parsed { entries: entries.to_vec(), chunks, warnings: self.parser.warnings().to_vec() })
     }
 }
 
@@ -197,7 +208,8 @@ mod tests {
             for (i, p) in tar.chunks(piece).enumerate() {
                 sink.data((i * piece) as u64, p, &mut req).unwrap();
             }
-            let (entries, chunks) = sink.finish().unwrap();
+            let Parsed { entries, chunks, warnings } = sink.finish().unwrap();
+            assert!(warnings.is_empty(), "{warnings:?}");
             let mut want = Vec::new();
             for (e, (_, data)) in entries.iter().zip(&files) {
                 for (i, c) in data.chunks(chunk as usize).enumerate() {
@@ -213,11 +225,31 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_cut_after_the_last_data_is_hashed_whole_with_a_warning() {
+        // As `umoci insert` writes layers: no padding after the last file, no end blocks.
+        let files = [("a", vec![1u8; 700]), ("b", vec![2u8; 1000])];
+        let tar = tar_of(&files);
+        let cut = 512 + 1024 + 512 + 1000;
+        let mut sink = TarSink::new(Some(512));
+        sink.data(0, &tar[..cut], &mut Requests::default()).unwrap();
+        let Parsed { entries, chunks, warnings } = sink.finish().unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(chunks.len(), 4);
+        assert_eq!(
+            chunks[3],
+            FileChunk { out: 2048 + 512, len: 488, digest: Sha256::digest([2u8; 488]).into() }
+        );
+        assert_eq!(warnings.len(), 1);
+        assert_eq!(warnings[0].offset, cut as u64);
+        assert!(warnings[0].to_string().contains("without the last entry's padding"), "{}", warnings[0]);
+    }
+
+    #[test]
     fn no_chunk_size_no_chunks() {
         let tar = tar_of(&[("a", vec![1; 5000])]);
         let mut sink = TarSink::new(None);
         sink.data(0, &tar, &mut Requests::default()).unwrap();
-        let (entries, chunks) = sink.finish().unwrap();
+        let Parsed { entries, chunks, .. } = sink.finish().unwrap();
         assert_eq!(entries.len(), 1);
         assert!(chunks.is_empty());
     }

@@ -1,9 +1,23 @@
 //! The merge of an image's layers into one filesystem tree.
 //!
-//! Owns the OCI layer rules: whiteouts (`.wh.NAME`) and opaque directories (`.wh..wh..opq`)
-//! hide what *lower* layers put there; a non-directory replaces whatever was at its path; a
-//! directory entry over a directory replaces its attributes and keeps its children; a hardlink
-//! names the inode of an earlier entry; missing parents are made as directories (0755, 0:0).
+//! Owns the OCI layer rules, applied entry by entry in archive order as `umoci unpack` and
+//! containerd's `archive.Apply` apply a layer onto the layers below it:
+//! - Names are cleaned lexically, `..` stopping at the root ([`crate::tar::normalize`]). The
+//!   *parent* of every entry is then resolved inside the tree: a symlink on the way is
+//!   followed (an absolute target from the image's root, a relative one from the link's
+//!   directory, `..` never above the root, chains followed, at most [`MAX_LINKS`] links, more
+//!   is an error as containerd's "too many links"), so `lnk -> /etc` then `lnk/passwd`
+//!   writes `/etc/passwd` and leaves `lnk` a symlink; the same for symlinks of lower layers,
+//!   whiteouts, opaque markers and hardlink targets. The entry's own last component is never
+//!   followed: an entry replaces a symlink at its path.
+//! - Whiteouts (`.wh.NAME`) and opaque markers (`.wh..wh..opq`) remove what *lower* layers put
+//!   there, wherever they stand in the archive: a name this layer wrote (or wrote below) is
+//!   kept, and only the lower names beneath it go, as umoci's `upperPaths` keeps them.
+//! - A non-directory replaces whatever was at its path; a directory entry over a directory
+//!   replaces its attributes and keeps its children; a hardlink names the inode of an earlier
+//!   entry (a missing target is an error); missing parents are made as directories (0755, 0:0),
+//!   and a non-directory in the way of a parent is replaced by one.
+//!
 //! Every regular file keeps where its bytes are: extents of a layer's uncompressed tar stream,
 //! or the chunks of an eStargz layer's TOC. Calls `tar` and `estargz` for entries.
 
@@ -40,7 +54,7 @@ pub struct Inode {
     pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
     /// Regular files: where the data is.
     pub data: Vec<Extent>,
-    /// Directories: name to (inode, layer that put the name there).
+    /// Directories: name to (inode, the last layer that wrote the name or something below it).
     pub children: BTreeMap<Vec<u8>, (InodeId, usize)>,
     /// Set by [`Tree::finish`].
     pub nlink: u32,
@@ -113,6 +127,16 @@ impl Default for Tree {
 const WHITEOUT: &[u8] = b".wh.";
 const OPAQUE: &[u8] = b".wh..wh..opq";
 
+/// The most symlinks followed while resolving one path, as containerd's `fs.RootPath` and
+/// umoci's securejoin allow; one more is an error (a loop, most likely).
+pub const MAX_LINKS: u32 = 255;
+/// Path components a layer may walk while resolving its entries' parents: this many, plus
+/// [`STEPS_PER_ENTRY`] for each entry. Real layers use a few per entry; a layer of long
+/// symlink chains walked again and again fails instead of running for hours.
+pub const BASE_STEPS: u64 = 1 << 20;
+/// See [`BASE_STEPS`].
+pub const STEPS_PER_ENTRY: u64 = 64;
+
 fn split(path: &[u8]) -> (&[u8], &[u8]) {
     match path.iter().rposition(|&b| b == b'/') {
         Some(i) => (&path[..i], &path[i + 1..]),
@@ -123,6 +147,9 @@ fn split(path: &[u8]) -> (&[u8], &[u8]) {
 fn components(path: &[u8]) -> impl Iterator<Item = &[u8]> {
     path.split(|&b| b == b'/').filter(|c| !c.is_empty())
 }
+
+/// One component of a resolved path: its name, and the inode there if there is one.
+type Step = (Vec<u8>, Option<InodeId>);
 
 impl Tree {
     pub fn new() -> Tree {
@@ -155,62 +182,192 @@ impl Tree {
     }
 
     fn apply(&mut self, layer: usize, entries: &[(Entry, Vec<Extent>)]) -> Result<(), TreeError> {
-        // Whiteouts first: they hide only what lower layers made, whatever their place in the
-        // archive.
-        for (e, _) in entries {
-            let (dir, name) = split(&e.path);
-            if name == OPAQUE {
-                if let Some(d) = self.lookup(dir).filter(|&d| self.inodes[d].is_dir()) {
-                    self.inodes[d].children.clear();
-                }
-            } else if let Some(hidden) = name.strip_prefix(WHITEOUT)
-                && let Some(d) = self.lookup(dir).filter(|&d| self.inodes[d].is_dir())
-            {
-                self.inodes[d].children.remove(hidden);
-            }
-        }
+        let mut steps = BASE_STEPS.saturating_add(STEPS_PER_ENTRY.saturating_mul(entries.len() as u64));
         for (e, data) in entries {
-            let (_, name) = split(&e.path);
-            if name.starts_with(WHITEOUT) {
+            let fail = |m: String| TreeError {
+                layer,
+                path: String::from_utf8_lossy(&e.path).into_owned(),
+                message: m,
+            };
+            let (dir, name) = split(&e.path);
+            if let Some(hidden) = name.strip_prefix(WHITEOUT) {
+                // Nothing to hide where the directory does not exist (or is not one).
+                let Some(d) = self.existing_dir(dir, &mut steps).map_err(fail)? else { continue };
+                if name == OPAQUE {
+                    self.hide_below(layer, d);
+                } else {
+                    self.hide(layer, d, hidden);
+                }
                 continue;
             }
-            self.add(layer, e, data)?;
+            self.add(layer, e, data, &mut steps).map_err(fail)?;
         }
         Ok(())
     }
 
-    fn add(&mut self, layer: usize, e: &Entry, data: &[Extent]) -> Result<(), TreeError> {
-        let fail = |m: &str| TreeError {
-            layer,
-            path: String::from_utf8_lossy(&e.path).into_owned(),
-            message: m.to_string(),
+    /// Resolve `path` as the directory part of a name: every component followed if it is a
+    /// symlink, within the tree's root. Returns the components of the path it resolves to,
+    /// each with its inode while the path exists (a component past what exists, or below a
+    /// non-directory, has none).
+    fn resolve(&self, path: &[u8], steps: &mut u64) -> Result<Vec<Step>, String> {
+        let mut out: Vec<Step> = Vec::new();
+        // What is left to walk: the path, then the targets of the links met, innermost last.
+        let mut todo: Vec<&[u8]> = vec![path];
+        let mut links = 0u32;
+        while let Some(top) = todo.last_mut() {
+            if top.is_empty() {
+                todo.pop();
+                continue;
+            }
+            let (comp, rest) = match top.iter().position(|&b| b == b'/') {
+                Some(i) => (&top[..i], &top[i + 1..]),
+                None => (&top[..], &[][..]),
+            };
+            *top = rest;
+            if *steps == 0 {
+                return Err(format!(
+                    "resolving {:?} exceeds the symlink resolution budget of the layer",
+                    String::from_utf8_lossy(path)
+                ));
+            }
+            *steps -= 1;
+            match comp {
+                b"" | b"." => continue,
+                b".." => {
+                    // The parent of a resolved component; never above the root.
+                    out.pop();
+                    continue;
+                }
+                _ => {}
+            }
+            let here = match out.last() {
+                None => Some(self.root),
+                Some(&(_, id)) => id,
+            };
+            let child = here
+                .filter(|&d| self.inodes[d].is_dir())
+                .and_then(|d| self.inodes[d].children.get(comp))
+                .map(|&(id, _)| id);
+            match child {
+                Some(id) if self.inodes[id].kind == EntryKind::Symlink => {
+                    links += 1;
+                    if links > MAX_LINKS {
+                        return Err(format!(
+                            "too many levels of symbolic links resolving {:?} (more than {MAX_LINKS})",
+                            String::from_utf8_lossy(path)
+                        ));
+                    }
+                    let target = self.inodes[id].link.as_slice();
+                    if target.starts_with(b"/") {
+                        out.clear();
+                    }
+                    todo.push(target);
+                }
+                _ => out.push((comp.to_vec(), child)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The directory `path` resolves to, if it exists and is a directory.
+    fn existing_dir(&self, path: &[u8], steps: &mut u64) -> Result<Option<InodeId>, String> {
+        let resolved = self.resolve(path, steps)?;
+        let id = match resolved.last() {
+            None => Some(self.root),
+            Some(&(_, id)) => id,
         };
+        Ok(id.filter(|&d| self.inodes[d].is_dir()))
+    }
+
+    /// The directory `path` resolves to, made as needed (a missing component is made a
+    /// directory, and a non-directory in the way is replaced by one); every component is
+    /// marked as written by `layer`, since something below it is.
+    fn make_dir(&mut self, path: &[u8], layer: usize, steps: &mut u64) -> Result<InodeId, String> {
+        let resolved = self.resolve(path, steps)?;
+        let mut cur = self.root;
+        for (name, _) in resolved {
+            cur = match self.inodes[cur].children.get(&name) {
+                Some(&(id, _)) if self.inodes[id].is_dir() => {
+                    self.inodes[cur].children.insert(name, (id, layer));
+                    id
+                }
+                _ => {
+                    let id = self.push(Inode::implicit_dir());
+                    self.inodes[cur].children.insert(name, (id, layer));
+                    id
+                }
+            };
+        }
+        Ok(cur)
+    }
+
+    /// A whiteout of `name` in `dir`: gone if a lower layer put it there; if this layer wrote
+    /// it (or below it), only what lower layers left beneath it goes.
+    fn hide(&mut self, layer: usize, dir: InodeId, name: &[u8]) {
+        match self.inodes[dir].children.get(name) {
+            None => {}
+            Some(&(_, by)) if by != layer => {
+                self.inodes[dir].children.remove(name);
+            }
+            Some(&(id, _)) if self.inodes[id].is_dir() => self.hide_below(layer, id),
+            Some(_) => {}
+        }
+    }
+
+    /// An opaque marker: everything lower layers put below `dir` goes.
+    fn hide_below(&mut self, layer: usize, dir: InodeId) {
+        // Directories are never shared (no hardlinks to them), so this walk ends.
+        let mut stack = vec![dir];
+        while let Some(d) = stack.pop() {
+            self.inodes[d].children.retain(|_, &mut (_, by)| by == layer);
+            let dirs: Vec<InodeId> = self.inodes[d]
+                .children
+                .values()
+                .map(|&(id, _)| id)
+                .filter(|&id| self.inodes[id].is_dir())
+                .collect();
+            stack.extend(dirs);
+        }
+    }
+
+    fn add(&mut self, layer: usize, e: &Entry, data: &[Extent], steps: &mut u64) -> Result<(), String> {
         if e.path.is_empty() {
             // The root itself ("./").
             if e.kind != EntryKind::Directory {
-                return Err(fail("the root must be a directory"));
+                return Err("the root must be a directory".into());
             }
             self.set_dir_attrs(self.root, e);
             return Ok(());
         }
         let (dir, name) = split(&e.path);
-        let parent = self.make_dirs(dir, layer);
+        let parent = self.make_dir(dir, layer, steps)?;
         let existing = self.inodes[parent].children.get(name).map(|&(id, _)| id);
         match e.kind {
             EntryKind::Directory => {
                 if let Some(id) = existing.filter(|&id| self.inodes[id].is_dir()) {
                     self.set_dir_attrs(id, e);
+                    self.inodes[parent].children.insert(name.to_vec(), (id, layer));
                     return Ok(());
                 }
                 let id = self.push(Inode::from_entry(e, data.to_vec()));
                 self.inodes[parent].children.insert(name.to_vec(), (id, layer));
             }
             EntryKind::Hardlink => {
-                let target = self.lookup(&e.link).ok_or_else(|| {
-                    fail(&format!("hardlink to {:?}, which does not exist", String::from_utf8_lossy(&e.link)))
-                })?;
+                let missing =
+                    || format!("hardlink to {:?}, which does not exist", String::from_utf8_lossy(&e.link));
+                let (tdir, tname) = split(&e.link);
+                let tparent = self.existing_dir(tdir, steps)?.ok_or_else(missing)?;
+                if tname.is_empty() {
+                    return Err("hardlink to a directory".into());
+                }
+                if tparent == parent && tname == name {
+                    // Both runtimes remove what is at the path first, and find nothing to link.
+                    return Err("hardlink to itself".into());
+                }
+                let target =
+                    self.inodes[tparent].children.get(tname).map(|&(id, _)| id).ok_or_else(missing)?;
                 if self.inodes[target].is_dir() {
-                    return Err(fail("hardlink to a directory"));
+                    return Err("hardlink to a directory".into());
                 }
                 self.inodes[parent].children.insert(name.to_vec(), (target, layer));
             }
@@ -234,23 +391,6 @@ impl Tree {
     fn push(&mut self, inode: Inode) -> InodeId {
         self.inodes.push(inode);
         self.inodes.len() - 1
-    }
-
-    /// The directory at `path`, made (and anything not a directory in the way replaced) as
-    /// needed.
-    fn make_dirs(&mut self, path: &[u8], layer: usize) -> InodeId {
-        let mut cur = self.root;
-        for c in components(path) {
-            cur = match self.inodes[cur].children.get(c) {
-                Some(&(id, _)) if self.inodes[id].is_dir() => id,
-                _ => {
-                    let id = self.push(Inode::implicit_dir());
-                    self.inodes[cur].children.insert(c.to_vec(), (id, layer));
-                    id
-                }
-            };
-        }
-        cur
     }
 
     /// The inode at `path` (symlinks are not followed).
@@ -412,5 +552,207 @@ mod tests {
         let mut bad = entry("x", EntryKind::Hardlink);
         bad.link = b"missing".to_vec();
         assert!(t.apply_layer(2, &[bad]).unwrap_err().to_string().contains("does not exist"));
+    }
+    fn symlink(path: &str, target: &str) -> Entry {
+        let mut e = entry(path, EntryKind::Symlink);
+        e.link = target.as_bytes().to_vec();
+        e
+    }
+
+    fn hardlink(path: &str, target: &str) -> Entry {
+        let mut e = entry(path, EntryKind::Hardlink);
+        e.link = target.as_bytes().to_vec();
+        e
+    }
+
+    fn kind(t: &Tree, path: &str) -> Option<EntryKind> {
+        t.lookup(path.as_bytes()).map(|id| t.inodes[id].kind)
+    }
+
+    fn base() -> Vec<Entry> {
+        vec![
+            entry("etc", EntryKind::Directory),
+            entry("etc/passwd", EntryKind::File),
+            entry("etc/shadow", EntryKind::File),
+        ]
+    }
+
+    #[test]
+    fn entries_below_a_symlink_land_where_it_points() {
+        let mut t = Tree::new();
+        let mut l = base();
+        l.extend([
+            symlink("abs", "/etc"),
+            entry("abs/new-abs", EntryKind::File),
+            entry("d", EntryKind::Directory),
+            symlink("d/rel", "../etc"),
+            entry("d/rel/new-rel", EntryKind::File),
+            // A chain of three, the last one into directories nobody made yet.
+            symlink("c1", "c2"),
+            symlink("c2", "./d/c3"),
+            symlink("d/c3", "/made/on/the/way"),
+            entry("c1/deep", EntryKind::File),
+            // `..` in a target stops at the root.
+            symlink("d/up", "../../../../../../etc"),
+            entry("d/up/new-up", EntryKind::File),
+            // A target through another link: `..` is taken from where the link points.
+            symlink("d/via", "rel/../made"),
+            entry("d/via/x", EntryKind::File),
+        ]);
+        t.apply_layer(0, &l).unwrap();
+        t.finish();
+        for p in ["etc/new-abs", "etc/new-rel", "etc/new-up", "made/on/the/way/deep", "made/x"] {
+            assert_eq!(kind(&t, p), Some(EntryKind::File), "{p}: {:?}", paths(&t));
+        }
+        for p in ["abs", "d/rel", "c1", "c2", "d/c3", "d/up", "d/via"] {
+            assert_eq!(kind(&t, p), Some(EntryKind::Symlink), "{p} stays a symlink");
+        }
+        let way = t.lookup(b"made/on/the/way").unwrap();
+        assert_eq!(t.inodes[way].mtime, None, "made as an implicit directory");
+    }
+
+    #[test]
+    fn an_entry_at_a_symlink_replaces_it_and_does_not_follow_it() {
+        let mut t = Tree::new();
+        let mut l = base();
+        l.extend([
+            symlink("lnk", "/etc"),
+            entry("lnk", EntryKind::Directory),
+            entry("lnk/f", EntryKind::File),
+        ]);
+        t.apply_layer(0, &l).unwrap();
+        t.finish();
+        assert_eq!(paths(&t), ["/", "/etc", "/etc/passwd", "/etc/shadow", "/lnk", "/lnk/f"]);
+        assert_eq!(kind(&t, "lnk"), Some(EntryKind::Directory));
+    }
+
+    #[test]
+    fn loops_are_errors_and_long_chains_are_not() {
+        for l in [
+            vec![symlink("a", "b"), symlink("b", "a"), entry("a/x", EntryKind::File)],
+            vec![symlink("s", "s"), entry("s/x", EntryKind::File)],
+            vec![symlink("s", "./s/x"), entry("s/y", EntryKind::File)],
+        ] {
+            let err = Tree::new().apply_layer(3, &l).unwrap_err();
+            assert_eq!(err.layer, 3);
+            assert!(err.to_string().contains("too many levels of symbolic links"), "{err}");
+        }
+        // MAX_LINKS links are followed, one more is a loop.
+        for (n, ok) in [(MAX_LINKS, true), (MAX_LINKS + 1, false)] {
+            let mut l: Vec<Entry> =
+                (0..n).map(|i| symlink(&format!("l{i}"), &format!("l{}", i + 1))).collect();
+            l.push(entry(&format!("l{n}"), EntryKind::Directory));
+            l.push(entry("l0/end", EntryKind::File));
+            let mut t = Tree::new();
+            assert_eq!(t.apply_layer(0, &l).is_ok(), ok, "{n} links");
+            if ok {
+                assert_eq!(kind(&t, &format!("l{n}/end")), Some(EntryKind::File));
+            }
+        }
+    }
+
+    #[test]
+    fn resolution_is_bounded_per_layer() {
+        // 200 links, each target 2000 components long, walked by every entry: the layer's
+        // budget runs out after a few entries instead of the walk running for minutes.
+        let pad = "./".repeat(2000);
+        let mut l: Vec<Entry> =
+            (0..200).map(|i| symlink(&format!("l{i}"), &format!("{pad}l{}", i + 1))).collect();
+        l.push(entry("l200", EntryKind::Directory));
+        l.extend((0..5000).map(|i| entry(&format!("l0/f{i}"), EntryKind::File)));
+        let started = std::time::Instant::now();
+        let err = Tree::new().apply_layer(0, &l).unwrap_err();
+        assert!(err.to_string().contains("budget"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    }
+
+    #[test]
+    fn symlinks_of_lower_layers_whiteouts_and_opaque_markers_below_them() {
+        let mut t = Tree::new();
+        let mut l0 = base();
+        l0.extend([
+            symlink("lnk", "/etc"),
+            entry("keep", EntryKind::Directory),
+            entry("keep/old", EntryKind::File),
+        ]);
+        t.apply_layer(0, &l0).unwrap();
+        t.apply_layer(1, &[entry("lnk/new", EntryKind::File), entry("lnk/.wh.shadow", EntryKind::File)])
+            .unwrap();
+        assert_eq!(kind(&t, "etc/new"), Some(EntryKind::File));
+        assert_eq!(kind(&t, "etc/shadow"), None);
+        assert_eq!(kind(&t, "lnk"), Some(EntryKind::Symlink));
+        // An opaque marker below the link empties /etc of what lower layers put there.
+        t.apply_layer(2, &[entry("lnk/newer", EntryKind::File), entry("lnk/.wh..wh..opq", EntryKind::File)])
+            .unwrap();
+        t.finish();
+        assert_eq!(paths(&t), ["/", "/etc", "/etc/newer", "/keep", "/keep/old", "/lnk"]);
+    }
+
+    #[test]
+    fn a_whiteout_keeps_what_its_own_layer_wrote_and_removes_the_rest_below_it() {
+        let mut t = Tree::new();
+        t.apply_layer(
+            0,
+            &[
+                entry("d", EntryKind::Directory),
+                entry("d/old", EntryKind::File),
+                entry("d/sub/old", EntryKind::File),
+            ],
+        )
+        .unwrap();
+        t.apply_layer(1, &[entry("d/sub/new", EntryKind::File), entry(".wh.d", EntryKind::File)]).unwrap();
+        t.finish();
+        assert_eq!(paths(&t), ["/", "/d", "/d/sub", "/d/sub/new"]);
+        let id = t.lookup(b"d").unwrap();
+        assert_eq!(t.inodes[id].mtime, Some((1, 0)), "the lower directory itself stays");
+        // A symlink made in the same layer, then a whiteout below it.
+        let mut t = Tree::new();
+        t.apply_layer(0, &base()).unwrap();
+        t.apply_layer(1, &[symlink("lnk", "etc"), entry("lnk/.wh.passwd", EntryKind::File)]).unwrap();
+        t.finish();
+        assert_eq!(paths(&t), ["/", "/etc", "/etc/shadow", "/lnk"]);
+    }
+
+    #[test]
+    fn hardlink_targets_resolve_their_parent_only() {
+        let mut t = Tree::new();
+        let mut l = base();
+        l.extend([
+            symlink("lnk", "/etc"),
+            hardlink("via-link", "lnk/passwd"),
+            hardlink("to-symlink", "lnk"),
+            symlink("dangling", "/nowhere"),
+            hardlink("through-dangling", "dangling/x"),
+        ]);
+        let err = Tree::new().apply_layer(0, &l).unwrap_err();
+        assert!(
+            err.to_string().contains("through-dangling") && err.to_string().contains("does not exist"),
+            "{err}"
+        );
+        l.pop();
+        t.apply_layer(0, &l).unwrap();
+        t.apply_layer(1, &[hardlink("again", "lnk/shadow")]).unwrap();
+        t.finish();
+        assert_eq!(t.lookup(b"via-link"), t.lookup(b"etc/passwd"));
+        assert_eq!(t.lookup(b"again"), t.lookup(b"etc/shadow"));
+        assert_eq!(t.lookup(b"to-symlink"), t.lookup(b"lnk"), "a hardlink to a symlink links the symlink");
+        for (l, what) in
+            [(hardlink("x", "etc"), "directory"), (hardlink("lnk/passwd", "etc/passwd"), "itself")]
+        {
+            let err = t.clone().apply_layer(2, &[l]).unwrap_err();
+            assert!(err.to_string().contains(what), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_non_directory_in_the_way_of_a_parent_is_replaced() {
+        let mut t = Tree::new();
+        t.apply_layer(
+            0,
+            &[entry("f", EntryKind::File), symlink("lnk", "f"), entry("lnk/x", EntryKind::File)],
+        )
+        .unwrap();
+        t.finish();
+        assert_eq!(paths(&t), ["/", "/f", "/f/x", "/lnk"]);
     }
 }

@@ -142,5 +142,6 @@ pub fn decode(bytes: &[u8]) -> Result<Index, ZidxError> {
         members: header.members.get(),
         tail: header.tail,
         checkpoints,
+        member_ends: Vec::new(),
     })
 }

@@ -170,10 +170,16 @@ impl BlobMeta {
                 dict: Vec::new(),
             });
         }
+        let past_member_end = spans
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| reaches_member_end(index, &index.checkpoints[s.checkpoint], s.end))
+            .map(|(i, _)| i as u32)
+            .collect();
         let digests = firsts.iter().map(|&i| chunks[i].digest).collect();
         let meta = BlobMeta { chunks: infos, contexts, digests };
         meta.validate()?;
-        Ok(Plan { meta, ci_of, checkpoints: spans.iter().map(|s| s.checkpoint).collect() })
+        Ok(Plan { meta, ci_of, checkpoints: spans.iter().map(|s| s.checkpoint).collect(), past_member_end })
     }
 }
 
@@ -186,6 +192,24 @@ pub struct Plan {
     pub ci_of: Vec<u32>,
     /// For each context, the checkpoint of the index it starts at.
     pub checkpoints: Vec<usize>,
+    /// The contexts whose decode reaches the end of a gzip member: one of its chunks crosses
+    /// from one member into the next, or the context ends where a member's data ends and the
+    /// bits that yield its last byte also end the member (a stored final block, or an
+    /// end-of-block code in the same byte). Decoders that go on into the next member (zran's,
+    /// nydus-utils 0.5 and later) decode them; Nydus 2.2's (nydus-utils 0.4) cannot. Known
+    /// only for an index built with member checkpoints.
+    pub past_member_end: Vec<u32>,
+}
+
+/// Whether decoding from `cp` to uncompressed `end` reaches the end of a gzip member (see
+/// [`Plan::past_member_end`]).
+fn reaches_member_end(index: &Index, cp: &crate::gzip::Checkpoint, end: u64) -> bool {
+    let first = index.member_ends.partition_point(|m| m.out <= cp.out);
+    match index.member_ends.get(first) {
+        Some(m) if m.out < end => true,
+        Some(m) if m.out == end => !m.clean,
+        _ => false,
+    }
 }
 
 /// The dictionary of the context at checkpoint `cpi`: the checkpoint's window, decompressed.
@@ -199,15 +223,20 @@ pub(super) fn dictionary(index: &Index, cpi: usize) -> Result<Vec<u8>, MetaError
 }
 
 /// A compressed offset past every byte that inflating up to uncompressed `end` needs, as
-/// Nydus's decoder reads them.
+/// Nydus's decoders read them.
 ///
-/// That is where the next checkpoint starts, or the end of the stream. One case needs more:
-/// when `end` is exactly where a gzip member ends and the next checkpoint starts the next
-/// member. Having produced its last byte, inflate goes on to read the member's final
-/// end-of-block code and reports the stream's end; Nydus's decoder then skips the trailer,
-/// parses the next member's header and inflates on, and fails if not one byte of the next
-/// member's deflate data is there. So the range takes that byte too.
+/// That is where the next checkpoint starts, or the end of the stream, but where `end` is
+/// exactly where a gzip member's data ends. Having produced its last byte, inflate goes on to
+/// read the member's final end-of-block code if its bits are there, and reports the end of the
+/// stream: Nydus 2.2's decoder (nydus-utils 0.4) takes that as an error; later ones skip the
+/// trailer, parse the next member's header and inflate on, and fail if not one byte of the
+/// next member's deflate data is there. So where the index knows that the bytes up to the last
+/// code of the member's data do not also end the stream, the range stops there (both decode
+/// it); else it takes the trailer, the next header and one byte of the next member's data.
 fn input_end(index: &Index, end: u64) -> u64 {
+    if let Some(m) = index.member_end_at(end).filter(|m| m.clean) {
+        return m.input;
+    }
     let at = index.checkpoints.partition_point(|c| c.out < end);
     let plain = index.input_end_for(end);
     match (at.checked_sub(1).and_then(|p| index.checkpoints.get(p)), index.checkpoints.get(at)) {

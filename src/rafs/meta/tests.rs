@@ -423,6 +423,7 @@ fn fake_index(points: &[(u64, u64)], uncompressed: u64, compressed: u64) -> Inde
                 window: vec![],
             })
             .collect(),
+        member_ends: Vec::new(),
     }
 }
 
