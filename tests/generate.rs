@@ -371,3 +371,69 @@ fn prefetch_files_become_the_prefetch_table() {
         serde_json::json!(["/usr/bin/python3.11", "/usr/lib/python3.11/json/__init__.py"])
     );
 }
+
+#[test]
+fn estargz_layers_carry_a_chunk_info_v1_blob_meta_checked_when_opened() {
+    let work = tempfile::tempdir().unwrap();
+    let art = work.path().join("art");
+    generate(&format!("oci:{}", layouts().join("edge-estargz").display()), &art);
+    let json: Value = serde_json::from_slice(&std::fs::read(art.join("zran.json")).unwrap()).unwrap();
+    let b = zran::rafs::reader::read_bootstrap(&std::fs::read(art.join("image.boot")).unwrap()).unwrap();
+    let mut with_data = json["layers"].as_array().unwrap().iter().filter(|l| l["chunks"].as_u64() != Some(0));
+    for blob in &b.blobs {
+        let l = with_data.next().unwrap();
+        assert_eq!(l["format"], "estargz");
+        // ALIGNED | SEPARATE | CAP_TAR_TOC: chunk info v1, fetched by the blob.meta's digest.
+        assert_eq!(blob.features, 0x4000_0011, "{}", blob.id);
+        assert_eq!(blob.ci_uncompressed_size, u64::from(blob.chunk_count) * 16);
+        let file = l["blob_meta"].as_str().unwrap();
+        assert_eq!(file, format!("{}.blob.meta", blob.id));
+        let bytes = std::fs::read(art.join(file)).unwrap();
+        assert_eq!(hex::encode(Sha256::digest(&bytes)), hex::encode(blob.meta_digest));
+        assert_eq!(bytes.len() as u64, blob.meta_size);
+        let meta = zran::rafs::meta::StargzMeta::decode(&bytes, blob).unwrap();
+        assert_eq!(meta.chunks.len() as u32, blob.chunk_count);
+    }
+    assert!(zran(&["inspect", art.to_str().unwrap()]).status.success());
+
+    // A chunk table that no longer says what the chunk info says is caught, naming the chunk.
+    let blob = &b.blobs[0];
+    let c = b.chunk_table.iter().find(|c| c.blob == 0).unwrap();
+    let bad = work.path().join("bad");
+    std::fs::create_dir(&bad).unwrap();
+    for e in std::fs::read_dir(&art).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), bad.join(e.file_name())).unwrap();
+    }
+    let mut boot = std::fs::read(art.join("image.boot")).unwrap();
+    let mut at = 0;
+    while let Some(k) = boot[at..].windows(32).position(|w| w == c.digest) {
+        // The chunk-table entry's compressed_size, after the digest, blob index and flags.
+        let size = at + k + 40;
+        let v = u32::from_le_bytes(boot[size..size + 4].try_into().unwrap()) - 1;
+        boot[size..size + 4].copy_from_slice(&v.to_le_bytes());
+        at += k + 32;
+    }
+    let mut j: Value = serde_json::from_slice(&std::fs::read(art.join("zran.json")).unwrap()).unwrap();
+    j["bootstrap_digest"] = format!("sha256:{}", hex::encode(Sha256::digest(&boot))).into();
+    std::fs::write(bad.join("zran.json"), serde_json::to_vec_pretty(&j).unwrap()).unwrap();
+    std::fs::write(bad.join("image.boot"), &boot).unwrap();
+    let o = zran(&["inspect", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains(&format!("{}.blob.meta: chunk {}", blob.id, c.ci)) && err.contains("chunk table"),
+        "{err}"
+    );
+    // And a blob.meta the blob table names but zran.json leaves out.
+    let mut j: Value = serde_json::from_slice(&std::fs::read(art.join("zran.json")).unwrap()).unwrap();
+    for l in j["layers"].as_array_mut().unwrap() {
+        l.as_object_mut().unwrap().remove("blob_meta");
+    }
+    std::fs::write(bad.join("zran.json"), serde_json::to_vec_pretty(&j).unwrap()).unwrap();
+    std::fs::write(bad.join("image.boot"), std::fs::read(art.join("image.boot")).unwrap()).unwrap();
+    let o = zran(&["inspect", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("has no blob.meta"), "{err}");
+}

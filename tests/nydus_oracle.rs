@@ -1,9 +1,11 @@
 //! `zran generate` against Nydus's own parsers (the crates.io crates `nydus-rafs`,
 //! `nydus-storage` and `nydus-utils`): `RafsSuper` loads `image.boot` and walks the tree, and
 //! every inode's attributes, xattrs, symlink target and hardlink identity must equal the truth
-//! (umoci's unpack). Each gzip layer's blob.meta is loaded by `BlobCompressionContextInfo` from
-//! its compressed form, through a `BlobReader` over the artifact file, exactly as nydusd fetches
-//! it from a registry; the cache file Nydus writes must equal zran's own cache form. Then every
+//! (umoci's unpack). Each layer's blob.meta (zran contexts for gzip layers, chunk info v1 for
+//! eStargz layers) is loaded by `BlobCompressionContextInfo` from its compressed form, through a
+//! `BlobReader` over the artifact file, exactly as nydusd fetches it from a registry; the cache
+//! file Nydus writes must equal zran's own cache form, and an eStargz blob's chunk infos must
+//! say what the bootstrap says of each chunk. Then every
 //! chunk of every file is decoded from the original layer blob by Nydus's zran decoder (eStargz
 //! chunks by its gzip decompressor), its sha256 checked against the chunk digest, and the
 //! file's content against the truth.
@@ -94,38 +96,40 @@ struct Blob {
 const UNDECODABLE: &str = "undecodable by Nydus";
 
 /// Load each gzip blob's blob.meta with Nydus from the artifact's compressed file, and check
-/// the cache file it writes against zran's own cache form.
-fn load_blobs(name: &str, rs: &RafsSuper, art: &Path, layout: &Path, cache: &Path) -> Vec<Blob> {
+/// the cache file it writes against zran's own cache form; the same for each eStargz blob's
+/// chunk info v1.
+fn load_blobs(
+    name: &str,
+    rs: &RafsSuper,
+    art: &Path,
+    layout: &Path,
+    cache: &Path,
+) -> (Vec<Blob>, ChunkInfosV1) {
     let ours = zran::rafs::reader::read_bootstrap(&std::fs::read(art.join("image.boot")).unwrap()).unwrap();
     let infos = rs.superblock.get_blob_infos();
     assert_eq!(infos.len(), ours.blobs.len(), "{name}: blob count");
     let mut out = Vec::new();
+    let mut v1s = ChunkInfosV1::new();
     for (info, spec) in infos.into_iter().zip(&ours.blobs) {
         let id = info.blob_id();
         assert_eq!(id, spec.id, "{name}: blob id");
         assert_eq!(info.chunk_count(), spec.chunk_count, "{name}: chunk count of {id}");
         let data = std::fs::File::open(layout_blob(layout, &id)).unwrap();
         assert_eq!(info.compressed_size(), data.metadata().unwrap().len(), "{name}: {id} size");
+        let path = art.join(format!("{id}.blob.meta"));
         let meta = if info.has_feature(BlobFeatures::ZRAN) {
-            let path = art.join(format!("{id}.blob.meta"));
-            let reader: Arc<dyn BlobReader> = Arc::new(FileReader {
-                file: std::fs::File::open(&path).unwrap(),
-                metrics: Default::default(),
-            });
-            let prefix = cache.join(&id);
-            let prefix = prefix.to_str().unwrap();
-            let m = BlobCompressionContextInfo::new(prefix, &info, Some(&reader), false)
-                .unwrap_or_else(|e| panic!("{name}: Nydus rejects the blob.meta of {id}: {e}"));
-            let written = std::fs::read(format!("{prefix}.blob.meta")).unwrap();
             let decoded = zran::rafs::meta::BlobMeta::decode(&std::fs::read(&path).unwrap(), spec).unwrap();
-            assert!(written == decoded.encode_cache().unwrap(), "{name}: Nydus's cache form of {id} differs");
-            // And the cache form alone (no backend), as a second nydusd start would use it.
-            BlobCompressionContextInfo::new(prefix, &info, None, false)
-                .unwrap_or_else(|e| panic!("{name}: Nydus rejects its cached blob.meta of {id}: {e}"));
-            assert_eq!(m.get_chunk_count(), info.chunk_count() as usize, "{name}: {id}");
-            Some(m)
+            Some(nydus_meta(name, &info, art, cache, &decoded.encode_cache().unwrap()))
         } else {
-            assert!(std::fs::metadata(art.join(format!("{id}.blob.meta"))).is_err());
+            // An eStargz blob: chunk info v1 in a blob.meta of its own, a "legacy stargz" blob
+            // to Nydus (gzip chunks, each a member inflated alone).
+            assert!(info.is_legacy_stargz(), "{name}: {id} is not a legacy stargz blob to Nydus");
+            assert!(info.has_feature(BlobFeatures::SEPARATE) && info.meta_ci_is_valid(), "{name}: {id}");
+            let decoded = zran::rafs::meta::StargzMeta::decode(&std::fs::read(&path).unwrap(), spec).unwrap();
+            v1s.insert(
+                info.blob_index(),
+                nydus_meta(name, &info, art, cache, &decoded.encode_cache().unwrap()),
+            );
             None
         };
         out.push(Blob {
@@ -136,7 +140,7 @@ fn load_blobs(name: &str, rs: &RafsSuper, art: &Path, layout: &Path, cache: &Pat
             new_decoder_fails: RefCell::default(),
         });
     }
-    out
+    (out, v1s)
 }
 
 /// One chunk's bytes, decoded by Nydus from the original layer blob (None where zran.json
@@ -221,6 +225,67 @@ fn decode_chunk(name: &str, path: &Path, blob: &Blob, c: &dyn BlobChunkInfo) -> 
     }
 }
 
+/// Nydus's view of each eStargz blob's chunk info v1, by blob index.
+type ChunkInfosV1 = HashMap<u32, BlobCompressionContextInfo>;
+
+/// Load a blob.meta with Nydus from the artifact's compressed file, as nydusd fetches it; the
+/// cache file it writes must be `cache_form`, and must load alone (no backend), as a second
+/// nydusd start would use it.
+fn nydus_meta(
+    name: &str,
+    info: &BlobInfo,
+    art: &Path,
+    cache: &Path,
+    cache_form: &[u8],
+) -> BlobCompressionContextInfo {
+    let id = info.blob_id();
+    let path = art.join(format!("{id}.blob.meta"));
+    let reader: Arc<dyn BlobReader> =
+        Arc::new(FileReader { file: std::fs::File::open(&path).unwrap(), metrics: Default::default() });
+    let prefix = cache.join(&id);
+    let prefix = prefix.to_str().unwrap();
+    let m = BlobCompressionContextInfo::new(prefix, info, Some(&reader), false)
+        .unwrap_or_else(|e| panic!("{name}: Nydus rejects the blob.meta of {id}: {e}"));
+    let written = std::fs::read(format!("{prefix}.blob.meta")).unwrap();
+    assert!(written == cache_form, "{name}: Nydus's cache form of {id} differs");
+    BlobCompressionContextInfo::new(prefix, info, None, false)
+        .unwrap_or_else(|e| panic!("{name}: Nydus rejects its cached blob.meta of {id}: {e}"));
+    assert_eq!(m.get_chunk_count(), info.chunk_count() as usize, "{name}: {id}");
+    m
+}
+
+/// Each eStargz chunk of a file: Nydus's chunk info v1 must say what its reading of the
+/// bootstrap's chunk table says, and the chunk is compressed.
+fn v1_agrees(name: &str, inode: &dyn RafsInodeExt, path: &Path, v1s: &ChunkInfosV1) {
+    if !inode.is_reg() {
+        return;
+    }
+    for i in 0..inode.get_chunk_count() {
+        let c = inode.get_chunk_info(i).unwrap();
+        let Some(v1) = v1s.get(&c.blob_index()) else { continue };
+        let mc = v1.get_chunk_info(c.id() as usize);
+        assert_eq!(
+            (
+                mc.compressed_offset(),
+                mc.compressed_size(),
+                mc.uncompressed_offset(),
+                mc.uncompressed_size(),
+                mc.is_compressed()
+            ),
+            (
+                c.compressed_offset(),
+                c.compressed_size(),
+                c.uncompressed_offset(),
+                c.uncompressed_size(),
+                true
+            ),
+            "{name} {}: chunk {} in blob.meta and bootstrap",
+            path.display(),
+            c.id()
+        );
+    }
+}
+
 /// What Nydus sees of one path, in the truth's terms.
 fn entry(name: &str, inode: &dyn RafsInodeExt, path: &Path, blobs: &[Blob]) -> (Value, u64, u32) {
     let attr = inode.get_attr();
@@ -297,7 +362,7 @@ fn check(name: &str, args: &[&str]) -> usize {
     assert!(rs.meta.is_v6(), "{name}: not RAFS v6 to Nydus");
     let cache = work.path().join("cache");
     std::fs::create_dir(&cache).unwrap();
-    let blobs = load_blobs(name, &rs, &art, &layout, &cache);
+    let (blobs, v1s) = load_blobs(name, &rs, &art, &layout, &cache);
 
     let mut got: BTreeMap<String, Value> = BTreeMap::new();
     let mut by_ino: HashMap<u64, Vec<String>> = HashMap::new();
@@ -305,6 +370,7 @@ fn check(name: &str, args: &[&str]) -> usize {
     let mut nlinks: HashMap<u64, u32> = HashMap::new();
     rs.walk_directory::<PathBuf>(rs.superblock.root_ino(), None, &mut |inode, path| {
         let (e, ino, nlink) = entry(name, inode.as_ref(), path, &blobs);
+        v1_agrees(name, inode.as_ref(), path, &v1s);
         let p = path.to_str().unwrap().to_string();
         if e["type"] != "dir" {
             by_ino.entry(ino).or_default().push(p.clone());

@@ -1,7 +1,7 @@
 //! Nydus's run-time view of what `zran generate` writes, not only its parsers: the `Rafs`
 //! filesystem of `nydus-rafs` over `nydus-storage`'s file cache and a localfs backend that holds
 //! the original layer blobs and the blob.meta files by digest (as nydusd's localfs backend or a
-//! registry serves them), driven in-process through `fuse-backend-rs`'s `FileSystem` trait the
+//! registry serves them; gzip and eStargz layers alike, each fetched and cached by nydusd), driven in-process through `fuse-backend-rs`'s `FileSystem` trait the
 //! way nydusd's FUSE server drives it: readdir and lookup from the root, getattr, readlink,
 //! listxattr and getxattr, open and read of every file. What it shows must equal the truth
 //! (umoci's unpack) for every test image, but for two rules of nydusd's own that no bootstrap
@@ -112,6 +112,25 @@ fn backend_dir(name: &str, art: &Path, layout: &Path, dir: &Path) {
             assert_eq!(hex::encode(b.meta_digest), digest, "{name}: blob.meta digest of {}", b.id);
             std::os::unix::fs::symlink(&meta, dir.join(digest)).unwrap();
         }
+    }
+}
+
+/// Every blob.meta nydusd fetched from the backend and used (zran contexts of gzip layers,
+/// chunk info v1 of eStargz layers) sits in its work directory as `<blob id>.blob.meta`, equal
+/// to the cache form zran itself makes of the artifact's file.
+fn cached_metas(name: &str, art: &Path, cache: &Path) {
+    let ours = zran::rafs::reader::read_bootstrap(&std::fs::read(art.join("image.boot")).unwrap()).unwrap();
+    for b in &ours.blobs {
+        let bytes = std::fs::read(art.join(format!("{}.blob.meta", b.id)))
+            .unwrap_or_else(|e| panic!("{name}: the artifact has no blob.meta for {}: {e}", b.id));
+        let want = if b.features & zran::rafs::meta::format::features::ZRAN != 0 {
+            zran::rafs::meta::BlobMeta::decode(&bytes, b).unwrap().encode_cache().unwrap()
+        } else {
+            zran::rafs::meta::StargzMeta::decode(&bytes, b).unwrap().encode_cache().unwrap()
+        };
+        let got = std::fs::read(cache.join(format!("{}.blob.meta", b.id)))
+            .unwrap_or_else(|e| panic!("{name}: nydusd did not fetch the blob.meta of {}: {e}", b.id));
+        assert!(got == want, "{name}: nydusd's cached blob.meta of {} differs from zran's cache form", b.id);
     }
 }
 
@@ -287,6 +306,7 @@ fn check(name: &str) -> usize {
     let fs = rafs(name, &art, &backend, &cache);
     let after = now();
     let (got, by_ino, nlinks) = walk(name, &fs);
+    cached_metas(name, &art, &cache);
 
     let truth = truth(name);
     let want: BTreeMap<String, Value> = truth["entries"]
@@ -339,7 +359,7 @@ fn check(name: &str) -> usize {
 
 #[test]
 fn nydus_serves_every_test_image_as_unpacked() {
-    for name in ["python", "edge", "tarquirks", "paths", "umoci-insert"] {
+    for name in ["python", "edge", "python-estargz", "edge-estargz", "tarquirks", "paths", "umoci-insert"] {
         let n = check(name);
         assert!(n > 5, "{name}: {n} entries");
     }

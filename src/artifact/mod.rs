@@ -1,5 +1,6 @@
-//! The `generate` artifact: an image's RAFS v6 bootstrap (`image.boot`), one blob.meta per gzip
-//! layer (`<layer hex>.blob.meta`), and `zran.json`, all pointing into the original layer blobs.
+//! The `generate` artifact: an image's RAFS v6 bootstrap (`image.boot`), one blob.meta per layer
+//! with file data (`<layer hex>.blob.meta`: zran contexts for a gzip layer, chunk info v1 for an
+//! eStargz layer), and `zran.json`, all pointing into the original layer blobs.
 //!
 //! Owns the pipeline image -> layers -> tree -> bootstrap, and the directory it is written to
 //! (atomically: a half-written artifact never sits where a later run would trust it). Calls
@@ -7,11 +8,12 @@
 
 pub mod publish;
 
-use crate::estargz::Toc;
+use crate::estargz::{Chunk, Toc};
 use crate::layer::{self, FileChunk, LayerError};
 use crate::oci::{Descriptor, Image};
 use crate::rafs::format::{CHUNK_COMPRESSED, blob_features, compressor, digester};
-use crate::rafs::meta::BlobMeta;
+use crate::rafs::meta::format::{MAX_COMPRESSED_OFFSET, MAX_V1_COMPRESSED_SIZE, features};
+use crate::rafs::meta::{BlobMeta, StargzChunk, StargzMeta};
 use crate::rafs::writer::{self, BlobSpec, BootstrapSpec, ChunkSpec};
 use crate::tree::{Extent, InodeId, Tree};
 use serde::{Deserialize, Serialize};
@@ -105,7 +107,7 @@ pub struct LayerRecord {
     pub checkpoints: u32,
     /// The blob's uncompressed address space (4 KiB-aligned chunks).
     pub uncompressed_size: u64,
-    /// `<hex>.blob.meta`, for gzip layers.
+    /// `<hex>.blob.meta`, for layers with file data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blob_meta: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -271,9 +273,24 @@ fn gzip_layer(
     })
 }
 
+/// The compressed size chunk info v1 records for a TOC chunk: from the start of its gzip member
+/// to the start of the next member holding a chunk (or the TOC), which holds the whole member;
+/// one byte more when that equals the chunk's size, since Nydus reads a v1 chunk whose two
+/// sizes are equal as stored (a gzip decoder stops at its member's end, and the TOC's member
+/// always follows). None when it does not fit chunk info v1 (1..=2^24).
+pub fn v1_compressed_size(c: &Chunk) -> Option<u32> {
+    let n = c.compressed_end.checked_sub(c.offset)?;
+    let n = if n == c.chunk_size { n + 1 } else { n };
+    u32::try_from(n).ok().filter(|&n| n > 0 && u64::from(n) <= MAX_V1_COMPRESSED_SIZE)
+}
+
 /// Whether a TOC's chunks can be a RAFS blob at `chunk_size`: every chunk of a file but its
-/// last has exactly that size, chunks start their gzip member, and each has a digest.
+/// last has exactly that size, chunks start their gzip member, and each has a digest; and a
+/// chunk info v1 blob.meta can describe them: member offsets below 2^40, increasing in TOC
+/// order, each member within 2^24 bytes.
 pub fn toc_fits(toc: &Toc, chunk_size: u32) -> Result<(), String> {
+    let mut last: Option<u64> = None;
+    let mut seen = std::collections::HashSet::new();
     for e in &toc.entries {
         let n = e.chunks.len();
         for (k, c) in e.chunks.iter().enumerate() {
@@ -293,6 +310,22 @@ pub fn toc_fits(toc: &Toc, chunk_size: u32) -> Result<(), String> {
                     c.chunk_size, c.chunk_offset
                 ));
             }
+            if !seen.insert((c.offset, c.inner_offset, c.chunk_offset)) {
+                continue;
+            }
+            if c.offset > MAX_COMPRESSED_OFFSET || last.is_some_and(|l| c.offset <= l) {
+                return Err(format!(
+                    "{path}: chunk {k}'s gzip member at {} is not after the previous chunk's, below 2^40",
+                    c.offset
+                ));
+            }
+            if v1_compressed_size(c).is_none() {
+                return Err(format!(
+                    "{path}: chunk {k}'s gzip members from {} to {} do not fit chunk info v1 (at most 2^24 bytes)",
+                    c.offset, c.compressed_end
+                ));
+            }
+            last = Some(c.offset);
         }
     }
     Ok(())
@@ -304,11 +337,11 @@ pub fn toc_chunk_size(toc: &Toc) -> Option<u64> {
     toc.entries.iter().find(|e| e.chunks.len() > 1).map(|e| e.chunks[0].chunk_size)
 }
 
-/// Chunks of one eStargz layer, straight from its TOC.
+/// Chunks of one eStargz layer, straight from its TOC, and their blob.meta (chunk info v1).
 fn estargz_layer(i: usize, d: &Descriptor, toc: &Toc) -> Result<LayerOut, ArtifactError> {
     let mut by_toc = HashMap::new();
+    let mut meta = StargzMeta::default();
     let mut pos = 0u64;
-    let mut ci = 0u32;
     for e in &toc.entries {
         for c in &e.chunks {
             let key = (c.offset, c.inner_offset, c.chunk_offset);
@@ -322,7 +355,28 @@ fn estargz_layer(i: usize, d: &Descriptor, toc: &Toc) -> Result<LayerOut, Artifa
             let mut raw = [0u8; 32];
             hex::decode_to_slice(hex(digest), &mut raw).map_err(|e| meta_err(d, e))?;
             let len = u32::try_from(c.chunk_size).map_err(|_| meta_err(d, "chunk larger than 4 GiB"))?;
-            let csize = u32::try_from(c.compressed_end.saturating_sub(c.offset)).unwrap_or(u32::MAX);
+            let csize = v1_compressed_size(c).ok_or_else(|| {
+                meta_err(
+                    d,
+                    format!(
+                        "{}: gzip members from {} to {} do not fit chunk info v1",
+                        e.name, c.offset, c.compressed_end
+                    ),
+                )
+            })?;
+            if c.offset + u64::from(csize) > d.size {
+                return Err(meta_err(
+                    d,
+                    format!("{}: chunk at {} + {csize} past the layer's {} bytes", e.name, c.offset, d.size),
+                ));
+            }
+            let ci = meta.chunks.len() as u32;
+            meta.chunks.push(StargzChunk {
+                uncompressed_offset: pos,
+                uncompressed_size: len,
+                compressed_offset: c.offset,
+                compressed_size: csize,
+            });
             by_toc.insert(
                 key,
                 ChunkSpec {
@@ -336,40 +390,67 @@ fn estargz_layer(i: usize, d: &Descriptor, toc: &Toc) -> Result<LayerOut, Artifa
                     flags: CHUNK_COMPRESSED,
                 },
             );
-            ci += 1;
             pos += u64::from(len).div_ceil(4096) * 4096;
         }
     }
-    // Chunk info v1 with no blob.meta of its own: the size of the v1 array is still recorded,
-    // as Nydus records it for TOC-derived blobs (its blob-table check requires 16 B per chunk).
-    let v1 = u64::from(ci) * 16;
-    let blob = BlobSpec {
-        id: hex(&d.digest),
-        chunk_count: ci,
-        features: blob_features::ALIGNED,
-        compression_algo: compressor::GZIP,
-        digest_algo: digester::SHA256,
-        compressed_size: d.size,
-        uncompressed_size: pos,
-        ci_compressor: compressor::NONE,
-        ci_compressed_size: v1,
-        ci_uncompressed_size: v1,
-        ..Default::default()
-    };
-    let record = LayerRecord {
+    let record = |chunks: u32, file: Option<String>, digest: Option<String>, size: Option<u64>| LayerRecord {
         digest: d.digest.to_string(),
         media_type: d.media_type.clone(),
         size: d.size,
         format: "estargz".into(),
-        chunks: ci,
+        chunks,
         checkpoints: 0,
         uncompressed_size: pos,
-        blob_meta: None,
-        blob_meta_digest: None,
-        blob_meta_size: None,
+        blob_meta: file,
+        blob_meta_digest: digest,
+        blob_meta_size: size,
         contexts_past_member_end: 0,
     };
-    Ok(LayerOut { blob, record, meta: None, by_out: HashMap::new(), by_toc, entries: None })
+    if meta.chunks.is_empty() {
+        // No file data: no blob (see `gzip_layer`).
+        let blob = BlobSpec {
+            id: hex(&d.digest),
+            features: blob_features::ALIGNED,
+            compression_algo: compressor::GZIP,
+            digest_algo: digester::SHA256,
+            compressed_size: d.size,
+            ..Default::default()
+        };
+        return Ok(LayerOut {
+            blob,
+            record: record(0, None, None, None),
+            meta: None,
+            by_out: HashMap::new(),
+            by_toc,
+            entries: None,
+        });
+    }
+    // Chunk info v1 in a blob.meta of its own, which nydusd fetches by its digest (SEPARATE);
+    // without CHUNK_INFO_V2 a gzip blob is a "legacy stargz" blob to Nydus, whose chunks are
+    // gzip members inflated one by one.
+    let encoded = meta.encode().map_err(|e| meta_err(d, e))?;
+    let blob = BlobSpec {
+        id: hex(&d.digest),
+        chunk_count: encoded.chunk_count,
+        features: encoded.features,
+        compression_algo: compressor::GZIP,
+        digest_algo: digester::SHA256,
+        compressed_size: d.size,
+        uncompressed_size: encoded.uncompressed_size,
+        ci_compressor: encoded.ci_compressor,
+        ci_offset: encoded.ci_offset,
+        ci_compressed_size: encoded.ci_compressed_size,
+        ci_uncompressed_size: encoded.ci_uncompressed_size,
+        meta_digest: encoded.digest,
+        meta_size: encoded.bytes.len() as u64,
+    };
+    let record = record(
+        encoded.chunk_count,
+        Some(format!("{}.blob.meta", hex(&d.digest))),
+        Some(format!("sha256:{}", hex::encode(encoded.digest))),
+        Some(encoded.bytes.len() as u64),
+    );
+    Ok(LayerOut { blob, record, meta: Some(encoded.bytes), by_out: HashMap::new(), by_toc, entries: None })
 }
 
 /// Build the artifact of `image`. `inputs` says how each layer is read; `progress(layer,
@@ -614,13 +695,16 @@ pub fn write_dir(a: &Artifact, dir: &Path, force: bool) -> Result<(), ArtifactEr
 }
 
 /// An artifact directory, read back and checked: `zran.json`, the bootstrap (validated), and
-/// each blob.meta (its digest checked against the bootstrap's blob table).
+/// each blob.meta (its digest checked against the bootstrap's blob table; an eStargz one's
+/// chunks against the bootstrap's chunk table too).
 #[derive(Debug)]
 pub struct Opened {
     pub manifest: ArtifactManifest,
     pub bootstrap: crate::rafs::reader::Bootstrap,
     /// Decoded blob.meta of each gzip blob, by blob index.
     pub metas: HashMap<usize, BlobMeta>,
+    /// Decoded blob.meta (chunk info v1) of each eStargz blob, by blob index.
+    pub stargz: HashMap<usize, StargzMeta>,
     pub bootstrap_bytes: u64,
     pub meta_bytes: u64,
 }
@@ -651,6 +735,7 @@ pub fn open_dir(dir: &Path) -> Result<Opened, ArtifactError> {
         ));
     }
     let mut metas = HashMap::new();
+    let mut stargz = HashMap::new();
     let mut meta_bytes = 0;
     for (i, (blob, layer)) in bootstrap.blobs.iter().zip(with_data).enumerate() {
         if format!("sha256:{}", blob.id) != layer.digest {
@@ -659,7 +744,17 @@ pub fn open_dir(dir: &Path) -> Result<Opened, ArtifactError> {
                 format!("blob {i} is {} but the layer is {}", blob.id, layer.digest),
             ));
         }
-        let Some(file) = &layer.blob_meta else { continue };
+        let Some(file) = &layer.blob_meta else {
+            // Artifacts of earlier versions have eStargz blobs without one; a blob whose
+            // entry says its blob.meta is separate must have it.
+            if blob.features & features::SEPARATE != 0 {
+                return Err(invalid(
+                    mp.clone(),
+                    format!("layer {} has no blob.meta, but blob {i} names one", layer.digest),
+                ));
+            }
+            continue;
+        };
         if file.contains('/') {
             return Err(invalid(mp.clone(), format!("blob.meta name {file:?}")));
         }
@@ -671,8 +766,56 @@ pub fn open_dir(dir: &Path) -> Result<Opened, ArtifactError> {
             return Err(invalid(p, format!("does not match the bootstrap's blob {i}")));
         }
         meta_bytes += bytes.len() as u64;
-        let meta = BlobMeta::decode(&bytes, blob).map_err(|e| invalid(p.clone(), e.to_string()))?;
-        metas.insert(i, meta);
+        if blob.features & features::ZRAN != 0 {
+            let meta = BlobMeta::decode(&bytes, blob).map_err(|e| invalid(p.clone(), e.to_string()))?;
+            metas.insert(i, meta);
+            continue;
+        }
+        let meta = StargzMeta::decode(&bytes, blob).map_err(|e| invalid(p.clone(), e.to_string()))?;
+        // The bootstrap's chunk table says the same of every chunk it uses.
+        for (k, c) in bootstrap.chunk_table.iter().enumerate().filter(|(_, c)| usize::from(c.blob) == i) {
+            let m = meta.chunks.get(c.ci as usize).ok_or_else(|| {
+                invalid(p.clone(), format!("no chunk {} for the bootstrap's chunk table entry {k}", c.ci))
+            })?;
+            let ours = (m.compressed_offset, m.compressed_size, m.uncompressed_offset, m.uncompressed_size);
+            let theirs = (c.compressed_offset, c.compressed_size, c.uncompressed_offset, c.uncompressed_size);
+            if ours != theirs {
+                return Err(invalid(
+                    p.clone(),
+                    format!(
+                        "chunk {} (CI data offset {}) is {ours:?} (compressed offset and size, \
+                         uncompressed offset and size), the bootstrap's chunk table entry {k} {theirs:?}",
+                        c.ci,
+                        u64::from(c.ci) * 16
+                    ),
+                ));
+            }
+        }
+        stargz.insert(i, meta);
     }
-    Ok(Opened { manifest, bootstrap, metas, bootstrap_bytes: boot.len() as u64, meta_bytes })
+    Ok(Opened { manifest, bootstrap, metas, stargz, bootstrap_bytes: boot.len() as u64, meta_bytes })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(offset: u64, compressed_end: u64, chunk_size: u64) -> Chunk {
+        Chunk { offset, inner_offset: 0, chunk_offset: 0, chunk_size, chunk_digest: None, compressed_end }
+    }
+
+    #[test]
+    fn v1_compressed_sizes() {
+        // To the next member holding a chunk.
+        assert_eq!(v1_compressed_size(&chunk(100, 600, 4096)), Some(500));
+        // One byte more where the sizes would be equal, which Nydus reads as "stored".
+        assert_eq!(v1_compressed_size(&chunk(100, 4196, 4096)), Some(4097));
+        // 2^24 bytes fit chunk info v1; one more does not, nor an equal size pushed past it.
+        assert_eq!(v1_compressed_size(&chunk(0, 1 << 24, 4096)), Some(1 << 24));
+        assert_eq!(v1_compressed_size(&chunk(0, (1 << 24) + 1, 4096)), None);
+        assert_eq!(v1_compressed_size(&chunk(0, 1 << 24, 1 << 24)), None);
+        // Nothing between a member and the next, or members out of order.
+        assert_eq!(v1_compressed_size(&chunk(100, 100, 4096)), None);
+        assert_eq!(v1_compressed_size(&chunk(100, 50, 4096)), None);
+    }
 }

@@ -1,7 +1,8 @@
 //! blob.meta structures as Nydus lays them out, little-endian: the 4096-byte
 //! `BlobCompressionContextHeader`, the 24-byte `BlobChunkInfoV2Ondisk` with its bit packing,
-//! and the 40-byte `ZranInflateContext`; the flag, feature and compressor numbers; and the
-//! limits the field widths impose. `formats/blob-meta.md` documents every byte.
+//! the 40-byte `ZranInflateContext`, and the 16-byte `BlobChunkInfoV1Ondisk` of eStargz
+//! layers; the flag, feature and compressor numbers; and the limits the field widths impose.
+//! `formats/blob-meta.md` documents every byte.
 
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
@@ -31,6 +32,11 @@ pub mod features {
     /// `HAS_TAR_HEADER` and `HAS_TOC`, which describe its tar-wrapped ref blob with a TOC and
     /// a chunk-digest array; zran's blob.meta is the bare `[CI data][header]` and has neither.
     pub const ZRAN_REF: u32 = ALIGNED | CHUNK_INFO_V2 | ZRAN | SEPARATE | CAP_TAR_TOC;
+    /// What zran writes for an eStargz layer whose TOC gives the chunks: aligned chunks, the
+    /// meta in a blob of its own, the builder mark; no CHUNK_INFO_V2 and no ZRAN, so the CI
+    /// data is chunk info v1 alone and Nydus, seeing a gzip blob without CHUNK_INFO_V2, treats
+    /// it as a "legacy stargz" blob: each chunk a gzip member inflated on its own.
+    pub const STARGZ_REF: u32 = ALIGNED | SEPARATE | CAP_TAR_TOC;
     /// The features a bootstrap must claim for zran to read a blob.meta as zran chunk info.
     pub const REQUIRED: u32 = CHUNK_INFO_V2 | ZRAN;
     /// Features that change how the CI data is laid out or must be decoded, which zran's
@@ -59,6 +65,7 @@ pub mod chunk_flags {
 
 pub const HEADER_SIZE: usize = 4096;
 pub const CHUNK_INFO_SIZE: usize = 24;
+pub const CHUNK_INFO_V1_SIZE: usize = 16;
 pub const ZRAN_CONTEXT_SIZE: usize = 40;
 /// The cache form pads the CI data to this.
 pub const ALIGNMENT: u64 = 4096;
@@ -74,6 +81,10 @@ pub const MAX_COMPRESSED_SIZE: u64 = (1 << 24) - 1;
 /// `uncomp_info` keeps the uncompressed offset divided by 4096 in 32 bits, and the blob table
 /// refuses uncompressed sizes above 2^44.
 pub const MAX_UNCOMPRESSED_END: u64 = 1 << 44;
+/// Chunk info v1 keeps the uncompressed offset's bits 12..44 in place: the largest offset.
+pub const MAX_V1_UNCOMPRESSED_OFFSET: u64 = 0xfff_ffff_f000;
+/// Chunk info v1 stores the compressed size minus one in 24 bits, like the uncompressed one.
+pub const MAX_V1_COMPRESSED_SIZE: u64 = 1 << 24;
 /// Deflate's window: a longer dictionary could never be referenced.
 pub const MAX_DICT_SIZE: u64 = 32 * 1024;
 /// The largest CI data zran writes or reads (its decompressed size): 16 Mi chunks take
@@ -136,7 +147,22 @@ pub struct ZranContextV1 {
     pub reserved: [u8; 2],
 }
 
+/// `BlobChunkInfoV1Ondisk`: sizes split into their low 20 and high 4 bits (both stored minus
+/// one), as Nydus packs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+#[repr(C)]
+pub struct ChunkInfoV1 {
+    /// Bits 0..8: reserved (0); bits 8..12: bits 20..24 of uncompressed size - 1; bits 12..44:
+    /// bits 12..44 of the uncompressed offset (which is 4 KiB-aligned); bits 44..64: bits
+    /// 0..20 of uncompressed size - 1.
+    pub uncomp_info: U64,
+    /// Bits 0..40: compressed offset; bits 40..44: bits 20..24 of compressed size - 1; bits
+    /// 44..64: bits 0..20 of compressed size - 1.
+    pub comp_info: U64,
+}
+
 const _: () = assert!(std::mem::size_of::<Header>() == HEADER_SIZE);
+const _: () = assert!(std::mem::size_of::<ChunkInfoV1>() == CHUNK_INFO_V1_SIZE);
 const _: () = assert!(std::mem::size_of::<ChunkInfoV2>() == CHUNK_INFO_SIZE);
 const _: () = assert!(std::mem::size_of::<ZranContextV1>() == ZRAN_CONTEXT_SIZE);
 
@@ -192,6 +218,62 @@ impl ChunkInfoV2 {
     }
 }
 
+const V1_UNCOMP_OFFSET_MASK: u64 = 0xfff_ffff_f000;
+const V1_RESERVED_MASK: u64 = 0xff;
+const V1_LOW_MASK: u64 = 0xf_ffff;
+const V1_LOW_SHIFT: u32 = 44;
+const V1_HIGH_MASK: u64 = 0xf0_0000;
+/// Bits 20..24 of a size go to bits 8..12 of `uncomp_info` ...
+const V1_HIGH_UNCOMP_SHIFT: u32 = 12;
+/// ... and to bits 40..44 of `comp_info`.
+const V1_HIGH_COMP_SHIFT: u32 = 20;
+
+impl ChunkInfoV1 {
+    /// Pack the fields. As for [`ChunkInfoV2::pack`], the caller has checked them against the
+    /// limits (sizes 1..=2^24, offsets aligned and in range); out-of-range values would be cut.
+    pub fn pack(
+        uncompressed_offset: u64,
+        uncompressed_size: u32,
+        compressed_offset: u64,
+        compressed_size: u32,
+    ) -> Self {
+        let us = u64::from(uncompressed_size).wrapping_sub(1);
+        let cs = u64::from(compressed_size).wrapping_sub(1);
+        let uncomp = ((us & V1_LOW_MASK) << V1_LOW_SHIFT)
+            | (uncompressed_offset & V1_UNCOMP_OFFSET_MASK)
+            | ((us & V1_HIGH_MASK) >> V1_HIGH_UNCOMP_SHIFT);
+        let comp = ((cs & V1_LOW_MASK) << V1_LOW_SHIFT)
+            | ((cs & V1_HIGH_MASK) << V1_HIGH_COMP_SHIFT)
+            | (compressed_offset & COMP_OFFSET_MASK);
+        ChunkInfoV1 { uncomp_info: uncomp.into(), comp_info: comp.into() }
+    }
+
+    pub fn uncompressed_offset(&self) -> u64 {
+        self.uncomp_info.get() & V1_UNCOMP_OFFSET_MASK
+    }
+
+    /// 1..=2^24.
+    pub fn uncompressed_size(&self) -> u32 {
+        let v = self.uncomp_info.get();
+        (((v >> V1_LOW_SHIFT) & V1_LOW_MASK) | ((v << V1_HIGH_UNCOMP_SHIFT) & V1_HIGH_MASK)) as u32 + 1
+    }
+
+    pub fn compressed_offset(&self) -> u64 {
+        self.comp_info.get() & COMP_OFFSET_MASK
+    }
+
+    /// 1..=2^24.
+    pub fn compressed_size(&self) -> u32 {
+        let v = self.comp_info.get();
+        (((v >> V1_LOW_SHIFT) & V1_LOW_MASK) | ((v >> V1_HIGH_COMP_SHIFT) & V1_HIGH_MASK)) as u32 + 1
+    }
+
+    /// The 8 reserved bits at the bottom of `uncomp_info` (0 as Nydus and zran write them).
+    pub fn reserved(&self) -> u8 {
+        (self.uncomp_info.get() & V1_RESERVED_MASK) as u8
+    }
+}
+
 /// `x` rounded up to a multiple of 4096 (None on overflow).
 pub fn round_up_4k(x: u64) -> Option<u64> {
     Some(x.checked_add(ALIGNMENT - 1)? & !(ALIGNMENT - 1))
@@ -223,6 +305,64 @@ mod tests {
         assert_eq!(c.comp_info.get(), 0xffff_ffff_ffff_ffff);
         let c = ChunkInfoV2::pack(4096, 1, 5, 2, chunk_flags::ZRAN_CHUNK, 0);
         assert_eq!(c.as_bytes(), [1, 0, 0, 0, 0, 0, 0, 3, 5, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn chunk_info_v1_bits() {
+        // Every field at its largest.
+        let c = ChunkInfoV1::pack(MAX_V1_UNCOMPRESSED_OFFSET, 1 << 24, MAX_COMPRESSED_OFFSET, 1 << 24);
+        assert_eq!(c.uncompressed_offset(), 0xfff_ffff_f000);
+        assert_eq!(c.uncompressed_size(), 1 << 24);
+        assert_eq!(c.compressed_offset(), (1 << 40) - 1);
+        assert_eq!(c.compressed_size(), 1 << 24);
+        assert_eq!(c.reserved(), 0);
+        assert_eq!(c.uncomp_info.get(), 0xffff_ffff_ffff_ff00);
+        assert_eq!(c.comp_info.get(), u64::MAX);
+        // Every field at its smallest: sizes of 1 are stored as 0.
+        let c = ChunkInfoV1::pack(0, 1, 0, 1);
+        assert_eq!(c.as_bytes(), [0; 16]);
+        assert_eq!((c.uncompressed_size(), c.compressed_size()), (1, 1));
+        // The low 20 bits and the high 4 bits of a size land apart.
+        let c = ChunkInfoV1::pack(0x1000, 0x23_4567, 0x12_3456_789a, 0x9a_bcdf);
+        assert_eq!(c.uncomp_info.get(), 0x3456_6000_0000_1200);
+        assert_eq!(c.comp_info.get(), 0xabcd_e912_3456_789a);
+        assert_eq!((c.uncompressed_offset(), c.uncompressed_size()), (0x1000, 0x23_4567));
+        assert_eq!((c.compressed_offset(), c.compressed_size()), (0x12_3456_789a, 0x9a_bcdf));
+        // A size of 2^20 + 1 is the first with a high bit; 2^20 the last without.
+        assert_eq!(ChunkInfoV1::pack(0, 0x10_0001, 0, 0x10_0000).uncomp_info.get(), 0x100);
+        assert_eq!(ChunkInfoV1::pack(0, 0x10_0001, 0, 0x10_0000).comp_info.get(), 0xffff_f000_0000_0000);
+        assert_eq!(ChunkInfoV1::pack(0, 1, 0, 0x10_0001).comp_info.get(), 0x100_0000_0000);
+        // Nydus's own test value for reading the old layout (reserved byte, offsets).
+        let c = ChunkInfoV1 {
+            uncomp_info: 0xffff_ffff_f100_0000.into(),
+            comp_info: 0xffff_f0ff_ffff_ffff.into(),
+        };
+        assert_eq!(c.uncompressed_size(), 0x10_0000);
+        assert_eq!(c.uncompressed_offset(), 0xffff_1000 * 0x1000);
+        assert_eq!(c.compressed_size(), 0x10_0000);
+        assert_eq!(c.compressed_offset(), 0xff_ffff_ffff);
+        // A chunk of 5000 bytes at 8192, its member of 1500 bytes at 10, as formats/ shows it.
+        let c = ChunkInfoV1::pack(8192, 5000, 10, 1500);
+        assert_eq!(c.as_bytes(), [0, 0x20, 0, 0, 0, 0x70, 0x38, 0x01, 0x0a, 0, 0, 0, 0, 0xb0, 0x5d, 0]);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn chunk_info_v1_round_trip(
+            block in 0u64..=(MAX_V1_UNCOMPRESSED_OFFSET >> 12),
+            us in 1u32..=1 << 24,
+            co in 0u64..=MAX_COMPRESSED_OFFSET,
+            cs in 1u32..=1 << 24,
+        ) {
+            let c = ChunkInfoV1::pack(block << 12, us, co, cs);
+            proptest::prop_assert_eq!(c.uncompressed_offset(), block << 12);
+            proptest::prop_assert_eq!(c.uncompressed_size(), us);
+            proptest::prop_assert_eq!(c.compressed_offset(), co);
+            proptest::prop_assert_eq!(c.compressed_size(), cs);
+            proptest::prop_assert_eq!(c.reserved(), 0);
+            let back = ChunkInfoV1::read_from_bytes(c.as_bytes()).unwrap();
+            proptest::prop_assert_eq!(back, c);
+        }
     }
 
     #[test]

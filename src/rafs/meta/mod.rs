@@ -4,6 +4,10 @@
 //! in the gzip stream to restart inflating, with how many bits of the previous byte) and their
 //! dictionaries, then a 4096-byte header.
 //!
+//! An eStargz layer whose TOC gives the chunks has a simpler one, [`StargzMeta`]: chunk info
+//! v1 (16 bytes each) and the same header, no contexts, since each chunk is a gzip member of
+//! its own.
+//!
 //! This module owns that format and its meaning: [`BlobMeta::build`] turns one layer pass (the
 //! seek index and the file chunks) into chunk infos and contexts, `writer.rs` writes the two
 //! forms (the zstd-compressed one Nydus fetches, and the uncompressed cache file nydusd keeps),
@@ -16,10 +20,11 @@ mod reader;
 mod writer;
 
 pub use build::Plan;
-pub use reader::{Decoded, Form, decode_bytes};
+pub use reader::{Decoded, DecodedStargz, Form, decode_bytes, decode_stargz_bytes};
 pub use writer::Encoded;
 
 use format::{CHUNK_INFO_SIZE, MAX_UNCOMPRESSED_END, ZRAN_CONTEXT_SIZE, round_up_4k};
+use format::{CHUNK_INFO_V1_SIZE, MAX_V1_COMPRESSED_SIZE, MAX_V1_UNCOMPRESSED_OFFSET};
 use format::{MAX_CHUNK_SIZE, MAX_CHUNKS, MAX_COMPRESSED_OFFSET, MAX_COMPRESSED_SIZE, MAX_DICT_SIZE};
 
 /// Where inflating restarts for a run of chunks: a Nydus zran context.
@@ -71,6 +76,103 @@ pub struct BlobMeta {
     /// sha256 of each chunk's uncompressed bytes, by CI index (the content of Nydus's
     /// `blob.digest`). blob.meta does not carry them: empty when read back.
     pub digests: Vec<[u8; 32]>,
+}
+
+/// One chunk of an eStargz layer: a gzip member of the layer (and, maybe, the members of tar
+/// headers after it) inflates to it. A chunk info v1 entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StargzChunk {
+    /// As for [`ChunkInfo::uncompressed_offset`]: the blob's synthetic, 4 KiB-aligned space.
+    pub uncompressed_offset: u64,
+    /// 1..=2^24.
+    pub uncompressed_size: u32,
+    /// Where the chunk's gzip member starts in the layer.
+    pub compressed_offset: u64,
+    /// Bytes from `compressed_offset` that hold the whole member: 1..=2^24, never equal to
+    /// `uncompressed_size` (Nydus reads a v1 chunk whose sizes are equal as stored, not
+    /// compressed).
+    pub compressed_size: u32,
+}
+
+/// The blob.meta of an eStargz layer: chunk info v1 only (Nydus's "legacy stargz" blob).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StargzMeta {
+    /// In chunk-info order: uncompressed offsets increasing, compressed offsets increasing.
+    pub chunks: Vec<StargzChunk>,
+}
+
+impl StargzMeta {
+    /// Size of the blob's uncompressed address space: the aligned end of the last chunk.
+    pub fn uncompressed_size(&self) -> u64 {
+        self.chunks
+            .last()
+            .and_then(|c| round_up_4k(c.uncompressed_offset.saturating_add(u64::from(c.uncompressed_size))))
+            .unwrap_or(0)
+    }
+
+    /// Check everything a reader of the format relies on (see `formats/blob-meta.md`).
+    pub fn validate(&self) -> Result<(), MetaError> {
+        if self.chunks.is_empty() || self.chunks.len() as u64 > MAX_CHUNKS {
+            return Err(MetaError::Data {
+                message: format!("{} chunks (1..={MAX_CHUNKS})", self.chunks.len()),
+            });
+        }
+        let mut prev: Option<&StargzChunk> = None;
+        for (i, c) in self.chunks.iter().enumerate() {
+            let err = |message: String| MetaError::Chunk {
+                index: i as u64,
+                offset: i as u64 * CHUNK_INFO_V1_SIZE as u64,
+                message,
+            };
+            let (us, cs) = (u64::from(c.uncompressed_size), u64::from(c.compressed_size));
+            if us == 0 || us > MAX_CHUNK_SIZE {
+                return Err(err(format!("uncompressed size {us} (1..={MAX_CHUNK_SIZE})")));
+            }
+            if cs == 0 || cs > MAX_V1_COMPRESSED_SIZE {
+                return Err(err(format!("compressed size {cs} (1..={MAX_V1_COMPRESSED_SIZE})")));
+            }
+            if cs == us {
+                return Err(err(format!(
+                    "compressed and uncompressed sizes are both {us}: Nydus would read the chunk as stored"
+                )));
+            }
+            if c.uncompressed_offset % format::ALIGNMENT != 0
+                || c.uncompressed_offset > MAX_V1_UNCOMPRESSED_OFFSET
+            {
+                return Err(err(format!(
+                    "uncompressed offset {:#x} is not 4 KiB-aligned below 2^44",
+                    c.uncompressed_offset
+                )));
+            }
+            if c.uncompressed_offset + us > MAX_UNCOMPRESSED_END {
+                return Err(err(format!("uncompressed end {:#x} past 2^44", c.uncompressed_offset + us)));
+            }
+            if c.compressed_offset > MAX_COMPRESSED_OFFSET {
+                return Err(err(format!(
+                    "compressed offset {:#x} does not fit 40 bits",
+                    c.compressed_offset
+                )));
+            }
+            if let Some(p) = prev {
+                // Nydus finds chunks by binary search on either offset.
+                let p_end = p.uncompressed_offset + round_up_4k(u64::from(p.uncompressed_size)).unwrap_or(0);
+                if c.uncompressed_offset < p_end {
+                    return Err(err(format!(
+                        "uncompressed offset {:#x} overlaps the previous chunk (ends at {p_end:#x})",
+                        c.uncompressed_offset
+                    )));
+                }
+                if c.compressed_offset <= p.compressed_offset {
+                    return Err(err(format!(
+                        "compressed offset {} not after the previous chunk's {}",
+                        c.compressed_offset, p.compressed_offset
+                    )));
+                }
+            }
+            prev = Some(c);
+        }
+        Ok(())
+    }
 }
 
 /// What is wrong, and where. Offsets in the CI data count from its first byte, after

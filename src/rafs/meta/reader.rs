@@ -1,14 +1,17 @@
 //! Reads a blob.meta in either form, trusting nothing: the header's magics, features,
 //! compressor and sizes, the decompressed size (bounded before anything is allocated for
 //! it), every chunk info and context, and the tiling of the dictionary table. Errors name the
-//! field and its offset; nothing panics.
+//! field and its offset; nothing panics. Zran blob.meta ([`decode_bytes`]) and the chunk info
+//! v1 of eStargz layers ([`decode_stargz_bytes`]) share the header and the two forms.
 
 use super::format::{
-    CHUNK_INFO_SIZE, ChunkInfoV2, HEADER_SIZE, Header, MAGIC, MAX_CHUNKS, MAX_CI_SIZE, MAX_DICT_SIZE,
-    ZRAN_CONTEXT_SIZE, ZranContextV1, chunk_flags, compressor, features, round_up_4k,
+    CHUNK_INFO_SIZE, CHUNK_INFO_V1_SIZE, ChunkInfoV1, ChunkInfoV2, HEADER_SIZE, Header, MAGIC, MAX_CHUNKS,
+    MAX_CI_SIZE, MAX_DICT_SIZE, ZRAN_CONTEXT_SIZE, ZranContextV1, chunk_flags, compressor, features,
+    round_up_4k,
 };
-use super::{BlobMeta, ChunkInfo, MetaError, ZranContext};
+use super::{BlobMeta, ChunkInfo, MetaError, StargzChunk, StargzMeta, ZranContext};
 use crate::rafs::writer::BlobSpec;
+use std::borrow::Cow;
 use std::io::Read;
 use zerocopy::FromBytes;
 
@@ -47,8 +50,42 @@ const AT_ZRAN_COUNT: u64 = 56;
 const AT_RESERVED: u64 = 60;
 const AT_MAGIC2: u64 = 4092;
 
+/// A blob.meta's header and CI data, in either form, checked as far as both kinds agree.
+struct Frame<'a> {
+    header: Header,
+    form: Form,
+    data: Cow<'a, [u8]>,
+    /// Where the header starts in the file, for messages.
+    base: u64,
+}
+
 /// Read a blob.meta in either form.
 pub fn decode_bytes(bytes: &[u8]) -> Result<Decoded, MetaError> {
+    let f = frame(bytes, |feats| {
+        if feats & features::REQUIRED != features::REQUIRED {
+            return Err(format!("{feats:#x} lacks CHUNK_INFO_V2 and ZRAN"));
+        }
+        if feats & features::UNSUPPORTED != 0 {
+            return Err(format!("{feats:#x} has BATCH, ENCRYPTED or TARFS"));
+        }
+        Ok(())
+    })?;
+    let h = &f.header;
+    let meta = parse_ci(&f.data, h, f.base)?;
+    Ok(Decoded {
+        meta,
+        form: f.form,
+        features: h.features.get(),
+        ci_compressor: h.ci_compressor.get(),
+        ci_offset: h.ci_offset.get(),
+        ci_compressed_size: h.ci_compressed_size.get(),
+        ci_uncompressed_size: h.ci_uncompressed_size.get(),
+    })
+}
+
+/// The header's checks, the form, and the CI data (decompressed when it was compressed).
+/// `check_features` says what is wrong with the features for the kind being read.
+fn frame(bytes: &[u8], check_features: impl Fn(u32) -> Result<(), String>) -> Result<Frame<'_>, MetaError> {
     let len = bytes.len() as u64;
     let Some(body) = bytes.len().checked_sub(HEADER_SIZE) else {
         return Err(MetaError::TooShort { len });
@@ -69,13 +106,7 @@ pub fn decode_bytes(bytes: &[u8]) -> Result<Decoded, MetaError> {
     if let Some(i) = h.reserved.iter().position(|&b| b != 0) {
         return Err(herr("reserved", AT_RESERVED + i as u64, "is not zero".into()));
     }
-    let feats = h.features.get();
-    if feats & features::REQUIRED != features::REQUIRED {
-        return Err(herr("s_features", AT_FEATURES, format!("{feats:#x} lacks CHUNK_INFO_V2 and ZRAN")));
-    }
-    if feats & features::UNSUPPORTED != 0 {
-        return Err(herr("s_features", AT_FEATURES, format!("{feats:#x} has BATCH, ENCRYPTED or TARFS")));
-    }
+    check_features(h.features.get()).map_err(|m| herr("s_features", AT_FEATURES, m))?;
     let comp = h.ci_compressor.get();
     if comp != compressor::NONE && comp != compressor::ZSTD {
         return Err(herr(
@@ -111,13 +142,9 @@ pub fn decode_bytes(bytes: &[u8]) -> Result<Decoded, MetaError> {
         return Err(MetaError::Size { len, compressed: compressed_len, cache: cache_len });
     };
 
-    let owned;
-    let data: &[u8] = match form {
-        Form::Compressed if comp == compressor::ZSTD => {
-            owned = unzstd(&bytes[..body], usize_)?;
-            &owned
-        }
-        Form::Compressed => &bytes[..body],
+    let data: Cow<'_, [u8]> = match form {
+        Form::Compressed if comp == compressor::ZSTD => Cow::Owned(unzstd(&bytes[..body], usize_)?),
+        Form::Compressed => Cow::Borrowed(&bytes[..body]),
         Form::Cache => {
             let (data, pad) = bytes[..body].split_at(usize_ as usize);
             if let Some(i) = pad.iter().position(|&b| b != 0) {
@@ -125,19 +152,10 @@ pub fn decode_bytes(bytes: &[u8]) -> Result<Decoded, MetaError> {
                     message: format!("padding byte at offset {} is not zero", usize_ + i as u64),
                 });
             }
-            data
+            Cow::Borrowed(data)
         }
     };
-    let meta = parse_ci(data, &h, base)?;
-    Ok(Decoded {
-        meta,
-        form,
-        features: feats,
-        ci_compressor: comp,
-        ci_offset: h.ci_offset.get(),
-        ci_compressed_size: csize,
-        ci_uncompressed_size: usize_,
-    })
+    Ok(Frame { header: h, form, data, base })
 }
 
 /// Decompress exactly `size` bytes; memory grows with what the data really yields, not with
@@ -321,6 +339,132 @@ impl BlobMeta {
                 return Err(MetaError::Chunk {
                     index: i as u64,
                     offset: i as u64 * CHUNK_INFO_SIZE as u64,
+                    message: format!(
+                        "compressed range ends at {end}, past the layer's {} bytes",
+                        blob.compressed_size
+                    ),
+                });
+            }
+        }
+        Ok(d.meta)
+    }
+}
+
+/// A chunk info v1 blob.meta read back, with its header's description of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodedStargz {
+    pub meta: StargzMeta,
+    pub form: Form,
+    pub features: u32,
+    pub ci_compressor: u32,
+    pub ci_offset: u64,
+    pub ci_compressed_size: u64,
+    pub ci_uncompressed_size: u64,
+}
+
+/// Read the blob.meta of an eStargz layer (chunk info v1), in either form.
+pub fn decode_stargz_bytes(bytes: &[u8]) -> Result<DecodedStargz, MetaError> {
+    let f = frame(bytes, |feats| {
+        if feats & features::ALIGNED == 0 {
+            return Err(format!("{feats:#x} lacks ALIGNED"));
+        }
+        if feats & (features::CHUNK_INFO_V2 | features::ZRAN | features::UNSUPPORTED) != 0 {
+            return Err(format!(
+                "{feats:#x} has CHUNK_INFO_V2, ZRAN, BATCH, ENCRYPTED or TARFS: not chunk info v1"
+            ));
+        }
+        Ok(())
+    })?;
+    let h = &f.header;
+    let herr = |field: &'static str, at: u64, message: String| MetaError::Header {
+        field,
+        offset: f.base + at,
+        message,
+    };
+    let n = u64::from(h.ci_entries.get());
+    if n > MAX_CHUNKS {
+        return Err(herr("s_ci_entries", AT_ENTRIES, format!("{n}, more than {MAX_CHUNKS}")));
+    }
+    let size = f.data.len() as u64;
+    if size != n * CHUNK_INFO_V1_SIZE as u64 {
+        return Err(herr(
+            "s_ci_uncompressed_size",
+            AT_UNCOMPRESSED_SIZE,
+            format!("{size}, not {n} chunks x 16 = {}", n * CHUNK_INFO_V1_SIZE as u64),
+        ));
+    }
+    for (field, at, v) in [
+        ("s_ci_zran_offset", AT_ZRAN_OFFSET, h.ci_zran_offset.get()),
+        ("s_ci_zran_size", AT_ZRAN_SIZE, h.ci_zran_size.get()),
+        ("s_ci_zran_count", AT_ZRAN_COUNT, u64::from(h.ci_zran_count.get())),
+    ] {
+        if v != 0 {
+            return Err(herr(field, at, format!("{v}, not 0: chunk info v1 has no zran contexts")));
+        }
+    }
+    let infos = <[ChunkInfoV1]>::ref_from_bytes(&f.data)
+        .map_err(|_| MetaError::Data { message: "chunk info table".into() })?;
+    let mut chunks = Vec::with_capacity(infos.len());
+    for (i, c) in infos.iter().enumerate() {
+        if c.reserved() != 0 {
+            return Err(MetaError::Chunk {
+                index: i as u64,
+                offset: i as u64 * CHUNK_INFO_V1_SIZE as u64,
+                message: format!("reserved bits {:#04x} are not zero", c.reserved()),
+            });
+        }
+        chunks.push(StargzChunk {
+            uncompressed_offset: c.uncompressed_offset(),
+            uncompressed_size: c.uncompressed_size(),
+            compressed_offset: c.compressed_offset(),
+            compressed_size: c.compressed_size(),
+        });
+    }
+    let meta = StargzMeta { chunks };
+    meta.validate()?;
+    Ok(DecodedStargz {
+        meta,
+        form: f.form,
+        features: h.features.get(),
+        ci_compressor: h.ci_compressor.get(),
+        ci_offset: h.ci_offset.get(),
+        ci_compressed_size: h.ci_compressed_size.get(),
+        ci_uncompressed_size: h.ci_uncompressed_size.get(),
+    })
+}
+
+impl StargzMeta {
+    /// Read an eStargz blob.meta (either form) and check it against the blob-table entry that
+    /// points at it: every field the entry repeats (features too, which Nydus 2.2 compares),
+    /// and that every chunk lies inside the blob in both spaces.
+    pub fn decode(bytes: &[u8], blob: &BlobSpec) -> Result<StargzMeta, MetaError> {
+        let d = decode_stargz_bytes(bytes)?;
+        for (field, found, expected) in [
+            ("features", u64::from(d.features), u64::from(blob.features)),
+            ("chunk_count", d.meta.chunks.len() as u64, u64::from(blob.chunk_count)),
+            ("ci_compressor", u64::from(d.ci_compressor), u64::from(blob.ci_compressor)),
+            ("ci_offset", d.ci_offset, blob.ci_offset),
+            ("ci_compressed_size", d.ci_compressed_size, blob.ci_compressed_size),
+            ("ci_uncompressed_size", d.ci_uncompressed_size, blob.ci_uncompressed_size),
+        ] {
+            if found != expected {
+                return Err(MetaError::Mismatch { field, found, expected });
+            }
+        }
+        let space = round_up_4k(blob.uncompressed_size).unwrap_or(u64::MAX);
+        if d.meta.uncompressed_size() > space {
+            return Err(MetaError::Mismatch {
+                field: "uncompressed end of the chunks",
+                found: d.meta.uncompressed_size(),
+                expected: space,
+            });
+        }
+        for (i, c) in d.meta.chunks.iter().enumerate() {
+            let end = c.compressed_offset + u64::from(c.compressed_size);
+            if end > blob.compressed_size {
+                return Err(MetaError::Chunk {
+                    index: i as u64,
+                    offset: i as u64 * CHUNK_INFO_V1_SIZE as u64,
                     message: format!(
                         "compressed range ends at {end}, past the layer's {} bytes",
                         blob.compressed_size

@@ -826,3 +826,236 @@ fn golden_file() {
     assert_eq!(ci[72 + 40 + 36..72 + 40 + 40], [0xa5, 3, 0, 0]);
     assert_eq!(chunk_flags::ZRAN_CHUNK, 3);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The chunk info v1 blob.meta of eStargz layers.
+
+/// Three chunks: one compressible, one whose member is larger than it, one with a size past
+/// 2^20 (so the high 4 bits of its size are used).
+fn stargz_sample() -> StargzMeta {
+    let c = |uncompressed_offset, uncompressed_size, compressed_offset, compressed_size| StargzChunk {
+        uncompressed_offset,
+        uncompressed_size,
+        compressed_offset,
+        compressed_size,
+    };
+    StargzMeta {
+        chunks: vec![c(0, 5000, 10, 1500), c(8192, 4096, 1510, 4200), c(12288, 0x10_0001, 5710, 0x1_2345)],
+    }
+}
+
+fn stargz_blob(enc: &Encoded) -> crate::rafs::writer::BlobSpec {
+    crate::rafs::writer::BlobSpec {
+        chunk_count: enc.chunk_count,
+        features: enc.features,
+        compressed_size: 200_000,
+        uncompressed_size: enc.uncompressed_size,
+        ci_compressor: enc.ci_compressor,
+        ci_offset: enc.ci_offset,
+        ci_compressed_size: enc.ci_compressed_size,
+        ci_uncompressed_size: enc.ci_uncompressed_size,
+        meta_digest: enc.digest,
+        meta_size: enc.bytes.len() as u64,
+        ..Default::default()
+    }
+}
+
+proptest! {
+    /// Any valid chunk list survives both forms, compressed or stored, with every field at
+    /// any value its bits allow.
+    #[test]
+    fn stargz_round_trip(
+        chunks in proptest::collection::vec(
+            (0u64..4, 1u32..=1 << 24, 1u64..1 << 20, 1u32..=1 << 24, 0u8..4), 1..40),
+        start in prop_oneof![Just(0u64), Just(format::MAX_COMPRESSED_OFFSET - (1 << 26))],
+    ) {
+        let mut meta = StargzMeta::default();
+        let (mut uo, mut co) = (0u64, start);
+        for (gap, us, cgap, cs, edge) in chunks {
+            // Sizes at their edges as often as anywhere.
+            let us = match edge { 0 => 1, 1 => 1 << 24, _ => us };
+            let cs = match (edge, cs == us) { (2, _) => 1 << 24, (_, true) => cs % (1 << 24) + 1, _ => cs };
+            let cs = if cs == us { if us == 1 { 2 } else { us - 1 } } else { cs };
+            uo += gap * 4096;
+            meta.chunks.push(StargzChunk { uncompressed_offset: uo, uncompressed_size: us, compressed_offset: co, compressed_size: cs });
+            uo += format::round_up_4k(u64::from(us)).unwrap();
+            co += cgap;
+        }
+        prop_assert!(meta.validate().is_ok());
+        let enc = meta.encode().unwrap();
+        let back = decode_stargz_bytes(&enc.bytes).unwrap();
+        prop_assert_eq!(&back.meta, &meta);
+        prop_assert_eq!(back.form, Form::Compressed);
+        prop_assert_eq!(back.ci_uncompressed_size, meta.chunks.len() as u64 * 16);
+        prop_assert!(enc.ci_compressor == compressor::ZSTD || enc.ci_compressor == compressor::NONE);
+        let cache = meta.encode_cache().unwrap();
+        prop_assert_eq!(cache.len() as u64, format::round_up_4k(back.ci_uncompressed_size).unwrap() + 4096);
+        prop_assert_eq!(&cache[cache.len() - HEADER_SIZE..], &enc.bytes[enc.bytes.len() - HEADER_SIZE..]);
+        let back = decode_stargz_bytes(&cache).unwrap();
+        prop_assert_eq!(&back.meta, &meta);
+        let blob = crate::rafs::writer::BlobSpec { compressed_size: 1 << 41, ..stargz_blob(&enc) };
+        prop_assert_eq!(StargzMeta::decode(&enc.bytes, &blob).unwrap(), meta);
+    }
+}
+
+#[test]
+fn stargz_edges() {
+    // The largest values every field holds, read back whole.
+    let top = format::MAX_V1_UNCOMPRESSED_OFFSET - (16 << 20) - 4096;
+    let meta = StargzMeta {
+        chunks: vec![
+            StargzChunk {
+                uncompressed_offset: 0,
+                uncompressed_size: 1,
+                compressed_offset: 0,
+                compressed_size: 2,
+            },
+            StargzChunk {
+                uncompressed_offset: top,
+                uncompressed_size: 1 << 24,
+                compressed_offset: format::MAX_COMPRESSED_OFFSET,
+                compressed_size: 1,
+            },
+        ],
+    };
+    let back = decode_stargz_bytes(&meta.encode().unwrap().bytes).unwrap();
+    assert_eq!(back.meta, meta);
+    // One chunk: 16 bytes, which zstd does not make smaller: stored.
+    let one = StargzMeta { chunks: meta.chunks[..1].to_vec() };
+    let enc = one.encode().unwrap();
+    assert_eq!(
+        (enc.ci_compressor, enc.ci_compressed_size, enc.bytes.len()),
+        (compressor::NONE, 16, 16 + 4096)
+    );
+    assert_eq!(enc.features, 0x4000_0011);
+    assert_eq!(enc.uncompressed_size, 4096);
+    assert_eq!(decode_stargz_bytes(&one.encode_cache().unwrap()).unwrap().form, Form::Cache);
+}
+
+#[test]
+fn stargz_validate_names_the_field() {
+    let bad = |f: &dyn Fn(&mut StargzMeta)| {
+        let mut m = stargz_sample();
+        f(&mut m);
+        let e = m.validate().unwrap_err().to_string();
+        assert!(m.encode().is_err());
+        e
+    };
+    assert!(bad(&|m| m.chunks.clear()).contains("0 chunks"));
+    assert!(
+        bad(&|m| m.chunks[1].uncompressed_size = 0)
+            .contains("chunk 1 (CI data offset 16): uncompressed size 0")
+    );
+    assert!(bad(&|m| m.chunks[2].uncompressed_size = (1 << 24) + 1).contains("uncompressed size"));
+    assert!(bad(&|m| m.chunks[0].compressed_size = 0).contains("compressed size 0"));
+    assert!(bad(&|m| m.chunks[0].compressed_size = (1 << 24) + 1).contains("compressed size"));
+    assert!(bad(&|m| m.chunks[0].compressed_size = 5000).contains("as stored"));
+    assert!(bad(&|m| m.chunks[1].uncompressed_offset = 8193).contains("4 KiB-aligned"));
+    assert!(bad(&|m| m.chunks[1].uncompressed_offset = 4096).contains("overlaps"));
+    assert!(bad(&|m| m.chunks[1].compressed_offset = 10).contains("not after"));
+    assert!(bad(&|m| m.chunks[2].compressed_offset = 1 << 40).contains("40 bits"));
+    assert!(bad(&|m| m.chunks[2].uncompressed_offset = 1 << 44).contains("2^44"));
+}
+
+#[test]
+fn stargz_every_truncation_and_bit_flip() {
+    let enc = stargz_sample().encode().unwrap();
+    let cache = stargz_sample().encode_cache().unwrap();
+    for bytes in [&enc.bytes, &cache] {
+        for n in 0..bytes.len() {
+            assert!(decode_stargz_bytes(&bytes[..n]).is_err(), "truncated to {n}");
+        }
+        for i in 0..bytes.len() {
+            for bit in [0, 3, 7] {
+                let mut b = bytes.clone();
+                b[i] ^= 1 << bit;
+                if let Ok(d) = decode_stargz_bytes(&b) {
+                    d.meta.validate().unwrap();
+                }
+            }
+        }
+    }
+    // Neither kind is read as the other.
+    assert!(decode_bytes(&enc.bytes).unwrap_err().to_string().contains("s_features"));
+    let zran = sample().encode().unwrap();
+    assert!(decode_stargz_bytes(&zran.bytes).unwrap_err().to_string().contains("s_features"));
+}
+
+#[test]
+fn stargz_hostile_headers() {
+    let enc = stargz_sample().encode().unwrap();
+    let body = enc.bytes.len() - HEADER_SIZE;
+    let with = |f: &dyn Fn(&mut Header)| {
+        let mut b = enc.bytes.clone();
+        let mut h = Header::read_from_bytes(&b[body..]).unwrap();
+        f(&mut h);
+        b[body..].copy_from_slice(zerocopy::IntoBytes::as_bytes(&h));
+        decode_stargz_bytes(&b).unwrap_err().to_string()
+    };
+    let e = with(&|h| h.ci_entries = 4.into());
+    assert!(e.contains("s_ci_uncompressed_size"), "{e}");
+    let e = with(&|h| h.ci_zran_count = 1.into());
+    assert!(e.contains("s_ci_zran_count"), "{e}");
+    let e = with(&|h| h.ci_zran_offset = 48.into());
+    assert!(e.contains("s_ci_zran_offset"), "{e}");
+    let e = with(&|h| h.features = (features::STARGZ_REF & !features::ALIGNED).into());
+    assert!(e.contains("lacks ALIGNED"), "{e}");
+    let e = with(&|h| h.features = (features::STARGZ_REF | features::CHUNK_INFO_V2).into());
+    assert!(e.contains("s_features"), "{e}");
+    // A chunk's reserved bits.
+    let mut cache = stargz_sample().encode_cache().unwrap();
+    cache[16] = 1;
+    let e = decode_stargz_bytes(&cache).unwrap_err().to_string();
+    assert!(e.contains("chunk 1 (CI data offset 16): reserved bits"), "{e}");
+}
+
+#[test]
+fn stargz_decode_against_the_blob_table() {
+    let meta = stargz_sample();
+    let enc = meta.encode().unwrap();
+    let blob = stargz_blob(&enc);
+    assert_eq!(StargzMeta::decode(&enc.bytes, &blob).unwrap(), meta);
+    assert!(StargzMeta::decode(&meta.encode_cache().unwrap(), &blob).is_ok());
+    let bad = |f: &dyn Fn(&mut crate::rafs::writer::BlobSpec)| {
+        let mut b = blob.clone();
+        f(&mut b);
+        StargzMeta::decode(&enc.bytes, &b).unwrap_err().to_string()
+    };
+    assert!(bad(&|b| b.chunk_count = 4).contains("chunk_count is 3"));
+    assert!(bad(&|b| b.features = features::ALIGNED).contains("features"));
+    assert!(bad(&|b| b.ci_compressor = compressor::ZSTD + 1).contains("ci_compressor"));
+    assert!(bad(&|b| b.ci_offset = 4096).contains("ci_offset"));
+    assert!(bad(&|b| b.ci_compressed_size += 1).contains("ci_compressed_size"));
+    assert!(bad(&|b| b.ci_uncompressed_size = 64).contains("ci_uncompressed_size"));
+    assert!(bad(&|b| b.uncompressed_size = 8192).contains("uncompressed end"));
+    assert!(bad(&|b| b.compressed_size = 80_000).contains("chunk 2"));
+}
+
+#[test]
+fn stargz_golden_file() {
+    let meta = stargz_sample();
+    let enc = meta.encode().unwrap();
+    let cache = meta.encode_cache().unwrap();
+    if std::env::var_os("ZRAN_BLESS").is_some() {
+        std::fs::write(golden("sample-stargz.blob.meta"), &enc.bytes).unwrap();
+        std::fs::write(golden("sample-stargz.blob.meta.cache"), &cache).unwrap();
+    }
+    let bytes = std::fs::read(golden("sample-stargz.blob.meta")).unwrap();
+    assert!(bytes == enc.bytes, "the writer no longer reproduces formats/golden/sample-stargz.blob.meta");
+    assert!(std::fs::read(golden("sample-stargz.blob.meta.cache")).unwrap() == cache);
+
+    // The values formats/blob-meta.md shows.
+    let ci = meta.ci_data().unwrap();
+    assert_eq!(ci.len(), 48);
+    assert_eq!(enc.features, 0x4000_0011);
+    assert_eq!(enc.uncompressed_size, 1_064_960);
+    assert_eq!((enc.ci_compressor, enc.ci_compressed_size, bytes.len()), (compressor::NONE, 48, 48 + 4096));
+    assert_eq!(cache.len(), 4096 + 4096);
+    assert_eq!(&cache[..48], &bytes[..48]);
+    let h = &bytes[48..];
+    assert_eq!(h[..16], [0x0b, 0xb1, 0x0b, 0xb1, 0x11, 0, 0, 0x40, 0, 0, 0, 0, 3, 0, 0, 0]);
+    assert_eq!(h[24..40], [48, 0, 0, 0, 0, 0, 0, 0, 48, 0, 0, 0, 0, 0, 0, 0]);
+    assert!(h[40..4092].iter().all(|&b| b == 0));
+    assert_eq!(ci[..16], [0, 0, 0, 0, 0, 0x70, 0x38, 0x01, 0x0a, 0, 0, 0, 0, 0xb0, 0x5d, 0]);
+    assert_eq!(ci[32..48], [0, 0x31, 0, 0, 0, 0, 0, 0, 0x4e, 0x16, 0, 0, 0, 0x40, 0x34, 0x12]);
+}

@@ -1,12 +1,13 @@
 //! Writes a blob.meta in its two forms: `[CI data, one zstd frame][header]`, the blob Nydus
 //! fetches (zran's `<layer>.blob.meta`), and `[CI data][zeros to 4 KiB][header]`, the cache
-//! file nydusd keeps as `<blob id>.blob.meta`. Both carry the same header.
+//! file nydusd keeps as `<blob id>.blob.meta`. Both carry the same header. The same two forms
+//! for the chunk info v1 of an eStargz layer ([`StargzMeta`]).
 
 use super::format::{
-    CHUNK_INFO_SIZE, ChunkInfoV2, HEADER_SIZE, Header, MAGIC, MAX_CI_SIZE, ZRAN_CONTEXT_SIZE, ZranContextV1,
-    chunk_flags, compressor, features, round_up_4k,
+    CHUNK_INFO_SIZE, CHUNK_INFO_V1_SIZE, ChunkInfoV1, ChunkInfoV2, HEADER_SIZE, Header, MAGIC, MAX_CI_SIZE,
+    ZRAN_CONTEXT_SIZE, ZranContextV1, chunk_flags, compressor, features, round_up_4k,
 };
-use super::{BlobMeta, MetaError};
+use super::{BlobMeta, MetaError, StargzMeta};
 use crate::gzip::Index;
 use sha2::{Digest, Sha256};
 use std::io::Write;
@@ -23,7 +24,7 @@ pub struct Encoded {
     /// sha256 of `bytes`: the blob table's `blob_meta_digest` (nydusd fetches the blob.meta
     /// from the blob of that digest); `bytes.len()` is its `blob_meta_size`.
     pub digest: [u8; 32],
-    /// `features` ([`features::ZRAN_REF`]).
+    /// `features` ([`features::ZRAN_REF`], or [`features::STARGZ_REF`]).
     pub features: u32,
     pub chunk_count: u32,
     /// [`compressor::ZSTD`], or [`compressor::NONE`] when zstd does not make the data smaller
@@ -149,21 +150,9 @@ impl BlobMeta {
     }
 
     fn encode_with(&self, dicts: &Dicts) -> Result<Encoded, MetaError> {
-        let (ci_len, mut bytes, ci_compressor) = self.payload(dicts)?;
+        let (ci_len, bytes, ci_compressor) = self.payload(dicts)?;
         let header = self.header(ci_len, bytes.len() as u64, ci_compressor);
-        bytes.extend_from_slice(header.as_bytes());
-        let digest = Sha256::digest(&bytes).into();
-        Ok(Encoded {
-            digest,
-            features: header.features.get(),
-            chunk_count: header.ci_entries.get(),
-            ci_compressor: header.ci_compressor.get(),
-            ci_offset: header.ci_offset.get(),
-            ci_compressed_size: header.ci_compressed_size.get(),
-            ci_uncompressed_size: header.ci_uncompressed_size.get(),
-            uncompressed_size: self.uncompressed_size(),
-            bytes,
-        })
+        Ok(framed(bytes, &header, self.uncompressed_size()))
     }
 
     /// The uncompressed cache form nydusd makes of the compressed one: the CI data, zeros up to
@@ -209,19 +198,110 @@ impl BlobMeta {
     fn header(&self, ci_len: u64, payload_len: u64, ci_compressor: u32) -> Header {
         let n = self.chunks.len() as u64;
         let zran_offset = n * CHUNK_INFO_SIZE as u64;
-        let mut h = Header::new_zeroed();
-        h.magic = MAGIC.into();
-        h.features = features::ZRAN_REF.into();
-        h.ci_compressor = ci_compressor.into();
-        h.ci_entries = (n as u32).into();
-        h.ci_offset = 0.into();
-        h.ci_compressed_size = payload_len.into();
-        h.ci_uncompressed_size = ci_len.into();
+        let mut h = header(features::ZRAN_REF, n as u32, ci_len, payload_len, ci_compressor);
         h.ci_zran_offset = zran_offset.into();
         h.ci_zran_size = (ci_len - zran_offset).into();
         h.ci_zran_count = (self.contexts.len() as u32).into();
-        h.magic2 = MAGIC.into();
-        debug_assert_eq!(h.as_bytes().len(), HEADER_SIZE);
         h
+    }
+}
+
+/// A header for CI data of `ci_len` bytes stored as `payload_len` bytes with `ci_compressor`
+/// at offset 0, with no zran contexts.
+fn header(features: u32, entries: u32, ci_len: u64, payload_len: u64, ci_compressor: u32) -> Header {
+    let mut h = Header::new_zeroed();
+    h.magic = MAGIC.into();
+    h.features = features.into();
+    h.ci_compressor = ci_compressor.into();
+    h.ci_entries = entries.into();
+    h.ci_offset = 0.into();
+    h.ci_compressed_size = payload_len.into();
+    h.ci_uncompressed_size = ci_len.into();
+    h.magic2 = MAGIC.into();
+    debug_assert_eq!(h.as_bytes().len(), HEADER_SIZE);
+    h
+}
+
+/// The compressed form of `payload` under `header`, and what the blob table says of it.
+fn framed(mut bytes: Vec<u8>, header: &Header, uncompressed_size: u64) -> Encoded {
+    bytes.extend_from_slice(header.as_bytes());
+    let digest = Sha256::digest(&bytes).into();
+    Encoded {
+        digest,
+        features: header.features.get(),
+        chunk_count: header.ci_entries.get(),
+        ci_compressor: header.ci_compressor.get(),
+        ci_offset: header.ci_offset.get(),
+        ci_compressed_size: header.ci_compressed_size.get(),
+        ci_uncompressed_size: header.ci_uncompressed_size.get(),
+        uncompressed_size,
+        bytes,
+    }
+}
+
+/// CI data held whole in memory as one zstd frame (with its size in the frame header), or as
+/// it is when zstd does not make it smaller; and its compressor.
+fn compress_ci(ci: Vec<u8>) -> Result<(Vec<u8>, u32), MetaError> {
+    let zerr = |e: std::io::Error| MetaError::Data { message: format!("zstd: {e}") };
+    let mut enc = zstd::stream::Encoder::new(Vec::new(), ZSTD_LEVEL).map_err(zerr)?;
+    enc.include_contentsize(true).map_err(zerr)?;
+    enc.set_pledged_src_size(Some(ci.len() as u64)).map_err(zerr)?;
+    enc.write_all(&ci).map_err(zerr)?;
+    let compressed = enc.finish().map_err(zerr)?;
+    if compressed.len() >= ci.len() {
+        return Ok((ci, compressor::NONE));
+    }
+    Ok((compressed, compressor::ZSTD))
+}
+
+impl StargzMeta {
+    /// The uncompressed CI data: one chunk info v1 per chunk.
+    pub fn ci_data(&self) -> Result<Vec<u8>, MetaError> {
+        self.validate()?;
+        let mut out = Vec::with_capacity(self.chunks.len() * CHUNK_INFO_V1_SIZE);
+        for c in &self.chunks {
+            let info = ChunkInfoV1::pack(
+                c.uncompressed_offset,
+                c.uncompressed_size,
+                c.compressed_offset,
+                c.compressed_size,
+            );
+            out.extend_from_slice(info.as_bytes());
+        }
+        Ok(out)
+    }
+
+    /// The compressed form, the one zran writes and Nydus fetches.
+    pub fn encode(&self) -> Result<Encoded, MetaError> {
+        let ci = self.ci_data()?;
+        let ci_len = ci.len() as u64;
+        let (payload, ci_compressor) = compress_ci(ci)?;
+        let h = header(
+            features::STARGZ_REF,
+            self.chunks.len() as u32,
+            ci_len,
+            payload.len() as u64,
+            ci_compressor,
+        );
+        Ok(framed(payload, &h, self.uncompressed_size()))
+    }
+
+    /// The cache form nydusd makes of the compressed one: the CI data, zeros up to a multiple
+    /// of 4096, and the same header.
+    pub fn encode_cache(&self) -> Result<Vec<u8>, MetaError> {
+        let ci = self.ci_data()?;
+        let ci_len = ci.len() as u64;
+        let (payload, ci_compressor) = compress_ci(ci.clone())?;
+        let h = header(
+            features::STARGZ_REF,
+            self.chunks.len() as u32,
+            ci_len,
+            payload.len() as u64,
+            ci_compressor,
+        );
+        let mut out = ci;
+        out.resize(round_up_4k(ci_len).unwrap_or(u64::MAX) as usize, 0);
+        out.extend_from_slice(h.as_bytes());
+        Ok(out)
     }
 }
