@@ -13,7 +13,7 @@
 mod common;
 
 use base64::Engine as _;
-use common::harness::{layout_blob, layouts};
+use common::harness::{ESTARGZ_IMAGES, IMAGES, layout_blob, layouts};
 use common::truth::{Rules, compare_with, drop_estargz_meta, hardlink_groups, truth};
 use nydus_api::ConfigV2;
 use nydus_rafs::metadata::{RafsInodeExt, RafsSuper};
@@ -419,7 +419,7 @@ fn check(name: &str, args: &[&str]) -> usize {
 
 #[test]
 fn nydus_reads_the_bootstrap_and_blob_meta_and_decodes_every_chunk() {
-    for name in ["python", "edge", "python-estargz", "edge-estargz", "tarquirks", "paths", "umoci-insert"] {
+    for &name in IMAGES {
         let n = check(name, &[]);
         assert!(n > 5, "{name}: {n} entries");
     }
@@ -429,7 +429,7 @@ fn nydus_reads_the_bootstrap_and_blob_meta_and_decodes_every_chunk() {
 /// contexts end where a member ends.
 #[test]
 fn nydus_decodes_estargz_layers_indexed_as_gzip() {
-    for name in ["python-estargz", "edge-estargz"] {
+    for &name in ESTARGZ_IMAGES {
         let n = check(name, &["--ignore-toc"]);
         assert!(n > 50, "{name}: {n} entries");
     }

@@ -11,7 +11,7 @@
 mod common;
 
 use base64::Engine as _;
-use common::harness::{layout_blob, layouts};
+use common::harness::{ESTARGZ_IMAGES, IMAGES, layout_blob, layouts};
 use common::truth::{Rules, compare_with, drop_estargz_meta, hardlink_groups, truth};
 use fuse_backend_rs::abi::fuse_abi::stat64;
 use fuse_backend_rs::api::BackendFileSystem;
@@ -332,7 +332,7 @@ fn check(name: &str, args: &[&str]) -> usize {
 
 #[test]
 fn nydus_serves_every_test_image_as_unpacked() {
-    for name in ["python", "edge", "python-estargz", "edge-estargz", "tarquirks", "paths", "umoci-insert"] {
+    for &name in IMAGES {
         let n = check(name, &[]);
         assert!(n > 5, "{name}: {n} entries");
     }
@@ -341,7 +341,7 @@ fn nydus_serves_every_test_image_as_unpacked() {
 /// eStargz layers indexed as plain gzip (a gzip member per file and per TOC chunk).
 #[test]
 fn nydus_serves_estargz_layers_indexed_as_gzip() {
-    for name in ["python-estargz", "edge-estargz"] {
+    for &name in ESTARGZ_IMAGES {
         let n = check(name, &["--ignore-toc"]);
         assert!(n > 50, "{name}: {n} entries");
     }

@@ -15,7 +15,7 @@
 
 mod common;
 
-use common::harness::{layout_blob, layouts};
+use common::harness::{ESTARGZ_IMAGES, IMAGES, layout_blob, layouts};
 use common::truth::{Rules, by_path, compare_with, drop_estargz_meta, truth};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -168,17 +168,9 @@ fn check(name: &str, args: &[&str]) -> (usize, usize) {
 #[test]
 #[ignore = "needs nydusd: cargo install nydus-rs --version 2.2.0 --locked --root /opt/nydus"]
 fn nydusd_serves_every_test_image_as_unpacked() {
-    for (name, args) in [
-        ("python", &[][..]),
-        ("edge", &[]),
-        ("python-estargz", &[]),
-        ("edge-estargz", &[]),
-        ("python-estargz", &["--ignore-toc"]),
-        ("edge-estargz", &["--ignore-toc"]),
-        ("tarquirks", &[]),
-        ("paths", &[]),
-        ("umoci-insert", &[]),
-    ] {
+    let plain = IMAGES.iter().map(|&n| (n, &[][..]));
+    let as_gzip = ESTARGZ_IMAGES.iter().map(|&n| (n, &["--ignore-toc"][..]));
+    for (name, args) in plain.chain(as_gzip) {
         let (n, unreadable) = check(name, args);
         eprintln!("{name} {args:?}: {n} paths equal to the truth through nydusd, {unreadable} unreadable");
     }

@@ -6,6 +6,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+/// The single-platform test images `testimages/build.sh` makes, each with a truth tree.
+#[allow(dead_code)]
+pub const IMAGES: &[&str] =
+    &["python", "edge", "python-estargz", "edge-estargz", "tarquirks", "paths", "umoci-insert"];
+
+/// The eStargz ones (also indexed as plain gzip with `--ignore-toc`).
+#[allow(dead_code)]
+pub const ESTARGZ_IMAGES: &[&str] = &["python-estargz", "edge-estargz"];
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
