@@ -230,4 +230,28 @@ fuzz_target!(|input: Input| {
     for (i, c) in trickled.checkpoints.iter().enumerate().take(512) {
         check_read(&trickled, &gz, &data, c.out, 1 + (i * 29) % 300);
     }
+
+    // With member checkpoints: every member with data starts at a checkpoint and has its end;
+    // the bytes up to an end hold all of the member's data, whatever the reads were.
+    let by_member = IndexBuilder::new()
+        .span(span)
+        .member_checkpoints(true)
+        .build(Trickle { data: &gz, chunk })
+        .unwrap_or_else(|e| panic!("valid gzip rejected with member checkpoints: {e}"));
+    let mut bounds: Vec<usize> = splits.clone();
+    bounds.push(data.len());
+    bounds.dedup();
+    let ends: Vec<u64> = by_member.member_ends.iter().map(|m| m.out).collect();
+    let want: Vec<u64> = bounds.iter().filter(|&&b| b > 0).map(|&b| b as u64).collect();
+    assert_eq!(ends, want, "member ends");
+    for m in &by_member.member_ends {
+        assert!(m.input <= gz.len() as u64);
+        if (m.out as usize) < data.len() {
+            assert!(by_member.checkpoints.iter().any(|c| c.out == m.out), "no checkpoint at {}", m.out);
+        }
+        let ci = by_member.checkpoint_for(m.out - 1);
+        let c = &by_member.checkpoints[ci];
+        assert!(c.input <= m.input, "member end {} before its last checkpoint", m.out);
+        check_read(&by_member, &gz, &data, c.out, (m.out - c.out) as usize);
+    }
 });
