@@ -306,6 +306,10 @@ fn check(name: &str) -> usize {
         let mode = if path == "/" { serde_json::json!(0o755) } else { w["mode"].clone() };
         assert_eq!(g["mode"], mode, "{name} {path}: mode");
         let (gs, gn) = (g["mtime"]["sec"].as_i64().unwrap(), g["mtime"]["nsec"].as_i64().unwrap());
+        if w["mtime"].is_null() && w.get("implicit").and_then(Value::as_bool) != Some(true) {
+            // A directory the unpacker wrote into at apply time (containerd): no time to compare.
+            continue;
+        }
         let stored = match &w["mtime"] {
             // A directory no layer describes: zran stores mtime 0.
             Value::Null => (0, 0),

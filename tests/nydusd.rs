@@ -167,6 +167,10 @@ fn check(name: &str, args: &[&str]) -> (usize, usize) {
         assert_eq!(g["mode"], mode, "{name} {path}: mode");
         let gs = g["mtime"]["sec"].as_i64().unwrap();
         let gn = g["mtime"]["nsec"].as_i64().unwrap();
+        if w["mtime"].is_null() && w.get("implicit").and_then(Value::as_bool) != Some(true) {
+            // A directory the unpacker wrote into at apply time (containerd): no time to compare.
+            continue;
+        }
         let stored = match &w["mtime"] {
             Value::Null => (0, 0),
             m => {
