@@ -17,11 +17,15 @@
 # must work; then a private registry (registry.sh, plain mode) and a private containerd (root,
 # state and sockets under OUT/work, CRI disabled) convert python and edge to eStargz with
 # `ctr-remote image convert --estargz --oci` (default gzip level 9, 4 MiB chunks), push them,
-# and skopeo copies them back into OCI layouts; both daemons are stopped. Finally every blob
-# of every layout is checked against its digest, and every layer of the eStargz manifests must
-# carry the containerd.io/snapshot/stargz/toc.digest annotation.
+# and skopeo copies them back into OCI layouts; the same containerd imports the paths image
+# with its overlayfs snapshotter, and the image's top snapshot, mounted read-only, is walked
+# (truth.py --walk): the paths truth is what containerd's overlayfs snapshotter shows, where
+# umoci differs (a lower layer's symlink below an entry); both daemons are stopped. Finally
+# every blob of every layout is checked against its digest, and every layer of the eStargz
+# manifests must carry the containerd.io/snapshot/stargz/toc.digest annotation.
 #
-# ZRAN_TESTIMAGES_NO_ESTARGZ=1 skips the eStargz images (for machines without containerd).
+# ZRAN_TESTIMAGES_NO_ESTARGZ=1 skips the eStargz images and containerd (for machines without
+# it); the paths truth is then truth.py's model of containerd's overlayfs snapshotter.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -71,16 +75,19 @@ done
 
 NEW="$OUT/layouts.new"
 WORK="$OUT/work"
-rm -rf "$NEW" "$WORK" "$OUT/stamp"
-mkdir -p "$NEW" "$WORK"
+WALKS="$OUT/overlayfs-walks"   # listings of images as containerd's overlayfs snapshotter shows them
+rm -rf "$NEW" "$WORK" "$WALKS" "$OUT/stamp"
+mkdir -p "$NEW" "$WORK" "$WALKS"
 
 CTD_PID=""
 SOCKDIR=""
+MOUNTED=""
 ctd_alive() {   # the containerd this script started is still running
     [ -n "$CTD_PID" ] && [ -r "/proc/$CTD_PID/cmdline" ] \
         && { tr '\0' ' ' < "/proc/$CTD_PID/cmdline"; } 2>/dev/null | grep -q '^containerd '
 }
 cleanup() {
+    if [ -n "$MOUNTED" ]; then umount "$MOUNTED" || true; MOUNTED=""; fi
     if ctd_alive; then
         kill "$CTD_PID" 2>/dev/null || true
         for _ in $(seq 100); do ctd_alive || break; sleep 0.1; done
@@ -160,9 +167,37 @@ EOF
         skopeo --policy "$WORK/policy.json" copy -q --preserve-digests --src-tls-verify=false \
             "docker://$REG/$n:estargz" "oci:$NEW/$n-estargz:latest"
     }
-    log "ctr-remote image convert --estargz --oci: python and edge (in parallel)"
+    overlayfs_walk() {   # NAME: the image as containerd's overlayfs snapshotter shows it
+        local n=$1 top opts mnt
+        mnt=$WORK/$n-overlayfs
+        tar -C "$NEW/$n" -cf "$WORK/$n.tar" .
+        date +%s > "$WALKS/$n.applied-since"   # directories made or written from now on
+        ctr -a "$SOCK" images import --base-name "$n" --snapshotter overlayfs "$WORK/$n.tar" \
+            > /dev/null
+        top=$("$PY" - "$NEW/$n" <<'PY'
+import hashlib, json, os, sys
+lay = sys.argv[1]
+def blob(d): return json.load(open(os.path.join(lay, "blobs", *d.split(":"))))
+[m] = json.load(open(os.path.join(lay, "index.json")))["manifests"]
+chain = None
+for d in blob(blob(m["digest"])["config"]["digest"])["rootfs"]["diff_ids"]:
+    chain = d if chain is None else "sha256:" + hashlib.sha256(("%s %s" % (chain, d)).encode()).hexdigest()
+print(chain)
+PY
+)
+        opts=$(ctr -a "$SOCK" snapshots --snapshotter overlayfs view --mounts "$n-truth" "$top" \
+            | "$PY" -c 'import json, sys; [m] = json.load(sys.stdin); assert m["Type"] == "overlay", m; print(",".join(m["Options"]))')
+        mkdir -p "$mnt"
+        mount -t overlay overlay -o "ro,$opts" "$mnt"
+        MOUNTED=$mnt
+        "$PY" "$HERE/truth.py" --walk "$mnt" "$WALKS/$n.json"
+        umount "$mnt"
+        MOUNTED=""
+    }
+    log "ctr-remote image convert --estargz --oci: python and edge (in parallel); paths through overlayfs"
     convert python > "$WORK/convert-python.log" 2>&1 & c1=$!
     convert edge > "$WORK/convert-edge.log" 2>&1 & c2=$!
+    overlayfs_walk paths
     ok=1
     wait $c1 || { ok=0; cat "$WORK/convert-python.log" >&2; }
     wait $c2 || { ok=0; cat "$WORK/convert-edge.log" >&2; }
@@ -232,12 +267,20 @@ run2() {   # run truth jobs two at a time; fail if any fails
     done
     return $rc
 }
+# paths: where runtimes disagree, the truth is containerd's overlayfs snapshotter's view
+PATHS_UNPACKER="containerd $(containerd --version 2>/dev/null | awk '{print $3}') overlayfs snapshotter (ctr images import; the top snapshot mounted read-only and walked)"
+if [ -f "$WALKS/paths.json" ]; then
+    paths_job="paths --walked $WALKS/paths.json --unpacker \"\$PATHS_UNPACKER\" --applied-since $(cat "$WALKS/paths.applied-since")"
+else
+    paths_job="paths --model-truth"
+fi
 jobs_=("python" "edge" "multi --platform linux/amd64" "multi-arm64 --platform linux/arm64/v8"
-       "tarquirks" "paths" "umoci-insert")
+       "tarquirks" "$paths_job" "umoci-insert")
 case " $IMAGES " in *" python-estargz "*)
     jobs_+=("python-estargz --drop-estargz-meta" "edge-estargz --drop-estargz-meta") ;; esac
 run2 "${jobs_[@]}" || { tail -n 3 "$OUT"/truth/*.log >&2; echo "build.sh: truth.py failed" >&2; exit 1; }
 rm -f "$OUT"/truth/*.log
+rm -rf "$WALKS"
 if [ -f "$OUT/truth/edge-estargz.json" ]; then
     "$PY" - "$OUT/truth" <<'PY'
 import json, sys

@@ -18,7 +18,8 @@ paths (names with `..`, and entries below symlinks, resolved inside the root):
   1. `../escape.txt`, `a/../../b.txt`; `lnk -> /etc` then `lnk/passwd`; relative, chained,
      climbing and dangling links with entries below them; hardlinks through a link and one
      whose target climbs out of the root
-  2. entries, a whiteout, an opaque marker and a hardlink below symlinks of layer 1
+  2. entries, whiteouts, an opaque marker and a hardlink below symlinks of layer 1, which
+     containerd's overlayfs snapshotter does not follow (a directory takes their place)
   3. a symlink, then a whiteout and a file below it, in the same layer
 """
 
@@ -162,9 +163,10 @@ def paths():
     raw_entry(L1, "d/climb/from-climb", data=b"/etc/from-climb\n")
     L1.symlink("dangling", "/made/by/a/link")
     raw_entry(L1, "dangling/file", data=b"/made/by/a/link/file\n")
-    L1.symlink("d/via", "rel/../d")
-    raw_entry(L1, "d/via/from-via", data=b"/d/from-via\n")
-    raw_entry(L1, "hard-via-lnk", tarfile.LNKTYPE, link="lnk/shadow")
+    # (No link whose target has `..` after a link, as `rel/../d`: umoci takes that `..` from
+    # where `rel` points, containerd lexically. And a hardlink header carries its target's
+    # mode: containerd applies the header's mode and owner to the inode, umoci does not.)
+    raw_entry(L1, "hard-via-lnk", tarfile.LNKTYPE, link="lnk/shadow", mode=0o600)
     raw_entry(L1, "hard-climbing", tarfile.LNKTYPE, link="../../etc/group")
     raw_entry(L1, "hard-to-symlink", tarfile.LNKTYPE, link="d/rel")
     L1.dir("opt")
@@ -173,14 +175,18 @@ def paths():
     L1.file("opt/sub/old2", b"hidden too\n")
     L1.symlink("optlink", "opt")
 
+    # Layer 1's symlinks are not in layer 2's upper directory (containerd's overlayfs
+    # snapshotter): each path below one makes a directory in its place, which hides it.
     L2 = oci.Layer("paths 2/3: below symlinks of layer 1")
-    raw_entry(L2, "lnk/from-layer2", data=b"/etc/from-layer2\n")
-    raw_entry(L2, "lnk/.wh.group")  # removes /etc/group; hard-climbing keeps its inode
-    raw_entry(L2, "chain1/.wh.from-chain")
+    raw_entry(L2, "lnk/from-layer2", data=b"/lnk/from-layer2\n")
+    raw_entry(L2, "lnk/.wh.group")  # removes nothing: /etc/group stays
+    raw_entry(L2, "chain1/.wh.from-chain")  # makes /chain1 a directory, alone
     raw_entry(L2, "optlink/new-before", data=b"this layer's: stays\n")
-    raw_entry(L2, "optlink/.wh..wh..opq")
+    raw_entry(L2, "optlink/.wh..wh..opq")  # /opt keeps its children
     raw_entry(L2, "optlink/new-after", data=b"stays\n")
-    raw_entry(L2, "hard-layer2", tarfile.LNKTYPE, link="d/rel/passwd")
+    raw_entry(L2, "hard-layer2", tarfile.LNKTYPE, link="lnk/from-layer2")
+    L2.symlink("up", "d/rel")  # this layer's link to a link of layer 1
+    raw_entry(L2, "up/from-up", data=b"/d/rel/from-up\n")
     raw_entry(L2, "d/../../lnk/../x.txt", data=b"/x.txt\n")
 
     L3 = oci.Layer("paths 3/3: a whiteout below a link of the same layer")

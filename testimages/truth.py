@@ -3,6 +3,7 @@
 
     truth.py LAYOUT_DIR[:TAG] OUT.json [--platform linux/amd64] [--keep-rootfs DIR]
              [--drop-estargz-meta] [--no-model]
+             [--walked LISTING.json --unpacker TEXT [--applied-since SECONDS] | --model-truth]
     truth.py --walk DIR OUT.json      (the same listing of any tree, e.g. a mounted image)
 
 TAG defaults to "latest" (or the only manifest of the layout). If the tag names an image index,
@@ -13,14 +14,22 @@ How it works
      scratch rootfs next to OUT.json (a scratch copy of the layout whose index.json names just
      the chosen manifest, with its blobs hardlinked, so index images work too).
   2. The rootfs is walked without following symlinks and every path is recorded.
+     With --walked, steps 1 and 2 are replaced by a listing made with --walk of a tree another
+     unpacker made (build.sh: containerd's overlayfs snapshotter, for the paths image); with
+     --model-truth (no containerd at hand), by the model below.
   3. Independently, the layers are applied in memory by a small model of the OCI layer rules
      (whiteouts and opaque markers hide lower layers only, a non-directory replaces whatever was
      there, a directory entry over a directory keeps its children, hardlinks share an inode),
-     from the tar headers themselves, entry by entry as umoci applies them: names cleaned with
-     `..` stopping at the root, the parent of every entry (and of whiteouts and hardlink
-     targets) resolved through symlinks inside the root (securejoin), whiteouts keeping what
-     their own layer wrote there or below. The two are compared field by field; the differences,
-     expected to be none, go to "model_diffs" in the JSON and to stderr. --no-model skips it.
+     from the tar headers themselves, entry by entry as containerd applies them into a layer's
+     own upper directory for its overlayfs snapshotter: names cleaned with `..` stopping at
+     the root, the parent of every entry (and of whiteouts and hardlink targets) resolved
+     inside the root through the symlinks the same layer wrote (a symlink of a lower layer is
+     not in the upper directory: a directory is made in its place, hiding it), whiteouts and
+     opaque markers making their directory, then keeping what their own layer wrote there or
+     below. umoci follows lower layers' symlinks too; no image whose truth comes from umoci
+     goes through one (the comparison would say so). The two are compared field by field; the
+     differences, expected to be none, go to "model_diffs" in the JSON and to stderr.
+     --no-model skips it.
 
 Output (UTF-8 JSON):
   {"image": {layout, tag, manifest, platform, layers: [digest...]},
@@ -31,7 +40,9 @@ Output (UTF-8 JSON):
    "model_diffs": [...]}
   path: absolute ("/" is the root). type: dir, file, symlink, char, block, fifo, socket.
   mode: the permission bits incl. setuid/setgid/sticky (st_mode & 0o7777), as an integer.
-  mtime: {"sec": s, "nsec": ns}, or null where it is the time of the unpack (see below).
+  mtime: {"sec": s, "nsec": ns}, or null where it is the time of the unpack (see below; with
+  --applied-since, also every directory whose mtime is at or after that time: containerd
+  made it, or wrote into it without an entry for it, while applying a layer).
   xattrs: {name: base64(value)}. size and sha256 (hex): regular files. target: symlinks.
   major/minor: char and block devices. link_group: index into hardlink_groups.
 
@@ -136,13 +147,20 @@ def b64(b):
 
 def walk_rootfs(root, unreadable_ok=False):
     """{path: entry} and {path: inode key} for everything under ROOT. With UNREADABLE_OK, a
-    file whose content fails to read (EIO) gets "sha256": "unreadable" instead of an error."""
+    file whose content fails to read (EIO) gets "sha256": "unreadable" instead of an error.
+    A listed name that does not exist is left out: overlayfs lists the whiteouts of a
+    directory it does not merge with a lower one (a layer's directory over a lower symlink)."""
     entries, inodes = {}, {}
     todo = [""]
     while todo:
         rel = todo.pop()
         full = root + rel if rel else root
-        st = os.lstat(full)
+        try:
+            st = os.lstat(full)
+        except FileNotFoundError:
+            if not rel:
+                raise
+            continue
         path = rel or "/"
         t = ftype(st.st_mode)
         e = {"path": path, "type": t, "mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid,
@@ -237,10 +255,12 @@ class Model:
                 self.nodes[p] = Inode({"type": "dir", "mode": 0o755, "uid": 0, "gid": 0,
                                        "mtime": None, "xattrs": {}, "implicit": True})
 
-    def resolve(self, d):
-        """The directory path D resolves to, as umoci's securejoin resolves it: every symlink
-        on the way followed (absolute targets from the root, relative ones from the link's
-        directory), `..` never above the root, more than 255 links an error."""
+    def resolve(self, d, upper):
+        """The directory path D resolves to for the layer that wrote UPPER, as containerd's
+        fs.RootPath resolves it in the layer's upper directory: every symlink the layer wrote
+        followed (absolute targets from the root, relative ones from the link's directory),
+        `..` never above the root, more than 255 links an error; a lower layer's symlink is
+        not there, so it is a plain component (ensure_parents makes a directory of it)."""
         out, todo, links = [], [d], 0
         while todo:
             comp, _, todo[-1] = todo[-1].partition("/")
@@ -256,7 +276,8 @@ class Model:
                     out.pop()
                 continue
             n = self.nodes.get("/" + "/".join(out + [comp]))
-            if n is not None and n.e["type"] == "symlink":
+            if n is not None and n.e["type"] == "symlink" and \
+                    "/" + "/".join(out + [comp]) in upper:
                 links += 1
                 if links > 255:
                     raise SystemExit("model: too many levels of symbolic links in %s" % d)
@@ -291,20 +312,24 @@ class Model:
             for ti in tf:
                 name = norm(ti.name)
                 base = name.rsplit("/", 1)[1]
-                rdir = self.resolve(parent(name)) if name != "/" else "/"
+                rdir = self.resolve(parent(name), upper) if name != "/" else "/"
                 path = rdir.rstrip("/") + "/" + base if name != "/" else "/"
-                if base == ".wh..wh..opq":
-                    self.hide(rdir, upper, True)
-                    continue
                 if base.startswith(".wh."):
-                    self.hide(rdir.rstrip("/") + "/" + base[4:], upper, False)
+                    # containerd makes the directory (mkparent), then the whiteout in it
+                    self.ensure_parents(rdir.rstrip("/") + "/" + base)
+                    self.upper(upper, rdir)
+                    if base == ".wh..wh..opq":
+                        self.hide(rdir, upper, True)
+                    else:
+                        self.hide(rdir.rstrip("/") + "/" + base[4:], upper, False)
                     continue
                 if path != "/":
                     self.ensure_parents(path)
                 old = self.nodes.get(path)
                 if ti.islnk():
                     lname = norm(ti.linkname)
-                    lpath = self.resolve(parent(lname)).rstrip("/") + "/" + lname.rsplit("/", 1)[1]
+                    lpath = self.resolve(parent(lname), upper).rstrip("/") + "/" + \
+                        lname.rsplit("/", 1)[1]
                     target = self.nodes.get(lpath)
                     if target is None:
                         raise SystemExit("model: hardlink %s to missing %s" % (path, ti.linkname))
@@ -376,7 +401,7 @@ def open_layer(path):
 
 
 # -- main ---------------------------------------------------------------------------------------
-def compare(got, want, got_groups, want_groups):
+def compare(got, want, got_groups, want_groups, applied=()):
     diffs = []
     for p in sorted(set(got) | set(want)):
         a, b = got.get(p), want.get(p)
@@ -385,7 +410,7 @@ def compare(got, want, got_groups, want_groups):
             continue
         for k in ("type", "mode", "uid", "gid", "mtime", "xattrs", "size", "sha256", "target",
                   "major", "minor"):
-            if b.get("implicit") and k == "mtime":
+            if (b.get("implicit") or p in applied) and k == "mtime":
                 continue
             if a.get(k) != b.get(k):
                 diffs.append({"path": p, "field": k, "umoci": a.get(k), "model": b.get(k)})
@@ -407,7 +432,16 @@ def main():
     ap.add_argument("--drop-estargz-meta", action="store_true",
                     help="leave out %s" % ", ".join(ESTARGZ_META))
     ap.add_argument("--no-model", action="store_true")
+    ap.add_argument("--walked", metavar="LISTING",
+                    help="the unpacked tree is this --walk listing (of a tree UNPACKER made), not umoci's")
+    ap.add_argument("--unpacker", help="with --walked: what made the tree")
+    ap.add_argument("--applied-since", type=int, metavar="SECONDS",
+                    help="with --walked: directories with an mtime at or after this are apply-time ones")
+    ap.add_argument("--model-truth", action="store_true",
+                    help="the model's tree is the truth (no unpacker at hand)")
     args = ap.parse_args()
+    if args.walked and not args.unpacker:
+        ap.error("--walked needs --unpacker")
 
     if args.walk:
         got, inodes = walk_rootfs(os.path.abspath(args.image), args.unreadable_ok)
@@ -431,6 +465,97 @@ def main():
 
     outdir = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(outdir, exist_ok=True)
+    if args.walked or args.model_truth:
+        got, got_groups, unpacker = walked(args, layout, layers)
+    else:
+        got, got_groups = unpack_umoci(args, layout, desc, manifest, layers, outdir)
+        ver = subprocess.run(["umoci", "--version"], capture_output=True, text=True).stdout.strip()
+        unpacker = "%s raw unpack%s" % (ver, "" if os.geteuid() == 0 else " --rootless")
+    applied = set()
+    if args.walked and args.applied_since is not None:
+        applied = {p for p, e in got.items()
+                   if e["type"] == "dir" and e["mtime"]["sec"] >= args.applied_since}
+
+    notes = []
+    diffs = []
+    implicit = set()
+    if not args.no_model:
+        model = Model()
+        for l in layers:
+            with open_layer(blob_path(layout, l)) as f:
+                model.apply_layer(f)
+        want, want_groups = model.result()
+        implicit = {p for p, e in want.items() if e.get("implicit")}
+        if args.drop_estargz_meta:
+            for m in ESTARGZ_META:
+                want.pop(m, None)
+                got.pop(m, None)
+            want_groups = [g for g in want_groups if not set(g) & set(ESTARGZ_META)]
+        diffs = compare(got, want, got_groups, want_groups, applied)
+        for dd in diffs:
+            print("truth.py: model differs from the unpacker: %s" % json.dumps(dd, ensure_ascii=False),
+                  file=sys.stderr)
+    else:
+        notes.append("no model: implicit directories are not known, their mtimes are kept")
+    if args.drop_estargz_meta:
+        for m in ESTARGZ_META:
+            got.pop(m, None)
+        got_groups = [g for g in got_groups if not set(g) & set(ESTARGZ_META)]
+
+    group_of = {p: i for i, g in enumerate(got_groups) for p in g}
+    entries = []
+    for p in sorted(got, key=lambda s: s.encode("utf-8", "surrogateescape")):
+        e = dict(got[p])
+        e.pop("implicit", None)
+        if p in implicit:
+            e["mtime"] = None
+            e["implicit"] = True
+        elif p in applied:
+            e["mtime"] = None
+        if p in group_of:
+            e["link_group"] = group_of[p]
+        entries.append(e)
+    notes.append("directories marked implicit have no tar entry in any layer: the unpacker made "
+                 "them at unpack time, so their mtime is not part of the image (null)")
+    if applied:
+        notes.append("directories with a null mtime and no implicit mark got the time of the "
+                     "apply from the unpacker (it wrote into them without a tar entry for them)")
+    if args.model_truth:
+        notes.append("no unpacker ran: the entries are the model's")
+    doc = {
+        "image": {"layout": layout, "tag": tag or "latest", "manifest": desc["digest"],
+                  "platform": desc.get("platform"), "layers": layers},
+        "unpacker": unpacker,
+        "notes": notes,
+        "entries": entries,
+        "hardlink_groups": got_groups,
+        "model_diffs": diffs,
+    }
+    with open(args.out, "w", encoding="utf-8") as f:
+        json.dump(doc, f, ensure_ascii=False, indent=1, sort_keys=True)
+        f.write("\n")
+    print("%s: %d entries, %d hardlink groups, %d model differences"
+          % (args.out, len(entries), len(got_groups), len(diffs)), file=sys.stderr)
+    sys.exit(1 if diffs else 0)
+
+
+def walked(args, layout, layers):
+    """The unpacked tree of --walked (or, with --model-truth, the model's)."""
+    if args.model_truth:
+        model = Model()
+        for l in layers:
+            with open_layer(blob_path(layout, l)) as f:
+                model.apply_layer(f)
+        got, groups = model.result()
+        return got, sorted(groups), "none: the in-memory model (" + os.path.basename(__file__) + ")"
+    with open(args.walked, encoding="utf-8") as f:
+        listing = json.load(f)
+    got = {e["path"]: e for e in listing["entries"]}
+    return got, sorted(sorted(g) for g in listing["hardlink_groups"]), args.unpacker
+
+
+def unpack_umoci(args, layout, desc, manifest, layers, outdir):
+    """umoci's unpack of the image, walked: ({path: entry}, hardlink groups)."""
     scratch = tempfile.mkdtemp(prefix=".truth-", dir=outdir)
     try:
         # a layout naming only the chosen manifest (umoci unpacks manifests, not indexes)
@@ -466,62 +591,7 @@ def main():
     byino = {}
     for p, k in inodes.items():
         byino.setdefault(k, []).append(p)
-    got_groups = sorted(sorted(g) for g in byino.values() if len(g) > 1)
-
-    notes = []
-    diffs = []
-    implicit = set()
-    if not args.no_model:
-        model = Model()
-        for l in layers:
-            with open_layer(blob_path(layout, l)) as f:
-                model.apply_layer(f)
-        want, want_groups = model.result()
-        implicit = {p for p, e in want.items() if e.get("implicit")}
-        if args.drop_estargz_meta:
-            for m in ESTARGZ_META:
-                want.pop(m, None)
-                got.pop(m, None)
-            want_groups = [g for g in want_groups if not set(g) & set(ESTARGZ_META)]
-        diffs = compare(got, want, got_groups, want_groups)
-        for dd in diffs:
-            print("truth.py: model differs from umoci: %s" % json.dumps(dd, ensure_ascii=False),
-                  file=sys.stderr)
-    else:
-        notes.append("no model: implicit directories are not known, their mtimes are kept")
-    if args.drop_estargz_meta:
-        for m in ESTARGZ_META:
-            got.pop(m, None)
-        got_groups = [g for g in got_groups if not set(g) & set(ESTARGZ_META)]
-
-    group_of = {p: i for i, g in enumerate(got_groups) for p in g}
-    entries = []
-    for p in sorted(got, key=lambda s: s.encode("utf-8", "surrogateescape")):
-        e = got[p]
-        if p in implicit:
-            e["mtime"] = None
-            e["implicit"] = True
-        if p in group_of:
-            e["link_group"] = group_of[p]
-        entries.append(e)
-    notes.append("directories marked implicit have no tar entry in any layer: umoci made them "
-                 "at unpack time, so their mtime is not part of the image (null)")
-    ver = subprocess.run(["umoci", "--version"], capture_output=True, text=True).stdout.strip()
-    doc = {
-        "image": {"layout": layout, "tag": tag or "latest", "manifest": desc["digest"],
-                  "platform": desc.get("platform"), "layers": layers},
-        "unpacker": "%s raw unpack%s" % (ver, "" if os.geteuid() == 0 else " --rootless"),
-        "notes": notes,
-        "entries": entries,
-        "hardlink_groups": got_groups,
-        "model_diffs": diffs,
-    }
-    with open(args.out, "w", encoding="utf-8") as f:
-        json.dump(doc, f, ensure_ascii=False, indent=1, sort_keys=True)
-        f.write("\n")
-    print("%s: %d entries, %d hardlink groups, %d model differences"
-          % (args.out, len(entries), len(got_groups), len(diffs)), file=sys.stderr)
-    sys.exit(1 if diffs else 0)
+    return got, sorted(sorted(g) for g in byino.values() if len(g) > 1)
 
 
 if __name__ == "__main__":

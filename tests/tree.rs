@@ -62,6 +62,8 @@ fn compare_with(name: &str, ours: &Value, whole_seconds: bool) -> usize {
         // for them either.
         if w.get("implicit").and_then(Value::as_bool) == Some(true) {
             assert!(g["mtime"].is_null(), "{name} {path}: implicit directory with an mtime");
+        } else if w["mtime"].is_null() {
+            // A directory the unpacker wrote into at apply time (containerd): no time to compare.
         } else if whole_seconds {
             let (sec, nsec) = (w["mtime"]["sec"].as_i64().unwrap(), w["mtime"]["nsec"].as_i64().unwrap());
             let rounded = sec + i64::from(nsec >= 500_000_000);
@@ -195,12 +197,13 @@ fn lenient_tar_streams_are_read_with_a_warning_naming_layer_and_offset() {
 }
 
 #[test]
-fn names_resolve_inside_the_root_as_umoci_and_containerd_apply_them() {
+fn names_resolve_inside_the_root_as_containerds_overlayfs_snapshotter_applies_them() {
     let dir = layouts();
     let ours = inspect_files(&format!("oci:{}", dir.join("paths").display()));
     let n = compare("paths", &ours);
     assert!(n > 20, "only {n} entries");
-    // What the truth (umoci unpack) holds, so that the comparison above means something.
+    // What the truth (containerd's overlayfs snapshotter) holds, so that the comparison above
+    // means something: layer 1's own links are followed; layer 2 does not follow them.
     let truth = truth("paths");
     let kind = |p: &str| {
         truth["entries"]
@@ -213,20 +216,30 @@ fn names_resolve_inside_the_root_as_umoci_and_containerd_apply_them() {
     for (p, t) in [
         ("/escape.txt", "file"),
         ("/b.txt", "file"),
-        ("/lnk", "symlink"),
         ("/etc/from-lnk", "file"),
         ("/etc/from-rel", "file"),
         ("/etc/from-climb", "file"),
-        ("/etc/from-layer2", "file"),
         ("/etc/from-layer3", "file"),
         ("/made/by/a/link/file", "file"),
-        ("/d/from-via", "file"),
-        ("/opt/new-after", "file"),
         ("/hard-climbing", "file"),
+        ("/lnk", "dir"),
+        ("/lnk/from-layer2", "file"),
+        ("/etc/group", "file"),
+        ("/chain1", "dir"),
+        ("/chain2", "symlink"),
+        ("/etc/from-chain", "file"),
+        ("/optlink", "dir"),
+        ("/optlink/new-after", "file"),
+        ("/opt/old1", "file"),
+        ("/opt/sub/old2", "file"),
+        ("/up", "symlink"),
+        ("/d/rel", "dir"),
+        ("/d/rel/from-up", "file"),
+        ("/lnk3", "symlink"),
     ] {
         assert_eq!(kind(p).as_deref(), Some(t), "truth {p}");
     }
-    for gone in ["/etc/group", "/etc/shadow", "/etc/from-chain", "/opt/old1", "/lnk/passwd"] {
+    for gone in ["/etc/shadow", "/etc/from-layer2", "/lnk/group", "/chain1/from-chain", "/etc/from-up"] {
         assert_eq!(kind(gone), None, "truth {gone}");
     }
 }

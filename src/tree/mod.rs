@@ -1,22 +1,31 @@
 //! The merge of an image's layers into one filesystem tree.
 //!
-//! Owns the OCI layer rules, applied entry by entry in archive order as `umoci unpack` and
-//! containerd's `archive.Apply` apply a layer onto the layers below it:
+//! Owns the OCI layer rules, applied entry by entry in archive order as containerd's
+//! `archive.Apply` applies a layer into its own upper directory for the overlayfs snapshotter
+//! (containerd's default, as docker's overlay2, podman's overlay and the lazy-loading
+//! snapshotters apply layers), then merged as overlayfs merges the layers:
 //! - Names are cleaned lexically, `..` stopping at the root ([`crate::tar::normalize`]). The
-//!   *parent* of every entry is then resolved inside the tree: a symlink on the way is
-//!   followed (an absolute target from the image's root, a relative one from the link's
-//!   directory, `..` never above the root, chains followed, at most [`MAX_LINKS`] links, more
-//!   is an error as containerd's "too many links"), so `lnk -> /etc` then `lnk/passwd`
-//!   writes `/etc/passwd` and leaves `lnk` a symlink; the same for symlinks of lower layers,
-//!   whiteouts, opaque markers and hardlink targets. The entry's own last component is never
-//!   followed: an entry replaces a symlink at its path.
-//! - Whiteouts (`.wh.NAME`) and opaque markers (`.wh..wh..opq`) remove what *lower* layers put
-//!   there, wherever they stand in the archive: a name this layer wrote (or wrote below) is
-//!   kept, and only the lower names beneath it go, as umoci's `upperPaths` keeps them.
+//!   *parent* of every entry (and of whiteouts, opaque markers and hardlink targets) is then
+//!   resolved inside the tree: a symlink *written by the same layer* on the way is followed (an
+//!   absolute target from the image's root, a relative one from the link's directory, `..`
+//!   never above the root, chains followed, at most [`MAX_LINKS`] links, more is an error as
+//!   containerd's "too many links"), so `lnk -> /etc` then `lnk/passwd` in one layer writes
+//!   `/etc/passwd` and leaves `lnk` a symlink. A symlink of a *lower* layer is not followed:
+//!   the layer's upper directory does not hold it, so the path goes on as if nothing were
+//!   there, and an entry below it makes a directory in its place (an implicit one: 0755,
+//!   0:0, no mtime), which hides the lower symlink as overlayfs hides a lower non-directory
+//!   below an upper directory. `umoci unpack` and containerd's native snapshotter follow lower
+//!   symlinks too; zran shows what the overlay snapshotters show. The entry's own last
+//!   component is never followed: an entry replaces a symlink at its path.
+//! - Whiteouts (`.wh.NAME`) and opaque markers (`.wh..wh..opq`) make their directory as any
+//!   entry does (containerd makes it before it writes the whiteout), then remove what *lower*
+//!   layers put there, wherever they stand in the archive: a name this layer wrote (or wrote
+//!   below) is kept, and only the lower names beneath it go, as umoci's `upperPaths` keeps them.
 //! - A non-directory replaces whatever was at its path; a directory entry over a directory
 //!   replaces its attributes and keeps its children; a hardlink names the inode of an earlier
-//!   entry (a missing target is an error); missing parents are made as directories (0755, 0:0),
-//!   and a non-directory in the way of a parent is replaced by one.
+//!   entry (a missing target is an error, and so is one below a lower layer's symlink);
+//!   missing parents are made as directories (0755, 0:0), and a non-directory in the way of a
+//!   parent is replaced by one.
 //!
 //! Every regular file keeps where its bytes are: extents of a layer's uncompressed tar stream,
 //! or the chunks of an eStargz layer's TOC. Calls `tar` and `estargz` for entries.
@@ -191,8 +200,9 @@ impl Tree {
             };
             let (dir, name) = split(&e.path);
             if let Some(hidden) = name.strip_prefix(WHITEOUT) {
-                // Nothing to hide where the directory does not exist (or is not one).
-                let Some(d) = self.existing_dir(dir, &mut steps).map_err(fail)? else { continue };
+                // containerd makes the directory first (`mkparent`), then writes the whiteout
+                // into it: below a lower symlink or non-directory, that directory hides it.
+                let d = self.make_dir(dir, layer, &mut steps).map_err(fail)?;
                 if name == OPAQUE {
                     self.hide_below(layer, d);
                 } else {
@@ -205,11 +215,13 @@ impl Tree {
         Ok(())
     }
 
-    /// Resolve `path` as the directory part of a name: every component followed if it is a
-    /// symlink, within the tree's root. Returns the components of the path it resolves to,
-    /// each with its inode while the path exists (a component past what exists, or below a
-    /// non-directory, has none).
-    fn resolve(&self, path: &[u8], steps: &mut u64) -> Result<Vec<Step>, String> {
+    /// Resolve `path` as the directory part of a name of layer `layer`: every component
+    /// followed if it is a symlink that layer wrote, within the tree's root; a symlink of a
+    /// lower layer is not there for the layer (its upper directory does not hold it), so it
+    /// stands as a component that does not exist. Returns the components of the path it
+    /// resolves to, each with its inode while the path exists (a component past what exists,
+    /// a lower symlink, or one below a non-directory, has none).
+    fn resolve(&self, path: &[u8], layer: usize, steps: &mut u64) -> Result<Vec<Step>, String> {
         let mut out: Vec<Step> = Vec::new();
         // What is left to walk: the path, then the targets of the links met, innermost last.
         let mut todo: Vec<&[u8]> = vec![path];
@@ -247,9 +259,10 @@ impl Tree {
             let child = here
                 .filter(|&d| self.inodes[d].is_dir())
                 .and_then(|d| self.inodes[d].children.get(comp))
-                .map(|&(id, _)| id);
+                .copied();
             match child {
-                Some(id) if self.inodes[id].kind == EntryKind::Symlink => {
+                // A symlink's name was last written by the layer that wrote the symlink.
+                Some((id, by)) if self.inodes[id].kind == EntryKind::Symlink && by == layer => {
                     links += 1;
                     if links > MAX_LINKS {
                         return Err(format!(
@@ -263,15 +276,18 @@ impl Tree {
                     }
                     todo.push(target);
                 }
-                _ => out.push((comp.to_vec(), child)),
+                Some((id, _)) if self.inodes[id].kind == EntryKind::Symlink => {
+                    out.push((comp.to_vec(), None))
+                }
+                _ => out.push((comp.to_vec(), child.map(|(id, _)| id))),
             }
         }
         Ok(out)
     }
 
-    /// The directory `path` resolves to, if it exists and is a directory.
-    fn existing_dir(&self, path: &[u8], steps: &mut u64) -> Result<Option<InodeId>, String> {
-        let resolved = self.resolve(path, steps)?;
+    /// The directory `path` resolves to for layer `layer`, if it exists and is a directory.
+    fn existing_dir(&self, path: &[u8], layer: usize, steps: &mut u64) -> Result<Option<InodeId>, String> {
+        let resolved = self.resolve(path, layer, steps)?;
         let id = match resolved.last() {
             None => Some(self.root),
             Some(&(_, id)) => id,
@@ -279,11 +295,12 @@ impl Tree {
         Ok(id.filter(|&d| self.inodes[d].is_dir()))
     }
 
-    /// The directory `path` resolves to, made as needed (a missing component is made a
-    /// directory, and a non-directory in the way is replaced by one); every component is
-    /// marked as written by `layer`, since something below it is.
+    /// The directory `path` resolves to for layer `layer`, made as needed (a missing
+    /// component is made a directory, and a non-directory in the way, a lower layer's symlink
+    /// too, is replaced by one); every component is marked as written by `layer`, since
+    /// something below it is.
     fn make_dir(&mut self, path: &[u8], layer: usize, steps: &mut u64) -> Result<InodeId, String> {
-        let resolved = self.resolve(path, steps)?;
+        let resolved = self.resolve(path, layer, steps)?;
         let mut cur = self.root;
         for (name, _) in resolved {
             cur = match self.inodes[cur].children.get(&name) {
@@ -356,7 +373,7 @@ impl Tree {
                 let missing =
                     || format!("hardlink to {:?}, which does not exist", String::from_utf8_lossy(&e.link));
                 let (tdir, tname) = split(&e.link);
-                let tparent = self.existing_dir(tdir, steps)?.ok_or_else(missing)?;
+                let tparent = self.existing_dir(tdir, layer, steps)?.ok_or_else(missing)?;
                 if tname.is_empty() {
                     return Err("hardlink to a directory".into());
                 }
@@ -666,26 +683,151 @@ mod tests {
         assert!(started.elapsed() < std::time::Duration::from_secs(20));
     }
 
-    #[test]
-    fn symlinks_of_lower_layers_whiteouts_and_opaque_markers_below_them() {
-        let mut t = Tree::new();
-        let mut l0 = base();
-        l0.extend([
+    /// The lower layer of the cross-layer cases: /etc with three files, symlinks to it (one
+    /// through a chain) and to /opt, and a regular file.
+    fn lower() -> Vec<Entry> {
+        let mut l = base();
+        l.extend([
             symlink("lnk", "/etc"),
-            entry("keep", EntryKind::Directory),
-            entry("keep/old", EntryKind::File),
+            entry("d", EntryKind::Directory),
+            symlink("d/rel", "../etc"),
+            symlink("chain1", "chain2"),
+            symlink("chain2", "d/rel"),
+            entry("opt", EntryKind::Directory),
+            entry("opt/old", EntryKind::File),
+            symlink("optlink", "opt"),
+            entry("f", EntryKind::File),
         ]);
-        t.apply_layer(0, &l0).unwrap();
-        t.apply_layer(1, &[entry("lnk/new", EntryKind::File), entry("lnk/.wh.shadow", EntryKind::File)])
-            .unwrap();
-        assert_eq!(kind(&t, "etc/new"), Some(EntryKind::File));
-        assert_eq!(kind(&t, "etc/shadow"), None);
-        assert_eq!(kind(&t, "lnk"), Some(EntryKind::Symlink));
-        // An opaque marker below the link empties /etc of what lower layers put there.
-        t.apply_layer(2, &[entry("lnk/newer", EntryKind::File), entry("lnk/.wh..wh..opq", EntryKind::File)])
+        l
+    }
+
+    fn implicit_dir_at(t: &Tree, path: &str) {
+        let id = t.lookup(path.as_bytes()).unwrap_or_else(|| panic!("{path}: {:?}", paths(t)));
+        let i = &t.inodes[id];
+        assert_eq!(
+            (i.kind, i.mode, i.uid, i.gid, i.mtime),
+            (EntryKind::Directory, 0o755, 0, 0, None),
+            "{path}: an implicit directory in place of the lower symlink"
+        );
+    }
+
+    #[test]
+    fn a_file_below_a_lower_symlink_makes_a_directory_in_its_place() {
+        let mut t = Tree::new();
+        t.apply_layer(0, &lower()).unwrap();
+        t.apply_layer(1, &[entry("lnk/new", EntryKind::File), entry("chain1/deep/x", EntryKind::File)])
             .unwrap();
         t.finish();
-        assert_eq!(paths(&t), ["/", "/etc", "/etc/newer", "/keep", "/keep/old", "/lnk"]);
+        implicit_dir_at(&t, "lnk");
+        implicit_dir_at(&t, "chain1");
+        assert_eq!(kind(&t, "lnk/new"), Some(EntryKind::File));
+        assert_eq!(kind(&t, "chain1/deep/x"), Some(EntryKind::File));
+        assert_eq!(kind(&t, "etc/new"), None, "not written through the lower symlink");
+        assert_eq!(kind(&t, "chain2"), Some(EntryKind::Symlink), "the rest of the chain stays");
+        assert_eq!(kind(&t, "d/rel"), Some(EntryKind::Symlink));
+    }
+
+    #[test]
+    fn whiteouts_and_opaque_markers_below_a_lower_symlink_remove_nothing_it_points_to() {
+        let mut t = Tree::new();
+        t.apply_layer(0, &lower()).unwrap();
+        t.apply_layer(
+            1,
+            &[
+                entry("lnk/from-upper", EntryKind::File),
+                entry("lnk/.wh.shadow", EntryKind::File),
+                // A whiteout alone below a lower symlink still makes the directory.
+                entry("chain1/.wh.passwd", EntryKind::File),
+                entry("optlink/new-before", EntryKind::File),
+                entry("optlink/.wh..wh..opq", EntryKind::File),
+                entry("optlink/new-after", EntryKind::File),
+                // Below a lower regular file, and where nothing is: directories too.
+                entry("f/.wh.x", EntryKind::File),
+                entry("nothing/here/.wh.x", EntryKind::File),
+            ],
+        )
+        .unwrap();
+        t.finish();
+        assert_eq!(
+            paths(&t),
+            [
+                "/",
+                "/chain1",
+                "/chain2",
+                "/d",
+                "/d/rel",
+                "/etc",
+                "/etc/passwd",
+                "/etc/shadow",
+                "/f",
+                "/lnk",
+                "/lnk/from-upper",
+                "/nothing",
+                "/nothing/here",
+                "/opt",
+                "/opt/old",
+                "/optlink",
+                "/optlink/new-after",
+                "/optlink/new-before",
+            ]
+        );
+        for p in ["lnk", "chain1", "optlink", "f", "nothing", "nothing/here"] {
+            implicit_dir_at(&t, p);
+        }
+    }
+
+    #[test]
+    fn hardlinks_through_a_lower_symlink_find_no_target() {
+        let mut t = Tree::new();
+        t.apply_layer(0, &lower()).unwrap();
+        for target in ["lnk/passwd", "d/rel/passwd", "chain1/shadow"] {
+            let err = t.clone().apply_layer(1, &[hardlink("h", target)]).unwrap_err();
+            assert!(err.to_string().contains("does not exist"), "{target}: {err}");
+        }
+        // Through a symlink of the same layer, to a file of the same layer: found.
+        t.apply_layer(1, &[symlink("s", "etc"), entry("etc/new", EntryKind::File), hardlink("h", "s/new")])
+            .unwrap();
+        assert_eq!(t.lookup(b"h"), t.lookup(b"etc/new"));
+    }
+
+    #[test]
+    fn symlinks_of_the_same_layer_are_followed_and_lower_ones_on_their_way_are_not() {
+        let mut t = Tree::new();
+        t.apply_layer(0, &lower()).unwrap();
+        t.apply_layer(
+            1,
+            &[
+                // The layer's own link into a lower directory: followed.
+                symlink("same", "etc"),
+                entry("same/from-same", EntryKind::File),
+                entry("same/.wh.shadow", EntryKind::File),
+                // The layer's own link to a lower symlink: that one is not followed.
+                symlink("up", "d/rel"),
+                entry("up/from-up", EntryKind::File),
+                symlink("up2", "/chain2/sub"),
+                entry("up2/from-up2", EntryKind::File),
+                // A link of this layer below the directory made in place of a lower one.
+                entry("lnk/inner", EntryKind::Directory),
+                symlink("lnk/back", "/etc"),
+                entry("lnk/back/from-back", EntryKind::File),
+            ],
+        )
+        .unwrap();
+        t.finish();
+        for p in ["etc/from-same", "d/rel/from-up", "chain2/sub/from-up2", "etc/from-back"] {
+            assert_eq!(kind(&t, p), Some(EntryKind::File), "{p}: {:?}", paths(&t));
+        }
+        assert_eq!(kind(&t, "etc/shadow"), None, "whited out through the layer's own link");
+        implicit_dir_at(&t, "d/rel");
+        implicit_dir_at(&t, "chain2");
+        implicit_dir_at(&t, "lnk");
+        for p in ["same", "up", "up2", "chain1", "lnk/back"] {
+            assert_eq!(kind(&t, p), Some(EntryKind::Symlink), "{p}");
+        }
+        // In a later layer, this layer's links are lower ones in turn.
+        t.apply_layer(2, &[entry("same/later", EntryKind::File)]).unwrap();
+        implicit_dir_at(&t, "same");
+        assert_eq!(kind(&t, "etc/later"), None);
     }
 
     #[test]
@@ -731,15 +873,14 @@ mod tests {
         );
         l.pop();
         t.apply_layer(0, &l).unwrap();
-        t.apply_layer(1, &[hardlink("again", "lnk/shadow")]).unwrap();
         t.finish();
         assert_eq!(t.lookup(b"via-link"), t.lookup(b"etc/passwd"));
-        assert_eq!(t.lookup(b"again"), t.lookup(b"etc/shadow"));
         assert_eq!(t.lookup(b"to-symlink"), t.lookup(b"lnk"), "a hardlink to a symlink links the symlink");
-        for (l, what) in
-            [(hardlink("x", "etc"), "directory"), (hardlink("lnk/passwd", "etc/passwd"), "itself")]
-        {
-            let err = t.clone().apply_layer(2, &[l]).unwrap_err();
+        for (l, what) in [
+            (vec![hardlink("x", "etc")], "directory"),
+            (vec![symlink("l2", "/etc"), hardlink("l2/passwd", "etc/passwd")], "itself"),
+        ] {
+            let err = t.clone().apply_layer(2, &l).unwrap_err();
             assert!(err.to_string().contains(what), "{err}");
         }
     }

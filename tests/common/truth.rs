@@ -115,7 +115,10 @@ pub fn compare_with(name: &str, got: &BTreeMap<String, Value>, rules: &Rules) ->
                 if rules.whole_seconds { (sec + i64::from(nsec >= 500_000_000), 0) } else { (sec, nsec) }
             }
         };
+        let applied = w["mtime"].is_null() && w.get("implicit").and_then(Value::as_bool) != Some(true);
         match &rules.nydusd_start {
+            // A directory the unpacker wrote into at apply time (containerd): no time to compare.
+            _ if applied => {}
             Some(start) if stored.0 == 0 => {
                 assert!(start.contains(&gs), "{name} {path}: mtime 0 shown as {gs}, not nydusd's start")
             }
