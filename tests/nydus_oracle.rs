@@ -397,6 +397,7 @@ fn check(name: &str, args: &[&str]) -> usize {
         assert_eq!(nlinks[ino] as usize, names.len(), "{name}: nlink of {names:?}");
     }
     // Nydus 2.2's decoder fails exactly on the contexts zran.json counts for each layer.
+    let mut past = 0;
     for blob in &blobs {
         let record = zran_json["layers"]
             .as_array()
@@ -413,7 +414,13 @@ fn check(name: &str, args: &[&str]) -> usize {
             "{name} {}: contexts Nydus 2.2 cannot decode: {failed:?}",
             blob.info.blob_id()
         );
+        past += counted;
     }
+    // And `inspect DIR` says so.
+    let o = Command::new(env!("CARGO_BIN_EXE_zran")).arg("inspect").arg(&art).output().unwrap();
+    let said = String::from_utf8_lossy(&o.stdout);
+    let line = format!("nydus 2.2  cannot decode {past} checkpoints");
+    assert_eq!(said.contains(&line), past > 0, "{name}: inspect says\n{said}");
     got.len()
 }
 

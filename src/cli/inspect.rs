@@ -340,6 +340,12 @@ fn artifact(dir: &std::path::Path, json: bool, files: bool) -> anyhow::Result<()
             b.id, b.compressed_size, b.chunk_count, ctx, b.uncompressed_size, b.meta_size
         );
     }
+    let past: u32 = a.manifest.layers.iter().map(|l| l.contexts_past_member_end).sum();
+    if past > 0 {
+        println!(
+            "nydus 2.2  cannot decode {past} checkpoints that reach the end of a gzip member (zran and later Nydus can)"
+        );
+    }
     println!("prefetch   {} files", prefetch.len());
     let total = a.bootstrap_bytes + a.meta_bytes;
     println!(
