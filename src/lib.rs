@@ -11,6 +11,7 @@
 //! - [`artifact`]: `generate`'s output: image -> layers -> tree -> bootstrap, and its directory.
 //! - [`blob`]: chunks of layer blobs fetched by range, verified and cached, for reads.
 //! - [`fuse`]: the read-only filesystem that serves a bootstrap through FUSE.
+//! - [`snapshotter`]: zran as a containerd snapshotter: the snapshots' metadata and its rules.
 
 pub mod artifact;
 pub mod blob;
@@ -20,5 +21,6 @@ pub mod gzip;
 pub mod layer;
 pub mod oci;
 pub mod rafs;
+pub mod snapshotter;
 pub mod tar;
 pub mod tree;
