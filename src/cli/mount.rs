@@ -6,7 +6,6 @@
 //! and unmounts cleanly on SIGTERM, SIGINT or SIGHUP, or when `zran umount` (or `umount`)
 //! takes the mount away.
 
-use super::generate::layer_inputs;
 use super::image::ImageArgs;
 use anyhow::{Context, bail};
 use clap::Args;
@@ -19,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use zran::artifact::inputs::layer_inputs;
 use zran::artifact::{self, Options, publish};
 use zran::blob::{BlobInput, BlobSet};
 use zran::fuse::{ImageFs, Served};
