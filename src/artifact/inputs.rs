@@ -44,9 +44,9 @@ impl LayerFormat {
 pub enum InputError {
     /// Reading a layer's tail to find its footer.
     #[error(transparent)]
-    Read(#[from] OciError),
+    Read(Box<OciError>),
     #[error("{image}: layer {layer} ({digest})")]
-    Toc { image: String, layer: usize, digest: String, source: TocError },
+    Toc { image: String, layer: usize, digest: String, source: Box<TocError> },
     #[error(
         "{image}: layer {layer} ({digest}, {media_type}) is {}: zran generate reads gzip layers (plain or eStargz); \
          zstd, zstd:chunked and uncompressed layers are not supported yet",
@@ -75,7 +75,10 @@ pub fn layer_format(image: &Image, d: &Descriptor) -> Result<(LayerFormat, Optio
     // The footer decides; the annotation says whether the TOC can be trusted.
     let n = estargz::footer::MAX_FOOTER.min(d.size as usize);
     let mut tail = vec![0u8; n];
-    let got = image.source.read_at(&d.digest, d.size - n as u64, &mut tail)?;
+    let got = image
+        .source
+        .read_at(&d.digest, d.size - n as u64, &mut tail)
+        .map_err(|e| InputError::Read(Box::new(e)))?;
     tail.truncate(got);
     let footer = estargz::detect_footer(&tail, d.size);
     Ok(match (footer.map(|f| f.kind), compression) {
@@ -109,7 +112,7 @@ pub fn layer_inputs(
                         image: image.name.clone(),
                         layer: i,
                         digest: d.digest.to_string(),
-                        source,
+                        source: Box::new(source),
                     })?,
             ),
             LayerFormat::Estargz | LayerFormat::EstargzUnverified | LayerFormat::LegacyStargz => None,
