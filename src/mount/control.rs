@@ -38,6 +38,11 @@ impl Running {
         Ok(Running { mountpoint: mnt, record })
     }
 
+    /// The mount a record names (one of `record::list`, say), to stop it.
+    pub fn from_record(record: Record) -> Running {
+        Running { mountpoint: record.mountpoint.clone(), record: Some(record) }
+    }
+
     /// Unmount (`lazy`: detach now even if files are open), then wait for the serving process
     /// to finish: it writes its last counters on the way out.
     pub fn stop(self, lazy: bool) -> Result<(), MountError> {
