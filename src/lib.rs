@@ -11,6 +11,8 @@
 //! - [`artifact`]: `generate`'s output: image -> layers -> tree -> bootstrap, and its directory.
 //! - [`blob`]: chunks of layer blobs fetched by range, verified and cached, for reads.
 //! - [`fuse`]: the read-only filesystem that serves a bootstrap through FUSE.
+//! - [`mount`]: a mount's life cycle: open what is mounted, serve it (in the foreground or
+//!   detached), its records, unmounting it.
 //! - [`snapshotter`]: zran as a containerd snapshotter: the snapshots' metadata and its rules.
 
 pub mod artifact;
@@ -19,6 +21,7 @@ pub mod estargz;
 pub mod fuse;
 pub mod gzip;
 pub mod layer;
+pub mod mount;
 pub mod oci;
 pub mod rafs;
 pub mod snapshotter;

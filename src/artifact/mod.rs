@@ -6,6 +6,7 @@
 //! (atomically: a half-written artifact never sits where a later run would trust it). Calls
 //! `oci`, `estargz`, `layer`, `tree` and `rafs`.
 
+pub mod inputs;
 pub mod publish;
 
 use crate::estargz::{Chunk, Toc};

@@ -1,12 +1,12 @@
 //! `zran cache ls` and `zran cache prune`: what the chunk cache holds, and room made in it
 //! without touching what a live mount uses.
 
-use super::mount::default_cache_dir;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 use zran::blob::cache;
+use zran::mount::default_cache_dir;
 
 #[derive(Debug, Subcommand)]
 pub enum CacheCommand {

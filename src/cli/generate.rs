@@ -2,14 +2,13 @@
 //! layer blobs.
 
 use super::image::ImageArgs;
-use super::inspect::{LayerFormat, layer_format};
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget};
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use zran::artifact::{self, LayerInput, Options};
-use zran::estargz;
+use zran::artifact::inputs::layer_inputs;
+use zran::artifact::{self, Options};
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
@@ -134,74 +133,4 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         println!("pushed {d} beside {} (referrer of {})", image.name, image.manifest.digest);
     }
     Ok(())
-}
-
-/// How each layer is read (eStargz TOCs first, small, so that the chunk size can follow them),
-/// and the chunk size: `requested`, or the eStargz layers' own, or 1 MiB.
-pub fn layer_inputs(
-    image: &zran::oci::Image,
-    ignore_toc: bool,
-    requested_chunk_size: Option<u64>,
-) -> anyhow::Result<(Vec<LayerInput>, u32)> {
-    let layers = &image.manifest.layers;
-    let mut tocs = Vec::with_capacity(layers.len());
-    for (i, d) in layers.iter().enumerate() {
-        let (format, toc_offset) = layer_format(image, d)?;
-        let toc = match format {
-            LayerFormat::Gzip => None,
-            LayerFormat::Estargz if !ignore_toc => Some(
-                estargz::read_toc_from(image.source.as_ref(), d, estargz::Verify::Required, toc_offset)
-                    .with_context(|| format!("{}: layer {i} ({})", image.name, d.digest))?,
-            ),
-            LayerFormat::Estargz | LayerFormat::EstargzUnverified | LayerFormat::LegacyStargz => None,
-            other => bail!(
-                "{}: layer {i} ({}, {}) is {}: zran generate reads gzip layers (plain or eStargz); \
-                 zstd, zstd:chunked and uncompressed layers are not supported yet",
-                image.name,
-                d.digest,
-                d.media_type,
-                serde_json::to_value(other)?.as_str().unwrap_or("unknown")
-            ),
-        };
-        tocs.push(toc);
-    }
-    let chunk_size = match requested_chunk_size {
-        Some(c) => c,
-        None => {
-            let sizes: Vec<u64> = tocs.iter().flatten().filter_map(artifact::toc_chunk_size).collect();
-            match sizes.first() {
-                Some(&c)
-                    if sizes.iter().all(|&s| s == c)
-                        && c.is_power_of_two()
-                        && (4096..=16 << 20).contains(&c) =>
-                {
-                    c
-                }
-                _ => 1 << 20,
-            }
-        }
-    };
-    if !chunk_size.is_power_of_two() || !(4096..=16 << 20).contains(&chunk_size) {
-        bail!("--chunk-size {chunk_size}: must be a power of two from 4K to 16M");
-    }
-    let chunk_size = chunk_size as u32;
-    let inputs: Vec<LayerInput> = tocs
-        .into_iter()
-        .enumerate()
-        .map(|(i, toc)| match toc {
-            Some(toc) => match artifact::toc_fits(&toc, chunk_size) {
-                Ok(()) => LayerInput::Estargz(Box::new(toc)),
-                Err(why) => {
-                    tracing::info!(
-                        layer = i,
-                        "eStargz TOC chunks do not fit ({why}): indexing the layer as gzip"
-                    );
-                    LayerInput::Gzip
-                }
-            },
-            None => LayerInput::Gzip,
-        })
-        .collect();
-
-    Ok((inputs, chunk_size))
 }

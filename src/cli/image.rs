@@ -24,6 +24,12 @@ pub struct ImageArgs {
 impl ImageArgs {
     pub fn open(&self, image: &str) -> anyhow::Result<oci::Image> {
         let reference: ImageRef = image.parse()?;
+        let opts = self.options()?;
+        oci::open(&reference, &opts).with_context(|| format!("cannot open image {reference}"))
+    }
+
+    /// The options images are opened with.
+    pub fn options(&self) -> anyhow::Result<OpenOptions> {
         let creds = match &self.creds {
             Some(c) => {
                 let (u, p) = c.split_once(':').context("--creds takes USER:PASS")?;
@@ -40,6 +46,6 @@ impl ImageArgs {
                 ..RegistryOptions::default()
             },
         };
-        oci::open(&reference, &opts).with_context(|| format!("cannot open image {reference}"))
+        Ok(opts)
     }
 }

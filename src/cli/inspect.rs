@@ -3,8 +3,9 @@
 use super::image::ImageArgs;
 use clap::Args;
 use serde::Serialize;
-use zran::estargz::{self, FooterKind};
-use zran::oci::{Compression, Descriptor};
+use zran::artifact::inputs::{LayerFormat, layer_format};
+use zran::estargz;
+use zran::oci::Descriptor;
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
@@ -22,23 +23,6 @@ pub struct InspectArgs {
     /// Use eStargz TOCs that the manifest does not vouch for (no TOC digest annotation).
     #[arg(long)]
     pub insecure_skip_verify: bool,
-}
-
-/// How a layer is stored, as far as lazy loading is concerned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum LayerFormat {
-    /// Plain gzip tar: served through a zran index.
-    Gzip,
-    /// eStargz with its TOC digest in the manifest: served from the TOC.
-    Estargz,
-    /// eStargz footer, but no TOC digest annotation to trust the TOC by.
-    EstargzUnverified,
-    LegacyStargz,
-    ZstdChunked,
-    Zstd,
-    Uncompressed,
-    Unknown,
 }
 
 #[derive(Serialize)]
@@ -131,41 +115,6 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
     }
     println!("fetched   {} bytes", report.bytes_fetched);
     Ok(())
-}
-
-/// The annotation zstd:chunked layers carry (both spellings seen in the wild).
-const ZSTD_CHUNKED: [&str; 2] =
-    ["io.github.containers.zstd-chunked.manifest-checksum", "io.containers.zstd-chunked.manifest-checksum"];
-
-pub(crate) fn layer_format(
-    image: &zran::oci::Image,
-    d: &Descriptor,
-) -> anyhow::Result<(LayerFormat, Option<u64>)> {
-    if ZSTD_CHUNKED.iter().any(|k| d.annotations.contains_key(*k)) {
-        return Ok((LayerFormat::ZstdChunked, None));
-    }
-    let compression = d.compression();
-    if !matches!(compression, Compression::Gzip | Compression::Zstd) {
-        let f =
-            if compression == Compression::None { LayerFormat::Uncompressed } else { LayerFormat::Unknown };
-        return Ok((f, None));
-    }
-    // The footer decides; the annotation says whether the TOC can be trusted.
-    let n = estargz::footer::MAX_FOOTER.min(d.size as usize);
-    let mut tail = vec![0u8; n];
-    let got = image.source.read_at(&d.digest, d.size - n as u64, &mut tail)?;
-    tail.truncate(got);
-    let footer = estargz::detect_footer(&tail, d.size);
-    Ok(match (footer.map(|f| f.kind), compression) {
-        (Some(FooterKind::Estargz), _) if d.estargz_toc_digest().is_some() => {
-            (LayerFormat::Estargz, footer.map(|f| f.toc_offset))
-        }
-        (Some(FooterKind::Estargz), _) => (LayerFormat::EstargzUnverified, footer.map(|f| f.toc_offset)),
-        (Some(FooterKind::LegacyStargz), _) => (LayerFormat::LegacyStargz, footer.map(|f| f.toc_offset)),
-        (Some(FooterKind::ZstdChunked), _) => (LayerFormat::ZstdChunked, footer.map(|f| f.toc_offset)),
-        (None, Compression::Zstd) => (LayerFormat::Zstd, None),
-        (None, _) => (LayerFormat::Gzip, None),
-    })
 }
 
 /// Build the merged tree: each layer read once (gzip layers streamed through the index pass).

@@ -1,0 +1,191 @@
+//! How each layer of an image can be read for an artifact: its format (from its media type,
+//! annotations and footer), its eStargz TOC where the manifest vouches for it, and the chunk
+//! size that the TOCs allow.
+
+use super::{LayerInput, toc_chunk_size, toc_fits};
+use crate::estargz::{self, FooterKind, TocError};
+use crate::oci::{Compression, Descriptor, Image, OciError};
+use serde::Serialize;
+
+/// How a layer is stored, as far as lazy loading is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LayerFormat {
+    /// Plain gzip tar: served through a zran index.
+    Gzip,
+    /// eStargz with its TOC digest in the manifest: served from the TOC.
+    Estargz,
+    /// eStargz footer, but no TOC digest annotation to trust the TOC by.
+    EstargzUnverified,
+    LegacyStargz,
+    ZstdChunked,
+    Zstd,
+    Uncompressed,
+    Unknown,
+}
+
+impl LayerFormat {
+    /// The name `inspect` prints (the serialized form).
+    pub fn name(self) -> &'static str {
+        match self {
+            LayerFormat::Gzip => "gzip",
+            LayerFormat::Estargz => "estargz",
+            LayerFormat::EstargzUnverified => "estargz-unverified",
+            LayerFormat::LegacyStargz => "legacy-stargz",
+            LayerFormat::ZstdChunked => "zstd-chunked",
+            LayerFormat::Zstd => "zstd",
+            LayerFormat::Uncompressed => "uncompressed",
+            LayerFormat::Unknown => "unknown",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    /// Reading a layer's tail to find its footer.
+    #[error(transparent)]
+    Read(Box<OciError>),
+    #[error("{image}: layer {layer} ({digest})")]
+    Toc { image: String, layer: usize, digest: String, source: Box<TocError> },
+    #[error(
+        "{image}: layer {layer} ({digest}, {media_type}) is {}: zran generate reads gzip layers (plain or eStargz); \
+         zstd, zstd:chunked and uncompressed layers are not supported yet",
+        format.name()
+    )]
+    Unsupported { image: String, layer: usize, digest: String, media_type: String, format: LayerFormat },
+    #[error("--chunk-size {0}: must be a power of two from 4K to 16M")]
+    ChunkSize(u64),
+}
+
+/// The annotation zstd:chunked layers carry (both spellings seen in the wild).
+const ZSTD_CHUNKED: [&str; 2] =
+    ["io.github.containers.zstd-chunked.manifest-checksum", "io.containers.zstd-chunked.manifest-checksum"];
+
+/// The format of layer `d` of `image`, and where its TOC starts when its footer says.
+pub fn layer_format(image: &Image, d: &Descriptor) -> Result<(LayerFormat, Option<u64>), InputError> {
+    if ZSTD_CHUNKED.iter().any(|k| d.annotations.contains_key(*k)) {
+        return Ok((LayerFormat::ZstdChunked, None));
+    }
+    let compression = d.compression();
+    if !matches!(compression, Compression::Gzip | Compression::Zstd) {
+        let f =
+            if compression == Compression::None { LayerFormat::Uncompressed } else { LayerFormat::Unknown };
+        return Ok((f, None));
+    }
+    // The footer decides; the annotation says whether the TOC can be trusted.
+    let n = estargz::footer::MAX_FOOTER.min(d.size as usize);
+    let mut tail = vec![0u8; n];
+    let got = image
+        .source
+        .read_at(&d.digest, d.size - n as u64, &mut tail)
+        .map_err(|e| InputError::Read(Box::new(e)))?;
+    tail.truncate(got);
+    let footer = estargz::detect_footer(&tail, d.size);
+    Ok(match (footer.map(|f| f.kind), compression) {
+        (Some(FooterKind::Estargz), _) if d.estargz_toc_digest().is_some() => {
+            (LayerFormat::Estargz, footer.map(|f| f.toc_offset))
+        }
+        (Some(FooterKind::Estargz), _) => (LayerFormat::EstargzUnverified, footer.map(|f| f.toc_offset)),
+        (Some(FooterKind::LegacyStargz), _) => (LayerFormat::LegacyStargz, footer.map(|f| f.toc_offset)),
+        (Some(FooterKind::ZstdChunked), _) => (LayerFormat::ZstdChunked, footer.map(|f| f.toc_offset)),
+        (None, Compression::Zstd) => (LayerFormat::Zstd, None),
+        (None, _) => (LayerFormat::Gzip, None),
+    })
+}
+
+/// How each layer is read (eStargz TOCs first, small, so that the chunk size can follow them),
+/// and the chunk size: `requested`, or the eStargz layers' own, or 1 MiB.
+pub fn layer_inputs(
+    image: &Image,
+    ignore_toc: bool,
+    requested_chunk_size: Option<u64>,
+) -> Result<(Vec<LayerInput>, u32), InputError> {
+    let layers = &image.manifest.layers;
+    let mut tocs = Vec::with_capacity(layers.len());
+    for (i, d) in layers.iter().enumerate() {
+        let (format, toc_offset) = layer_format(image, d)?;
+        let toc = match format {
+            LayerFormat::Gzip => None,
+            LayerFormat::Estargz if !ignore_toc => Some(
+                estargz::read_toc_from(image.source.as_ref(), d, estargz::Verify::Required, toc_offset)
+                    .map_err(|source| InputError::Toc {
+                        image: image.name.clone(),
+                        layer: i,
+                        digest: d.digest.to_string(),
+                        source: Box::new(source),
+                    })?,
+            ),
+            LayerFormat::Estargz | LayerFormat::EstargzUnverified | LayerFormat::LegacyStargz => None,
+            other => {
+                return Err(InputError::Unsupported {
+                    image: image.name.clone(),
+                    layer: i,
+                    digest: d.digest.to_string(),
+                    media_type: d.media_type.to_string(),
+                    format: other,
+                });
+            }
+        };
+        tocs.push(toc);
+    }
+    let chunk_size = match requested_chunk_size {
+        Some(c) => c,
+        None => {
+            let sizes: Vec<u64> = tocs.iter().flatten().filter_map(toc_chunk_size).collect();
+            match sizes.first() {
+                Some(&c)
+                    if sizes.iter().all(|&s| s == c)
+                        && c.is_power_of_two()
+                        && (4096..=16 << 20).contains(&c) =>
+                {
+                    c
+                }
+                _ => 1 << 20,
+            }
+        }
+    };
+    if !chunk_size.is_power_of_two() || !(4096..=16 << 20).contains(&chunk_size) {
+        return Err(InputError::ChunkSize(chunk_size));
+    }
+    let chunk_size = chunk_size as u32;
+    let inputs: Vec<LayerInput> = tocs
+        .into_iter()
+        .enumerate()
+        .map(|(i, toc)| match toc {
+            Some(toc) => match toc_fits(&toc, chunk_size) {
+                Ok(()) => LayerInput::Estargz(Box::new(toc)),
+                Err(why) => {
+                    tracing::info!(
+                        layer = i,
+                        "eStargz TOC chunks do not fit ({why}): indexing the layer as gzip"
+                    );
+                    LayerInput::Gzip
+                }
+            },
+            None => LayerInput::Gzip,
+        })
+        .collect();
+
+    Ok((inputs, chunk_size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LayerFormat;
+
+    #[test]
+    fn names_are_the_serialized_forms() {
+        for f in [
+            LayerFormat::Gzip,
+            LayerFormat::Estargz,
+            LayerFormat::EstargzUnverified,
+            LayerFormat::LegacyStargz,
+            LayerFormat::ZstdChunked,
+            LayerFormat::Zstd,
+            LayerFormat::Uncompressed,
+            LayerFormat::Unknown,
+        ] {
+            assert_eq!(serde_json::to_value(f).ok(), Some(serde_json::Value::from(f.name())));
+        }
+    }
+}

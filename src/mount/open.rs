@@ -1,0 +1,122 @@
+//! What a mount serves, opened from what the user named: an artifact directory (over the image
+//! it was made from, or the same image elsewhere), an image with an artifact stored beside it,
+//! or an image whose layers are all eStargz (its TOCs read into a bootstrap in memory).
+
+use super::MountError;
+use crate::artifact::{self, Options, inputs, publish};
+use crate::blob::{BlobInput, BlobSet};
+use crate::oci::{self, Image, ImageRef, OpenOptions};
+use crate::rafs::reader::{Bootstrap, read_bootstrap};
+use std::path::Path;
+
+/// Everything a mount serves: the bootstrap and its blobs, with their cache files open.
+pub struct Mountable {
+    pub bootstrap: Bootstrap,
+    pub blobs: BlobSet,
+    /// The image the layers are read from.
+    pub name: String,
+    /// Bytes of the image's layers.
+    pub image_size: u64,
+}
+
+fn open_image(reference: &str, opts: &OpenOptions) -> Result<Image, MountError> {
+    let r: ImageRef = reference.parse()?;
+    oci::open(&r, opts)
+        .map_err(|source| MountError::Image { reference: r.to_string(), source: Box::new(source) })
+}
+
+/// Open `source`: an artifact directory written by `generate` (its layers read from `image`
+/// when given, else from the image it names), or an image reference. Chunks are cached under
+/// `cache`, artifacts stored beside images are fetched to `cache/artifacts`.
+pub fn open(
+    source: &str,
+    image: Option<&str>,
+    opts: &OpenOptions,
+    cache: &Path,
+) -> Result<Mountable, MountError> {
+    let dir = Path::new(source);
+    if dir.join(artifact::MANIFEST).is_file() {
+        let opened = artifact::open_dir(dir)?;
+        let reference = image.map_or_else(|| opened.manifest.source.clone(), str::to_string);
+        let image = open_image(&reference, opts)?;
+        return from_artifact(dir, opened, image, cache);
+    }
+    let image = open_image(source, opts)?;
+    // An artifact stored beside the image (`zran push`, `generate --push`) comes first.
+    match publish::find(&image) {
+        Ok(Some(found)) => {
+            let (dir, opened) =
+                publish::pull(&image, &found, &cache.join("artifacts")).map_err(|e| MountError::Pull {
+                    digest: found.digest.clone(),
+                    image: image.name.clone(),
+                    source: Box::new(e),
+                })?;
+            tracing::info!(artifact = %found.digest, dir = %dir.display(), "mounting the artifact stored beside the image");
+            return from_artifact(&dir, opened, image, cache);
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!("{}: cannot list its referrers: {e}", image.name),
+    }
+    // Otherwise every layer must be eStargz with a TOC that fits one chunk size.
+    let (layer_inputs, chunk_size) = inputs::layer_inputs(&image, false, None)?;
+    for (i, input) in layer_inputs.iter().enumerate() {
+        if !matches!(input, artifact::LayerInput::Estargz(_)) {
+            return Err(MountError::NotEstargz {
+                image: image.name.clone(),
+                layer: i,
+                digest: image.manifest.layers.get(i).map(|l| l.digest.to_string()).unwrap_or_default(),
+                given: source.to_string(),
+            });
+        }
+    }
+    let opts = Options { chunk_size, span: crate::gzip::DEFAULT_SPAN, jobs: 1, prefetch: Vec::new() };
+    let art = artifact::generate(&image, &layer_inputs, &opts, &|_, _| {})
+        .map_err(|e| MountError::Tocs { image: image.name.clone(), source: Box::new(e) })?;
+    let bootstrap = read_bootstrap(&art.bootstrap)?;
+    let name = image.name.clone();
+    let image_size = image.manifest.layers.iter().map(|l| l.size).sum();
+    let blobs = open_blobs(image, &bootstrap, |_| None, cache)?;
+    Ok(Mountable { bootstrap, blobs, name, image_size })
+}
+
+/// Mount an artifact directory over the layers of `image`, which must be the image it was made
+/// from.
+fn from_artifact(
+    dir: &Path,
+    opened: artifact::Opened,
+    image: Image,
+    cache: &Path,
+) -> Result<Mountable, MountError> {
+    if image.manifest.digest.to_string() != opened.manifest.manifest_digest {
+        return Err(MountError::NotThisImage {
+            dir: dir.to_path_buf(),
+            artifact_manifest: opened.manifest.manifest_digest.clone(),
+            image: image.name.clone(),
+            image_manifest: image.manifest.digest.to_string(),
+        });
+    }
+    let artifact::Opened { bootstrap, mut metas, .. } = opened;
+    let name = image.name.clone();
+    let image_size = image.manifest.layers.iter().map(|l| l.size).sum();
+    let blobs = open_blobs(image, &bootstrap, |i| metas.remove(&i), cache)?;
+    Ok(Mountable { bootstrap, blobs, name, image_size })
+}
+
+fn open_blobs(
+    image: Image,
+    bootstrap: &Bootstrap,
+    mut meta: impl FnMut(usize) -> Option<crate::rafs::meta::BlobMeta>,
+    cache: &Path,
+) -> Result<BlobSet, MountError> {
+    let mut blob_inputs = Vec::new();
+    for (i, spec) in bootstrap.blobs.iter().enumerate() {
+        let layer = image
+            .manifest
+            .layers
+            .iter()
+            .position(|l| l.digest.hex() == spec.id)
+            .ok_or_else(|| MountError::NotALayer { blob: spec.id.clone(), image: image.name.clone() })?;
+        blob_inputs.push(BlobInput { layer, spec, meta: meta(i) });
+    }
+    Ok(BlobSet::open(blob_inputs, &bootstrap.chunk_table, image.source, cache)?)
+}

@@ -1,0 +1,185 @@
+//! Serving a mount in this process: mount the filesystem, keep the record, prefetch, and
+//! unmount cleanly on SIGTERM, SIGINT or SIGHUP, or return when the mount is taken away.
+
+use super::MountError;
+use super::control::umount_path;
+use super::detach::report_ready;
+use super::open::Mountable;
+use super::record::{Record, record_path, records_dir};
+use crate::fuse::{ImageFs, Served};
+use crate::rafs::reader::Bootstrap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// How a mount is served.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Threads serving FUSE requests (at least one).
+    pub threads: usize,
+    /// Paths in the image (one per line) to fetch in the background once mounted, after the
+    /// bootstrap's own prefetch list.
+    pub prefetch_files: Option<PathBuf>,
+    /// Prefetch nothing.
+    pub no_prefetch: bool,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions { threads: 8, prefetch_files: None, no_prefetch: false }
+    }
+}
+
+/// Make the directory of mount records (and the cache directory) exist.
+pub fn create_records_dir(cache: &Path) -> Result<(), MountError> {
+    std::fs::create_dir_all(records_dir(cache))
+        .map_err(|source| MountError::CacheDir { path: cache.to_path_buf(), source })
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Serve `m` on `mountpoint` (canonical, checked with `check_mountpoint`) until it is unmounted
+/// or this process is signalled; `source` is what the record says was mounted. The record is
+/// written under `cache` once the mount is live, every second, and when it ends. In a server
+/// started by `detach`, the parent hears that the mount is live and output goes to the log.
+pub fn serve(
+    m: Mountable,
+    mountpoint: &Path,
+    source: &str,
+    cache: &Path,
+    opts: &ServeOptions,
+) -> Result<(), MountError> {
+    let mnt = mountpoint;
+    create_records_dir(cache)?;
+    let prefetch_ids = prefetch_list(opts.prefetch_files.as_deref(), &m.bootstrap)?;
+    let blobs = Arc::new(m.blobs);
+    let fs = Arc::new(ImageFs::new(m.bootstrap, blobs.clone()));
+
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName(format!("zran:{}", m.name)),
+        fuser::MountOption::Subtype("zran".into()),
+        fuser::MountOption::RO,
+        fuser::MountOption::DefaultPermissions,
+    ];
+    if root {
+        config.mount_options.extend([fuser::MountOption::Suid, fuser::MountOption::Dev]);
+        config.acl = fuser::SessionACL::All;
+    }
+    config.n_threads = Some(opts.threads.max(1));
+    config.clone_fd = true;
+    let session = fuser::spawn_mount(Served(fs.clone()), mnt, &config)
+        .map_err(|source| MountError::Mount { path: mnt.to_path_buf(), source })?;
+
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT, signal_hook::consts::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { signal_hook::low_level::register(sig, || STOP.store(true, Ordering::SeqCst)) }
+            .map_err(MountError::Signals)?;
+    }
+    let started =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let write_record = |live: bool| {
+        let r = Record {
+            pid: std::process::id(),
+            mountpoint: mnt.to_path_buf(),
+            source: source.to_string(),
+            image: m.name.clone(),
+            image_size: m.image_size,
+            started,
+            live,
+            stats: serde_json::to_value(&blobs.stats).unwrap_or_default(),
+        };
+        if let Err(e) = r.write(cache) {
+            tracing::warn!("cannot write {}: {e}", record_path(cache, mnt).display());
+        }
+    };
+    write_record(true);
+    tracing::info!(mountpoint = %mnt.display(), image = %m.name, "mounted");
+
+    // The mount is live: tell a waiting parent, and stop writing to its terminal.
+    report_ready(&record_path(cache, mnt).with_extension("log"));
+
+    if !opts.no_prefetch && !prefetch_ids.is_empty() {
+        let fs = fs.clone();
+        std::thread::Builder::new()
+            .name("zran-prefetch".into())
+            .spawn(move || fs.prefetch(&prefetch_ids))
+            .map_err(MountError::PrefetchThread)?;
+    }
+
+    let mut last = Instant::now();
+    while !STOP.load(Ordering::SeqCst) && !session.guard.is_finished() {
+        std::thread::sleep(Duration::from_millis(50));
+        if last.elapsed() >= Duration::from_secs(1) {
+            write_record(true);
+            last = Instant::now();
+        }
+    }
+    let r = if session.guard.is_finished() {
+        session.join()
+    } else {
+        tracing::info!(mountpoint = %mnt.display(), "unmounting");
+        unmount_session(session, mnt)
+    };
+    write_record(false);
+    r.map_err(|source| MountError::Serving { path: mnt.to_path_buf(), source })
+}
+
+/// Unmount (lazily when busy: the signal asked us to go) and wait for the session to end.
+fn unmount_session(session: fuser::BackgroundSession, mnt: &Path) -> std::io::Result<()> {
+    let guard = session.guard;
+    if let Err(e) = umount_path(mnt, false) {
+        tracing::warn!("{}: {e}; detaching it lazily", mnt.display());
+        umount_path(mnt, true)?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !guard.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// The inodes to prefetch: the bootstrap's list, then the paths of `file` (one per line; blank
+/// lines and `#` comments skipped; paths not in the image warned about).
+fn prefetch_list(file: Option<&Path>, b: &Bootstrap) -> Result<Vec<usize>, MountError> {
+    let mut ids = b.prefetch.clone();
+    if let Some(p) = file {
+        let text =
+            std::fs::read(p).map_err(|source| MountError::PrefetchList { path: p.to_path_buf(), source })?;
+        for path in prefetch_paths(&text) {
+            match b.tree.lookup(&path) {
+                Some(id) if !ids.contains(&id) => ids.push(id),
+                Some(_) => {}
+                None => {
+                    tracing::warn!(path = %String::from_utf8_lossy(&path), "prefetch file not in the image")
+                }
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// The normalized paths of a prefetch list.
+fn prefetch_paths(text: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
+    text.split(|&c| c == b'\n')
+        .map(<[u8]>::trim_ascii)
+        .filter(|l| !l.is_empty() && !l.starts_with(b"#"))
+        .map(crate::tar::normalize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefetch_paths;
+
+    #[test]
+    fn prefetch_lists_skip_blanks_and_comments() {
+        let text = b"# libraries\n/usr/lib/libc.so.6\n\n  usr/bin/python3  \r\n#/etc\n";
+        let got: Vec<Vec<u8>> = prefetch_paths(text).collect();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0], crate::tar::normalize(b"/usr/lib/libc.so.6"));
+        assert_eq!(got[1], crate::tar::normalize(b"usr/bin/python3"));
+    }
+}
