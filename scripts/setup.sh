@@ -3,7 +3,7 @@
 # Idempotent: installs only what is missing (set ZRAN_APT_UPDATE=1 to always refresh the lists).
 set -euo pipefail
 
-packages=(ca-certificates gcc gzip pigz tar coreutils python3 erofs-utils time cmake fuse3)
+packages=(ca-certificates gcc gzip pigz tar coreutils python3 erofs-utils time cmake fuse3 protobuf-compiler)
 # What the test images and the registry harness need (testimages/README.md).
 while read -r p; do
     [ -n "$p" ] && packages+=("$p")

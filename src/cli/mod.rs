@@ -8,6 +8,7 @@ mod image;
 mod inspect;
 mod mount;
 mod push;
+mod snapshotter;
 mod util;
 
 use clap::{Parser, Subcommand};
@@ -47,6 +48,10 @@ pub enum Command {
     /// The chunk cache: list it, or make room without touching what live mounts use.
     #[command(subcommand)]
     Cache(cache::CacheCommand),
+    /// containerd's Snapshots service on a unix socket (a `proxy_plugins` snapshotter):
+    /// snapshots as containerd's overlayfs snapshotter keeps them, with metadata that survives
+    /// restarts.
+    Snapshotter(snapshotter::SnapshotterArgs),
 }
 
 pub fn init_logging(verbose: u8) {
@@ -76,5 +81,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Umount(args) => mount::umount(args),
         Command::Stats(args) => mount::stats(args),
         Command::Cache(cmd) => cache::run(cmd),
+        Command::Snapshotter(args) => snapshotter::run(args),
     }
 }
