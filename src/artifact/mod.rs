@@ -153,6 +153,25 @@ fn hex(d: &crate::oci::Digest) -> String {
     d.hex().to_string()
 }
 
+/// The blob-table entry of a layer whose blob.meta is `encoded`.
+fn blob_spec(d: &Descriptor, encoded: &crate::rafs::meta::Encoded) -> BlobSpec {
+    BlobSpec {
+        id: hex(&d.digest),
+        chunk_count: encoded.chunk_count,
+        features: encoded.features,
+        compression_algo: compressor::GZIP,
+        digest_algo: digester::SHA256,
+        compressed_size: d.size,
+        uncompressed_size: encoded.uncompressed_size,
+        ci_compressor: encoded.ci_compressor,
+        ci_offset: encoded.ci_offset,
+        ci_compressed_size: encoded.ci_compressed_size,
+        ci_uncompressed_size: encoded.ci_uncompressed_size,
+        meta_digest: encoded.digest,
+        meta_size: encoded.bytes.len() as u64,
+    }
+}
+
 fn meta_err(d: &Descriptor, message: impl std::fmt::Display) -> ArtifactError {
     ArtifactError::Meta { layer: d.digest.to_string(), message: message.to_string() }
 }
@@ -228,21 +247,7 @@ fn gzip_layer(
         );
     }
     let file = format!("{}.blob.meta", hex(&d.digest));
-    let blob = BlobSpec {
-        id: hex(&d.digest),
-        chunk_count: meta.chunks.len() as u32,
-        features: encoded.features,
-        compression_algo: compressor::GZIP,
-        digest_algo: digester::SHA256,
-        compressed_size: d.size,
-        uncompressed_size: encoded.uncompressed_size,
-        ci_compressor: encoded.ci_compressor,
-        ci_offset: encoded.ci_offset,
-        ci_compressed_size: encoded.ci_compressed_size,
-        ci_uncompressed_size: encoded.ci_uncompressed_size,
-        meta_digest: encoded.digest,
-        meta_size: encoded.bytes.len() as u64,
-    };
+    let blob = blob_spec(d, &encoded);
     let record = LayerRecord {
         digest: d.digest.to_string(),
         media_type: d.media_type.clone(),
@@ -430,21 +435,7 @@ fn estargz_layer(i: usize, d: &Descriptor, toc: &Toc) -> Result<LayerOut, Artifa
     // without CHUNK_INFO_V2 a gzip blob is a "legacy stargz" blob to Nydus, whose chunks are
     // gzip members inflated one by one.
     let encoded = meta.encode().map_err(|e| meta_err(d, e))?;
-    let blob = BlobSpec {
-        id: hex(&d.digest),
-        chunk_count: encoded.chunk_count,
-        features: encoded.features,
-        compression_algo: compressor::GZIP,
-        digest_algo: digester::SHA256,
-        compressed_size: d.size,
-        uncompressed_size: encoded.uncompressed_size,
-        ci_compressor: encoded.ci_compressor,
-        ci_offset: encoded.ci_offset,
-        ci_compressed_size: encoded.ci_compressed_size,
-        ci_uncompressed_size: encoded.ci_uncompressed_size,
-        meta_digest: encoded.digest,
-        meta_size: encoded.bytes.len() as u64,
-    };
+    let blob = blob_spec(d, &encoded);
     let record = record(
         encoded.chunk_count,
         Some(format!("{}.blob.meta", hex(&d.digest))),
