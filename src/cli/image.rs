@@ -16,9 +16,17 @@ pub struct ImageArgs {
     /// Speak plain HTTP to the registry (loopback hosts always do).
     #[arg(long)]
     pub plain_http: bool,
-    /// A pull-through mirror HOST[:PORT] to try first (repeatable).
+    /// A pull-through mirror HOST[:PORT] (or URL) to try first (repeatable).
     #[arg(long, value_name = "HOST")]
     pub mirror: Vec<String>,
+    /// containerd's registry host directory: mirrors and plain-HTTP upstreams from
+    /// DIR/HOST[:PORT]/hosts.toml (or DIR/_default/hosts.toml), as containerd reads them.
+    #[arg(long, value_name = "DIR")]
+    pub hosts_dir: Option<std::path::PathBuf>,
+    /// Docker's config file to take credentials from (default $DOCKER_CONFIG/config.json,
+    /// else ~/.docker/config.json).
+    #[arg(long, value_name = "FILE")]
+    pub docker_config: Option<std::path::PathBuf>,
 }
 
 impl ImageArgs {
@@ -43,6 +51,8 @@ impl ImageArgs {
                 plain_http: self.plain_http,
                 creds,
                 mirrors: self.mirror.clone(),
+                hosts_dir: self.hosts_dir.clone(),
+                docker_config: self.docker_config.clone(),
                 ..RegistryOptions::default()
             },
         };

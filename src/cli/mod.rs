@@ -48,9 +48,9 @@ pub enum Command {
     /// The chunk cache: list it, or make room without touching what live mounts use.
     #[command(subcommand)]
     Cache(cache::CacheCommand),
-    /// containerd's Snapshots service on a unix socket (a `proxy_plugins` snapshotter):
-    /// snapshots as containerd's overlayfs snapshotter keeps them, with metadata that survives
-    /// restarts.
+    /// containerd's Snapshots service on a unix socket (a `proxy_plugins` snapshotter): images
+    /// with a zran artifact beside them (and eStargz images, with --enable-stargz) start
+    /// lazily; every other image is pulled and unpacked as usual.
     Snapshotter(snapshotter::SnapshotterArgs),
 }
 
@@ -81,6 +81,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Umount(args) => mount::umount(args),
         Command::Stats(args) => mount::stats(args),
         Command::Cache(cmd) => cache::run(cmd),
-        Command::Snapshotter(args) => snapshotter::run(args),
+        Command::Snapshotter(args) => snapshotter::run(args, cli.verbose),
     }
 }

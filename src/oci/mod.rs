@@ -10,6 +10,7 @@ pub mod reference;
 
 pub use digest::{Digest, Hasher};
 pub use reference::{ImageRef, LayoutRef, RegistryRef};
+pub mod hosts;
 pub mod layout;
 pub mod registry;
 pub mod source;

@@ -40,6 +40,9 @@ pub struct RegistryOptions {
     /// Where Docker keeps credentials (default `$DOCKER_CONFIG/config.json` or
     /// `~/.docker/config.json`).
     pub docker_config: Option<PathBuf>,
+    /// containerd's registry host directory (`/etc/containerd/certs.d`): mirrors and the
+    /// upstream's scheme from `HOST/hosts.toml` (see `hosts`).
+    pub hosts_dir: Option<PathBuf>,
     pub connect_timeout: Duration,
     /// Time allowed without progress on one request.
     pub read_timeout: Duration,
@@ -54,6 +57,7 @@ impl Default for RegistryOptions {
             creds: None,
             mirrors: Vec::new(),
             docker_config: None,
+            hosts_dir: None,
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
             attempts: 4,
@@ -85,7 +89,8 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 
 #[derive(Debug, Clone)]
 struct Endpoint {
-    base: String,
+    /// The prefix of every API path: `scheme://host[:port][/path]/v2`.
+    api: String,
     mirror: bool,
 }
 
@@ -116,23 +121,37 @@ pub struct Registry {
 impl Registry {
     pub fn new(repo: &RegistryRef, opts: &RegistryOptions) -> Result<Registry, OciError> {
         let scheme = if opts.plain_http || repo.is_loopback() { "http" } else { "https" };
-        let mut endpoints: Vec<Endpoint> = opts
-            .mirrors
+        let hosts = match &opts.hosts_dir {
+            Some(dir) => super::hosts::load(dir, &repo.registry).map_err(|e| OciError::Io {
+                path: dir.display().to_string(),
+                source: std::io::Error::other(e),
+            })?,
+            None => None,
+        };
+        let mut endpoints: Vec<Endpoint> = hosts
             .iter()
-            .map(|m| {
-                let s = if opts.plain_http
-                    || m.starts_with("localhost")
-                    || m.starts_with("127.")
-                    || m.starts_with("[::1]")
-                {
-                    "http"
-                } else {
-                    "https"
-                };
-                Endpoint { base: format!("{s}://{m}"), mirror: true }
-            })
+            .flat_map(|h| h.mirrors.iter())
+            .map(|m| Endpoint { api: m.api.clone(), mirror: true })
             .collect();
-        endpoints.push(Endpoint { base: format!("{scheme}://{}", repo.api_host()), mirror: false });
+        endpoints.extend(opts.mirrors.iter().map(|m| {
+            let s = if m.contains("://") {
+                ""
+            } else if opts.plain_http
+                || m.starts_with("localhost")
+                || m.starts_with("127.")
+                || m.starts_with("[::1]")
+            {
+                "http://"
+            } else {
+                "https://"
+            };
+            Endpoint { api: format!("{s}{}/v2", m.trim_end_matches('/')), mirror: true }
+        }));
+        let upstream = match hosts.and_then(|h| h.server) {
+            Some(s) => s.api,
+            None => format!("{scheme}://{}/v2", repo.api_host()),
+        };
+        endpoints.push(Endpoint { api: upstream, mirror: false });
         let client = reqwest::Client::builder()
             .connect_timeout(opts.connect_timeout)
             .read_timeout(opts.read_timeout)
@@ -140,7 +159,7 @@ impl Registry {
             .pool_max_idle_per_host(16)
             .user_agent(concat!("zran/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| OciError::Network { url: endpoints[0].base.clone(), message: e.to_string() })?;
+            .map_err(|e| OciError::Network { url: endpoints[0].api.clone(), message: e.to_string() })?;
         let creds =
             opts.creds.clone().or_else(|| docker_credentials(&repo.registry, opts.docker_config.as_ref()));
         Ok(Registry {
@@ -156,7 +175,7 @@ impl Registry {
     }
 
     fn url(&self, ep: &Endpoint, kind: &str, reference: &str) -> String {
-        let mut url = format!("{}/v2/{}/{kind}/{reference}", ep.base, self.repo.repository);
+        let mut url = format!("{}/{}/{kind}/{reference}", ep.api, self.repo.repository);
         if ep.mirror {
             // containerd's convention: tell a mirror which upstream it stands in for.
             url.push_str(&format!("?ns={}", self.repo.registry));
@@ -366,8 +385,8 @@ impl Registry {
 
     /// A URL on the registry itself, never a mirror: where pushes go.
     fn origin_url(&self, kind: &str, reference: &str) -> String {
-        let base = self.endpoints.last().map(|e| e.base.as_str()).unwrap_or_default();
-        format!("{base}/v2/{}/{kind}/{reference}", self.repo.repository)
+        let api = self.endpoints.last().map(|e| e.api.as_str()).unwrap_or_default();
+        format!("{api}/{}/{kind}/{reference}", self.repo.repository)
     }
 
     /// The error for a refused write: a missing or read-only credential says so.

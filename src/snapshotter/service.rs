@@ -7,7 +7,9 @@
 //! snapshot; `Cleanup` removes every directory the metadata does not know (also what a process
 //! killed mid-way left).
 
-use super::store::{Filter, Kind, Store, StoreError, Usage};
+use super::images::Images;
+use super::remote::{Decider, Decision, RemoteImage, RemoteLayer, TARGET, remote_labels};
+use super::store::{Filter, Kind, Snapshot, Store, StoreError, Usage};
 use containerd_snapshots::api::types::Mount;
 use containerd_snapshots::tonic::{self, Status};
 use containerd_snapshots::{Info as ApiInfo, Kind as ApiKind, Usage as ApiUsage};
@@ -15,11 +17,52 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
-/// The service: metadata and data directories under one root.
+/// The service: metadata and data directories under one root, and, with [`Remote`], layers
+/// served lazily.
 pub struct Service {
     root: PathBuf,
     store: Store,
+    remote: Option<Remote>,
+}
+
+/// What serves remote layers: the decisions per image, the serving processes, the counters.
+pub struct Remote {
+    pub decider: Decider,
+    pub images: Images,
+    counters: Mutex<Counters>,
+}
+
+impl Remote {
+    pub fn new(decider: Decider, images: Images) -> Remote {
+        Remote { decider, images, counters: Mutex::new(Counters::default()) }
+    }
+}
+
+/// What the snapshotter has decided and done, per image (`ROOT/stats.json`, `zran stats
+/// --snapshotter`). The serving processes keep their own counters in their mount records.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Counters {
+    /// Layers committed as remote (nothing downloaded by containerd).
+    pub remote_layers: u64,
+    /// Layers left to containerd's ordinary pull.
+    pub plain_layers: u64,
+    /// Images served lazily and images that fell back, by reference.
+    pub images: BTreeMap<String, ImageCounters>,
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ImageCounters {
+    /// `artifact`, `estargz`, or `plain`.
+    pub served_as: String,
+    /// Why it fell back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The manifest digest's hex (the key of its serving process), when served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
+    pub layers: u64,
 }
 
 /// What went wrong, mapped to the gRPC codes containerd expects.
@@ -29,6 +72,12 @@ pub enum ServiceError {
     Store(#[from] StoreError),
     #[error("{what} {path}: {source}")]
     Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    /// A layer is served remotely: containerd is to skip it.
+    #[error("target snapshot {0} already exists")]
+    RemoteCommitted(String),
+    /// An image cannot be mounted now.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<ServiceError> for Status {
@@ -42,6 +91,8 @@ impl From<ServiceError> for Status {
             }
             ServiceError::Store(StoreError::InvalidArgument(m)) => Status::invalid_argument(m),
             ServiceError::Store(StoreError::FailedPrecondition(m)) => Status::failed_precondition(m),
+            e @ ServiceError::RemoteCommitted(_) => Status::already_exists(e.to_string()),
+            ServiceError::Unavailable(m) => Status::unavailable(m),
             e => Status::internal(e.to_string()),
         }
     }
@@ -91,26 +142,47 @@ fn disk_usage(dir: &Path) -> std::io::Result<Usage> {
     Ok(usage)
 }
 
+/// A lower directory of an overlay: a snapshot's own data, or an image served whole.
+fn overlay(lowers: &[String], upper: Option<(String, String)>) -> Mount {
+    let mut options = Vec::new();
+    if let Some((work, upper)) = upper {
+        options.extend(["index=off".to_string(), format!("workdir={work}"), format!("upperdir={upper}")]);
+    }
+    options.push(format!("lowerdir={}", lowers.join(":")));
+    Mount { r#type: "overlay".into(), source: "overlay".into(), target: String::new(), options }
+}
+
+fn bind(source: String, ro: bool) -> Mount {
+    Mount {
+        r#type: "bind".into(),
+        source,
+        target: String::new(),
+        options: vec![if ro { "ro" } else { "rw" }.into(), "rbind".into()],
+    }
+}
+
 impl Service {
-    /// Open (or create) the snapshotter's state under `root`.
-    pub fn open(root: &Path) -> Result<Service, ServiceError> {
+    /// Open (or create) the snapshotter's state under `root`; `remote` serves layers lazily.
+    pub fn open(root: &Path, remote: Option<Remote>) -> Result<Service, ServiceError> {
         std::fs::create_dir_all(root.join("snapshots")).map_err(|e| io("cannot create", root, e))?;
         let store = Store::open(root)?;
-        Ok(Service { root: root.to_path_buf(), store })
+        let service = Service { root: root.to_path_buf(), store, remote };
+        if let Some(r) = &service.remote
+            && let Ok(bytes) = std::fs::read(root.join(STATS))
+            && let Ok(c) = serde_json::from_slice::<Counters>(&bytes)
+        {
+            *r.counters.lock().unwrap_or_else(|p| p.into_inner()) = c;
+        }
+        Ok(service)
     }
 
     fn dir(&self, id: u64) -> PathBuf {
         self.root.join("snapshots").join(id.to_string())
     }
 
-    fn create(
-        &self,
-        kind: Kind,
-        key: String,
-        parent: String,
-        l: HashMap<String, String>,
-    ) -> Result<Vec<Mount>, ServiceError> {
-        // The directory first, under a name no id has; renamed once the metadata holds it.
+    /// The snapshot's data directory, made under a name no id has and renamed once the
+    /// metadata holds it.
+    fn create_dirs(&self) -> Result<PathBuf, ServiceError> {
         let nanos =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let tmp = self.root.join("snapshots").join(format!("new-{}-{nanos}", std::process::id()));
@@ -118,8 +190,19 @@ impl Service {
         for sub in ["fs", "work"] {
             std::fs::create_dir(tmp.join(sub)).map_err(|e| io("cannot create", &tmp, e))?;
         }
+        Ok(tmp)
+    }
+
+    fn create(
+        &self,
+        kind: Kind,
+        key: &str,
+        parent: &str,
+        l: BTreeMap<String, String>,
+    ) -> Result<Snapshot, ServiceError> {
+        let tmp = self.create_dirs()?;
         let parent = (!parent.is_empty()).then_some(parent);
-        let snap = match self.store.create(kind, &key, parent.as_deref(), labels(l)) {
+        let snap = match self.store.create(kind, key, parent, l) {
             Ok(s) => s,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&tmp);
@@ -128,45 +211,229 @@ impl Service {
         };
         let dir = self.dir(snap.id);
         std::fs::rename(&tmp, &dir).map_err(|e| io("cannot rename", &tmp, e))?;
-        Ok(self.mounts_of(snap.id, snap.kind, &snap.parent_ids))
+        Ok(snap)
     }
 
-    fn mounts_of(&self, id: u64, kind: Kind, parents: &[u64]) -> Vec<Mount> {
-        let fs = |id: u64| self.dir(id).join("fs").to_string_lossy().into_owned();
-        let bind = |source: String, ro: bool| Mount {
-            r#type: "bind".into(),
-            source,
-            target: String::new(),
-            options: vec![if ro { "ro" } else { "rw" }.into(), "rbind".into()],
-        };
-        match (kind, parents) {
-            (Kind::View, []) => vec![bind(fs(id), true)],
-            (Kind::View, [p]) => vec![bind(fs(*p), true)],
-            (_, []) => vec![bind(fs(id), false)],
-            (Kind::View, ps) => {
-                let lower = ps.iter().map(|&p| fs(p)).collect::<Vec<_>>().join(":");
-                vec![Mount {
-                    r#type: "overlay".into(),
-                    source: "overlay".into(),
-                    target: String::new(),
-                    options: vec![format!("lowerdir={lower}")],
-                }]
-            }
-            (_, ps) => {
-                let lower = ps.iter().map(|&p| fs(p)).collect::<Vec<_>>().join(":");
-                vec![Mount {
-                    r#type: "overlay".into(),
-                    source: "overlay".into(),
-                    target: String::new(),
-                    options: vec![
-                        "index=off".into(),
-                        format!("workdir={}", self.dir(id).join("work").display()),
-                        format!("upperdir={}", fs(id)),
-                        format!("lowerdir={lower}"),
-                    ],
-                }]
+    /// Prepare or View: the snapshot, then its mounts; a snapshot that cannot be mounted (its
+    /// image cannot be served) is taken back.
+    fn create_mounted(
+        &self,
+        kind: Kind,
+        key: String,
+        parent: String,
+        l: HashMap<String, String>,
+    ) -> Result<Vec<Mount>, ServiceError> {
+        let snap = self.create(kind, &key, &parent, labels(l))?;
+        match self.mounts_of(&snap) {
+            Ok(m) => Ok(m),
+            Err(e) => {
+                if self.store.remove(&key).is_ok() {
+                    let _ = std::fs::remove_dir_all(self.dir(snap.id));
+                }
+                Err(e)
             }
         }
+    }
+
+    /// A layer `Prepare` (`containerd.io/snapshot.ref` = `target`) of an image zran serves:
+    /// commit the layer as remote and say so (containerd then downloads nothing for it).
+    /// `None`: the ordinary path.
+    fn try_remote(
+        &self,
+        key: &str,
+        parent: &str,
+        target: &str,
+        l: &HashMap<String, String>,
+    ) -> Result<Option<ServiceError>, ServiceError> {
+        let Some(remote) = &self.remote else { return Ok(None) };
+        let Some((reference, layer, manifest)) = super::remote::image_of(l) else {
+            tracing::info!(
+                layer = target,
+                "no image named in the labels (ctr-remote rpull, or CRI with disable_snapshot_annotations = false, name it): containerd unpacks the layer"
+            );
+            self.count(None, "", 0, Some("no image named in the labels"));
+            return Ok(None);
+        };
+        let (decision, index) =
+            tokio::task::block_in_place(|| remote.decider.decide(&reference, &layer, manifest.as_deref()));
+        let (image, index) = match (decision, index) {
+            (Decision::Remote(image), Some(index)) => (image, index),
+            (Decision::Remote(_), None) => unreachable!("a remote decision always has the layer index"),
+            (Decision::Plain(why), _) => {
+                self.count(None, &reference, 0, Some(&why));
+                return Ok(None);
+            }
+        };
+        let mut committed = labels(l.clone());
+        committed.extend(remote_labels(&image, index));
+        let snap = self.create(Kind::Active, key, parent, labels(l.clone()))?;
+        if let Err(e) = self.store.commit(key, target, committed, Usage::default()) {
+            let _ = self.store.remove(key);
+            let _ = std::fs::remove_dir_all(self.dir(snap.id));
+            return Err(match e {
+                StoreError::AlreadyExists(t) => ServiceError::RemoteCommitted(t),
+                e => e.into(),
+            });
+        }
+        tracing::info!(layer = target, image = %image.reference, index, "remote layer");
+        self.count(Some(&image), &reference, 1, None);
+        Ok(Some(ServiceError::RemoteCommitted(target.to_string())))
+    }
+
+    fn count(&self, image: Option<&RemoteImage>, reference: &str, remote: u64, reason: Option<&str>) {
+        let Some(r) = &self.remote else { return };
+        let snapshot = {
+            let mut c = r.counters.lock().unwrap_or_else(|p| p.into_inner());
+            if remote > 0 {
+                c.remote_layers += remote;
+            } else {
+                c.plain_layers += 1;
+            }
+            if !reference.is_empty() {
+                let e = c.images.entry(reference.to_string()).or_default();
+                e.layers += 1;
+                match image {
+                    Some(i) => {
+                        e.served_as = i.via.to_string();
+                        e.manifest = Some(i.manifest_hex.clone());
+                        e.reason = None;
+                    }
+                    None => {
+                        e.served_as = "plain".into();
+                        e.reason = reason.map(str::to_string);
+                    }
+                }
+            }
+            c.clone()
+        };
+        let path = self.root.join(STATS);
+        let tmp = path.with_extension("json.tmp");
+        let written = serde_json::to_vec_pretty(&snapshot)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            tracing::warn!("cannot write {}: {e}", path.display());
+        }
+    }
+
+    /// The lower directories of a snapshot on `parents` (nearest first): each plain parent's
+    /// data, down to the first remote one, whose image is served whole in its place.
+    fn lowers(&self, snap: &Snapshot) -> Result<Vec<String>, ServiceError> {
+        let mut lowers = Vec::new();
+        for (&pid, l) in snap.parent_ids.iter().zip(&snap.parent_labels) {
+            match RemoteLayer::from_labels(l) {
+                None => lowers.push(self.dir(pid).join("fs").to_string_lossy().into_owned()),
+                Some(layer) => {
+                    lowers.push(self.serve(&layer)?.to_string_lossy().into_owned());
+                    break;
+                }
+            }
+        }
+        Ok(lowers)
+    }
+
+    /// The mount point of the image a remote layer is the top of, served.
+    fn serve(&self, layer: &RemoteLayer) -> Result<PathBuf, ServiceError> {
+        let unavailable = |m: String| ServiceError::Unavailable(m);
+        let Some(remote) = &self.remote else {
+            return Err(unavailable(format!(
+                "snapshot of {} is remote, but this snapshotter serves no remote layers",
+                layer.image
+            )));
+        };
+        if !layer.is_top() {
+            return Err(unavailable(format!(
+                "layer {} of {} is served only as part of the whole image, and a snapshot is made on it \
+                 (an image sharing its first layers with {} was pulled after it: remove and pull that image again)",
+                layer.index, layer.image, layer.image
+            )));
+        }
+        let key = layer
+            .image_key()
+            .ok_or_else(|| unavailable(format!("remote image {} is not pinned by digest", layer.image)))?;
+        tokio::task::block_in_place(|| remote.images.ensure(key, &layer.image))
+            .map_err(|e| unavailable(format!("cannot serve {}: {}", layer.image, error_chain(&e))))
+    }
+
+    fn mounts_of(&self, snap: &Snapshot) -> Result<Vec<Mount>, ServiceError> {
+        let fs = |id: u64| self.dir(id).join("fs").to_string_lossy().into_owned();
+        let lowers = self.lowers(snap)?;
+        Ok(match (snap.kind, lowers.as_slice()) {
+            (Kind::View, []) => vec![bind(fs(snap.id), true)],
+            (Kind::View, [one]) => vec![bind(one.clone(), true)],
+            (_, []) => vec![bind(fs(snap.id), false)],
+            (Kind::View, ls) => vec![overlay(ls, None)],
+            (_, ls) => vec![overlay(
+                ls,
+                Some((self.dir(snap.id).join("work").to_string_lossy().into_owned(), fs(snap.id))),
+            )],
+        })
+    }
+
+    /// The images that active snapshots and views need served, by key.
+    fn needed(&self) -> Result<BTreeMap<String, String>, ServiceError> {
+        let mut out = BTreeMap::new();
+        for info in self.store.list(&[])? {
+            if info.kind == Kind::Committed {
+                continue;
+            }
+            let snap = match self.store.get(&info.name) {
+                Ok(s) => s,
+                Err(StoreError::NotFound(_)) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            for l in &snap.parent_labels {
+                if let Some(layer) = RemoteLayer::from_labels(l) {
+                    if let Some(k) = layer.image_key() {
+                        out.insert(k.to_string(), layer.image.clone());
+                    }
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stop serving the images no active snapshot or view needs.
+    fn release_unused(&self) -> Result<(), ServiceError> {
+        let Some(remote) = &self.remote else { return Ok(()) };
+        let needed = self.needed()?;
+        for key in remote.images.known() {
+            if !needed.contains_key(&key) {
+                tokio::task::block_in_place(|| remote.images.stop(&key))
+                    .map_err(|e| ServiceError::Unavailable(error_chain(&e)))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// At start: re-attach to the serving processes still alive, mount again the images whose
+    /// process died (containers started before keep what they had; new ones get the new mount),
+    /// and stop those nothing needs.
+    pub fn restore(&self) -> Result<(), ServiceError> {
+        let Some(remote) = &self.remote else { return Ok(()) };
+        for (key, reference) in self.needed()? {
+            if let Err(e) = remote.images.ensure(&key, &reference) {
+                tracing::warn!(image = %reference, "cannot serve it again: {}", error_chain(&e));
+            }
+        }
+        let needed = self.needed()?;
+        for key in remote.images.known() {
+            if !needed.contains_key(&key)
+                && let Err(e) = remote.images.stop(&key)
+            {
+                tracing::warn!(image = %key, "cannot stop serving it: {}", error_chain(&e));
+            }
+        }
+        Ok(())
+    }
+
+    /// What the snapshotter decided per image and the counters of each image's mount.
+    pub fn stats(&self) -> serde_json::Value {
+        let Some(r) = &self.remote else { return serde_json::Value::Null };
+        let c = r.counters.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        serde_json::to_value(c).unwrap_or_default()
     }
 
     /// Remove every snapshot directory the metadata does not know.
@@ -185,6 +452,20 @@ impl Service {
         }
         Ok(())
     }
+}
+
+/// The snapshotter's counters, under its root.
+pub const STATS: &str = "stats.json";
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
 }
 
 #[tonic::async_trait]
@@ -222,7 +503,7 @@ impl containerd_snapshots::Snapshotter for Service {
             ))
             .into());
         }
-        Ok(self.mounts_of(snap.id, snap.kind, &snap.parent_ids))
+        self.mounts_of(&snap)
     }
 
     async fn prepare(
@@ -231,7 +512,15 @@ impl containerd_snapshots::Snapshotter for Service {
         parent: String,
         l: HashMap<String, String>,
     ) -> Result<Vec<Mount>, ServiceError> {
-        self.create(Kind::Active, key, parent, l)
+        if let Some(target) = l.get(TARGET) {
+            if self.store.stat(target).is_ok() {
+                return Err(ServiceError::RemoteCommitted(target.clone()));
+            }
+            if let Some(done) = self.try_remote(&key, &parent, target, &l)? {
+                return Err(done);
+            }
+        }
+        self.create_mounted(Kind::Active, key, parent, l)
     }
 
     async fn view(
@@ -240,7 +529,7 @@ impl containerd_snapshots::Snapshotter for Service {
         parent: String,
         l: HashMap<String, String>,
     ) -> Result<Vec<Mount>, ServiceError> {
-        self.create(Kind::View, key, parent, l)
+        self.create_mounted(Kind::View, key, parent, l)
     }
 
     async fn commit(
@@ -261,14 +550,20 @@ impl containerd_snapshots::Snapshotter for Service {
     }
 
     async fn remove(&self, key: String) -> Result<(), ServiceError> {
-        let (id, _) = self.store.remove(&key)?;
+        let (id, kind) = self.store.remove(&key)?;
         let dir = self.dir(id);
         let gone = self.root.join("snapshots").join(format!("rm-{id}"));
         match std::fs::rename(&dir, &gone) {
-            Ok(()) => std::fs::remove_dir_all(&gone).map_err(|e| io("cannot remove", &gone, e)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io("cannot remove", &dir, e)),
+            Ok(()) => std::fs::remove_dir_all(&gone).map_err(|e| io("cannot remove", &gone, e))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("cannot remove", &dir, e)),
         }
+        if kind != Kind::Committed
+            && let Err(e) = self.release_unused()
+        {
+            tracing::warn!("after removing {key}: {e}");
+        }
+        Ok(())
     }
 
     async fn clear(&self) -> Result<(), ServiceError> {

@@ -66,12 +66,13 @@ pub struct Info {
 }
 
 /// What serving a snapshot needs: its data directory's id, its kind, and the ids of its
-/// ancestors, nearest first (the order of overlayfs's `lowerdir`).
+/// ancestors, nearest first (the order of overlayfs's `lowerdir`), with their labels.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
     pub id: u64,
     pub kind: Kind,
     pub parent_ids: Vec<u64>,
+    pub parent_labels: Vec<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -209,7 +210,7 @@ impl Store {
             if db!(snaps.get(key))?.is_some() {
                 return Err(StoreError::AlreadyExists(key.into()));
             }
-            let mut parent_ids = Vec::new();
+            let mut parents = Vec::new();
             if let Some(p) = parent {
                 let rec = match db!(snaps.get(p))? {
                     Some(v) => decode(p, v.value())?,
@@ -218,7 +219,7 @@ impl Store {
                 if rec.kind != Kind::Committed {
                     return Err(StoreError::InvalidArgument(format!("parent {p} of {key} is not committed")));
                 }
-                parent_ids = chain(&snaps, p, rec)?;
+                parents = chain(&snaps, p, rec)?;
             }
             let id = db!(meta.get("next_id"))?.map_or(1, |v| v.value());
             db!(meta.insert("next_id", id + 1))?;
@@ -233,10 +234,11 @@ impl Store {
                 usage: None,
             };
             db!(snaps.insert(key, encode(&rec).as_slice()))?;
-            if let Some(&pid) = parent_ids.first() {
+            if let Some(&(pid, _)) = parents.first() {
                 db!(children.insert((pid, id), key))?;
             }
-            Snapshot { id, kind, parent_ids }
+            let (parent_ids, parent_labels) = parents.into_iter().unzip();
+            Snapshot { id, kind, parent_ids, parent_labels }
         };
         db!(tx.commit())?;
         Ok(snapshot)
@@ -250,7 +252,7 @@ impl Store {
             Some(v) => decode(key, v.value())?,
             None => return Err(StoreError::NotFound(key.into())),
         };
-        let parent_ids = match &rec.parent {
+        let parents = match &rec.parent {
             Some(p) => {
                 let prec = match db!(snaps.get(p.as_str()))? {
                     Some(v) => decode(p, v.value())?,
@@ -265,7 +267,8 @@ impl Store {
             }
             None => Vec::new(),
         };
-        Ok(Snapshot { id: rec.id, kind: rec.kind, parent_ids })
+        let (parent_ids, parent_labels) = parents.into_iter().unzip();
+        Ok(Snapshot { id: rec.id, kind: rec.kind, parent_ids, parent_labels })
     }
 
     /// Stat.
@@ -447,13 +450,15 @@ impl Store {
     }
 }
 
-/// The ids of `key` (whose record is `rec`) and its ancestors, nearest first.
+type Labels = BTreeMap<String, String>;
+
+/// The ids and labels of `key` (whose record is `rec`) and its ancestors, nearest first.
 fn chain(
     snaps: &impl ReadableTable<&'static str, &'static [u8]>,
     key: &str,
     rec: Record,
-) -> Result<Vec<u64>, StoreError> {
-    let mut ids = vec![rec.id];
+) -> Result<Vec<(u64, Labels)>, StoreError> {
+    let mut ids = vec![(rec.id, rec.labels)];
     let mut next = rec.parent;
     while let Some(p) = next {
         if ids.len() > 1 << 16 {
@@ -468,7 +473,7 @@ fn chain(
                 });
             }
         };
-        ids.push(r.id);
+        ids.push((r.id, r.labels));
         next = r.parent;
     }
     Ok(ids)
@@ -542,7 +547,7 @@ impl Filter {
         self.conditions.iter().all(|c| {
             let value = match &c.field {
                 Field::Name => Some(info.name.as_str()),
-                Field::Parent => info.parent.as_deref(),
+                Field::Parent => Some(info.parent.as_deref().unwrap_or_default()),
                 Field::Kind => Some(info.kind.name()),
                 Field::Label(k) => info.labels.get(k).map(String::as_str),
             };
@@ -710,6 +715,9 @@ mod tests {
         assert_eq!(names(&["parent==c1"]), ["a1", "v1"]);
         assert_eq!(names(&["parent==c1,kind!=view"]), ["a1"]);
         assert_eq!(names(&[r#"labels."containerd.io/snapshot.ref"==sha256:aa"#]), ["c1"]);
+        // containerd's unpacker looks a remote layer up so, with an empty parent for the first.
+        assert_eq!(names(&[r#"labels."containerd.io/snapshot.ref"==sha256:aa,parent=="""#]), ["c1"]);
+        assert!(names(&[r#"labels."containerd.io/snapshot.ref"==sha256:aa,parent==c1"#]).is_empty());
         assert_eq!(names(&["labels.app"]), ["v1"]);
         assert_eq!(names(&["name==a1", "name==v1"]), ["a1", "v1"], "filters are alternatives");
         assert!(Filter::parse("name~=a.*").is_err());
