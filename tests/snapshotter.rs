@@ -36,7 +36,7 @@ fn wait_for(path: &Path, what: &str, d: &mut Daemon) {
     }
 }
 
-fn snapshotter(root: &Path, sock: &Path, log: &Path) -> Daemon {
+fn snapshotter(root: &Path, sock: &Path, log: &Path, extra: &[&str]) -> Daemon {
     let mut d = Daemon(
         Command::new(env!("CARGO_BIN_EXE_zran"))
             .arg("snapshotter")
@@ -45,6 +45,7 @@ fn snapshotter(root: &Path, sock: &Path, log: &Path) -> Daemon {
             .arg("--address")
             .arg(sock)
             .arg("-v")
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log).unwrap())
             .spawn()
@@ -137,7 +138,7 @@ fn containers_run_from_snapshots_zran_keeps() {
     let work = tempfile::tempdir().unwrap();
     let root = work.path().join("zran");
     let zsock = work.path().join("zran.sock");
-    let mut zran = snapshotter(&root, &zsock, &work.path().join("zran.log"));
+    let mut zran = snapshotter(&root, &zsock, &work.path().join("zran.log"), &[]);
     let (_ctd, sock) = containerd(work.path(), &zsock);
     let image = format!("{}/python:latest", reg.host());
 
@@ -212,7 +213,7 @@ fn containers_run_from_snapshots_zran_keeps() {
     zran.0.kill().unwrap();
     zran.0.wait().unwrap();
     drop(zran);
-    let _zran = snapshotter(&root, &zsock, &work.path().join("zran-2.log"));
+    let _zran = snapshotter(&root, &zsock, &work.path().join("zran-2.log"), &[]);
     // containerd redials a proxy plugin with a backoff (at most 3 s).
     let deadline = Instant::now() + Duration::from_secs(20);
     while !ctr(&sock, &["snapshots", "--snapshotter", "zran", "ls"]).status.success() {
@@ -231,4 +232,336 @@ fn containers_run_from_snapshots_zran_keeps() {
     }
     let left: Vec<_> = std::fs::read_dir(root.join("snapshots")).unwrap().collect();
     assert!(left.is_empty(), "data left: {left:?}");
+}
+
+/// Bytes the registry sent for each blob (its access log: `"GET /v2/R/blobs/sha256:H ..." S N`).
+fn served(reg: &TestRegistry) -> std::collections::HashMap<String, u64> {
+    let log = std::fs::read_to_string(reg.dir.path().join("registry.log")).unwrap_or_default();
+    let mut out = std::collections::HashMap::new();
+    for line in log.lines() {
+        let Some(i) = line.find("\"GET /v2/") else { continue };
+        let rest = &line[i + 1..];
+        let Some(j) = rest.find("/blobs/sha256:") else { continue };
+        let hex: String = rest[j + 14..].chars().take(64).collect();
+        let fields: Vec<&str> = rest.split_once("\" ").map_or("", |x| x.1).split_whitespace().collect();
+        if let [status, bytes, ..] = fields[..]
+            && (status == "200" || status == "206")
+        {
+            *out.entry(hex).or_default() += bytes.parse::<u64>().unwrap_or(0);
+        }
+    }
+    out
+}
+
+/// The layers of a test image (digest hex, size).
+fn layers(name: &str) -> Vec<(String, u64)> {
+    let layout = repo_root().join("target/testimages/layouts").join(name);
+    let read = |d: &str| -> Value {
+        let hex = d.trim_start_matches("sha256:");
+        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap()).unwrap()
+    };
+    let index: Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let manifest = read(index["manifests"][0]["digest"].as_str().unwrap());
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string(),
+                l["size"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Bytes of `name`'s layers the registry has sent in all.
+fn layer_bytes_served(reg: &TestRegistry, name: &str) -> u64 {
+    let s = served(reg);
+    layers(name).iter().map(|(h, _)| s.get(h).copied().unwrap_or(0)).sum()
+}
+
+/// The FUSE mounts zran serves (lines of /proc/self/mountinfo).
+fn zran_mounts() -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(" - fuse") && l.contains(" zran:"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A reader run in a container: every regular file under /usr, in order, its sha256 (or
+/// `ERR<errno>`) written to /out/log, `delay` seconds apart; `DONE` at the end.
+const READER: &str = r#"
+import hashlib, os, sys, time
+out = open('/out/log', 'w', buffering=1)
+delay = float(sys.argv[1])
+for root, dirs, files in os.walk('/usr'):
+    dirs.sort()
+    for f in sorted(files):
+        p = os.path.join(root, f)
+        if os.path.islink(p) or not os.path.isfile(p):
+            continue
+        try:
+            with open(p, 'rb') as fh:
+                h = hashlib.sha256(fh.read()).hexdigest()
+        except OSError as e:
+            h = 'ERR%d' % e.errno
+        out.write(p + ' ' + h + '\n')
+        time.sleep(delay)
+out.write('DONE\n')
+"#;
+
+/// What the reader saw, checked against the truth: (files read right, paths that failed).
+/// A file read with wrong bytes fails the test.
+fn reader_results(log: &Path) -> (usize, Vec<String>) {
+    let text = std::fs::read_to_string(log).unwrap();
+    assert!(
+        text.ends_with("DONE\n"),
+        "the reader did not finish: {}",
+        &text[text.len().saturating_sub(300)..]
+    );
+    let truth = common::truth::by_path(&common::truth::truth("python"));
+    let (mut ok, mut failed) = (0, Vec::new());
+    for line in text.lines().filter(|l| *l != "DONE") {
+        let (path, h) = line.rsplit_once(' ').unwrap();
+        if h.starts_with("ERR") {
+            assert_eq!(h, "ERR5", "{path}: only EIO is allowed");
+            failed.push(path.to_string());
+            continue;
+        }
+        let want = truth.get(path).unwrap_or_else(|| panic!("{path} is not in the image"));
+        assert_eq!(want["sha256"].as_str(), Some(h), "{path}: wrong bytes");
+        ok += 1;
+    }
+    (ok, failed)
+}
+
+#[test]
+fn images_start_lazily_through_containerd() {
+    let reg = TestRegistry::start("plain");
+    let host = reg.host();
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("zran");
+    let zsock = work.path().join("zran.sock");
+    let zlog = work.path().join("zran.log");
+    let mut zran = snapshotter(&root, &zsock, &zlog, &[]);
+    let (_ctd, sock) = containerd(work.path(), &zsock);
+    let python = format!("{host}/python:latest");
+
+    // The artifact stored beside the image.
+    let art = work.path().join("art");
+    let g = Command::new(env!("CARGO_BIN_EXE_zran"))
+        .args(["generate", &python, "-o"])
+        .arg(&art)
+        .arg("--push")
+        .output()
+        .unwrap();
+    ok(g, "generate --push");
+
+    let rpull = |image: &str| {
+        ok(
+            Command::new("ctr-remote")
+                .arg("-a")
+                .arg(&sock)
+                .args(["image", "rpull", "--plain-http", "--snapshotter", "zran", image])
+                .output()
+                .unwrap(),
+            "rpull",
+        )
+    };
+    let run = |image: &str, id: &str, extra: &[&str], cmd: &[&str]| {
+        let mut a = vec!["run", "--rm", "--snapshotter", "zran"];
+        a.extend_from_slice(extra);
+        a.extend_from_slice(&[image, id]);
+        a.extend_from_slice(cmd);
+        ctr(&sock, &a)
+    };
+    let answer = ["/usr/bin/python3.11", "-c", "import json, email; print(json.dumps({'answer': 6 * 7}))"];
+
+    // 1. The image with an artifact: containerd downloads no layer, the container runs, and
+    //    the registry serves a small part of the layers.
+    let base = layer_bytes_served(&reg, "python");
+    rpull(&python);
+    assert_eq!(layer_bytes_served(&reg, "python") - base, 0, "rpull downloaded layers");
+    assert_eq!(ok(run(&python, "p1", &[], &answer), "run").trim(), r#"{"answer": 42}"#);
+    let total: u64 = layers("python").iter().map(|l| l.1).sum();
+    let fetched = layer_bytes_served(&reg, "python") - base;
+    assert!(fetched > 0 && fetched < total / 2, "{fetched} of {total} bytes of layers served");
+    assert_eq!(zran_mounts().len(), 1, "one serving process for the image");
+
+    // The container's view of the image (a view of its top layer) is the truth.
+    let top = top_chain_id(&repo_root().join("target/testimages/layouts/python"));
+    let mounts =
+        ok(ctr(&sock, &["snapshots", "--snapshotter", "zran", "view", "--mounts", "pv", &top]), "view");
+    let mounts: Value = serde_json::from_str(&mounts).unwrap();
+    assert_eq!(mounts[0]["Type"], "bind", "{mounts}");
+    let src = mounts[0]["Source"].as_str().unwrap();
+    assert!(zran_mounts().iter().any(|m| m.contains(src)), "{src} is the image's FUSE mount");
+    let mnt = work.path().join("view");
+    std::fs::create_dir(&mnt).unwrap();
+    assert!(Command::new("mount").args(["--bind", "-o", "ro", src]).arg(&mnt).status().unwrap().success());
+    let walked = walk(&mnt);
+    let _ = Command::new("umount").arg(&mnt).status();
+    assert!(compare("python", &walked, false) > 1000);
+    // (ctr made the view under a lease of its own, which the garbage collector removes.)
+
+    // 2. eStargz without --enable-stargz, like any image without an artifact: containerd
+    //    pulls and unpacks it, it runs, nothing more is mounted.
+    let estargz = format!("{host}/python-estargz:latest");
+    let before = zran_mounts().len();
+    rpull(&estargz);
+    assert_eq!(ok(run(&estargz, "n1", &[], &answer), "run plain").trim(), r#"{"answer": 42}"#);
+    assert_eq!(zran_mounts().len(), before, "a plain image is not served through FUSE");
+    let stats: Value = serde_json::from_str(&ok(
+        Command::new(env!("CARGO_BIN_EXE_zran"))
+            .arg("stats")
+            .arg("--snapshotter")
+            .arg(&root)
+            .output()
+            .unwrap(),
+        "zran stats",
+    ))
+    .unwrap();
+    assert_eq!(stats["images"][&python]["served_as"], "artifact", "{stats}");
+    let m = &stats["images"][&python]["mount"];
+    assert!(m["pid"].as_u64().unwrap() > 0, "{stats}");
+    assert!(m["stats"]["chunks_verified"].as_u64().unwrap() > 0, "{stats}");
+    assert_eq!(m["stats"]["digest_failures"], 0, "{stats}");
+    assert_eq!(stats["images"][&estargz]["served_as"], "plain", "{stats}");
+    assert!(stats["images"][&estargz]["reason"].as_str().unwrap().contains("no zran artifact"), "{stats}");
+    ok(ctr(&sock, &["image", "rm", "--sync", &estargz]), "image rm");
+
+    // 3. kill -9 of the snapshotter while a container reads from its image: the container
+    //    reads on, every byte right; a new snapshotter lists every snapshot, containers start.
+    let out = work.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("reader.py"), READER).unwrap();
+    let bind = format!("type=bind,src={},dst=/out,options=rbind:rw", out.display());
+    let keys = snapshot_keys(&sock);
+    let reader = {
+        let (sock, python, bind) = (sock.clone(), python.clone(), bind.clone());
+        std::thread::spawn(move || {
+            ctr(
+                &sock,
+                &[
+                    "run",
+                    "--rm",
+                    "--snapshotter",
+                    "zran",
+                    "--mount",
+                    &bind,
+                    &python,
+                    "r1",
+                    "/usr/bin/python3.11",
+                    "-B",
+                    "/out/reader.py",
+                    "0.003",
+                ],
+            )
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_to_string(out.join("log")).map_or(0, |t| t.lines().count()) < 50 {
+        assert!(Instant::now() < deadline, "the reader did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    zran.0.kill().unwrap();
+    zran.0.wait().unwrap();
+    drop(zran);
+    let read_before = std::fs::read_to_string(out.join("log")).unwrap().lines().count();
+    // (This one serves eStargz images too.)
+    let zran = snapshotter(&root, &zsock, &work.path().join("zran-2.log"), &["--enable-stargz"]);
+    ok(reader.join().unwrap(), "the reader");
+    let (read, failed) = reader_results(&out.join("log"));
+    assert!(failed.is_empty(), "reads failed: {failed:?}");
+    assert!(read > read_before + 100, "read {read}, {read_before} before the kill");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ctr(&sock, &["snapshots", "--snapshotter", "zran", "ls"]).status.success() {
+        assert!(Instant::now() < deadline, "containerd did not reach the restarted snapshotter");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(snapshot_keys(&sock), keys);
+    assert_eq!(ok(run(&python, "p2", &[], &answer), "run after restart").trim(), r#"{"answer": 42}"#);
+
+    // 4. eStargz with --enable-stargz: served from the TOCs, no layer downloaded.
+    let estargz_base = layer_bytes_served(&reg, "python-estargz");
+    rpull(&estargz);
+    let toc_reads = layer_bytes_served(&reg, "python-estargz") - estargz_base;
+    let total_estargz: u64 = layers("python-estargz").iter().map(|l| l.1).sum();
+    assert!(toc_reads < total_estargz / 20, "rpull read {toc_reads} bytes of eStargz layers (TOCs only)");
+    assert_eq!(ok(run(&estargz, "e1", &[], &answer), "run eStargz").trim(), r#"{"answer": 42}"#);
+    let stats: Value = serde_json::from_slice(&std::fs::read(root.join("stats.json")).unwrap()).unwrap();
+    assert_eq!(stats["images"][&estargz]["served_as"], "estargz", "{stats}");
+
+    // 5. A byte changed in the registry's storage: EIO for the files in that chunk only, the
+    //    rest read right (the reader's own start was read before the change).
+    let (big, _) = layers("python").into_iter().max_by_key(|l| l.1).unwrap();
+    let data = reg.blob_data(&big);
+    let mut bytes = std::fs::read(&data).unwrap();
+    let at = bytes.len() / 2;
+    std::fs::remove_file(out.join("log")).unwrap();
+    let go = out.join("go");
+    let tamper = {
+        let (sock, python, bind) = (sock.clone(), python.clone(), bind.clone());
+        let script = "import hashlib, os, time\nwhile not os.path.exists('/out/go'): time.sleep(0.02)\nexec(open('/out/reader.py').read())";
+        std::fs::write(out.join("tamper.py"), script).unwrap();
+        std::thread::spawn(move || {
+            ctr(
+                &sock,
+                &[
+                    "run",
+                    "--rm",
+                    "--snapshotter",
+                    "zran",
+                    "--mount",
+                    &bind,
+                    &python,
+                    "t1",
+                    "/usr/bin/python3.11",
+                    "-B",
+                    "/out/tamper.py",
+                    "0",
+                ],
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    bytes[at] ^= 0x55;
+    std::fs::write(&data, &bytes).unwrap();
+    // The cache holds what was read before: the reads must reach the changed registry.
+    let cache = root.join("cache");
+    let _ =
+        Command::new(env!("CARGO_BIN_EXE_zran")).args(["cache", "prune", "--cache-dir"]).arg(&cache).status();
+    std::fs::write(&go, "").unwrap();
+    ok(tamper.join().unwrap(), "the tampered reader");
+    let (read, failed) = reader_results(&out.join("log"));
+    assert!(!failed.is_empty(), "a changed byte in a layer must fail some read");
+    assert!(failed.len() < read / 4, "{} failed, {read} read", failed.len());
+    bytes[at] ^= 0x55;
+    std::fs::write(&data, &bytes).unwrap();
+
+    // 6. Removal: every snapshot goes, every serving process stops, the cache can be pruned.
+    for image in [&python, &estargz] {
+        ok(ctr(&sock, &["image", "rm", "--sync", image]), "image rm");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !snapshot_keys(&sock).is_empty() || !zran_mounts().is_empty() {
+        assert!(Instant::now() < deadline, "left: {:?} {:?}", snapshot_keys(&sock), zran_mounts());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(std::fs::read_dir(root.join("snapshots")).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(root.join("images")).unwrap().count(), 0);
+    ok(
+        Command::new(env!("CARGO_BIN_EXE_zran"))
+            .args(["cache", "prune", "--cache-dir"])
+            .arg(&cache)
+            .output()
+            .unwrap(),
+        "cache prune",
+    );
+    let left = std::fs::read_dir(cache.join("blobs")).map_or(0, |d| d.count());
+    assert_eq!(left, 0, "cached blobs left after pruning");
+    drop(zran);
 }

@@ -58,9 +58,15 @@ pub struct UmountArgs {
 
 #[derive(Debug, Args)]
 pub struct StatsArgs {
-    pub mountpoint: PathBuf,
+    /// A mount point of `zran mount`.
+    #[arg(required_unless_present = "snapshotter")]
+    pub mountpoint: Option<PathBuf>,
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
+    /// Instead, the counters of `zran snapshotter` with this root: per image, how it is
+    /// served (or why it fell back) and its mount's counters.
+    #[arg(long, value_name = "ROOT", conflicts_with = "mountpoint")]
+    pub snapshotter: Option<PathBuf>,
 }
 
 pub fn mount(args: MountArgs) -> anyhow::Result<()> {
@@ -92,8 +98,14 @@ pub fn umount(args: UmountArgs) -> anyhow::Result<()> {
 }
 
 pub fn stats(args: StatsArgs) -> anyhow::Result<()> {
-    let mnt =
-        std::fs::canonicalize(&args.mountpoint).with_context(|| format!("{}", args.mountpoint.display()))?;
+    if let Some(root) = &args.snapshotter {
+        let cache = args.cache_dir.clone().unwrap_or_else(|| root.join("cache"));
+        let v = zran::snapshotter::service::stats_with_mounts(root, &cache)?;
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let Some(mountpoint) = &args.mountpoint else { anyhow::bail!("no mount point given") };
+    let mnt = std::fs::canonicalize(mountpoint).with_context(|| format!("{}", mountpoint.display()))?;
     let cache = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
     let r = Record::read(&cache, &mnt)?;
     println!("{}", r.to_json()?);

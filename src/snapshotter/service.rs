@@ -429,13 +429,6 @@ impl Service {
         Ok(())
     }
 
-    /// What the snapshotter decided per image and the counters of each image's mount.
-    pub fn stats(&self) -> serde_json::Value {
-        let Some(r) = &self.remote else { return serde_json::Value::Null };
-        let c = r.counters.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        serde_json::to_value(c).unwrap_or_default()
-    }
-
     /// Remove every snapshot directory the metadata does not know.
     pub fn cleanup(&self) -> Result<(), ServiceError> {
         let known = self.store.ids()?;
@@ -456,6 +449,37 @@ impl Service {
 
 /// The snapshotter's counters, under its root.
 pub const STATS: &str = "stats.json";
+
+/// The counters a snapshotter with root `root` wrote, each served image with its mount's
+/// record (`mount`: the serving process, whether it is live, bytes fetched, chunks verified,
+/// digest failures, cache hits) read from `cache`.
+pub fn stats_with_mounts(root: &Path, cache: &Path) -> Result<serde_json::Value, ServiceError> {
+    let path = root.join(STATS);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => b"{}".to_vec(),
+        Err(e) => return Err(io("cannot read", &path, e)),
+    };
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| io("cannot parse", &path, std::io::Error::other(e)))?;
+    if let Some(images) = v.get_mut("images").and_then(|i| i.as_object_mut()) {
+        for entry in images.values_mut() {
+            let Some(hex) = entry.get("manifest").and_then(|m| m.as_str()).map(str::to_string) else {
+                continue;
+            };
+            let mnt = root.join("images").join(&hex).join("mnt");
+            if let Ok(r) = crate::mount::Record::read(cache, &mnt) {
+                entry["mount"] = serde_json::json!({
+                    "pid": r.pid,
+                    "mountpoint": r.mountpoint,
+                    "live": r.running(),
+                    "stats": r.stats,
+                });
+            }
+        }
+    }
+    Ok(v)
+}
 
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
