@@ -232,6 +232,7 @@ pub fn far_match_deflate(blocks: usize, matches: usize, seed: u64) -> (Vec<u8>, 
     (w.out, data)
 }
 
+pub mod containerd;
 pub mod faulty;
 pub mod harness;
 pub mod truth;
