@@ -20,6 +20,7 @@
 # benches/work/stargz_peer/build and reused; everything else under benches/work/stargz_peer/run
 # is made afresh on every run.
 # Usage: bash benches/stargz_peer.sh     (writes under benches/work/, gitignored)
+#        ZRAN_STARGZ_BUILD_ONLY=1 bash benches/stargz_peer.sh   (build the daemon, nothing more)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >/dev/null
@@ -116,6 +117,8 @@ GO
     mv "$sgz.tmp" "$sgz"
     echo "   built in $(ms "$t0" "$(now)") ms"
 fi
+# (ZRAN_STARGZ_BUILD_ONLY=1: only the daemon, for benches/snapshotter_startup.sh.)
+[ "${ZRAN_STARGZ_BUILD_ONLY:-}" = 1 ] && exit 0
 
 # -- registry; the peer's daemons are started afresh for every round -------------------------------
 if [ -d "$WORK" ]; then   # a previous run killed before its trap: nothing may stay mounted in it
