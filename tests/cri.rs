@@ -176,7 +176,8 @@ fn pods_start_lazily_through_cri() {
         assert!(log.contains(r#"stdout F {"answer": 42}"#), "{log}");
         let total: u64 = layers("python").iter().map(|l| l.1).sum();
         let fetched = layer_bytes_served(&reg, "python") - base;
-        assert!(fetched > 0 && fetched < total / 2, "{fetched} of {total} bytes of layers served");
+        // (What the start reads, and the layer data after each miss, fetched beside it.)
+        assert!(fetched > 0 && fetched < total * 3 / 4, "{fetched} of {total} bytes of layers served");
 
         let stats: Value = serde_json::from_slice(&std::fs::read(root.join("stats.json")).unwrap()).unwrap();
         assert_eq!(stats["images"][&python]["served_as"], "artifact", "{stats}");

@@ -244,7 +244,8 @@ fn images_start_lazily_through_containerd() {
     assert_eq!(ok(run(&python, "p1", &[], &answer), "run").trim(), r#"{"answer": 42}"#);
     let total: u64 = layers("python").iter().map(|l| l.1).sum();
     let fetched = layer_bytes_served(&reg, "python") - base;
-    assert!(fetched > 0 && fetched < total / 2, "{fetched} of {total} bytes of layers served");
+    // (What the start reads, and the layer data after each miss, fetched beside it.)
+    assert!(fetched > 0 && fetched < total * 3 / 4, "{fetched} of {total} bytes of layers served");
     // (The container's snapshot may be gone already, and the image's mount with it.)
     assert!(zran_mounts(&root).len() <= 1, "one serving process for the image");
 

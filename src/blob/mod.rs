@@ -254,6 +254,36 @@ impl BlobSet {
         Ok(())
     }
 
+    /// Whether chunk `ci` of blob `b` has been verified this session (a read of it needs no
+    /// fetch and no check).
+    pub fn is_good(&self, b: u8, ci: u32) -> bool {
+        self.blob(b).ok().and_then(|blob| blob.good.get(ci as usize)).is_some_and(|g| g.load(Relaxed))
+    }
+
+    /// The chunks after `ci` in blob `b` (the layer's next data: the next files of the same
+    /// tar), not yet verified, up to `window` bytes decompressed: what a reader of `ci` is
+    /// likely to want next.
+    pub fn following(&self, b: u8, ci: u32, window: u64) -> Vec<u32> {
+        let Ok(blob) = self.blob(b) else { return Vec::new() };
+        let (mut out, mut bytes) = (Vec::new(), 0u64);
+        for n in ci.saturating_add(1)..u32::try_from(blob.chunks.len()).unwrap_or(u32::MAX) {
+            let Some(c) = blob.chunks[n as usize].as_ref() else { continue };
+            bytes += u64::from(c.uncompressed_size);
+            if bytes > window || out.len() >= 256 {
+                break;
+            }
+            if !blob.good[n as usize].load(Relaxed) && !blob.cached[n as usize].load(Relaxed) {
+                out.push(n);
+            }
+        }
+        out
+    }
+
+    /// Bytes of chunk `ci` of blob `b` once decompressed (0 for a chunk it does not have).
+    pub fn chunk_len(&self, b: u8, ci: u32) -> u64 {
+        self.blob(b).ok().and_then(|blob| blob.chunk(ci).ok()).map_or(0, |c| u64::from(c.uncompressed_size))
+    }
+
     /// Make the chunks of one blob good this session, in the background of no reader (used for
     /// prefetch): the same path as a read, without copying data out.
     pub fn ensure(&self, b: u8, cis: &[u32]) -> Result<(), BlobError> {

@@ -21,13 +21,17 @@ use fuser::{
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 /// Chunks fetched ahead of a sequential reader, beyond the one it is reading.
 const READAHEAD_CHUNKS: u64 = 2;
+/// Threads fetching ahead of readers.
+const READAHEAD_THREADS: usize = 2;
+/// Bytes (decompressed) of the layer's next data fetched beside a read that misses.
+const FOLLOWING_BYTES: u64 = 2 << 20;
 
 /// How long the kernel may cache entries and attributes: the image is immutable.
 const TTL: Duration = Duration::from_secs(24 * 3600);
@@ -105,16 +109,24 @@ impl ImageFs {
         let total_bytes = tree.inodes.iter().filter(|i| i.kind == EntryKind::File).map(|i| i.size).sum();
         let has_xattrs = tree.inodes.iter().any(|i| !i.xattrs.is_empty());
         let (ahead, todo) = std::sync::mpsc::sync_channel::<(u8, Vec<u32>)>(16);
-        let worker = blobs.clone();
-        let spawned = std::thread::Builder::new().name("zran-readahead".into()).spawn(move || {
-            for (b, cis) in todo {
-                if let Err(e) = worker.ensure(b, &cis) {
-                    tracing::debug!("readahead: {e}");
+        let todo = Arc::new(Mutex::new(todo));
+        for _ in 0..READAHEAD_THREADS {
+            let (worker, todo) = (blobs.clone(), todo.clone());
+            let spawned = std::thread::Builder::new().name("zran-readahead".into()).spawn(move || {
+                loop {
+                    let job = match todo.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => break,
+                    };
+                    let Ok((b, cis)) = job else { break };
+                    if let Err(e) = worker.ensure(b, &cis) {
+                        tracing::debug!("readahead: {e}");
+                    }
                 }
+            });
+            if let Err(e) = spawned {
+                tracing::warn!("no readahead thread: {e}");
             }
-        });
-        if let Err(e) = spawned {
-            tracing::warn!("no readahead thread: {e}");
         }
         ImageFs {
             tree,
@@ -227,6 +239,19 @@ impl ImageFs {
             self.blobs.stats.file_bytes_read.fetch_add(i.size, Relaxed);
         }
         let pieces = self.pieces(id, offset, end)?;
+        // A read that has to fetch: what follows it in the layer (the next files of the same
+        // directory, as a start reads them) is fetched beside it, in the background.
+        if let Some(p) = pieces.first()
+            && !self.blobs.is_good(p.blob, p.ci)
+        {
+            let next = self.blobs.following(p.blob, p.ci, FOLLOWING_BYTES);
+            if !next.is_empty()
+                && let Ok(tx) = self.ahead.lock()
+                && tx.try_send((p.blob, next.clone())).is_ok()
+            {
+                self.blobs.stats.readahead_chunks.fetch_add(next.len() as u64, Relaxed);
+            }
+        }
         let cs = self.chunk_size.max(1);
         let enters_a_chunk = offset.is_multiple_of(cs) || offset / cs != (end - 1) / cs;
         if offset > 0 && self.last_end[id].swap(end, Relaxed) == offset && enters_a_chunk {
@@ -259,13 +284,52 @@ impl ImageFs {
     /// Every chunk of the files named (paths relative to the root), in the background.
     pub fn prefetch(&self, ids: &[InodeId]) {
         let refs = ids.iter().flat_map(|id| self.chunks.get(id).map(Vec::as_slice).unwrap_or(&[]));
-        for (b, cis) in by_blob(refs) {
-            for part in cis.chunks(8) {
-                if let Err(e) = self.blobs.ensure(b, part) {
-                    tracing::warn!("prefetch: {e}");
+        // Batches of about PREFETCH_BATCH bytes, in the list's order per blob, fetched by a few
+        // threads at once: each batch is a few large range requests (near chunks coalesce),
+        // and a reader waiting for one chunk waits for its batch only.
+        let mut batches: Vec<(u8, Vec<u32>)> = Vec::new();
+        let mut by: Vec<(u8, Vec<u32>)> = by_blob(refs).into_iter().collect();
+        by.sort_by_key(|(b, _)| *b);
+        for (b, cis) in by {
+            let (mut cur, mut bytes) = (Vec::new(), 0u64);
+            for ci in cis {
+                bytes += self.blobs.chunk_len(b, ci);
+                cur.push(ci);
+                if bytes >= PREFETCH_BATCH {
+                    batches.push((b, std::mem::take(&mut cur)));
+                    bytes = 0;
                 }
             }
+            if !cur.is_empty() {
+                batches.push((b, cur));
+            }
         }
+        // Interleave the blobs, so that every layer's first batch goes out at once.
+        batches.sort_by_key(|(b, _)| *b);
+        let mut order: Vec<usize> = (0..batches.len()).collect();
+        let mut rank = HashMap::new();
+        let keys: Vec<(usize, u8)> = batches
+            .iter()
+            .map(|(b, _)| {
+                let r = rank.entry(*b).or_insert(0usize);
+                *r += 1;
+                (*r, *b)
+            })
+            .collect();
+        order.sort_by_key(|&i| keys[i]);
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..PREFETCH_THREADS.min(order.len()) {
+                s.spawn(|| {
+                    while let Some(&i) = order.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+                        let (b, cis) = &batches[i];
+                        if let Err(e) = self.blobs.ensure(*b, cis) {
+                            tracing::warn!("prefetch: {e}");
+                        }
+                    }
+                });
+            }
+        });
     }
 
     /// A directory's entries from `offset` on: `.`, `..`, then the children by name, each
@@ -287,6 +351,11 @@ impl ImageFs {
             .collect())
     }
 }
+
+/// Bytes (decompressed) of chunks one prefetch request batch claims.
+const PREFETCH_BATCH: u64 = 2 << 20;
+/// Prefetch batches in flight at once.
+const PREFETCH_THREADS: usize = 4;
 
 /// `Filesystem` for a shared [`ImageFs`] (shared so that prefetch threads can use it too).
 pub struct Served(pub Arc<ImageFs>);

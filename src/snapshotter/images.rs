@@ -57,9 +57,10 @@ impl Images {
         self.dir.join(key).join("mnt")
     }
 
-    /// Make sure `reference` (pinned by digest; `key` its hex) is served, and return its mount
-    /// point: a live mount is used as it is, a dead one is detached and mounted again.
-    pub fn ensure(&self, key: &str, reference: &str) -> Result<PathBuf, MountError> {
+    /// Make sure `reference` (pinned by digest; `key` its hex) is served, from the artifact
+    /// directory `dir` when given, and return its mount point: a live mount is used as it is, a
+    /// dead one is detached and mounted again.
+    pub fn ensure(&self, key: &str, reference: &str, dir: Option<&Path>) -> Result<PathBuf, MountError> {
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let mnt = self.mountpoint(key);
         match state(&mnt) {
@@ -72,7 +73,12 @@ impl Images {
         }
         std::fs::create_dir_all(&mnt).map_err(|source| MountError::Path { path: mnt.clone(), source })?;
         let mut cmd = std::process::Command::new(&self.launch.exe);
-        cmd.arg("mount").arg(reference).arg(&mnt).arg("--foreground").args(&self.launch.args);
+        cmd.arg("mount");
+        match dir {
+            Some(d) => cmd.arg(d).arg(&mnt).arg("--image").arg(reference),
+            None => cmd.arg(reference).arg(&mnt),
+        };
+        cmd.arg("--foreground").args(&self.launch.args);
         mount::detach(cmd)?;
         tracing::info!(image = %reference, mountpoint = %mnt.display(), "serving");
         Ok(mnt)

@@ -6,7 +6,7 @@
 //! fail on it), or, with `enable_stargz`, when every layer is eStargz with a TOC verified
 //! against the manifest. Anything else takes containerd's ordinary path for the whole image.
 
-use crate::artifact::{LayerInput, inputs, publish};
+use crate::artifact::{self, LayerInput, Options, inputs, publish};
 use crate::oci::{self, ImageRef, OpenOptions, RegistryRef};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -29,6 +29,9 @@ pub const REMOTE: &str = "containerd.io/snapshot/remote";
 pub const ZRAN_IMAGE: &str = "containerd.io/snapshot/zran.image";
 pub const ZRAN_LAYER: &str = "containerd.io/snapshot/zran.layer";
 pub const ZRAN_VIA: &str = "containerd.io/snapshot/zran.via";
+/// The artifact directory the decision left in the cache (mounted without asking the registry
+/// for it again; the image reference is used when it is gone).
+pub const ZRAN_ARTIFACT: &str = "containerd.io/snapshot/zran.artifact";
 
 /// How long a decision about an image holds.
 const REMEMBER: Duration = Duration::from_secs(600);
@@ -44,6 +47,9 @@ pub struct RemoteImage {
     pub layers: Vec<String>,
     /// `artifact` or `estargz`.
     pub via: &'static str,
+    /// The artifact directory in the cache: the one stored beside the image, or the one made
+    /// from the eStargz TOCs.
+    pub dir: PathBuf,
 }
 
 /// What to do with an image's layers.
@@ -61,6 +67,8 @@ pub struct RemoteLayer {
     pub image: String,
     pub index: usize,
     pub count: usize,
+    /// The artifact directory, if it is still there.
+    pub dir: Option<PathBuf>,
 }
 
 impl RemoteLayer {
@@ -68,7 +76,11 @@ impl RemoteLayer {
         let image = labels.get(ZRAN_IMAGE)?.clone();
         let (i, n) = labels.get(ZRAN_LAYER)?.split_once('/')?;
         let (index, count) = (i.parse().ok()?, n.parse().ok()?);
-        (index < count).then_some(RemoteLayer { image, index, count })
+        let dir = labels
+            .get(ZRAN_ARTIFACT)
+            .map(PathBuf::from)
+            .filter(|d| d.join(crate::artifact::MANIFEST).is_file());
+        (index < count).then_some(RemoteLayer { image, index, count, dir })
     }
 
     /// Is this the image's top layer (so that the image's mount is exactly this chain)?
@@ -89,6 +101,7 @@ pub fn remote_labels(image: &RemoteImage, index: usize) -> BTreeMap<String, Stri
         (ZRAN_IMAGE.to_string(), image.reference.clone()),
         (ZRAN_LAYER.to_string(), format!("{index}/{}", image.layers.len())),
         (ZRAN_VIA.to_string(), image.via.to_string()),
+        (ZRAN_ARTIFACT.to_string(), image.dir.to_string_lossy().into_owned()),
     ])
 }
 
@@ -178,18 +191,19 @@ impl Decider {
         let layers: Vec<String> = image.manifest.layers.iter().map(|l| l.digest.to_string()).collect();
         r.tag = None;
         r.digest = Some(image.manifest.digest.clone());
-        let remote = |via| {
+        let remote = |via, dir| {
             Decision::Remote(Arc::new(RemoteImage {
                 reference: r.to_string(),
                 manifest_hex: image.manifest.digest.hex().to_string(),
                 layers: layers.clone(),
                 via,
+                dir,
             }))
         };
         match publish::find(&image) {
             Ok(Some(found)) => {
                 return match publish::pull(&image, &found, &self.cache.join("artifacts")) {
-                    Ok(_) => remote("artifact"),
+                    Ok((dir, _)) => remote("artifact", dir),
                     Err(e) => {
                         Decision::Plain(format!("its zran artifact {} cannot be used: {e}", found.digest))
                     }
@@ -205,8 +219,24 @@ impl Decider {
             );
         }
         match inputs::layer_inputs(&image, false, None) {
-            Ok((ins, _)) => match ins.iter().position(|i| !matches!(i, LayerInput::Estargz(_))) {
-                None => remote("estargz"),
+            Ok((ins, chunk_size)) => match ins.iter().position(|i| !matches!(i, LayerInput::Estargz(_))) {
+                None => {
+                    // The bootstrap made from the TOCs, kept for the mount.
+                    let opts = Options {
+                        chunk_size,
+                        span: crate::gzip::DEFAULT_SPAN,
+                        jobs: 1,
+                        prefetch: Vec::new(),
+                    };
+                    let dir =
+                        self.cache.join("artifacts").join(format!("estargz-{}", image.manifest.digest.hex()));
+                    match artifact::generate(&image, &ins, &opts, &|_, _| {})
+                        .and_then(|a| artifact::write_dir(&a, &dir, true))
+                    {
+                        Ok(()) => remote("estargz", dir),
+                        Err(e) => Decision::Plain(format!("its eStargz TOCs cannot be served: {e}")),
+                    }
+                }
                 Some(n) => Decision::Plain(format!(
                     "no zran artifact beside it, and layer {n} is not eStargz with a TOC the manifest vouches for"
                 )),
@@ -244,6 +274,7 @@ mod tests {
             manifest_hex: hex.clone(),
             layers: vec!["sha256:1".into(), "sha256:2".into()],
             via: "artifact",
+            dir: PathBuf::from("/nonexistent"),
         };
         let l = RemoteLayer::from_labels(&remote_labels(&img, 1)).expect("remote");
         assert_eq!((l.index, l.count, l.is_top()), (1, 2, true));

@@ -352,7 +352,7 @@ impl Service {
         let key = layer
             .image_key()
             .ok_or_else(|| unavailable(format!("remote image {} is not pinned by digest", layer.image)))?;
-        tokio::task::block_in_place(|| remote.images.ensure(key, &layer.image))
+        tokio::task::block_in_place(|| remote.images.ensure(key, &layer.image, layer.dir.as_deref()))
             .map_err(|e| unavailable(format!("cannot serve {}: {}", layer.image, error_chain(&e))))
     }
 
@@ -372,7 +372,7 @@ impl Service {
     }
 
     /// The images that active snapshots and views need served, by key.
-    fn needed(&self) -> Result<BTreeMap<String, String>, ServiceError> {
+    fn needed(&self) -> Result<BTreeMap<String, RemoteLayer>, ServiceError> {
         let mut out = BTreeMap::new();
         for info in self.store.list(&[])? {
             if info.kind == Kind::Committed {
@@ -386,7 +386,7 @@ impl Service {
             for l in &snap.parent_labels {
                 if let Some(layer) = RemoteLayer::from_labels(l) {
                     if let Some(k) = layer.image_key() {
-                        out.insert(k.to_string(), layer.image.clone());
+                        out.insert(k.to_string(), layer.clone());
                     }
                     break;
                 }
@@ -413,9 +413,9 @@ impl Service {
     /// and stop those nothing needs.
     pub fn restore(&self) -> Result<(), ServiceError> {
         let Some(remote) = &self.remote else { return Ok(()) };
-        for (key, reference) in self.needed()? {
-            if let Err(e) = remote.images.ensure(&key, &reference) {
-                tracing::warn!(image = %reference, "cannot serve it again: {}", error_chain(&e));
+        for (key, layer) in self.needed()? {
+            if let Err(e) = remote.images.ensure(&key, &layer.image, layer.dir.as_deref()) {
+                tracing::warn!(image = %layer.image, "cannot serve it again: {}", error_chain(&e));
             }
         }
         let needed = self.needed()?;
