@@ -1,10 +1,11 @@
 """The python test image with a further 300 MB layer the python workload never reads (this
 machine's /usr/share and /usr/lib/x86_64-linux-gnu under /opt/extra), as an OCI layout.
 
-Usage: python3 benches/mkbigpy.py PYTHON_LAYOUT OUT_LAYOUT
+Usage: python3 benches/mkbigpy.py PYTHON_LAYOUT OUT_LAYOUT [UNCOMPRESSED_BYTES]   (default 300 MB)
 """
 import gzip, hashlib, io, json, os, shutil, subprocess, sys, tarfile
 src, dst = sys.argv[1], sys.argv[2]
+limit = int(sys.argv[3]) if len(sys.argv) > 3 else 300000000
 shutil.copytree(src, dst)
 blobs = os.path.join(dst, "blobs/sha256")
 def put(b):
@@ -12,7 +13,7 @@ def put(b):
     open(os.path.join(blobs, h), "wb").write(b)
     return "sha256:" + h, len(b)
 raw = subprocess.run("tar cf - --transform 's,^usr,opt/extra,' -C / usr/share usr/lib/x86_64-linux-gnu 2>/dev/null"
-                     " | head -c 300000000", shell=True, capture_output=True).stdout
+                     f" | head -c {limit}", shell=True, capture_output=True).stdout
 # cut at a whole number of 512-byte records and end the archive properly
 raw = raw[: len(raw) // 512 * 512]
 t = tarfile.open(fileobj=io.BytesIO(raw + b"\0" * 10240), mode="r:")

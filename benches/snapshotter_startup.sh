@@ -8,7 +8,7 @@
 #   zran-estargz  the same with `zran snapshotter --enable-stargz`, on the eStargz image
 #   stargz        containerd-stargz-grpc (built from Debian's Go sources), defaults, on the
 #                 same eStargz image: `ctr-remote image rpull --snapshotter stargz`
-# on three images: python (the test image, 3 layers), bigpy (the same plus a 300 MB layer the
+# on three images: python (the test image, 3 layers), bigpy (the same plus a 251 MB layer the
 # workload never reads) and python-estargz; over two links to a docker-registry in a network
 # namespace: "veth" (unshaped) and "wan" (tbf 100 Mbit/s on both veth ends, and a forwarder that
 # delays each direction 20 ms: this kernel has no netem; see ../shared/reference/infra.md).
@@ -101,8 +101,8 @@ ip netns exec "$NS" python3 benches/delay_proxy.py "$NSIP" 6000 127.0.0.1 5000 2
 pids+=($!)
 for _ in $(seq 100); do curl -sf "http://$NSIP:5000/v2/" > /dev/null && break; sleep 0.1; done
 
-echo "== images: python, bigpy (python + a 300 MB layer), python-estargz; artifacts beside the gzip ones"
-python3 benches/mkbigpy.py "$layouts/python" "$WORK/bigpy"
+echo "== images: python, bigpy (python + a ~251 MB layer), python-estargz; artifacts beside the gzip ones"
+python3 benches/mkbigpy.py "$layouts/python" "$WORK/bigpy" 830000000   # a ~251 MB layer, as infra.md measured
 push() {  # LAYOUT NAME
     skopeo copy -q --dest-tls-verify=false "oci:$1" "docker://$NSIP:5000/$2:latest" >/dev/null
 }

@@ -175,6 +175,7 @@ pub fn pull(image: &Image, found: &Referrer, cache: &Path) -> Result<(PathBuf, O
     let mut bootstrap = None;
     let mut manifest: Option<ArtifactManifest> = None;
     let mut metas = Vec::new();
+    let mut parts = Vec::with_capacity(doc.layers.len());
     for l in &doc.layers {
         let name = l.annotations.get(TITLE).map(String::as_str).unwrap_or_default();
         let ok_name = match l.media_type.as_str() {
@@ -190,7 +191,21 @@ pub fn pull(image: &Image, found: &Referrer, cache: &Path) -> Result<(PathBuf, O
         }
         let d: Digest =
             l.digest.parse().map_err(|_| invalid(&what, format!("part digest {:?}", l.digest)))?;
-        let bytes = image.source.fetch(&d, l.size)?;
+        parts.push((l, name, d));
+    }
+    // Eight parts at a time: each is a round trip of its own.
+    let mut fetched: Vec<Result<Vec<u8>, crate::oci::OciError>> = Vec::with_capacity(parts.len());
+    for group in parts.chunks(8) {
+        std::thread::scope(|s| {
+            let handles: Vec<_> =
+                group.iter().map(|(l, _, d)| s.spawn(|| image.source.fetch(d, l.size))).collect();
+            fetched.extend(handles.into_iter().map(|h| {
+                h.join().unwrap_or_else(|_| Err(crate::oci::OciError::NotFound("a fetch panicked".into())))
+            }));
+        });
+    }
+    for ((l, name, _), bytes) in parts.iter().zip(fetched) {
+        let bytes = bytes?;
         if bytes.len() as u64 != l.size {
             return Err(invalid(
                 &what,
