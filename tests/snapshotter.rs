@@ -194,6 +194,58 @@ fn reader_results(log: &Path, image: &str) -> (usize, Vec<String>) {
     (ok, failed)
 }
 
+/// Push `python-sibling`: the python test image's first layer and a layer of its own
+/// (`/hello.txt`), made here.
+fn push_sibling(dir: &Path, image: &str) {
+    let layout = dir.join("sibling");
+    let script = r#"
+import gzip, hashlib, io, json, os, shutil, sys, tarfile
+src, dst = sys.argv[1], sys.argv[2]
+shutil.copytree(src, dst)
+blobs = os.path.join(dst, "blobs/sha256")
+def put(b):
+    h = hashlib.sha256(b).hexdigest()
+    open(os.path.join(blobs, h), "wb").write(b)
+    return "sha256:" + h, len(b)
+raw = io.BytesIO()
+with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as t:
+    data = b"hello from a sibling\n"
+    ti = tarfile.TarInfo("hello.txt"); ti.size = len(data); ti.mtime = 1700000000
+    t.addfile(ti, io.BytesIO(data))
+tar = raw.getvalue()
+ld, ls = put(gzip.compress(tar, mtime=0))
+index = json.load(open(os.path.join(dst, "index.json")))
+m = json.load(open(os.path.join(blobs, index["manifests"][0]["digest"].split(":")[1])))
+c = json.load(open(os.path.join(blobs, m["config"]["digest"].split(":")[1])))
+c["rootfs"]["diff_ids"] = c["rootfs"]["diff_ids"][:1] + ["sha256:" + hashlib.sha256(tar).hexdigest()]
+c["history"] = c.get("history", [])[:1] + [{"created_by": "sibling"}]
+c["config"]["Labels"] = {"org.zran.testimage": "python-sibling"}
+cd, cs = put(json.dumps(c).encode())
+m["config"]["digest"], m["config"]["size"] = cd, cs
+m["layers"] = m["layers"][:1] + [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": ld, "size": ls}]
+nd, ns = put(json.dumps(m).encode())
+index["manifests"][0]["digest"], index["manifests"][0]["size"] = nd, ns
+json.dump(index, open(os.path.join(dst, "index.json"), "w"))
+"#;
+    let st = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .arg(repo_root().join("target/testimages/layouts/python"))
+        .arg(&layout)
+        .status()
+        .unwrap();
+    assert!(st.success(), "making the sibling image");
+    ok(
+        Command::new("skopeo")
+            .args(["copy", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}", layout.display()))
+            .arg(format!("docker://{image}"))
+            .output()
+            .unwrap(),
+        "skopeo copy sibling",
+    );
+}
+
 #[test]
 fn images_start_lazily_through_containerd() {
     let reg = TestRegistry::start("plain");
@@ -264,6 +316,18 @@ fn images_start_lazily_through_containerd() {
     let _ = Command::new("umount").arg(&mnt).status();
     assert!(compare("python", &walked, false) > 1000);
     // (ctr made the view under a lease of its own, which the garbage collector removes.)
+
+    // 1b. An image without an artifact that shares the python image's first layer (a sibling
+    //     from the same base): containerd finds that layer committed as remote and unpacks
+    //     only its own layer, on the served image's first layer (indexed for it), and it runs.
+    let sibling = format!("{host}/python-sibling:latest");
+    push_sibling(work.path(), &sibling);
+    rpull(&sibling);
+    let out = ok(run(&sibling, "s1", &[], &["/bin/busybox", "cat", "/hello.txt"]), "run the sibling");
+    assert_eq!(out.trim(), "hello from a sibling");
+    let probe = ["/bin/busybox", "sh", "-c", "test -e /usr/bin/python3.11 && echo python || echo base only"];
+    let out = ok(run(&sibling, "s2", &[], &probe), "probe the sibling");
+    assert_eq!(out.trim(), "base only", "the sibling has the first layer only");
 
     // 2. eStargz without --enable-stargz, like any image without an artifact: containerd
     //    pulls and unpacks it, it runs, nothing more is mounted.
@@ -404,7 +468,7 @@ fn images_start_lazily_through_containerd() {
     std::fs::write(&data, &bytes).unwrap();
 
     // 6. Removal: every snapshot goes, every serving process stops, the cache can be pruned.
-    for image in [&python, &estargz] {
+    for image in [&python, &estargz, &sibling] {
         ok(ctr(&sock, &["image", "rm", "--sync", image]), "image rm");
     }
     let deadline = Instant::now() + Duration::from_secs(20);

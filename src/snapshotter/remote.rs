@@ -92,6 +92,13 @@ impl RemoteLayer {
     pub fn image_key(&self) -> Option<&str> {
         self.image.rsplit_once("@sha256:").map(|(_, h)| h).filter(|h| h.len() == 64)
     }
+
+    /// The key of the serving process of this layer's chain: the image's for its top layer,
+    /// `HEX-INDEX` for the image's first `INDEX + 1` layers.
+    pub fn serve_key(&self) -> Option<String> {
+        let hex = self.image_key()?;
+        Some(if self.is_top() { hex.to_string() } else { format!("{hex}-{}", self.index) })
+    }
 }
 
 /// The labels to add to the snapshot of layer `index` of `image`.
@@ -245,6 +252,35 @@ impl Decider {
                 Decision::Plain(format!("no zran artifact beside it, and its layers cannot be served: {e}"))
             }
         }
+    }
+}
+
+impl Decider {
+    /// An artifact for the first `index + 1` layers of the pinned image `reference`: what a
+    /// snapshot made on a layer below a served image's top needs under it (another image
+    /// shares those layers). Made from the TOCs of eStargz layers, or by one streaming pass
+    /// over each gzip layer (a download of those layers, as a plain pull would do), and kept
+    /// in the cache.
+    pub fn prefix_artifact(&self, reference: &str, index: usize) -> Result<PathBuf, String> {
+        let r: ImageRef =
+            reference.parse().map_err(|e: crate::oci::reference::ReferenceError| e.to_string())?;
+        let mut image = oci::open(&r, &self.open).map_err(|e| format!("cannot open {reference}: {e}"))?;
+        let dir =
+            self.cache.join("artifacts").join(format!("prefix-{}-{index}", image.manifest.digest.hex()));
+        if artifact::open_dir(&dir).is_ok() {
+            return Ok(dir);
+        }
+        if index >= image.manifest.layers.len() {
+            return Err(format!("{reference} has no layer {index}"));
+        }
+        image.manifest.layers.truncate(index + 1);
+        tracing::info!(image = %reference, layers = index + 1, "indexing the first layers of the image, which another image builds on");
+        let (ins, chunk_size) = inputs::layer_inputs(&image, false, None).map_err(|e| e.to_string())?;
+        let jobs = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
+        let opts = Options { chunk_size, span: crate::gzip::DEFAULT_SPAN, jobs, prefetch: Vec::new() };
+        let a = artifact::generate(&image, &ins, &opts, &|_, _| {}).map_err(|e| e.to_string())?;
+        artifact::write_dir(&a, &dir, true).map_err(|e| e.to_string())?;
+        Ok(dir)
     }
 }
 

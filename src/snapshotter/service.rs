@@ -318,7 +318,8 @@ impl Service {
     }
 
     /// The lower directories of a snapshot on `parents` (nearest first): each plain parent's
-    /// data, down to the first remote one, whose image is served whole in its place.
+    /// data, down to the first remote one, whose chain is served whole in its place (the
+    /// image, or the image's first layers when the parent is below its top).
     fn lowers(&self, snap: &Snapshot) -> Result<Vec<String>, ServiceError> {
         let mut lowers = Vec::new();
         for (&pid, l) in snap.parent_ids.iter().zip(&snap.parent_labels) {
@@ -333,7 +334,7 @@ impl Service {
         Ok(lowers)
     }
 
-    /// The mount point of the image a remote layer is the top of, served.
+    /// The mount point of a remote layer's chain, served.
     fn serve(&self, layer: &RemoteLayer) -> Result<PathBuf, ServiceError> {
         let unavailable = |m: String| ServiceError::Unavailable(m);
         let Some(remote) = &self.remote else {
@@ -342,18 +343,26 @@ impl Service {
                 layer.image
             )));
         };
-        if !layer.is_top() {
-            return Err(unavailable(format!(
-                "layer {} of {} is served only as part of the whole image, and a snapshot is made on it \
-                 (an image sharing its first layers with {} was pulled after it: remove and pull that image again)",
-                layer.index, layer.image, layer.image
-            )));
-        }
         let key = layer
-            .image_key()
+            .serve_key()
             .ok_or_else(|| unavailable(format!("remote image {} is not pinned by digest", layer.image)))?;
-        tokio::task::block_in_place(|| remote.images.ensure(key, &layer.image, layer.dir.as_deref()))
-            .map_err(|e| unavailable(format!("cannot serve {}: {}", layer.image, error_chain(&e))))
+        tokio::task::block_in_place(|| {
+            let dir = if layer.is_top() {
+                layer.dir.clone()
+            } else {
+                Some(remote.decider.prefix_artifact(&layer.image, layer.index).map_err(|e| {
+                    unavailable(format!(
+                        "cannot serve the first {} layers of {}: {e}",
+                        layer.index + 1,
+                        layer.image
+                    ))
+                })?)
+            };
+            remote
+                .images
+                .ensure(&key, &layer.image, dir.as_deref())
+                .map_err(|e| unavailable(format!("cannot serve {}: {}", layer.image, error_chain(&e))))
+        })
     }
 
     fn mounts_of(&self, snap: &Snapshot) -> Result<Vec<Mount>, ServiceError> {
@@ -385,8 +394,8 @@ impl Service {
             };
             for l in &snap.parent_labels {
                 if let Some(layer) = RemoteLayer::from_labels(l) {
-                    if let Some(k) = layer.image_key() {
-                        out.insert(k.to_string(), layer.clone());
+                    if let Some(k) = layer.serve_key() {
+                        out.insert(k, layer.clone());
                     }
                     break;
                 }
@@ -414,7 +423,12 @@ impl Service {
     pub fn restore(&self) -> Result<(), ServiceError> {
         let Some(remote) = &self.remote else { return Ok(()) };
         for (key, layer) in self.needed()? {
-            if let Err(e) = remote.images.ensure(&key, &layer.image, layer.dir.as_deref()) {
+            let dir = if layer.is_top() {
+                layer.dir.clone()
+            } else {
+                remote.decider.prefix_artifact(&layer.image, layer.index).ok()
+            };
+            if let Err(e) = remote.images.ensure(&key, &layer.image, dir.as_deref()) {
                 tracing::warn!(image = %layer.image, "cannot serve it again: {}", error_chain(&e));
             }
         }
