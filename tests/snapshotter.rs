@@ -412,6 +412,34 @@ fn images_start_lazily_through_containerd() {
     assert_eq!(keys_now(), keys);
     assert_eq!(ok(run(&python, "p2", &[], &answer), "run after restart").trim(), r#"{"answer": 42}"#);
 
+    // A serving process that dies (kill -9) under a running container is replaced at the next
+    // container's start.
+    ok(
+        ctr(&sock, &["run", "-d", "--snapshotter", "zran", &python, "keep", "/bin/busybox", "sleep", "600"]),
+        "run -d",
+    );
+    let stats: Value = serde_json::from_str(&ok(
+        Command::new(env!("CARGO_BIN_EXE_zran"))
+            .arg("stats")
+            .arg("--snapshotter")
+            .arg(&root)
+            .output()
+            .unwrap(),
+        "zran stats",
+    ))
+    .unwrap();
+    let pid = stats["images"][&python]["mount"]["pid"].as_u64().unwrap();
+    assert_eq!(stats["images"][&python]["mount"]["live"], true, "{stats}");
+    ok(Command::new("kill").args(["-9", &pid.to_string()]).output().unwrap(), "kill the serving process");
+    assert_eq!(ok(run(&python, "p3", &[], &answer), "run after its death").trim(), r#"{"answer": 42}"#);
+    let _ = ctr(&sock, &["task", "kill", "-s", "SIGKILL", "keep"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ctr(&sock, &["task", "rm", "keep"]).status.success() {
+        assert!(Instant::now() < deadline, "the task did not end");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ok(ctr(&sock, &["container", "rm", "keep"]), "container rm");
+
     // 4. eStargz with --enable-stargz: served from the TOCs, no layer downloaded.
     let estargz_base = layer_bytes_served(&reg, "python-estargz");
     rpull(&estargz);

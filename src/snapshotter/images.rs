@@ -36,13 +36,25 @@ enum State {
     Absent,
 }
 
-fn state(mnt: &Path) -> State {
+/// Whether `mnt` is served. The kernel answers `stat` of a dead FUSE mount's root from its
+/// cache, so the serving process's record is asked too, and the directory is listed.
+fn state(mnt: &Path, cache: &Path) -> State {
+    let dead = |e: &std::io::Error| e.raw_os_error() == Some(libc::ENOTCONN);
     match std::fs::metadata(mnt) {
         Ok(_) => match mount::is_mount_point(mnt) {
-            Ok(true) => State::Live,
+            Ok(true) => {
+                if Record::read(cache, mnt).is_ok_and(|r| !r.running()) {
+                    return State::Dead;
+                }
+                match std::fs::read_dir(mnt) {
+                    Err(e) if dead(&e) => State::Dead,
+                    _ => State::Live,
+                }
+            }
+            Err(e) if dead(&e) => State::Dead,
             _ => State::Absent,
         },
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => State::Dead,
+        Err(e) if dead(&e) => State::Dead,
         Err(_) => State::Absent,
     }
 }
@@ -63,7 +75,7 @@ impl Images {
     pub fn ensure(&self, key: &str, reference: &str, dir: Option<&Path>) -> Result<PathBuf, MountError> {
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let mnt = self.mountpoint(key);
-        match state(&mnt) {
+        match state(&mnt, &self.cache) {
             State::Live => return Ok(mnt),
             State::Dead => {
                 tracing::warn!(image = %reference, mountpoint = %mnt.display(), "its serving process is gone; mounting it again");
@@ -97,7 +109,7 @@ impl Images {
     pub fn stop(&self, key: &str) -> Result<(), MountError> {
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let mnt = self.mountpoint(key);
-        match state(&mnt) {
+        match state(&mnt, &self.cache) {
             State::Live => {
                 let running = match Record::read(&self.cache, &mnt) {
                     Ok(r) => Running::from_record(r),

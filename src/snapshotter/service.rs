@@ -468,6 +468,8 @@ pub const STATS: &str = "stats.json";
 /// record (`mount`: the serving process, whether it is live, bytes fetched, chunks verified,
 /// digest failures, cache hits) read from `cache`.
 pub fn stats_with_mounts(root: &Path, cache: &Path) -> Result<serde_json::Value, ServiceError> {
+    // Records are keyed by canonical mount points.
+    let root = &std::fs::canonicalize(root).map_err(|e| io("cannot find", root, e))?;
     let path = root.join(STATS);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
