@@ -298,4 +298,33 @@ fn proxies_and_mirrors() {
     let out = zran(&["inspect", &format!("127.0.0.1:{dead_port}/python")], &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("127.0.0.1:{dead_port}")));
+
+    // containerd's host files: a mirror from `_default/hosts.toml` (with its `?ns=`), and a
+    // plain-HTTP `server` for a name that is not loopback (and so would be spoken HTTPS to).
+    let hosts = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(hosts.path().join("_default")).unwrap();
+    std::fs::write(
+        hosts.path().join("_default/hosts.toml"),
+        format!("[host.\"http://127.0.0.1:{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n", mirror.port),
+    )
+    .unwrap();
+    let before = mirror.injected.load(std::sync::atomic::Ordering::SeqCst);
+    let hosts_dir = hosts.path().to_str().unwrap();
+    let out = zran(&["inspect", &format!("127.0.0.1:{dead_port}/python"), "--hosts-dir", hosts_dir], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        mirror.injected.load(std::sync::atomic::Ordering::SeqCst) > before,
+        "the hosts.toml mirror was not asked"
+    );
+    let name = "registry.zran-test.invalid:5000";
+    std::fs::create_dir_all(hosts.path().join(name)).unwrap();
+    std::fs::write(
+        hosts.path().join(name).join("hosts.toml"),
+        format!("server = \"http://{}\"\n", reg.host()),
+    )
+    .unwrap();
+    let out = zran(&["inspect", "--json", &format!("{name}/python"), "--hosts-dir", hosts_dir], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = zran(&["inspect", &format!("{name}/python")], &[]);
+    assert!(!out.status.success(), "without the host file the name does not resolve");
 }
