@@ -860,3 +860,53 @@ fn cache_prune_spares_live_mounts_and_frees_the_rest() {
     let s = m.finish();
     assert_eq!(s["cache_hits"], 0, "{s}");
 }
+
+/// A blob.meta left in the registry when the artifact was fetched is fetched on its layer's
+/// first read, checked against the bootstrap, kept in the artifact directory, and used; the
+/// files read through it are right. (`zran mount IMAGE` leaves out parts over 1 MiB; here
+/// every part is left out.)
+#[test]
+fn a_large_blob_meta_is_fetched_when_its_layer_is_first_read() {
+    use zran::artifact::{self, publish};
+    let reg = TestRegistry::start("plain");
+    let image_name = format!("{}/python:latest", reg.host());
+    let work = tempfile::tempdir().unwrap();
+    let o = zran(&["generate", &image_name, "-o", work.path().join("art").to_str().unwrap(), "--push"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let open = || {
+        let r: zran::oci::ImageRef = image_name.parse().unwrap();
+        zran::oci::open(&r, &zran::oci::OpenOptions::default()).unwrap()
+    };
+    let image = open();
+    let found = publish::find(&image).unwrap().expect("the artifact beside the image");
+    let cache = work.path().join("cache");
+    let (dir, opened) = publish::pull(&image, &found, &cache.join("artifacts"), 0).unwrap();
+    assert!(dir.join(artifact::LAZY_PARTS).is_file());
+    assert!(opened.metas.is_empty(), "no blob.meta was fetched");
+    let missing: Vec<_> = opened.missing.values().map(|m| m.path.clone()).collect();
+    assert_eq!(missing.len(), 3, "one per gzip layer");
+    assert!(missing.iter().all(|p| !p.exists()));
+
+    // A mount of that directory reads every file right, fetching each blob.meta once.
+    let m = zran::mount::open(dir.to_str().unwrap(), Some(&image_name), &Default::default(), &cache).unwrap();
+    let ids: Vec<_> = files("python")
+        .into_iter()
+        .map(|(path, size, sha)| {
+            let id = m.bootstrap.tree.lookup(&zran::tar::normalize(path.as_bytes()));
+            (id.unwrap_or_else(|| panic!("{path}")), path, size, sha)
+        })
+        .collect();
+    let fs = zran::fuse::ImageFs::new(m.bootstrap, std::sync::Arc::new(m.blobs));
+    let mut read = 0;
+    for (id, path, size, sha) in ids {
+        let bytes = fs.read_file(id, 0, size as u32).unwrap();
+        assert_eq!(hex::encode(Sha256::digest(&bytes)), sha, "{path}");
+        read += 1;
+    }
+    assert!(read > 500);
+    assert!(missing.iter().all(|p| p.exists()), "fetched blob.meta files are kept");
+    // The directory now opens with every part, and a new mount fetches none.
+    let again = artifact::open_dir(&dir).unwrap();
+    assert_eq!((again.metas.len(), again.missing.len()), (3, 0));
+}

@@ -699,6 +699,42 @@ pub struct Opened {
     pub stargz: HashMap<usize, StargzMeta>,
     pub bootstrap_bytes: u64,
     pub meta_bytes: u64,
+    /// The gzip blobs whose blob.meta was left in the registry when the artifact was fetched
+    /// (see [`LAZY_PARTS`]), by blob index: fetched by digest when their layer is first read.
+    pub missing: HashMap<usize, MissingMeta>,
+}
+
+/// A blob.meta not fetched yet: where it goes, and what it must be.
+#[derive(Debug, Clone)]
+pub struct MissingMeta {
+    pub path: PathBuf,
+    /// Its sha256 (and so its digest in the registry) and size, from the bootstrap.
+    pub digest: [u8; 32],
+    pub size: u64,
+    pub blob: crate::rafs::writer::BlobSpec,
+}
+
+/// The file in an artifact directory that says its large gzip blob.meta parts were left in
+/// the registry, to be fetched when first needed; without it every part must be there.
+pub const LAZY_PARTS: &str = "lazy-parts";
+
+impl MissingMeta {
+    /// Fetch it from `source` (the image's repository, where the artifact's parts are),
+    /// check it against the bootstrap, keep it in the artifact directory, and decode it.
+    pub fn fetch(&self, source: &dyn crate::oci::BlobSource) -> Result<BlobMeta, String> {
+        let digest: crate::oci::Digest =
+            format!("sha256:{}", hex::encode(self.digest)).parse().map_err(|_| "bad digest".to_string())?;
+        let bytes = source.fetch(&digest, self.size).map_err(|e| e.to_string())?;
+        if bytes.len() as u64 != self.size {
+            return Err(format!("{digest}: {} bytes where {} were expected", bytes.len(), self.size));
+        }
+        let meta = BlobMeta::decode(&bytes, &self.blob).map_err(|e| format!("{digest}: {e}"))?;
+        let tmp = self.path.with_extension(format!("tmp-{}", std::process::id()));
+        if std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &self.path)).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        Ok(meta)
+    }
 }
 
 /// Open an artifact directory.
@@ -728,6 +764,8 @@ pub fn open_dir(dir: &Path) -> Result<Opened, ArtifactError> {
     }
     let mut metas = HashMap::new();
     let mut stargz = HashMap::new();
+    let mut missing = HashMap::new();
+    let lazy = dir.join(LAZY_PARTS).is_file();
     let mut meta_bytes = 0;
     for (i, (blob, layer)) in bootstrap.blobs.iter().zip(with_data).enumerate() {
         if format!("sha256:{}", blob.id) != layer.digest {
@@ -751,6 +789,13 @@ pub fn open_dir(dir: &Path) -> Result<Opened, ArtifactError> {
             return Err(invalid(mp.clone(), format!("blob.meta name {file:?}")));
         }
         let p = dir.join(file);
+        if lazy && blob.features & features::ZRAN != 0 && !p.exists() {
+            missing.insert(
+                i,
+                MissingMeta { path: p, digest: blob.meta_digest, size: blob.meta_size, blob: blob.clone() },
+            );
+            continue;
+        }
         let bytes = std::fs::read(&p).map_err(io(&p))?;
         let digest: [u8; 32] =
             sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&bytes)).into();
@@ -785,7 +830,7 @@ pub fn open_dir(dir: &Path) -> Result<Opened, ArtifactError> {
         }
         stargz.insert(i, meta);
     }
-    Ok(Opened { manifest, bootstrap, metas, stargz, bootstrap_bytes: boot.len() as u64, meta_bytes })
+    Ok(Opened { manifest, bootstrap, metas, stargz, bootstrap_bytes: boot.len() as u64, meta_bytes, missing })
 }
 
 #[cfg(test)]

@@ -143,10 +143,21 @@ pub fn find(image: &Image) -> Result<Option<Referrer>, ArtifactError> {
         .rfind(|r| r.artifact_type.as_deref() == Some(ARTIFACT_TYPE) && r.media_type == OCI_MANIFEST))
 }
 
+/// A blob.meta part larger than this is left in the registry until its layer is first read
+/// (most of a big layer's artifact is its blob.meta, and a start often reads no file of it).
+pub const LAZY_META_BYTES: u64 = 1 << 20;
+
 /// Fetch the artifact `found` beside `image` into `cache/<manifest hex>` (every part checked
 /// against its digest, written atomically) and return that directory, opened. A copy already
-/// there is used when it still opens cleanly.
-pub fn pull(image: &Image, found: &Referrer, cache: &Path) -> Result<(PathBuf, Opened), ArtifactError> {
+/// there is used when it still opens cleanly. blob.meta parts larger than `lazy_meta_bytes`
+/// ([`LAZY_META_BYTES`] for mounts) are left out (the directory says so in `lazy-parts`): a
+/// mount fetches each when its layer is first read.
+pub fn pull(
+    image: &Image,
+    found: &Referrer,
+    cache: &Path,
+    lazy_meta_bytes: u64,
+) -> Result<(PathBuf, Opened), ArtifactError> {
     let digest: Digest =
         found.digest.parse().map_err(|_| invalid(cache, format!("referrer digest {:?}", found.digest)))?;
     let dir = cache.join(digest.hex());
@@ -176,6 +187,7 @@ pub fn pull(image: &Image, found: &Referrer, cache: &Path) -> Result<(PathBuf, O
     let mut manifest: Option<ArtifactManifest> = None;
     let mut metas = Vec::new();
     let mut parts = Vec::with_capacity(doc.layers.len());
+    let mut lazy = false;
     for l in &doc.layers {
         let name = l.annotations.get(TITLE).map(String::as_str).unwrap_or_default();
         let ok_name = match l.media_type.as_str() {
@@ -191,6 +203,11 @@ pub fn pull(image: &Image, found: &Referrer, cache: &Path) -> Result<(PathBuf, O
         }
         let d: Digest =
             l.digest.parse().map_err(|_| invalid(&what, format!("part digest {:?}", l.digest)))?;
+        // A large blob.meta stays in the registry until its layer is first read.
+        if l.media_type == BLOB_META_TYPE && l.size > lazy_meta_bytes {
+            lazy = true;
+            continue;
+        }
         parts.push((l, name, d));
     }
     // Eight parts at a time: each is a round trip of its own.
@@ -229,6 +246,11 @@ pub fn pull(image: &Image, found: &Referrer, cache: &Path) -> Result<(PathBuf, O
     if let Err(e) = write_dir(&Artifact { bootstrap, metas, manifest }, &dir, true) {
         // Another mount may have put the same artifact there meanwhile.
         return open_dir(&dir).map(|opened| (dir, opened)).map_err(|_| e);
+    }
+    if lazy {
+        let marker = dir.join(super::LAZY_PARTS);
+        std::fs::write(&marker, b"large blob.meta parts are fetched when their layer is first read\n")
+            .map_err(|source| ArtifactError::Io { path: marker, source })?;
     }
     // What was written must open: the bootstrap against zran.json, each blob.meta against the
     // bootstrap. Otherwise it does not stay where the next mount would look.

@@ -24,7 +24,7 @@ use sha2::{Digest as _, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 /// The largest range request coalescing builds.
 pub const MAX_REQUEST: u64 = 8 << 20;
@@ -70,10 +70,48 @@ pub struct Stats {
 
 /// How a blob's chunks are decoded.
 enum Kind {
-    /// A gzip layer with a blob.meta: chunks come out of zran contexts.
-    Zran { meta: BlobMeta, by_context: Vec<Vec<u32>> },
+    /// A gzip layer with a blob.meta (loaded when first needed): chunks come out of zran
+    /// contexts.
+    Zran(LazyMeta),
     /// An eStargz layer: each chunk is a gzip member of its own.
     Members,
+}
+
+/// A gzip layer's blob.meta, with the chunks of each context.
+struct Zran {
+    meta: BlobMeta,
+    by_context: Vec<Vec<u32>>,
+}
+
+/// A blob.meta given at open, or fetched on the first read of its layer (and kept).
+struct LazyMeta {
+    cell: OnceLock<Zran>,
+    load: Mutex<Option<MetaLoader>>,
+}
+
+/// Fetches and decodes a blob.meta (checked against the bootstrap) from the image's source.
+pub type MetaLoader = Box<dyn Fn(&dyn BlobSource) -> Result<BlobMeta, String> + Send + Sync>;
+
+/// A gzip blob's blob.meta, for [`BlobSet::open`].
+pub enum MetaInput {
+    Ready(BlobMeta),
+    /// Fetched when a read first needs the layer.
+    Later(MetaLoader),
+}
+
+/// The chunks of each context of `meta`, which must describe `n` chunks.
+fn zran_of(meta: BlobMeta, n: usize) -> Result<Zran, String> {
+    if meta.chunks.len() != n {
+        return Err(format!("blob.meta has {} chunks, the bootstrap {n}", meta.chunks.len()));
+    }
+    let mut by_context = vec![Vec::new(); meta.contexts.len()];
+    for (ci, c) in meta.chunks.iter().enumerate() {
+        by_context
+            .get_mut(c.zran_index as usize)
+            .ok_or_else(|| format!("chunk {ci}: zran context {} missing", c.zran_index))?
+            .push(ci as u32);
+    }
+    Ok(Zran { meta, by_context })
 }
 
 /// A fetch in progress: readers that need one of its chunks wait here.
@@ -126,7 +164,7 @@ pub struct BlobInput<'a> {
     pub layer: usize,
     pub spec: &'a BlobSpec,
     /// The blob.meta (gzip layers); `None` for eStargz layers.
-    pub meta: Option<BlobMeta>,
+    pub meta: Option<MetaInput>,
 }
 
 /// All blobs of one mounted image.
@@ -192,23 +230,13 @@ impl BlobSet {
                 }
             }
             let kind = match input.meta {
-                Some(meta) => {
-                    if meta.chunks.len() != n {
-                        return Err(layer_err(format!(
-                            "blob.meta has {} chunks, the bootstrap {n}",
-                            meta.chunks.len()
-                        )));
-                    }
-                    let mut by_context = vec![Vec::new(); meta.contexts.len()];
-                    for (ci, c) in meta.chunks.iter().enumerate() {
-                        by_context
-                            .get_mut(c.zran_index as usize)
-                            .ok_or_else(|| {
-                                layer_err(format!("chunk {ci}: zran context {} missing", c.zran_index))
-                            })?
-                            .push(ci as u32);
-                    }
-                    Kind::Zran { meta, by_context }
+                Some(MetaInput::Ready(meta)) => {
+                    let cell = OnceLock::new();
+                    let _ = cell.set(zran_of(meta, n).map_err(layer_err)?);
+                    Kind::Zran(LazyMeta { cell, load: Mutex::new(None) })
+                }
+                Some(MetaInput::Later(f)) => {
+                    Kind::Zran(LazyMeta { cell: OnceLock::new(), load: Mutex::new(Some(f)) })
                 }
                 None => Kind::Members,
             };
@@ -299,6 +327,7 @@ impl BlobSet {
         if missing.is_empty() {
             return Ok(());
         }
+        self.load_meta(blob)?;
         // Claim what nobody is checking or fetching; wait for the rest. A chunk an earlier run
         // cached is claimed like one to fetch, so that readers arriving while its digest is
         // being checked wait for that instead of fetching it again.
@@ -315,7 +344,7 @@ impl BlobSet {
             }
             // The neighbours a decode yields anyway (those that end before the last wanted
             // chunk of the context) are claimed too, so nobody fetches them twice.
-            if let Kind::Zran { meta, by_context } = &blob.kind {
+            if let Some(Zran { meta, by_context }) = blob.zran()? {
                 let mut reach: HashMap<u32, u64> = HashMap::new();
                 for &ci in &mine {
                     let c = &meta.chunks[ci as usize];
@@ -397,6 +426,25 @@ impl BlobSet {
                 Ok(())
             }
         }
+    }
+
+    /// Fetch a gzip blob's blob.meta if it was left for its first read (once; a failure is
+    /// tried again by the next read).
+    fn load_meta(&self, blob: &Blob) -> Result<(), BlobError> {
+        let Kind::Zran(l) = &blob.kind else { return Ok(()) };
+        if l.cell.get().is_some() {
+            return Ok(());
+        }
+        let load = l.load.lock().map_err(|_| blob.err("blob.meta state poisoned".into()))?;
+        if l.cell.get().is_some() {
+            return Ok(());
+        }
+        let f = load.as_ref().ok_or_else(|| blob.err("no blob.meta".into()))?;
+        let meta = f(self.source.as_ref()).map_err(|m| blob.err(format!("blob.meta: {m}")))?;
+        let z = zran_of(meta, blob.chunks.len()).map_err(|m| blob.err(m))?;
+        tracing::info!(layer = blob.layer, blob = %blob.digest, "blob.meta fetched on the layer's first read");
+        let _ = l.cell.set(z);
+        Ok(())
     }
 
     /// Verify a chunk an earlier run left in the cache; false (and forgotten) when it is bad.
@@ -569,6 +617,14 @@ impl Blob {
         BlobError::Layer { layer: self.layer, digest: self.digest.to_string(), message }
     }
 
+    /// The blob.meta of a gzip blob (loaded by [`BlobSet::load_meta`]); `None` for eStargz.
+    fn zran(&self) -> Result<Option<&Zran>, BlobError> {
+        match &self.kind {
+            Kind::Members => Ok(None),
+            Kind::Zran(l) => l.cell.get().map(Some).ok_or_else(|| self.err("blob.meta not loaded".into())),
+        }
+    }
+
     fn chunk(&self, ci: u32) -> Result<&ChunkSpec, BlobError> {
         self.chunks
             .get(ci as usize)
@@ -579,8 +635,8 @@ impl Blob {
     /// The decodes that yield chunks `cis`, in compressed order.
     fn units(&self, cis: &[u32]) -> Result<Vec<Unit>, BlobError> {
         let mut units: BTreeMap<u64, Unit> = BTreeMap::new();
-        match &self.kind {
-            Kind::Zran { meta, .. } => {
+        match self.zran()? {
+            Some(Zran { meta, .. }) => {
                 let mut by_ctx: BTreeMap<u32, Vec<(u32, usize)>> = BTreeMap::new();
                 for &ci in cis {
                     let c = &meta.chunks[ci as usize];
@@ -614,7 +670,7 @@ impl Blob {
                     );
                 }
             }
-            Kind::Members => {
+            None => {
                 for &ci in cis {
                     let c = self.chunk(ci)?;
                     let u = units.entry(c.compressed_offset).or_insert(Unit {
@@ -646,8 +702,12 @@ impl Blob {
 
     fn decode(&self, u: &Unit, input: &[u8]) -> Result<Vec<u8>, crate::gzip::GzipError> {
         let mut out = vec![0u8; u.out_len];
-        match (&self.kind, u.context) {
-            (Kind::Zran { meta, .. }, Some(zi)) => {
+        let zran = match &self.kind {
+            Kind::Zran(l) => l.cell.get(),
+            Kind::Members => None,
+        };
+        match (zran, u.context) {
+            (Some(Zran { meta, .. }), Some(zi)) => {
                 let z = &meta.contexts[zi as usize];
                 let restart = Restart { bits: z.bits, prev_byte: z.prev_byte, dict: &z.dict };
                 inflate_from(&restart, input, u.start, &mut out)?;
@@ -763,7 +823,7 @@ mod tests {
         };
         let dir = tempfile::tempdir().unwrap();
         let set = BlobSet::open(
-            vec![BlobInput { layer: 0, spec: &spec, meta: Some(meta) }],
+            vec![BlobInput { layer: 0, spec: &spec, meta: Some(MetaInput::Ready(meta)) }],
             &table,
             Box::new(Memory(gz)),
             dir.path(),

@@ -4,7 +4,7 @@
 
 use super::MountError;
 use crate::artifact::{self, Options, inputs, publish};
-use crate::blob::{BlobInput, BlobSet};
+use crate::blob::{BlobInput, BlobSet, MetaInput};
 use crate::oci::{self, Image, ImageRef, OpenOptions};
 use crate::rafs::reader::{Bootstrap, read_bootstrap};
 use std::path::Path;
@@ -46,11 +46,13 @@ pub fn open(
     match publish::find(&image) {
         Ok(Some(found)) => {
             let (dir, opened) =
-                publish::pull(&image, &found, &cache.join("artifacts")).map_err(|e| MountError::Pull {
-                    digest: found.digest.clone(),
-                    image: image.name.clone(),
-                    source: Box::new(e),
-                })?;
+                publish::pull(&image, &found, &cache.join("artifacts"), publish::LAZY_META_BYTES).map_err(
+                    |e| MountError::Pull {
+                        digest: found.digest.clone(),
+                        image: image.name.clone(),
+                        source: Box::new(e),
+                    },
+                )?;
             tracing::info!(artifact = %found.digest, dir = %dir.display(), "mounting the artifact stored beside the image");
             return from_artifact(&dir, opened, image, cache);
         }
@@ -95,17 +97,23 @@ fn from_artifact(
             image_manifest: image.manifest.digest.to_string(),
         });
     }
-    let artifact::Opened { bootstrap, mut metas, .. } = opened;
+    let artifact::Opened { bootstrap, mut metas, missing, .. } = opened;
     let name = image.name.clone();
     let image_size = image.manifest.layers.iter().map(|l| l.size).sum();
-    let blobs = open_blobs(image, &bootstrap, |i| metas.remove(&i), cache)?;
+    let meta = |i| {
+        metas.remove(&i).map(MetaInput::Ready).or_else(|| {
+            let m = missing.get(&i)?.clone();
+            Some(MetaInput::Later(Box::new(move |source: &dyn crate::oci::BlobSource| m.fetch(source))))
+        })
+    };
+    let blobs = open_blobs(image, &bootstrap, meta, cache)?;
     Ok(Mountable { bootstrap, blobs, name, image_size })
 }
 
 fn open_blobs(
     image: Image,
     bootstrap: &Bootstrap,
-    mut meta: impl FnMut(usize) -> Option<crate::rafs::meta::BlobMeta>,
+    mut meta: impl FnMut(usize) -> Option<MetaInput>,
     cache: &Path,
 ) -> Result<BlobSet, MountError> {
     let mut blob_inputs = Vec::new();

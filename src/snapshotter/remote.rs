@@ -209,7 +209,12 @@ impl Decider {
         };
         match publish::find(&image) {
             Ok(Some(found)) => {
-                return match publish::pull(&image, &found, &self.cache.join("artifacts")) {
+                return match publish::pull(
+                    &image,
+                    &found,
+                    &self.cache.join("artifacts"),
+                    publish::LAZY_META_BYTES,
+                ) {
                     Ok((dir, _)) => remote("artifact", dir),
                     Err(e) => {
                         Decision::Plain(format!("its zran artifact {} cannot be used: {e}", found.digest))
