@@ -720,11 +720,13 @@ fn a_tampered_artifact_is_refused_and_not_kept() {
     let art = work.path().join("art");
     let o = zran(&["generate", &image, "-o", art.to_str().unwrap(), "--push"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let boot = std::fs::read(art.join("image.boot")).unwrap();
+    // The bootstrap as pushed: zstd-compressed (formats/artifact-oci.md).
+    let boot = zstd::bulk::compress(&std::fs::read(art.join("image.boot")).unwrap(), 10).unwrap();
     let hex = hex::encode(Sha256::digest(&boot));
     let stored = reg.blob_data(&hex);
+    assert!(stored.is_file(), "the bootstrap is stored compressed");
     let mut bad = boot.clone();
-    bad[2000] ^= 0x40;
+    bad[boot.len() / 2] ^= 0x40;
     std::fs::write(&stored, &bad).unwrap();
     let cache = tempfile::tempdir().unwrap();
     let mnt = tempfile::tempdir().unwrap();

@@ -21,6 +21,9 @@ use std::path::{Path, PathBuf};
 pub const ARTIFACT_TYPE: &str = "application/vnd.zran.artifact.v1";
 /// Media types of its parts.
 pub const BOOTSTRAP_TYPE: &str = "application/vnd.zran.rafs.bootstrap.v6";
+/// The bootstrap as pushed: zstd-compressed (inode and chunk tables shrink several times); a
+/// pull takes either.
+pub const BOOTSTRAP_ZSTD_TYPE: &str = "application/vnd.zran.rafs.bootstrap.v6+zstd";
 pub const BLOB_META_TYPE: &str = "application/vnd.zran.rafs.blob-meta.v1";
 pub const MANIFEST_TYPE: &str = "application/vnd.zran.manifest.v1+json";
 /// The annotation that names each part's file.
@@ -95,7 +98,9 @@ pub fn push(dir: &Path, image: &Image) -> Result<Digest, ArtifactError> {
         let p = dir.join(name);
         std::fs::read(&p).map_err(|source| ArtifactError::Io { path: p, source })
     };
-    let mut parts = vec![(BOOTSTRAP_TYPE, BOOTSTRAP.to_string(), read(BOOTSTRAP)?)];
+    let boot = zstd::bulk::compress(&read(BOOTSTRAP)?, 10)
+        .map_err(|source| ArtifactError::Io { path: dir.join(BOOTSTRAP), source })?;
+    let mut parts = vec![(BOOTSTRAP_ZSTD_TYPE, BOOTSTRAP.to_string(), boot)];
     for l in &opened.manifest.layers {
         if let Some(file) = &l.blob_meta {
             parts.push((BLOB_META_TYPE, file.clone(), read(file)?));
@@ -191,7 +196,7 @@ pub fn pull(
     for l in &doc.layers {
         let name = l.annotations.get(TITLE).map(String::as_str).unwrap_or_default();
         let ok_name = match l.media_type.as_str() {
-            BOOTSTRAP_TYPE => name == BOOTSTRAP,
+            BOOTSTRAP_TYPE | BOOTSTRAP_ZSTD_TYPE => name == BOOTSTRAP,
             MANIFEST_TYPE => name == MANIFEST,
             BLOB_META_TYPE => name
                 .strip_suffix(".blob.meta")
@@ -231,6 +236,21 @@ pub fn pull(
         }
         match l.media_type.as_str() {
             BOOTSTRAP_TYPE => bootstrap = Some(bytes),
+            BOOTSTRAP_ZSTD_TYPE => {
+                // Bounded as the parts are; zran.json's digest checks what comes out.
+                use std::io::Read;
+                let mut out = Vec::new();
+                zstd::stream::read::Decoder::new(bytes.as_slice())
+                    .and_then(|d| d.take(MAX_PULL + 1).read_to_end(&mut out))
+                    .map_err(|e| invalid(&what, format!("{name}: {e}")))?;
+                if out.len() as u64 > MAX_PULL {
+                    return Err(invalid(
+                        &what,
+                        format!("{name}: more than {MAX_PULL} bytes once decompressed"),
+                    ));
+                }
+                bootstrap = Some(out);
+            }
             MANIFEST_TYPE => {
                 manifest =
                     Some(serde_json::from_slice(&bytes).map_err(|e| invalid(&what, format!("{name}: {e}")))?)
