@@ -244,7 +244,7 @@ stop_daemons
 echo
 echo "artifacts: python $(size_of "$WORK/art-python") bytes, bigpy $(size_of "$WORK/art-bigpy") bytes"
 echo
-echo "| link | image | mode | pull to answer | pull | run | bytes over the link | vs baseline |"
+echo "| link | image | mode | pull to answer | pull | run | bytes over the link | speed vs overlayfs pull |"
 echo "|---|---|---|---|---|---|---|---|"
 python3 - "$results" <<'PY'
 import sys
@@ -253,8 +253,8 @@ base = {(r[0], r[1]): float(r[3]) for r in rows if r[2] == "overlayfs"}
 sgz = {(r[0], r[1]): float(r[3]) for r in rows if r[2] == "stargz"}
 for link, name, mode, t, p, u, b in rows:
     t = float(t)
-    vs = f"{base[(link, name)] / t:.1f}x faster than overlayfs" if mode != "overlayfs" else "baseline"
+    vs = f"{base[(link, name)] / t:.2f}x" if mode != "overlayfs" else "baseline"
     if mode == "zran-estargz" and (link, name) in sgz:
-        vs += f", {sgz[(link, name)] / t:.2f}x stargz's speed"
+        vs += f" ({sgz[(link, name)] / t:.2f}x stargz's speed)"
     print(f"| {link} | {name} | {mode} | {t:.2f} s | {float(p):.2f} s | {float(u):.2f} s | {float(b)/1e6:.1f} MB | {vs} |")
 PY
