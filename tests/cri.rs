@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::containerd::{containerd_with, layer_bytes_served, layers, ok, snapshotter, zran_mounts};
+use common::containerd::{Sweep, containerd_with, layer_bytes_served, layers, ok, snapshotter, zran_mounts};
 use common::harness::{TestRegistry, repo_root};
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
@@ -69,6 +69,7 @@ fn pods_start_lazily_through_cri() {
     let reg = TestRegistry::start("plain");
     let host = reg.host();
     let work = tempfile::tempdir().unwrap();
+    let _sweep = Sweep(work.path().to_path_buf());
     let root = work.path().join("zran");
     let zsock = work.path().join("zran.sock");
     let _zran = snapshotter(&root, &zsock, &work.path().join("zran.log"), &[]);

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::containerd::{containerd, ctr, layer_bytes_served, layers, ok, snapshotter, zran_mounts};
+use common::containerd::{Sweep, containerd, ctr, layer_bytes_served, layers, ok, snapshotter, zran_mounts};
 use common::harness::{TestRegistry, repo_root};
 use common::truth::{compare, walk};
 use serde_json::Value;
@@ -47,6 +47,7 @@ fn snapshot_keys(sock: &Path) -> Vec<String> {
 fn containers_run_from_snapshots_zran_keeps() {
     let reg = TestRegistry::start("plain");
     let work = tempfile::tempdir().unwrap();
+    let _sweep = Sweep(work.path().to_path_buf());
     let root = work.path().join("zran");
     let zsock = work.path().join("zran.sock");
     let mut zran = snapshotter(&root, &zsock, &work.path().join("zran.log"), &[]);
@@ -251,6 +252,7 @@ fn images_start_lazily_through_containerd() {
     let reg = TestRegistry::start("plain");
     let host = reg.host();
     let work = tempfile::tempdir().unwrap();
+    let _sweep = Sweep(work.path().to_path_buf());
     let root = work.path().join("zran");
     let zsock = work.path().join("zran.sock");
     let zlog = work.path().join("zran.log");

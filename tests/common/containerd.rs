@@ -180,3 +180,38 @@ pub fn zran_mounts(dir: &Path) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// Whatever a test left under its directory, gone when dropped (also when the test fails):
+/// processes whose command line names the directory (containerd, its shims, the snapshotter,
+/// serving processes: all started by this test, as the directory is its own), then every
+/// mount under it, deepest first.
+pub struct Sweep(pub PathBuf);
+
+impl Drop for Sweep {
+    fn drop(&mut self) {
+        let dir = format!("{}/", self.0.display());
+        let me = std::process::id().to_string();
+        if let Ok(procs) = std::fs::read_dir("/proc") {
+            for p in procs.flatten() {
+                let pid = p.file_name().to_string_lossy().into_owned();
+                if pid == me || !pid.bytes().all(|b| b.is_ascii_digit()) {
+                    continue;
+                }
+                let cmd = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+                if String::from_utf8_lossy(&cmd).contains(&dir) {
+                    let _ = Command::new("kill").args(["-9", &pid]).status();
+                }
+            }
+        }
+        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mounts")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
+            .filter(|m| m.starts_with(&dir))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = Command::new("umount").arg("-l").arg(&m).status();
+        }
+    }
+}
