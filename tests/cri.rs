@@ -6,7 +6,9 @@
 
 mod common;
 
-use common::containerd::{Sweep, containerd_with, layer_bytes_served, layers, ok, snapshotter, zran_mounts};
+use common::containerd::{
+    Sweep, containerd_with, layer_bytes_served, layers, ok, push_layout, snapshotter, zran_mounts,
+};
 use common::harness::{TestRegistry, repo_root};
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
@@ -40,15 +42,7 @@ out.close()
     let st = Command::new("/usr/bin/python3").arg("-c").arg(script).status().unwrap();
     assert!(st.success(), "building the pause image");
     let image = format!("{host}/pause:test");
-    ok(
-        Command::new("skopeo")
-            .args(["copy", "--dest-tls-verify=false"])
-            .arg(format!("oci:{}:test", layout.display()))
-            .arg(format!("docker://{image}"))
-            .output()
-            .unwrap(),
-        "skopeo copy pause",
-    );
+    push_layout(&format!("oci:{}:test", layout.display()), &image);
     image
 }
 

@@ -7,7 +7,9 @@
 
 mod common;
 
-use common::containerd::{Sweep, containerd, ctr, layer_bytes_served, layers, ok, snapshotter, zran_mounts};
+use common::containerd::{
+    Sweep, containerd, ctr, layer_bytes_served, layers, ok, push_layout, snapshotter, zran_mounts,
+};
 use common::harness::{TestRegistry, repo_root};
 use common::truth::{compare, walk};
 use serde_json::Value;
@@ -236,15 +238,7 @@ json.dump(index, open(os.path.join(dst, "index.json"), "w"))
         .status()
         .unwrap();
     assert!(st.success(), "making the sibling image");
-    ok(
-        Command::new("skopeo")
-            .args(["copy", "--dest-tls-verify=false"])
-            .arg(format!("oci:{}", layout.display()))
-            .arg(format!("docker://{image}"))
-            .output()
-            .unwrap(),
-        "skopeo copy sibling",
-    );
+    push_layout(&format!("oci:{}", layout.display()), image);
 }
 
 #[test]
@@ -341,16 +335,12 @@ fn images_start_lazily_through_containerd() {
         !mounts.iter().any(|m| m.contains("/python-estargz@")),
         "a plain image is not served through FUSE: {mounts:?}"
     );
-    let stats: Value = serde_json::from_str(&ok(
-        Command::new(env!("CARGO_BIN_EXE_zran"))
-            .arg("stats")
-            .arg("--snapshotter")
-            .arg(&root)
-            .output()
-            .unwrap(),
-        "zran stats",
-    ))
-    .unwrap();
+    let snapshotter_stats = || -> Value {
+        let o =
+            Command::new(env!("CARGO_BIN_EXE_zran")).arg("stats").arg("--snapshotter").arg(&root).output();
+        serde_json::from_str(&ok(o.unwrap(), "zran stats")).unwrap()
+    };
+    let stats = snapshotter_stats();
     assert_eq!(stats["images"][&python]["served_as"], "artifact", "{stats}");
     let m = &stats["images"][&python]["mount"];
     assert!(m["pid"].as_u64().unwrap() > 0, "{stats}");
@@ -369,28 +359,18 @@ fn images_start_lazily_through_containerd() {
     // (Less the view made above, which the garbage collector removes in its own time.)
     let keys_now = || -> Vec<String> { snapshot_keys(&sock).into_iter().filter(|k| k != "pv").collect() };
     let keys = keys_now();
-    let reader = {
-        let (sock, python, bind) = (sock.clone(), python.clone(), bind.clone());
+    // A reader container in the background: `python3.11 -B /out/SCRIPT DELAY` from `image`.
+    let reader_in = |image: &str, id: &str, script: &str, delay: &str| {
+        let (sock, bind) = (sock.clone(), bind.clone());
+        let (image, id, script, delay) =
+            (image.to_string(), id.to_string(), format!("/out/{script}"), delay.to_string());
         std::thread::spawn(move || {
-            ctr(
-                &sock,
-                &[
-                    "run",
-                    "--rm",
-                    "--snapshotter",
-                    "zran",
-                    "--mount",
-                    &bind,
-                    &python,
-                    "r1",
-                    "/usr/bin/python3.11",
-                    "-B",
-                    "/out/reader.py",
-                    "0.003",
-                ],
-            )
+            let args = ["run", "--rm", "--snapshotter", "zran", "--mount", &bind, &image, &id];
+            let cmd = ["/usr/bin/python3.11", "-B", &script, &delay];
+            ctr(&sock, &[&args[..], &cmd[..]].concat())
         })
     };
+    let reader = reader_in(&python, "r1", "reader.py", "0.003");
     let deadline = Instant::now() + Duration::from_secs(60);
     while std::fs::read_to_string(out.join("log")).map_or(0, |t| t.lines().count()) < 50 {
         assert!(Instant::now() < deadline, "the reader did not start");
@@ -420,16 +400,7 @@ fn images_start_lazily_through_containerd() {
         ctr(&sock, &["run", "-d", "--snapshotter", "zran", &python, "keep", "/bin/busybox", "sleep", "600"]),
         "run -d",
     );
-    let stats: Value = serde_json::from_str(&ok(
-        Command::new(env!("CARGO_BIN_EXE_zran"))
-            .arg("stats")
-            .arg("--snapshotter")
-            .arg(&root)
-            .output()
-            .unwrap(),
-        "zran stats",
-    ))
-    .unwrap();
+    let stats = snapshotter_stats();
     let pid = stats["images"][&python]["mount"]["pid"].as_u64().unwrap();
     assert_eq!(stats["images"][&python]["mount"]["live"], true, "{stats}");
     ok(Command::new("kill").args(["-9", &pid.to_string()]).output().unwrap(), "kill the serving process");
@@ -462,30 +433,9 @@ fn images_start_lazily_through_containerd() {
     let at = bytes.len() / 2;
     std::fs::remove_file(out.join("log")).unwrap();
     let go = out.join("go");
-    let tamper = {
-        let (sock, image, bind) = (sock.clone(), estargz.clone(), bind.clone());
-        let script = "import hashlib, os, time\nwhile not os.path.exists('/out/go'): time.sleep(0.02)\nexec(open('/out/reader.py').read())";
-        std::fs::write(out.join("tamper.py"), script).unwrap();
-        std::thread::spawn(move || {
-            ctr(
-                &sock,
-                &[
-                    "run",
-                    "--rm",
-                    "--snapshotter",
-                    "zran",
-                    "--mount",
-                    &bind,
-                    &image,
-                    "t1",
-                    "/usr/bin/python3.11",
-                    "-B",
-                    "/out/tamper.py",
-                    "0",
-                ],
-            )
-        })
-    };
+    let script = "import hashlib, os, time\nwhile not os.path.exists('/out/go'): time.sleep(0.02)\nexec(open('/out/reader.py').read())";
+    std::fs::write(out.join("tamper.py"), script).unwrap();
+    let tamper = reader_in(&estargz, "t1", "tamper.py", "0");
     std::thread::sleep(Duration::from_secs(2));
     bytes[at] ^= 0x55;
     std::fs::write(&data, &bytes).unwrap();

@@ -304,8 +304,8 @@ impl ImageFs {
                 batches.push((b, cur));
             }
         }
-        // Interleave the blobs, so that every layer's first batch goes out at once.
-        batches.sort_by_key(|(b, _)| *b);
+        // Interleave the blobs (the batches are in blob order), so that every layer's first
+        // batch goes out at once.
         let mut order: Vec<usize> = (0..batches.len()).collect();
         let mut rank = HashMap::new();
         let keys: Vec<(usize, u8)> = batches

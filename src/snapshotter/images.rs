@@ -69,6 +69,12 @@ impl Images {
         self.dir.join(key).join("mnt")
     }
 
+    /// The mount point of image `key` if it is served now.
+    pub fn live(&self, key: &str) -> Option<PathBuf> {
+        let mnt = self.mountpoint(key);
+        (state(&mnt, &self.cache) == State::Live).then_some(mnt)
+    }
+
     /// Make sure `reference` (pinned by digest; `key` its hex) is served, from the artifact
     /// directory `dir` when given, and return its mount point: a live mount is used as it is, a
     /// dead one is detached and mounted again.

@@ -346,6 +346,11 @@ impl Service {
         let key = layer
             .serve_key()
             .ok_or_else(|| unavailable(format!("remote image {} is not pinned by digest", layer.image)))?;
+        // A chain served already needs nothing more (no registry, no artifact check): the
+        // common case, as Mounts is asked again for every container start.
+        if let Some(mnt) = remote.images.live(&key) {
+            return Ok(mnt);
+        }
         tokio::task::block_in_place(|| {
             let dir = if layer.is_top() {
                 layer.dir.clone()

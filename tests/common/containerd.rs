@@ -181,6 +181,15 @@ pub fn zran_mounts(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Copy an image (`oci:LAYOUT[:TAG]`) to the test registry as `image`, with skopeo.
+pub fn push_layout(layout: &str, image: &str) {
+    let o = Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false", layout, &format!("docker://{image}")])
+        .output()
+        .unwrap();
+    ok(o, &format!("skopeo copy {layout}"));
+}
+
 /// Whatever a test left under its directory, gone when dropped (also when the test fails):
 /// processes whose command line names the directory (containerd, its shims, the snapshotter,
 /// serving processes: all started by this test, as the directory is its own), then every
