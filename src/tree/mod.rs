@@ -175,7 +175,25 @@ impl Tree {
             }
         };
         let items: Vec<(Entry, Vec<Extent>)> = entries.iter().map(|e| (e.clone(), data(e))).collect();
-        self.apply(layer, &items)
+        self.apply(layer, &items, true)
+    }
+
+    /// Apply one tar layer's entries as they are: whiteouts and opaque markers stay files
+    /// (Nydus's `--whiteout-spec none`, the per-layer bootstrap of a native blob, where they
+    /// are applied only when layers are merged).
+    pub fn apply_layer_as_is(&mut self, layer: usize, entries: &[Entry]) -> Result<(), TreeError> {
+        let items: Vec<(Entry, Vec<Extent>)> = entries
+            .iter()
+            .map(|e| {
+                let data = if e.kind == EntryKind::File && e.size > 0 {
+                    vec![Extent::Tar { layer, offset: e.data_offset, len: e.size }]
+                } else {
+                    Vec::new()
+                };
+                (e.clone(), data)
+            })
+            .collect();
+        self.apply(layer, &items, false)
     }
 
     /// Apply one eStargz layer, from its TOC, on top of the tree.
@@ -187,10 +205,10 @@ impl Tree {
                 (toc_entry(t), chunks)
             })
             .collect();
-        self.apply(layer, &items)
+        self.apply(layer, &items, true)
     }
 
-    fn apply(&mut self, layer: usize, entries: &[(Entry, Vec<Extent>)]) -> Result<(), TreeError> {
+    fn apply(&mut self, layer: usize, entries: &[(Entry, Vec<Extent>)], whiteouts: bool) -> Result<(), TreeError> {
         let mut steps = BASE_STEPS.saturating_add(STEPS_PER_ENTRY.saturating_mul(entries.len() as u64));
         for (e, data) in entries {
             let fail = |m: String| TreeError {
@@ -199,7 +217,7 @@ impl Tree {
                 message: m,
             };
             let (dir, name) = split(&e.path);
-            if let Some(hidden) = name.strip_prefix(WHITEOUT) {
+            if let Some(hidden) = name.strip_prefix(WHITEOUT).filter(|_| whiteouts) {
                 // containerd makes the directory first (`mkparent`), then writes the whiteout
                 // into it: below a lower symlink or non-directory, that directory hides it.
                 let d = self.make_dir(dir, layer, &mut steps).map_err(fail)?;
