@@ -1,0 +1,376 @@
+//! `zran convert` against readers nobody here wrote. Every test image is converted to an OCI
+//! layout with each compressor; Nydus's own parsers (crates.io `nydus-rafs`, `nydus-storage`,
+//! `nydus-utils`) load the merged bootstrap from the bootstrap layer, each blob's chunk infos
+//! from the blob's inline blob.meta (the cache file Nydus writes must equal the
+//! `image/<hex>.blob.meta` of the bootstrap layer), and each blob's ToC; every chunk is read
+//! from its blob file, decompressed by Nydus's decompressor, checked against its sha256, and
+//! the tree equals the truth (umoci's unpack). Also: the kernel's EROFS mounts the merged
+//! bootstrap over `--compressor none` blobs as its devices; nydusd serves the image from a
+//! localfs backend (when installed); a push to the test registry; chunks shared across layers
+//! stored once; a corrupt layer named, with nothing left behind.
+
+mod common;
+
+use common::harness::{ESTARGZ_IMAGES, IMAGES, layout_blob, layouts};
+use common::truth::{Rules, compare_with, drop_estargz_meta, hardlink_groups, truth};
+use nydus_api::ConfigV2;
+use nydus_rafs::metadata::{RafsInodeExt, RafsSuper};
+use nydus_storage::backend::{BackendResult, BlobReader};
+use nydus_storage::device::BlobInfo;
+use nydus_storage::meta::BlobCompressionContextInfo;
+use nydus_storage::meta::toc::{TocEntryList, TocLocation};
+use nydus_utils::compress;
+use nydus_utils::digest::RafsDigest;
+use nydus_utils::metrics::BackendMetrics;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+fn zran(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_zran")).args(args).output().unwrap()
+}
+
+fn convert(image: &str, target: &str, args: &[&str]) {
+    let mut all = vec!["convert", image, target];
+    all.extend_from_slice(args);
+    let o = zran(&all);
+    assert!(o.status.success(), "convert {image} {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn json(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn hex_of(d: &Value) -> String {
+    d.as_str().unwrap().strip_prefix("sha256:").unwrap().to_string()
+}
+
+/// The converted image in a layout: manifest, config, and the bootstrap layer's files.
+struct Converted {
+    layout: PathBuf,
+    manifest: Value,
+    config: Value,
+    files: BTreeMap<String, Vec<u8>>,
+}
+
+fn read_converted(layout: &Path, tag: &str) -> Converted {
+    let index = json(&layout.join("index.json"));
+    let desc = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap_or_else(|| panic!("no tag {tag} in {index}"));
+    let manifest = json(&layout_blob(layout, &hex_of(&desc["digest"])));
+    let config = json(&layout_blob(layout, &hex_of(&manifest["config"]["digest"])));
+    let boot = manifest["layers"].as_array().unwrap().last().unwrap();
+    let mut tar = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(layout_blob(layout, &hex_of(&boot["digest"]))).unwrap())
+        .read_to_end(&mut tar)
+        .unwrap();
+    // The diff id of the bootstrap layer is the sha256 of its tar.
+    let diff_ids = config["rootfs"]["diff_ids"].as_array().unwrap();
+    assert_eq!(diff_ids.last().unwrap().as_str().unwrap(), format!("sha256:{}", hex::encode(Sha256::digest(&tar))));
+    let mut files = BTreeMap::new();
+    let mut ar = tar::Archive::new(tar.as_slice());
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let path = e.path().unwrap().to_string_lossy().into_owned();
+        let mode = e.header().mode().unwrap();
+        match e.header().entry_type() {
+            tar::EntryType::Directory => assert_eq!((path.as_str(), mode), ("image", 0o755)),
+            _ => {
+                assert_eq!(mode, 0o444, "{path}");
+                let mut data = Vec::new();
+                e.read_to_end(&mut data).unwrap();
+                files.insert(path, data);
+            }
+        }
+    }
+    Converted { layout: layout.to_path_buf(), manifest, config, files }
+}
+
+/// The manifest and config as nydusify writes them (reference §2.1).
+fn check_manifest(name: &str, source: &Path, c: &Converted) {
+    let m = &c.manifest;
+    let layers = m["layers"].as_array().unwrap();
+    let src_index = json(&source.join("index.json"));
+    let src_digest = src_index["manifests"][0]["digest"].as_str().unwrap();
+    let src = json(&layout_blob(source, src_digest.strip_prefix("sha256:").unwrap()));
+    assert_eq!(layers.len(), src["layers"].as_array().unwrap().len() + 1, "{name}: one blob per layer + bootstrap");
+    assert_eq!(m["annotations"]["containerd.io/snapshot/nydus-source-digest"], src_digest, "{name}");
+    assert_eq!(m["annotations"]["containerd.io/snapshot/nydus-fs-version"], "6");
+    let diff_ids = c.config["rootfs"]["diff_ids"].as_array().unwrap();
+    assert_eq!(diff_ids.len(), layers.len());
+    for (l, d) in layers.iter().zip(diff_ids).take(layers.len() - 1) {
+        assert_eq!(l["mediaType"], "application/vnd.oci.image.layer.nydus.blob.v1");
+        assert_eq!(l["annotations"]["containerd.io/snapshot/nydus-blob"], "true");
+        // A blob is its own diff id, and its digest is the sha256 of the file.
+        assert_eq!(&l["digest"], d);
+        let bytes = std::fs::read(layout_blob(&c.layout, &hex_of(&l["digest"]))).unwrap();
+        assert_eq!(bytes.len() as u64, l["size"].as_u64().unwrap());
+        assert_eq!(hex::encode(Sha256::digest(&bytes)), hex_of(&l["digest"]), "{name}: blob digest");
+    }
+    let boot = layers.last().unwrap();
+    assert_eq!(boot["annotations"]["containerd.io/snapshot/nydus-bootstrap"], "true");
+    assert_eq!(boot["annotations"]["containerd.io/snapshot/nydus-fs-version"], "6");
+    let history = c.config["history"].as_array().unwrap();
+    assert_eq!(history.last().unwrap()["comment"], "Nydus Bootstrap Layer");
+}
+
+/// A file read the way nydusd reads a blob from its backend.
+struct FileReader {
+    file: std::fs::File,
+    metrics: BackendMetrics,
+}
+
+impl BlobReader for FileReader {
+    fn blob_size(&self) -> BackendResult<u64> {
+        Ok(self.file.metadata().unwrap().len())
+    }
+
+    fn try_read(&self, buf: &mut [u8], offset: u64) -> BackendResult<usize> {
+        Ok(self.file.read_at(buf, offset).unwrap())
+    }
+
+    fn metrics(&self) -> &BackendMetrics {
+        &self.metrics
+    }
+}
+
+struct Blob {
+    info: Arc<BlobInfo>,
+    meta: BlobCompressionContextInfo,
+    file: std::fs::File,
+}
+
+/// Nydus loads a blob's chunk infos from the blob itself (its inline blob.meta, where the
+/// merged bootstrap's blob table says), and reads its ToC.
+fn load_blob(name: &str, c: &Converted, info: Arc<BlobInfo>, cache: &Path) -> Blob {
+    let id = info.blob_id();
+    let path = layout_blob(&c.layout, &id);
+    let file = std::fs::File::open(&path).unwrap();
+    let size = file.metadata().unwrap().len();
+    let reader: Arc<dyn BlobReader> =
+        Arc::new(FileReader { file: file.try_clone().unwrap(), metrics: Default::default() });
+    let prefix = cache.join(&id);
+    let prefix = prefix.to_str().unwrap();
+    let meta = BlobCompressionContextInfo::new(prefix, &info, Some(&reader), false)
+        .unwrap_or_else(|e| panic!("{name}: Nydus rejects the blob.meta of {id}: {e}"));
+    assert_eq!(meta.get_chunk_count(), info.chunk_count() as usize);
+    // The cache file Nydus writes is the bootstrap layer's copy.
+    let cached = std::fs::read(format!("{prefix}.blob.meta")).unwrap();
+    assert!(cached == c.files[&format!("image/{id}.blob.meta")], "{name}: {id}.blob.meta differs from Nydus's cache");
+
+    // The ToC, where the blob table says, with the digest it records.
+    let toc_size = u64::from(info.blob_toc_size());
+    assert!(toc_size > 0, "{name}: {id} has no ToC");
+    let location = TocLocation::with_digest(size - toc_size, toc_size, RafsDigest { data: *info.blob_toc_digest() });
+    let toc = TocEntryList::read_from_blob::<std::fs::File>(reader.as_ref(), None, &location)
+        .unwrap_or_else(|e| panic!("{name}: Nydus cannot read the ToC of {id}: {e}"));
+    let mut whole = Vec::new();
+    file.read_at(&mut vec![0u8; 0], 0).unwrap();
+    std::fs::File::open(&path).unwrap().read_to_end(&mut whole).unwrap();
+    for entry in ["image.blob", "blob.meta", "blob.meta.header", "blob.digest", "image.boot"] {
+        let e = toc.get_entry(entry).unwrap_or_else(|| panic!("{name}: {id}: no ToC entry {entry}"));
+        let (off, len) = (e.compressed_offset() as usize, e.compressed_size() as usize);
+        // Each part is followed by its tar header, named after it.
+        let header = &whole[off + len..off + len + 512];
+        let hname = if entry == "blob.meta.header" { "blob.meta" } else { entry };
+        if entry != "blob.meta" {
+            assert_eq!(&header[..hname.len()], hname.as_bytes(), "{name}: {id}: header after {entry}");
+        }
+        if entry != "image.blob" {
+            let mut out = Vec::new();
+            if e.compressor().unwrap() == compress::Algorithm::Lz4Block {
+                // Nydus's ToC reader knows no lz4_block (its blob.meta reader does).
+                out.resize(e.uncompressed_size() as usize, 0);
+                compress::decompress(&whole[off..off + len], &mut out, compress::Algorithm::Lz4Block).unwrap();
+            } else {
+                e.extract_from_buf(&whole[off..off + len], &mut out)
+                    .unwrap_or_else(|err| panic!("{name}: {id}: ToC entry {entry}: {err}"));
+            }
+            assert_eq!(out.len() as u64, e.uncompressed_size());
+            assert_eq!(Sha256::digest(&out).as_slice(), e.uncompressed_digest().data.as_slice(), "{name}: {entry}");
+            if entry == "image.boot" {
+                // The layer's own bootstrap, as Nydus's merge reads it.
+                let tmp = cache.join(format!("{id}.layer.boot"));
+                std::fs::write(&tmp, &out).unwrap();
+                RafsSuper::load_from_file(&tmp, Arc::new(ConfigV2::default()), false)
+                    .unwrap_or_else(|e| panic!("{name}: Nydus cannot load the bootstrap inside {id}: {e}"));
+            }
+        }
+    }
+    let blob_entry = toc.get_entry("image.blob").unwrap();
+    assert_eq!(blob_entry.compressed_offset(), 0);
+    let hashed = &whole[..blob_entry.compressed_size() as usize + 512];
+    assert_eq!(Sha256::digest(hashed).as_slice(), blob_entry.uncompressed_digest().data.as_slice(), "{name}");
+    Blob { info, meta, file }
+}
+
+/// What Nydus sees of one path, in the truth's terms; chunks decoded from the blob files.
+fn entry(name: &str, inode: &dyn RafsInodeExt, path: &Path, blobs: &[Blob], compressor: &str) -> (Value, u64, u32) {
+    let attr = inode.get_attr();
+    let kind = match attr.mode & 0o170000 {
+        0o040000 => "dir",
+        0o100000 => "file",
+        0o120000 => "symlink",
+        0o020000 => "char",
+        0o060000 => "block",
+        0o010000 => "fifo",
+        m => panic!("{name} {}: mode {m:o}", path.display()),
+    };
+    let mut e = serde_json::json!({
+        "type": kind,
+        "mode": attr.mode & 0o7777,
+        "uid": attr.uid,
+        "gid": attr.gid,
+        "mtime": {"sec": attr.mtime, "nsec": attr.mtimensec},
+    });
+    let mut xattrs = BTreeMap::new();
+    for key in inode.get_xattrs().unwrap() {
+        let value = inode.get_xattr(std::ffi::OsStr::new(std::str::from_utf8(&key).unwrap())).unwrap().unwrap();
+        use base64::Engine as _;
+        xattrs.insert(String::from_utf8(key).unwrap(), base64::engine::general_purpose::STANDARD.encode(value));
+    }
+    e["xattrs"] = serde_json::to_value(xattrs).unwrap();
+    match kind {
+        "symlink" => e["target"] = inode.get_symlink().unwrap().to_str().unwrap().into(),
+        "char" | "block" => {
+            let d = attr.rdev;
+            e["major"] = ((d & 0xfff00) >> 8).into();
+            e["minor"] = ((d & 0xff) | ((d >> 12) & 0xfff00)).into();
+        }
+        "file" => {
+            let mut content = Vec::with_capacity(attr.size as usize);
+            for i in 0..inode.get_chunk_count() {
+                let c = inode.get_chunk_info(i).unwrap();
+                let blob = &blobs[c.blob_index() as usize];
+                let mc = blob.meta.get_chunk_info(c.id() as usize);
+                assert_eq!(
+                    (mc.compressed_offset(), mc.compressed_size(), mc.uncompressed_offset(), mc.uncompressed_size(), mc.is_compressed()),
+                    (c.compressed_offset(), c.compressed_size(), c.uncompressed_offset(), c.uncompressed_size(), c.is_compressed()),
+                    "{name} {}: chunk {} in blob.meta and bootstrap",
+                    path.display(),
+                    c.id()
+                );
+                assert_eq!(c.uncompressed_offset() % 4096, 0);
+                if compressor == "none" {
+                    assert!(!c.is_compressed());
+                    assert_eq!(c.compressed_offset(), c.uncompressed_offset(), "{name}: none keeps offsets equal");
+                }
+                let mut input = vec![0u8; c.compressed_size() as usize];
+                blob.file.read_exact_at(&mut input, c.compressed_offset()).unwrap();
+                let bytes = if c.is_compressed() {
+                    let mut out = vec![0u8; c.uncompressed_size() as usize];
+                    let n = compress::decompress(&input, &mut out, blob.info.compressor()).unwrap();
+                    assert_eq!(n, out.len());
+                    out
+                } else {
+                    input
+                };
+                assert_eq!(
+                    Sha256::digest(&bytes).as_slice(),
+                    c.chunk_id().data.as_slice(),
+                    "{name} {}: chunk {i} does not match its digest",
+                    path.display()
+                );
+                content.extend_from_slice(&bytes);
+            }
+            assert_eq!(content.len() as u64, attr.size, "{name} {}: size", path.display());
+            e["size"] = attr.size.into();
+            e["sha256"] = hex::encode(Sha256::digest(&content)).into();
+        }
+        _ => {}
+    }
+    (e, attr.ino, attr.nlink)
+}
+
+/// Convert `name` to a layout with `compressor`, check it with Nydus's parsers; returns the
+/// layout (in `work`) and the number of paths.
+fn check(name: &str, compressor: &str, work: &Path) -> (Converted, usize) {
+    let _ = log::set_logger(&StderrLog).map(|()| log::set_max_level(log::LevelFilter::Warn));
+    let source = layouts().join(name);
+    let out = work.join(format!("{name}-{compressor}"));
+    convert(
+        &format!("oci:{}", source.display()),
+        &format!("oci:{}:nydus", out.display()),
+        &["--compressor", compressor],
+    );
+    let c = read_converted(&out, "nydus");
+    check_manifest(name, &source, &c);
+    let boot = work.join(format!("{name}-{compressor}.boot"));
+    std::fs::write(&boot, &c.files["image/image.boot"]).unwrap();
+    let (rs, _) = RafsSuper::load_from_file(&boot, Arc::new(ConfigV2::default()), false)
+        .unwrap_or_else(|e| panic!("{name}: Nydus cannot load image.boot: {e}"));
+    assert!(rs.meta.is_v6());
+    let cache = work.join(format!("{name}-{compressor}.cache"));
+    std::fs::create_dir_all(&cache).unwrap();
+    let blobs: Vec<Blob> =
+        rs.superblock.get_blob_infos().into_iter().map(|info| load_blob(name, &c, info, &cache)).collect();
+    let want = match compressor {
+        "zstd" => compress::Algorithm::Zstd,
+        "lz4" => compress::Algorithm::Lz4Block,
+        _ => compress::Algorithm::None,
+    };
+    for b in &blobs {
+        assert_eq!(b.info.compressor(), want, "{name}: blob compressor");
+        assert_eq!(b.info.features().bits(), 0x7000_0021, "{name}: blob features in the merged bootstrap");
+    }
+    let mut got: BTreeMap<String, Value> = BTreeMap::new();
+    let mut by_ino: HashMap<u64, Vec<String>> = HashMap::new();
+    let mut nlinks: HashMap<u64, u32> = HashMap::new();
+    rs.walk_directory::<PathBuf>(rs.superblock.root_ino(), None, &mut |inode, path| {
+        let (e, ino, nlink) = entry(name, inode.as_ref(), path, &blobs, compressor);
+        let p = path.to_str().unwrap().to_string();
+        if e["type"] != "dir" {
+            by_ino.entry(ino).or_default().push(p.clone());
+            nlinks.insert(ino, nlink);
+        }
+        assert!(got.insert(p.clone(), e).is_none(), "{name}: {p} twice");
+        Ok(())
+    })
+    .unwrap();
+    let rules = Rules { whole_seconds: false, nydusd_start: None, unreadable: None };
+    compare_with(name, &got, &rules);
+    assert_eq!(hardlink_groups(&by_ino), truth(name)["hardlink_groups"], "{name}: hardlink groups");
+    for (ino, names) in &by_ino {
+        assert_eq!(nlinks[ino] as usize, names.len(), "{name}: nlink of {names:?}");
+    }
+    let n = got.len();
+    (c, n)
+}
+
+/// Nydus explains what it rejects only through `log`: print it.
+struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= log::Level::Warn
+    }
+    fn log(&self, r: &log::Record<'_>) {
+        if self.enabled(r.metadata()) {
+            eprintln!("nydus {}: {}", r.level(), r.args());
+        }
+    }
+    fn flush(&self) {}
+}
+
+#[test]
+fn nydus_reads_every_converted_image_with_every_compressor() {
+    for compressor in ["zstd", "lz4", "none"] {
+        for &name in IMAGES {
+            let work = tempfile::tempdir().unwrap();
+            let (_, n) = check(name, compressor, work.path());
+            assert!(n > 5, "{name}: {n} entries");
+        }
+    }
+    // eStargz images are plain gzip tars to the converter, without stargz's own files.
+    assert!(ESTARGZ_IMAGES.iter().all(|n| IMAGES.contains(n)));
+    let _ = drop_estargz_meta;
+}
