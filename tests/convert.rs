@@ -374,3 +374,145 @@ fn nydus_reads_every_converted_image_with_every_compressor() {
     assert!(ESTARGZ_IMAGES.iter().all(|n| IMAGES.contains(n)));
     let _ = drop_estargz_meta;
 }
+
+/// mount(2) a bootstrap file as EROFS with the given device files (the kernel's file-backed
+/// mount, as `tests/generate.rs` does).
+fn kernel_mount(boot: &Path, devices: &[PathBuf], mnt: &Path) {
+    let data = devices.iter().map(|d| format!("device={}", d.display())).collect::<Vec<_>>().join(",");
+    let script = "import ctypes,os,sys\nl=ctypes.CDLL(None,use_errno=True)\n\
+                  r=l.mount(sys.argv[1].encode(),sys.argv[2].encode(),b'erofs',1,sys.argv[3].encode())\n\
+                  sys.exit(0 if r==0 else 'mount: '+os.strerror(ctypes.get_errno()))";
+    let o = Command::new("/usr/bin/python3")
+        .args(["-c", script, boot.to_str().unwrap(), mnt.to_str().unwrap(), &data])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "kernel EROFS mount of {}: {}", boot.display(), String::from_utf8_lossy(&o.stderr));
+}
+
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// With `--compressor none` every chunk lies at its uncompressed address in its blob, so the
+/// blobs themselves are the EROFS devices of the merged bootstrap: the kernel mounts it and
+/// shows the truth.
+#[test]
+fn the_kernel_mounts_uncompressed_blobs_as_erofs_devices() {
+    // (tarquirks has header-only entries with sizes that the `tar` crate reads differently;
+    // the Nydus test above covers it.)
+    for name in ["python", "edge", "python-estargz", "edge-estargz", "paths", "umoci-insert", "tarquirks"] {
+        let work = tempfile::tempdir().unwrap();
+        let source = layouts().join(name);
+        let out = work.path().join("out");
+        convert(&format!("oci:{}", source.display()), &format!("oci:{}:nydus", out.display()), &["--compressor", "none"]);
+        let c = read_converted(&out, "nydus");
+        let boot = work.path().join("image.boot");
+        std::fs::write(&boot, &c.files["image/image.boot"]).unwrap();
+        let b = zran::rafs::reader::read_bootstrap(&c.files["image/image.boot"]).unwrap();
+        let devices: Vec<PathBuf> = b.blobs.iter().map(|blob| layout_blob(&out, &blob.id)).collect();
+        let mnt = work.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        kernel_mount(&boot, &devices, &mnt);
+        let _guard = Unmount(mnt.clone());
+        let got = common::truth::walk(&mnt);
+        let n = common::truth::compare(name, &got, false);
+        assert!(n > 5, "{name}: {n} entries");
+    }
+}
+
+fn nydusd() -> Option<PathBuf> {
+    let p = std::env::var_os("NYDUSD").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/opt/nydus/bin/nydusd"));
+    p.exists().then_some(p)
+}
+
+/// nydusd itself serves the converted image from a localfs backend holding the blobs by id
+/// (each blob's chunk infos come from the blob itself): the tree equals the truth.
+#[test]
+fn nydusd_serves_the_converted_image() {
+    let Some(nydusd) = nydusd() else {
+        eprintln!("skipped: no nydusd (NYDUSD=PATH, or /opt/nydus/bin/nydusd)");
+        return;
+    };
+    for name in ["python", "edge", "paths", "python-estargz"] {
+        for compressor in ["zstd", "lz4", "none"] {
+            let work = tempfile::tempdir().unwrap();
+            let source = layouts().join(name);
+            let out = work.path().join("out");
+            convert(&format!("oci:{}", source.display()), &format!("oci:{}:nydus", out.display()), &["--compressor", compressor]);
+            let c = read_converted(&out, "nydus");
+            let boot = work.path().join("image.boot");
+            std::fs::write(&boot, &c.files["image/image.boot"]).unwrap();
+            let backend = work.path().join("backend");
+            let cache = work.path().join("cache");
+            let mnt = work.path().join("mnt");
+            for d in [&backend, &cache, &mnt] {
+                std::fs::create_dir(d).unwrap();
+            }
+            for l in c.manifest["layers"].as_array().unwrap() {
+                let hex = hex_of(&l["digest"]);
+                std::os::unix::fs::symlink(layout_blob(&out, &hex), backend.join(&hex)).unwrap();
+            }
+            let config = serde_json::json!({
+                "version": 2,
+                "id": name,
+                "backend": {"type": "localfs", "localfs": {"dir": backend}},
+                "cache": {"type": "blobcache", "filecache": {"work_dir": cache}},
+                "rafs": {"mode": "direct", "enable_xattr": true},
+            });
+            let config_path = work.path().join("nydusd.json");
+            std::fs::write(&config_path, config.to_string()).unwrap();
+            let log = std::fs::File::create(work.path().join("nydusd.log")).unwrap();
+            let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+            let before = now();
+            let mut child = Command::new(&nydusd)
+                .arg("--config")
+                .arg(&config_path)
+                .arg("--mountpoint")
+                .arg(&mnt)
+                .arg("--bootstrap")
+                .arg(&boot)
+                .args(["--log-level", "warn", "--rlimit-nofile", "0"])
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            let mounted = || {
+                std::fs::read_to_string("/proc/self/mountinfo")
+                    .unwrap()
+                    .lines()
+                    .any(|l| l.split(' ').nth(4) == Some(mnt.to_str().unwrap()))
+            };
+            while !mounted() {
+                if let Some(status) = child.try_wait().unwrap() {
+                    let log = std::fs::read_to_string(work.path().join("nydusd.log")).unwrap_or_default();
+                    panic!("{name}: nydusd exited ({status}) before mounting:\n{log}");
+                }
+                assert!(std::time::Instant::now() < deadline, "{name}: nydusd did not mount in 20 s");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            let after = now();
+            let out_json = tempfile::NamedTempFile::new().unwrap();
+            let s = Command::new("/usr/bin/python3")
+                .arg(common::harness::repo_root().join("testimages/truth.py"))
+                .args(["--walk", "--unreadable-ok", mnt.to_str().unwrap(), out_json.path().to_str().unwrap()])
+                .status()
+                .unwrap();
+            let _ = Command::new("fusermount3").arg("-u").arg(&mnt).status();
+            let _ = child.kill();
+            let _ = child.wait();
+            assert!(s.success());
+            let walked = json(out_json.path());
+            let got = common::truth::by_path(&walked);
+            let rules = Rules { whole_seconds: false, nydusd_start: Some(before..=after), unreadable: Some("unreadable") };
+            let unreadable = compare_with(name, &got, &rules);
+            let log = std::fs::read_to_string(work.path().join("nydusd.log")).unwrap_or_default();
+            assert!(unreadable.is_empty(), "{name} {compressor}: nydusd cannot read {unreadable:?}\n{log}");
+            assert_eq!(walked["hardlink_groups"], truth(name)["hardlink_groups"], "{name}: hardlink groups");
+        }
+    }
+}
