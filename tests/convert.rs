@@ -460,7 +460,7 @@ fn nydusd_serves_the_converted_image() {
                 "version": 2,
                 "id": name,
                 "backend": {"type": "localfs", "localfs": {"dir": backend}},
-                "cache": {"type": "blobcache", "filecache": {"work_dir": cache}},
+                "cache": {"type": "filecache", "filecache": {"work_dir": cache}},
                 "rafs": {"mode": "direct", "enable_xattr": true},
             });
             let config_path = work.path().join("nydusd.json");
@@ -514,5 +514,208 @@ fn nydusd_serves_the_converted_image() {
             assert!(unreadable.is_empty(), "{name} {compressor}: nydusd cannot read {unreadable:?}\n{log}");
             assert_eq!(walked["hardlink_groups"], truth(name)["hardlink_groups"], "{name}: hardlink groups");
         }
+    }
+}
+
+/// A gzip tar layer of `files` (path, bytes).
+fn layer(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(1_700_000_000);
+        h.set_cksum();
+        b.append_data(&mut h, path, *data).unwrap();
+    }
+    let tar = b.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &tar).unwrap();
+    gz.finish().unwrap()
+}
+
+/// An OCI layout holding one image made of `layers` (gzip blobs, used as they are).
+fn make_layout(dir: &Path, layers: &[Vec<u8>]) {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |bytes: &[u8]| {
+        let hex = hex::encode(Sha256::digest(bytes));
+        std::fs::write(blobs.join(&hex), bytes).unwrap();
+        format!("sha256:{hex}")
+    };
+    let diff_ids: Vec<String> = layers
+        .iter()
+        .map(|l| {
+            let mut tar = Vec::new();
+            flate2::read::GzDecoder::new(l.as_slice()).read_to_end(&mut tar).unwrap_or_default();
+            format!("sha256:{}", hex::encode(Sha256::digest(&tar)))
+        })
+        .collect();
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "config": {},
+    });
+    let config = serde_json::to_vec(&config).unwrap();
+    let layer_descs: Vec<Value> = layers
+        .iter()
+        .map(|l| serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": put(l), "size": l.len()}))
+        .collect();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": put(&config), "size": config.len()},
+        "layers": layer_descs,
+    });
+    let manifest = serde_json::to_vec(&manifest).unwrap();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": put(&manifest), "size": manifest.len()}],
+    });
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+}
+
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A file of a lower layer copied into an upper one (and twice into the same layer) is
+/// stored once: the upper blob holds only its own chunks, and its file's chunks point into
+/// the lower blob. The output does not depend on how many layers are converted at once.
+#[test]
+fn chunks_shared_across_layers_are_stored_once() {
+    let work = tempfile::tempdir().unwrap();
+    let shared = noise(3 << 20 | 12345, 1); // 4 chunks at 1 MiB, incompressible
+    let own = noise(700_000, 2);
+    let src = work.path().join("src");
+    make_layout(
+        &src,
+        &[
+            layer(&[("a/shared.bin", &shared), ("a/again.bin", &shared)]),
+            layer(&[("b/copy.bin", &shared), ("b/own.bin", &own)]),
+        ],
+    );
+    let image = format!("oci:{}", src.display());
+    let mut manifests = Vec::new();
+    for jobs in ["1", "2"] {
+        let out = work.path().join(format!("out{jobs}"));
+        convert(&image, &format!("oci:{}:nydus", out.display()), &["--jobs", jobs]);
+        let c = read_converted(&out, "nydus");
+        let b = zran::rafs::reader::read_bootstrap(&c.files["image/image.boot"]).unwrap();
+        assert_eq!(b.blobs.len(), 2);
+        // Layer 0: four distinct chunks for two identical files; layer 1: only own.bin.
+        assert_eq!(b.blobs[0].chunk_count, 4);
+        assert_eq!(b.blobs[1].chunk_count, 1);
+        let layers = c.manifest["layers"].as_array().unwrap();
+        let size1 = layers[1]["size"].as_u64().unwrap();
+        assert!(size1 < own.len() as u64 + 64 * 1024, "upper blob of {size1} bytes holds more than own.bin");
+        assert!(layers[0]["size"].as_u64().unwrap() > shared.len() as u64);
+        // copy.bin's chunks are those of the lower blob.
+        let boot = work.path().join(format!("boot{jobs}"));
+        std::fs::write(&boot, &c.files["image/image.boot"]).unwrap();
+        let (rs, _) = RafsSuper::load_from_file(&boot, Arc::new(ConfigV2::default()), false).unwrap();
+        let mut found = None;
+        rs.walk_directory::<PathBuf>(rs.superblock.root_ino(), None, &mut |inode, path| {
+            if path == Path::new("/b/copy.bin") {
+                found = Some(inode);
+            }
+            Ok(())
+        })
+        .unwrap();
+        let inode = found.expect("/b/copy.bin");
+        assert_eq!(inode.get_chunk_count(), 4);
+        for i in 0..4 {
+            assert_eq!(inode.get_chunk_info(i).unwrap().blob_index(), 0, "chunk {i} of copy.bin");
+        }
+        // And the bytes read back through Nydus's view are the file's.
+        let cache = work.path().join(format!("cache{jobs}"));
+        std::fs::create_dir_all(&cache).unwrap();
+        let blobs: Vec<Blob> =
+            rs.superblock.get_blob_infos().into_iter().map(|info| load_blob("dedup", &c, info, &cache)).collect();
+        let (e, _, _) = entry("dedup", inode.as_ref(), Path::new("/b/copy.bin"), &blobs, "zstd");
+        assert_eq!(e["sha256"], hex::encode(Sha256::digest(&shared)));
+        manifests.push(c.manifest);
+    }
+    assert_eq!(manifests[0], manifests[1], "--jobs 1 and --jobs 2 convert to different images");
+}
+
+/// A corrupt layer: the error names the layer and the offset, and nothing is left behind
+/// (a layout made for the conversion is removed; an existing one is left as it was).
+#[test]
+fn a_corrupt_layer_is_named_and_leaves_nothing_behind() {
+    let work = tempfile::tempdir().unwrap();
+    let good = layer(&[("x.bin", &noise(200_000, 3))]);
+    let mut bad = layer(&[("y.txt", &vec![b'y'; 300_000]), ("z.bin", &noise(200_000, 4))]);
+    let mid = bad.len() / 2;
+    for b in &mut bad[mid..mid + 64] {
+        *b ^= 0x5a;
+    }
+    let src = work.path().join("src");
+    make_layout(&src, &[good.clone(), bad]);
+    let image = format!("oci:{}", src.display());
+    let out = work.path().join("out");
+    let o = zran(&["convert", &image, &format!("oci:{}:nydus", out.display())]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("layer 1") && err.contains("offset"), "{err}");
+    assert!(!out.exists(), "a failed conversion left {}", out.display());
+    // Into an existing layout: nothing added, nothing temporary left.
+    let existing = work.path().join("existing");
+    make_layout(&existing, &[good]);
+    let before: Vec<_> = walk_names(&existing);
+    let o = zran(&["convert", &image, &format!("oci:{}:nydus", existing.display())]);
+    assert!(!o.status.success());
+    assert_eq!(walk_names(&existing), before);
+}
+
+fn walk_names(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Pushed to the test registry: the same blobs as the conversion to a layout, and the
+/// manifest the registry serves names them.
+#[test]
+fn convert_pushes_to_a_registry() {
+    let reg = common::harness::TestRegistry::start("plain");
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("out");
+    convert(&format!("oci:{}", layouts().join("python").display()), &format!("oci:{}:nydus", out.display()), &[]);
+    let c = read_converted(&out, "nydus");
+    let target = format!("{}/python-nydus:v1", reg.host());
+    convert(&format!("{}/python", reg.host()), &target, &[]);
+    let url = format!("http://{}/v2/python-nydus/manifests/v1", reg.host());
+    let o = Command::new("curl")
+        .args(["-sf", "-H", "Accept: application/vnd.oci.image.manifest.v1+json", &url])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "GET {url}");
+    let pushed: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(pushed["layers"], c.manifest["layers"], "registry and layout conversions differ");
+    assert_eq!(pushed["config"], c.manifest["config"]);
+    for l in pushed["layers"].as_array().unwrap() {
+        let hex = hex_of(&l["digest"]);
+        let data = std::fs::read(reg.blob_data(&hex)).unwrap();
+        assert_eq!(hex::encode(Sha256::digest(&data)), hex);
     }
 }
