@@ -75,7 +75,10 @@ fn read_converted(layout: &Path, tag: &str) -> Converted {
         .unwrap();
     // The diff id of the bootstrap layer is the sha256 of its tar.
     let diff_ids = config["rootfs"]["diff_ids"].as_array().unwrap();
-    assert_eq!(diff_ids.last().unwrap().as_str().unwrap(), format!("sha256:{}", hex::encode(Sha256::digest(&tar))));
+    assert_eq!(
+        diff_ids.last().unwrap().as_str().unwrap(),
+        format!("sha256:{}", hex::encode(Sha256::digest(&tar)))
+    );
     let mut files = BTreeMap::new();
     let mut ar = tar::Archive::new(tar.as_slice());
     for e in ar.entries().unwrap() {
@@ -102,7 +105,11 @@ fn check_manifest(name: &str, source: &Path, c: &Converted) {
     let src_index = json(&source.join("index.json"));
     let src_digest = src_index["manifests"][0]["digest"].as_str().unwrap();
     let src = json(&layout_blob(source, src_digest.strip_prefix("sha256:").unwrap()));
-    assert_eq!(layers.len(), src["layers"].as_array().unwrap().len() + 1, "{name}: one blob per layer + bootstrap");
+    assert_eq!(
+        layers.len(),
+        src["layers"].as_array().unwrap().len() + 1,
+        "{name}: one blob per layer + bootstrap"
+    );
     assert_eq!(m["annotations"]["containerd.io/snapshot/nydus-source-digest"], src_digest, "{name}");
     assert_eq!(m["annotations"]["containerd.io/snapshot/nydus-fs-version"], "6");
     let diff_ids = c.config["rootfs"]["diff_ids"].as_array().unwrap();
@@ -165,16 +172,19 @@ fn load_blob(name: &str, c: &Converted, info: Arc<BlobInfo>, cache: &Path) -> Bl
     assert_eq!(meta.get_chunk_count(), info.chunk_count() as usize);
     // The cache file Nydus writes is the bootstrap layer's copy.
     let cached = std::fs::read(format!("{prefix}.blob.meta")).unwrap();
-    assert!(cached == c.files[&format!("image/{id}.blob.meta")], "{name}: {id}.blob.meta differs from Nydus's cache");
+    assert!(
+        cached == c.files[&format!("image/{id}.blob.meta")],
+        "{name}: {id}.blob.meta differs from Nydus's cache"
+    );
 
     // The ToC, where the blob table says, with the digest it records.
     let toc_size = u64::from(info.blob_toc_size());
     assert!(toc_size > 0, "{name}: {id} has no ToC");
-    let location = TocLocation::with_digest(size - toc_size, toc_size, RafsDigest { data: *info.blob_toc_digest() });
+    let location =
+        TocLocation::with_digest(size - toc_size, toc_size, RafsDigest { data: *info.blob_toc_digest() });
     let toc = TocEntryList::read_from_blob::<std::fs::File>(reader.as_ref(), None, &location)
         .unwrap_or_else(|e| panic!("{name}: Nydus cannot read the ToC of {id}: {e}"));
     let mut whole = Vec::new();
-    file.read_at(&mut vec![0u8; 0], 0).unwrap();
     std::fs::File::open(&path).unwrap().read_to_end(&mut whole).unwrap();
     for entry in ["image.blob", "blob.meta", "blob.meta.header", "blob.digest", "image.boot"] {
         let e = toc.get_entry(entry).unwrap_or_else(|| panic!("{name}: {id}: no ToC entry {entry}"));
@@ -190,13 +200,18 @@ fn load_blob(name: &str, c: &Converted, info: Arc<BlobInfo>, cache: &Path) -> Bl
             if e.compressor().unwrap() == compress::Algorithm::Lz4Block {
                 // Nydus's ToC reader knows no lz4_block (its blob.meta reader does).
                 out.resize(e.uncompressed_size() as usize, 0);
-                compress::decompress(&whole[off..off + len], &mut out, compress::Algorithm::Lz4Block).unwrap();
+                compress::decompress(&whole[off..off + len], &mut out, compress::Algorithm::Lz4Block)
+                    .unwrap();
             } else {
                 e.extract_from_buf(&whole[off..off + len], &mut out)
                     .unwrap_or_else(|err| panic!("{name}: {id}: ToC entry {entry}: {err}"));
             }
             assert_eq!(out.len() as u64, e.uncompressed_size());
-            assert_eq!(Sha256::digest(&out).as_slice(), e.uncompressed_digest().data.as_slice(), "{name}: {entry}");
+            assert_eq!(
+                Sha256::digest(&out).as_slice(),
+                e.uncompressed_digest().data.as_slice(),
+                "{name}: {entry}"
+            );
             if entry == "image.boot" {
                 // The layer's own bootstrap, as Nydus's merge reads it.
                 let tmp = cache.join(format!("{id}.layer.boot"));
@@ -214,7 +229,13 @@ fn load_blob(name: &str, c: &Converted, info: Arc<BlobInfo>, cache: &Path) -> Bl
 }
 
 /// What Nydus sees of one path, in the truth's terms; chunks decoded from the blob files.
-fn entry(name: &str, inode: &dyn RafsInodeExt, path: &Path, blobs: &[Blob], compressor: &str) -> (Value, u64, u32) {
+fn entry(
+    name: &str,
+    inode: &dyn RafsInodeExt,
+    path: &Path,
+    blobs: &[Blob],
+    compressor: &str,
+) -> (Value, u64, u32) {
     let attr = inode.get_attr();
     let kind = match attr.mode & 0o170000 {
         0o040000 => "dir",
@@ -234,9 +255,11 @@ fn entry(name: &str, inode: &dyn RafsInodeExt, path: &Path, blobs: &[Blob], comp
     });
     let mut xattrs = BTreeMap::new();
     for key in inode.get_xattrs().unwrap() {
-        let value = inode.get_xattr(std::ffi::OsStr::new(std::str::from_utf8(&key).unwrap())).unwrap().unwrap();
+        let value =
+            inode.get_xattr(std::ffi::OsStr::new(std::str::from_utf8(&key).unwrap())).unwrap().unwrap();
         use base64::Engine as _;
-        xattrs.insert(String::from_utf8(key).unwrap(), base64::engine::general_purpose::STANDARD.encode(value));
+        xattrs
+            .insert(String::from_utf8(key).unwrap(), base64::engine::general_purpose::STANDARD.encode(value));
     }
     e["xattrs"] = serde_json::to_value(xattrs).unwrap();
     match kind {
@@ -253,8 +276,20 @@ fn entry(name: &str, inode: &dyn RafsInodeExt, path: &Path, blobs: &[Blob], comp
                 let blob = &blobs[c.blob_index() as usize];
                 let mc = blob.meta.get_chunk_info(c.id() as usize);
                 assert_eq!(
-                    (mc.compressed_offset(), mc.compressed_size(), mc.uncompressed_offset(), mc.uncompressed_size(), mc.is_compressed()),
-                    (c.compressed_offset(), c.compressed_size(), c.uncompressed_offset(), c.uncompressed_size(), c.is_compressed()),
+                    (
+                        mc.compressed_offset(),
+                        mc.compressed_size(),
+                        mc.uncompressed_offset(),
+                        mc.uncompressed_size(),
+                        mc.is_compressed()
+                    ),
+                    (
+                        c.compressed_offset(),
+                        c.compressed_size(),
+                        c.uncompressed_offset(),
+                        c.uncompressed_size(),
+                        c.is_compressed()
+                    ),
                     "{name} {}: chunk {} in blob.meta and bootstrap",
                     path.display(),
                     c.id()
@@ -262,7 +297,11 @@ fn entry(name: &str, inode: &dyn RafsInodeExt, path: &Path, blobs: &[Blob], comp
                 assert_eq!(c.uncompressed_offset() % 4096, 0);
                 if compressor == "none" {
                     assert!(!c.is_compressed());
-                    assert_eq!(c.compressed_offset(), c.uncompressed_offset(), "{name}: none keeps offsets equal");
+                    assert_eq!(
+                        c.compressed_offset(),
+                        c.uncompressed_offset(),
+                        "{name}: none keeps offsets equal"
+                    );
                 }
                 let mut input = vec![0u8; c.compressed_size() as usize];
                 blob.file.read_exact_at(&mut input, c.compressed_offset()).unwrap();
@@ -386,7 +425,12 @@ fn kernel_mount(boot: &Path, devices: &[PathBuf], mnt: &Path) {
         .args(["-c", script, boot.to_str().unwrap(), mnt.to_str().unwrap(), &data])
         .output()
         .unwrap();
-    assert!(o.status.success(), "kernel EROFS mount of {}: {}", boot.display(), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "kernel EROFS mount of {}: {}",
+        boot.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 struct Unmount(PathBuf);
@@ -408,7 +452,11 @@ fn the_kernel_mounts_uncompressed_blobs_as_erofs_devices() {
         let work = tempfile::tempdir().unwrap();
         let source = layouts().join(name);
         let out = work.path().join("out");
-        convert(&format!("oci:{}", source.display()), &format!("oci:{}:nydus", out.display()), &["--compressor", "none"]);
+        convert(
+            &format!("oci:{}", source.display()),
+            &format!("oci:{}:nydus", out.display()),
+            &["--compressor", "none"],
+        );
         let c = read_converted(&out, "nydus");
         let boot = work.path().join("image.boot");
         std::fs::write(&boot, &c.files["image/image.boot"]).unwrap();
@@ -425,7 +473,9 @@ fn the_kernel_mounts_uncompressed_blobs_as_erofs_devices() {
 }
 
 fn nydusd() -> Option<PathBuf> {
-    let p = std::env::var_os("NYDUSD").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/opt/nydus/bin/nydusd"));
+    let p = std::env::var_os("NYDUSD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/nydus/bin/nydusd"));
     p.exists().then_some(p)
 }
 
@@ -442,7 +492,11 @@ fn nydusd_serves_the_converted_image() {
             let work = tempfile::tempdir().unwrap();
             let source = layouts().join(name);
             let out = work.path().join("out");
-            convert(&format!("oci:{}", source.display()), &format!("oci:{}:nydus", out.display()), &["--compressor", compressor]);
+            convert(
+                &format!("oci:{}", source.display()),
+                &format!("oci:{}:nydus", out.display()),
+                &["--compressor", compressor],
+            );
             let c = read_converted(&out, "nydus");
             let boot = work.path().join("image.boot");
             std::fs::write(&boot, &c.files["image/image.boot"]).unwrap();
@@ -466,7 +520,9 @@ fn nydusd_serves_the_converted_image() {
             let config_path = work.path().join("nydusd.json");
             std::fs::write(&config_path, config.to_string()).unwrap();
             let log = std::fs::File::create(work.path().join("nydusd.log")).unwrap();
-            let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+            let now = || {
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+            };
             let before = now();
             let mut child = Command::new(&nydusd)
                 .arg("--config")
@@ -508,7 +564,11 @@ fn nydusd_serves_the_converted_image() {
             assert!(s.success());
             let walked = json(out_json.path());
             let got = common::truth::by_path(&walked);
-            let rules = Rules { whole_seconds: false, nydusd_start: Some(before..=after), unreadable: Some("unreadable") };
+            let rules = Rules {
+                whole_seconds: false,
+                nydusd_start: Some(before..=after),
+                unreadable: Some("unreadable"),
+            };
             let unreadable = compare_with(name, &got, &rules);
             let log = std::fs::read_to_string(work.path().join("nydusd.log")).unwrap_or_default();
             assert!(unreadable.is_empty(), "{name} {compressor}: nydusd cannot read {unreadable:?}\n{log}");
@@ -639,8 +699,12 @@ fn chunks_shared_across_layers_are_stored_once() {
         // And the bytes read back through Nydus's view are the file's.
         let cache = work.path().join(format!("cache{jobs}"));
         std::fs::create_dir_all(&cache).unwrap();
-        let blobs: Vec<Blob> =
-            rs.superblock.get_blob_infos().into_iter().map(|info| load_blob("dedup", &c, info, &cache)).collect();
+        let blobs: Vec<Blob> = rs
+            .superblock
+            .get_blob_infos()
+            .into_iter()
+            .map(|info| load_blob("dedup", &c, info, &cache))
+            .collect();
         let (e, _, _) = entry("dedup", inode.as_ref(), Path::new("/b/copy.bin"), &blobs, "zstd");
         assert_eq!(e["sha256"], hex::encode(Sha256::digest(&shared)));
         manifests.push(c.manifest);
@@ -700,7 +764,11 @@ fn convert_pushes_to_a_registry() {
     let reg = common::harness::TestRegistry::start("plain");
     let work = tempfile::tempdir().unwrap();
     let out = work.path().join("out");
-    convert(&format!("oci:{}", layouts().join("python").display()), &format!("oci:{}:nydus", out.display()), &[]);
+    convert(
+        &format!("oci:{}", layouts().join("python").display()),
+        &format!("oci:{}:nydus", out.display()),
+        &[],
+    );
     let c = read_converted(&out, "nydus");
     let target = format!("{}/python-nydus:v1", reg.host());
     convert(&format!("{}/python", reg.host()), &target, &[]);

@@ -37,7 +37,8 @@ pub struct ConvertArgs {
 pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
     let target: ImageRef = args.target.parse().with_context(|| format!("target {}", args.target))?;
     let image = args.image_args.open(&args.image)?;
-    let chunk_size = u32::try_from(args.chunk_size).ok().filter(|c| c.is_power_of_two() && (4096..=16 << 20).contains(c));
+    let chunk_size =
+        u32::try_from(args.chunk_size).ok().filter(|c| c.is_power_of_two() && (4096..=16 << 20).contains(c));
     let Some(chunk_size) = chunk_size else {
         anyhow::bail!("--chunk-size {} is not a power of two from 4K to 16M", args.chunk_size);
     };
@@ -48,7 +49,8 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
         (Some(d), _) => d.clone(),
         (None, ImageRef::Layout(l)) => {
             if !l.path.exists() {
-                std::fs::create_dir_all(&l.path).with_context(|| format!("cannot create {}", l.path.display()))?;
+                std::fs::create_dir_all(&l.path)
+                    .with_context(|| format!("cannot create {}", l.path.display()))?;
                 made_layout = Some(l.path.clone());
             }
             l.path.clone()

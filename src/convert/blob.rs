@@ -89,8 +89,9 @@ pub fn finish(
         move |source: std::io::Error| ConvertError::Io { path, source }
     };
     let data_size = chunks.last().map_or(0, |c| c.compressed_offset + u64::from(c.stored.stored_size));
-    let uncompressed_size =
-        chunks.last().map_or(0, |c| (c.uncompressed_offset + u64::from(c.stored.size)).next_multiple_of(4096));
+    let uncompressed_size = chunks
+        .last()
+        .map_or(0, |c| (c.uncompressed_offset + u64::from(c.stored.size)).next_multiple_of(4096));
 
     // The chunk data: the pass's file as it is when no chunk went to a lower layer.
     let (file, hasher) = if chunks.len() == pass.stored.len() {
@@ -227,10 +228,20 @@ fn write_tail(
     own.compressed_size = tw.position();
     let bootstrap = boot(&own)?;
     let packed = zstd::bulk::compress(&bootstrap, ZSTD_LEVEL).map_err(io)?;
-    let (data, flag) =
-        if packed.len() < bootstrap.len() { (packed.as_slice(), tail::TOC_ZSTD) } else { (&bootstrap[..], tail::TOC_NONE) };
+    let (data, flag) = if packed.len() < bootstrap.len() {
+        (packed.as_slice(), tail::TOC_ZSTD)
+    } else {
+        (&bootstrap[..], tail::TOC_NONE)
+    };
     let at = tw.entry(tail::IMAGE_BOOT, data).map_err(io)?;
-    tw.toc(tail::IMAGE_BOOT, flag, Sha256::digest(&bootstrap).into(), at, data.len() as u64, bootstrap.len() as u64);
+    tw.toc(
+        tail::IMAGE_BOOT,
+        flag,
+        Sha256::digest(&bootstrap).into(),
+        at,
+        data.len() as u64,
+        bootstrap.len() as u64,
+    );
     let fin = tw.finish().map_err(io)?;
     let Hashing { inner, hasher } = fin.writer;
     let f = inner.into_inner().map_err(|e| io(e.into_error()))?;

@@ -301,7 +301,6 @@ pub fn convert(
     // Deduplicate across layers, in layer order.
     let placed = place(&passes, opts.compressor);
 
-
     // Finish each blob, lowest first (a blob's bootstrap names the lower blobs it uses).
     let refs: Vec<HashMap<u64, u32>> = passes.iter().map(|p| p.refs.iter().copied().collect()).collect();
     let mut blobs: Vec<LayerBlob> = Vec::with_capacity(layers.len());
@@ -314,8 +313,7 @@ pub fn convert(
         let locs = file_chunks(&tree, &refs, &placed, opts.chunk_size)?;
         // The blob table: the lower blobs used, in layer order, then the layer's own (when
         // it stores any chunk), under the id Nydus writes before the blob's digest exists.
-        let mut table: Vec<usize> =
-            locs.values().flatten().map(|&(l, _)| l).filter(|&l| l != i).collect();
+        let mut table: Vec<usize> = locs.values().flatten().map(|&(l, _)| l).filter(|&l| l != i).collect();
         table.sort_unstable();
         table.dedup();
         if !placed.chunks[i].is_empty() {
@@ -325,8 +323,13 @@ pub fn convert(
         let boot = |own: &BlobSpec| -> Result<Vec<u8>, ConvertError> {
             let blobs: Vec<BlobSpec> =
                 table.iter().map(|&l| if l == i { own.clone() } else { specs[l].clone() }).collect();
-            let spec =
-                BootstrapSpec { tree: &tree, chunk_size: opts.chunk_size, blobs, chunks: chunks.clone(), prefetch: vec![] };
+            let spec = BootstrapSpec {
+                tree: &tree,
+                chunk_size: opts.chunk_size,
+                blobs,
+                chunks: chunks.clone(),
+                prefetch: vec![],
+            };
             Ok(writer::write_with_compression(&spec, opts.compressor.rafs_flag())?)
         };
         let done = blob::finish(i, &layers[i], p, &placed, opts, &work.path, &boot)?;
@@ -352,7 +355,13 @@ pub fn convert(
         s.features &= !crate::rafs::meta::format::features::INLINED_FS_META;
     }
     let bootstrap = writer::write_with_compression(
-        &BootstrapSpec { tree: &tree, chunk_size: opts.chunk_size, blobs: merged_specs, chunks, prefetch: vec![] },
+        &BootstrapSpec {
+            tree: &tree,
+            chunk_size: opts.chunk_size,
+            blobs: merged_specs,
+            chunks,
+            prefetch: vec![],
+        },
         opts.compressor.rafs_flag(),
     )?;
 
@@ -397,11 +406,7 @@ pub fn place(passes: &[pass::Pass], c: Compressor) -> Placed {
                 comp = comp.next_multiple_of(4096);
             }
             let ci = chunks.len() as u32;
-            chunks.push(blob::Chunk {
-                stored: *s,
-                compressed_offset: comp,
-                uncompressed_offset: uncomp,
-            });
+            chunks.push(blob::Chunk { stored: *s, compressed_offset: comp, uncompressed_offset: uncomp });
             comp += u64::from(s.stored_size);
             uncomp = (uncomp + u64::from(s.size)).next_multiple_of(4096);
             seen.insert(s.digest, (i, ci));
@@ -442,8 +447,12 @@ fn file_chunks(
                     ))
                 };
                 let local = refs.get(*layer).and_then(|r| r.get(&(offset + at))).ok_or_else(missing)?;
-                let loc =
-                    placed.locs.get(*layer).and_then(|v| v.get(*local as usize)).copied().ok_or_else(missing)?;
+                let loc = placed
+                    .locs
+                    .get(*layer)
+                    .and_then(|v| v.get(*local as usize))
+                    .copied()
+                    .ok_or_else(missing)?;
                 list.push(loc);
                 at += u64::from(chunk_size);
             }
@@ -489,4 +498,3 @@ pub fn spec_of(placed: &Placed, layer: usize, ci: u32, blob: usize) -> Option<Ch
         flags: if c.stored.compressed { CHUNK_COMPRESSED } else { 0 },
     })
 }
-

@@ -66,7 +66,10 @@ pub fn bootstrap_layer(
     };
     let mut write = || -> std::io::Result<()> {
         tar.append(&header("image", tar::EntryType::Directory, 0o755, 0)?, std::io::empty())?;
-        tar.append(&header("image/image.boot", tar::EntryType::Regular, 0o444, bootstrap.len() as u64)?, bootstrap)?;
+        tar.append(
+            &header("image/image.boot", tar::EntryType::Regular, 0o444, bootstrap.len() as u64)?,
+            bootstrap,
+        )?;
         for (hex, meta) in metas {
             let path = format!("image/{hex}.blob.meta");
             tar.append(&header(&path, tar::EntryType::Regular, 0o444, meta.len() as u64)?, meta.as_slice())?;
@@ -95,7 +98,11 @@ pub fn bootstrap_layer(
 }
 
 /// The converted config and its media type.
-pub fn config(image: &Image, blobs: &[LayerBlob], bootstrap_diff_id: &Digest) -> Result<(Vec<u8>, String), ConvertError> {
+pub fn config(
+    image: &Image,
+    blobs: &[LayerBlob],
+    bootstrap_diff_id: &Digest,
+) -> Result<(Vec<u8>, String), ConvertError> {
     let desc = &image.manifest.config;
     let raw = image.source.fetch(&desc.digest, MAX_CONFIG)?;
     let mut config: Value = serde_json::from_slice(&raw)
@@ -147,7 +154,8 @@ pub fn manifest(
     annotations.insert(ANNOTATION_SOURCE_DIGEST.into(), json!(image.manifest.digest.to_string()));
     annotations.insert(ANNOTATION_SOURCE_REFERENCE.into(), json!(image.name));
     annotations.insert(ANNOTATION_FS_VERSION.into(), json!("6"));
-    annotations.insert(ANNOTATION_BUILDER_VERSION.into(), json!(format!("zran {}", env!("CARGO_PKG_VERSION"))));
+    annotations
+        .insert(ANNOTATION_BUILDER_VERSION.into(), json!(format!("zran {}", env!("CARGO_PKG_VERSION"))));
     let m = json!({
         "schemaVersion": 2,
         "mediaType": media_type,
@@ -171,7 +179,9 @@ pub fn publish(c: &Converted, target: &ImageRef, registry: &RegistryOptions) -> 
     match target {
         ImageRef::Layout(l) => {
             if l.digest.is_some() {
-                return Err(ConvertError::Invalid(format!("{target}: a target is named by a tag, not a digest")));
+                return Err(ConvertError::Invalid(format!(
+                    "{target}: a target is named by a tag, not a digest"
+                )));
             }
             let layout = Layout::create(&l.path)?;
             for b in c.layers.iter().chain([&c.bootstrap_layer]) {
@@ -182,7 +192,9 @@ pub fn publish(c: &Converted, target: &ImageRef, registry: &RegistryOptions) -> 
         }
         ImageRef::Registry(r) => {
             if r.digest.is_some() {
-                return Err(ConvertError::Invalid(format!("{target}: a target is named by a tag, not a digest")));
+                return Err(ConvertError::Invalid(format!(
+                    "{target}: a target is named by a tag, not a digest"
+                )));
             }
             let reg = RegistrySource::new(r, registry)?;
             for b in c.layers.iter().chain([&c.bootstrap_layer]) {

@@ -204,14 +204,17 @@ pub fn run(
     let fail = |message: String| ConvertError::Layer { index, digest: digest.clone(), message };
     match layer.compression() {
         Compression::Gzip => {}
-        Compression::Zstd => return Err(fail("zstd layers are not supported yet (gzip and eStargz are)".into())),
+        Compression::Zstd => {
+            return Err(fail("zstd layers are not supported yet (gzip and eStargz are)".into()));
+        }
         Compression::None => {
             return Err(fail("uncompressed tar layers are not supported yet (gzip and eStargz are)".into()));
         }
         _ => return Err(fail(format!("media type {} is not a layer zran can convert", layer.media_type))),
     }
     let data = work.join(format!("{}.data", layer.digest.hex()));
-    let file = std::fs::File::create(&data).map_err(|e| ConvertError::Io { path: data.clone(), source: e })?;
+    let file =
+        std::fs::File::create(&data).map_err(|e| ConvertError::Io { path: data.clone(), source: e })?;
     let reader = source.open(&layer.digest, Some(layer.size)).map_err(|e| fail(e.to_string()))?;
     let reader = Counting { inner: reader, read: 0, progress };
     let (tx, rx) = mpsc::sync_channel::<Job>(IN_FLIGHT);
@@ -252,7 +255,8 @@ pub fn run(
         e
     };
     scanned.map_err(cleanup)?;
-    let written = written.map_err(cleanup)?.map_err(|e| cleanup(ConvertError::Io { path: data.clone(), source: e }))?;
+    let written =
+        written.map_err(cleanup)?.map_err(|e| cleanup(ConvertError::Io { path: data.clone(), source: e }))?;
     for w in sink.parser.warnings() {
         tracing::warn!("layer {index} ({digest}): {w}");
     }

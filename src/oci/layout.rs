@@ -85,7 +85,12 @@ impl Layout {
 
     /// Store a manifest and list it in `index.json`, under `tag` when given (an entry with
     /// the same tag is replaced). Returns its digest.
-    pub fn add_manifest(&self, manifest: &[u8], media_type: &str, tag: Option<&str>) -> Result<Digest, OciError> {
+    pub fn add_manifest(
+        &self,
+        manifest: &[u8],
+        media_type: &str,
+        tag: Option<&str>,
+    ) -> Result<Digest, OciError> {
         let digest = Digest::of(manifest);
         self.add_blob(&digest, manifest)?;
         let path = self.index_path();
@@ -98,7 +103,10 @@ impl Layout {
             .and_then(|m| m.as_array_mut())
             .ok_or_else(|| err("no manifests array".into()))?;
         manifests.retain(|m| match tag {
-            Some(t) => m.pointer(&format!("/annotations/{}", REF_NAME.replace('/', "~1"))).and_then(|v| v.as_str()) != Some(t),
+            Some(t) => {
+                m.pointer(&format!("/annotations/{}", REF_NAME.replace('/', "~1"))).and_then(|v| v.as_str())
+                    != Some(t)
+            }
             None => m.get("digest").and_then(|d| d.as_str()) != Some(digest.to_string().as_str()),
         });
         let mut desc = serde_json::json!({

@@ -797,7 +797,11 @@ impl RegistrySource {
     /// Store a manifest under `reference` (a tag, or its digest).
     pub fn put_manifest(&self, reference: &str, media_type: &str, manifest: &[u8]) -> Result<(), OciError> {
         runtime()
-            .block_on(self.registry.push_manifest(reference, media_type, bytes::Bytes::copy_from_slice(manifest)))
+            .block_on(self.registry.push_manifest(
+                reference,
+                media_type,
+                bytes::Bytes::copy_from_slice(manifest),
+            ))
             .map(|_| ())
     }
 }

@@ -42,8 +42,7 @@ pub struct BlobSpec {
 /// The blob id Nydus writes into the bootstrap a native blob carries inside itself: the blob's
 /// digest is not known before the bootstrap is written (`nydus-image merge` takes the real id
 /// from the bootstrap's file name).
-pub const PLACEHOLDER_BLOB_ID: &str =
-    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
+pub const PLACEHOLDER_BLOB_ID: &str = "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
 
 /// One chunk of a regular file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

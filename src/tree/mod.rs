@@ -208,7 +208,12 @@ impl Tree {
         self.apply(layer, &items, true)
     }
 
-    fn apply(&mut self, layer: usize, entries: &[(Entry, Vec<Extent>)], whiteouts: bool) -> Result<(), TreeError> {
+    fn apply(
+        &mut self,
+        layer: usize,
+        entries: &[(Entry, Vec<Extent>)],
+        whiteouts: bool,
+    ) -> Result<(), TreeError> {
         let mut steps = BASE_STEPS.saturating_add(STEPS_PER_ENTRY.saturating_mul(entries.len() as u64));
         for (e, data) in entries {
             let fail = |m: String| TreeError {
