@@ -787,3 +787,71 @@ fn convert_pushes_to_a_registry() {
         assert_eq!(hex::encode(Sha256::digest(&data)), hex);
     }
 }
+
+/// Nydus's own `nydus-image merge` takes the bootstraps inside the blobs (named by blob
+/// digest, as nydusify names them) and makes a bootstrap with the same blobs and the same
+/// tree as zran's merged one (when nydus-image is installed). (Not `paths`: a hardlink there
+/// names a lower layer's file, which a layer's own bootstrap cannot hold; zran leaves it out
+/// there, so only zran's merged bootstrap has it, as the truth does.)
+#[test]
+fn nydus_image_merges_the_bootstraps_inside_the_blobs() {
+    let bin = std::env::var_os("NYDUS_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/nydus/bin/nydus-image"));
+    if !bin.exists() {
+        eprintln!("skipped: no nydus-image (NYDUS_IMAGE=PATH, or /opt/nydus/bin/nydus-image)");
+        return;
+    }
+    for name in ["python", "edge", "umoci-insert", "edge-estargz"] {
+        let work = tempfile::tempdir().unwrap();
+        let out = work.path().join("out");
+        convert(
+            &format!("oci:{}", layouts().join(name).display()),
+            &format!("oci:{}:nydus", out.display()),
+            &[],
+        );
+        let c = read_converted(&out, "nydus");
+        let mut boots = Vec::new();
+        for l in c.manifest["layers"].as_array().unwrap().iter().rev().skip(1).rev() {
+            let hex = hex_of(&l["digest"]);
+            let whole = std::fs::read(layout_blob(&out, &hex)).unwrap();
+            let toc = zran::rafs::tail::read_toc(&whole, whole.len() as u64).unwrap();
+            let e = toc.iter().find(|e| e.name() == b"image.boot").unwrap();
+            let data = &whole
+                [e.compressed_offset() as usize..(e.compressed_offset() + e.compressed_size()) as usize];
+            let boot = zstd::bulk::decompress(data, e.uncompressed_size() as usize).unwrap();
+            let path = work.path().join(&hex);
+            std::fs::write(&path, boot).unwrap();
+            boots.push(path);
+        }
+        let merged = work.path().join("merged.boot");
+        let o =
+            Command::new(&bin).arg("merge").arg("--bootstrap").arg(&merged).args(&boots).output().unwrap();
+        assert!(o.status.success(), "{name}: nydus-image merge: {}", String::from_utf8_lossy(&o.stderr));
+        let ours = work.path().join("ours.boot");
+        std::fs::write(&ours, &c.files["image/image.boot"]).unwrap();
+        let load = |p: &Path| RafsSuper::load_from_file(p, Arc::new(ConfigV2::default()), false).unwrap().0;
+        let (theirs, ours) = (load(&merged), load(&ours));
+        let blobs = |rs: &RafsSuper| {
+            rs.superblock
+                .get_blob_infos()
+                .iter()
+                .map(|b| (b.blob_id(), b.chunk_count(), b.compressed_size(), b.uncompressed_size()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(blobs(&theirs), blobs(&ours), "{name}: blob tables");
+        let tree = |rs: &RafsSuper| {
+            let mut out = BTreeMap::new();
+            rs.walk_directory::<PathBuf>(rs.superblock.root_ino(), None, &mut |inode, path| {
+                // (Nydus's merge marks chunk digests as inlined in the blobs, so its chunk
+                // records are read only with the blobs at hand: counts only.)
+                let a = inode.get_attr();
+                out.insert(path.to_path_buf(), (a.mode, a.size, a.uid, a.gid, inode.get_chunk_count()));
+                Ok(())
+            })
+            .unwrap();
+            out
+        };
+        assert_eq!(tree(&theirs), tree(&ours), "{name}: trees");
+    }
+}

@@ -308,7 +308,7 @@ pub fn convert(
     let mut metas: Vec<Vec<u8>> = Vec::with_capacity(layers.len());
     for (i, p) in passes.iter().enumerate() {
         let mut tree = Tree::new();
-        tree.apply_layer_as_is(i, &entries[i])?;
+        tree.apply_layer_as_is(i, &own_entries(i, &entries[i]))?;
         tree.finish();
         let locs = file_chunks(&tree, &refs, &placed, opts.chunk_size)?;
         // The blob table: the lower blobs used, in layer order, then the layer's own (when
@@ -385,6 +385,26 @@ pub fn convert(
         manifest,
         manifest_media_type,
     })
+}
+
+/// A layer's entries for its own bootstrap: a hardlink to a file of a lower layer has no target
+/// in the layer alone, and is left out there (the merged bootstrap has it).
+fn own_entries(layer: usize, entries: &[crate::tar::Entry]) -> Vec<crate::tar::Entry> {
+    let mut seen: std::collections::HashSet<&[u8]> = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(entries.len());
+    for e in entries {
+        if e.kind == crate::tar::EntryKind::Hardlink && !seen.contains(e.link.as_slice()) {
+            tracing::warn!(
+                layer,
+                path = %String::from_utf8_lossy(&e.path),
+                "hardlink to a lower layer's file left out of the layer's own bootstrap"
+            );
+            continue;
+        }
+        seen.insert(&e.path);
+        out.push(e.clone());
+    }
+    out
 }
 
 /// Deduplicate the layers' distinct chunks across layers, lowest layer first, and lay out each
@@ -497,4 +517,76 @@ pub fn spec_of(placed: &Placed, layer: usize, ci: u32, blob: usize) -> Option<Ch
         uncompressed_size: c.stored.size,
         flags: if c.stored.compressed { CHUNK_COMPRESSED } else { 0 },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pass::{Pass, Stored};
+    use sha2::Sha256;
+
+    fn stored(d: u8, offset: u64, stored_size: u32, size: u32) -> Stored {
+        Stored { digest: [d; 32], offset, stored_size, size, compressed: stored_size < size }
+    }
+
+    fn pass_of(stored: Vec<Stored>) -> Pass {
+        Pass {
+            entries: Vec::new(),
+            refs: Vec::new(),
+            stored,
+            data: PathBuf::new(),
+            data_size: 0,
+            hasher: Sha256::default(),
+            warnings: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_chunk_of_a_lower_layer_is_not_stored_again_and_offsets_close_up() {
+        let passes = vec![
+            pass_of(vec![stored(1, 0, 100, 5000), stored(2, 100, 50, 4096)]),
+            pass_of(vec![stored(3, 0, 10, 10), stored(1, 10, 100, 5000), stored(4, 110, 20, 30)]),
+        ];
+        let p = place(&passes, Compressor::Zstd);
+        assert_eq!(p.locs, vec![vec![(0, 0), (0, 1)], vec![(1, 0), (0, 0), (1, 1)]]);
+        let offs = |l: usize| {
+            p.chunks[l].iter().map(|c| (c.compressed_offset, c.uncompressed_offset)).collect::<Vec<_>>()
+        };
+        assert_eq!(offs(0), vec![(0, 0), (100, 8192)]);
+        // The dropped chunk leaves no hole: compressed back to back, uncompressed 4 KiB aligned.
+        assert_eq!(offs(1), vec![(0, 0), (10, 4096)]);
+    }
+
+    #[test]
+    fn without_compression_compressed_offsets_are_the_aligned_uncompressed_ones() {
+        let passes = vec![pass_of(vec![
+            stored(1, 0, 5000, 5000),
+            stored(2, 8192, 10, 10),
+            stored(3, 12288, 4096, 4096),
+        ])];
+        let p = place(&passes, Compressor::None);
+        for c in &p.chunks[0] {
+            assert_eq!(c.compressed_offset, c.uncompressed_offset);
+            assert_eq!(c.compressed_offset, c.stored.offset);
+        }
+    }
+
+    #[test]
+    fn incompressible_chunks_are_stored_as_they_are() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let noise: Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        for c in [Compressor::Zstd, Compressor::Lz4, Compressor::None] {
+            let mut e = c.engine().unwrap();
+            assert_eq!(e.compress(&noise).unwrap(), None, "{c:?}");
+            let zeros = vec![0u8; 4096];
+            assert_eq!(e.compress(&zeros).unwrap().is_some(), c != Compressor::None, "{c:?}");
+        }
+    }
 }
