@@ -84,7 +84,9 @@ fn convert_and_publish(
         .enumerate()
         .map(|(i, d)| multi.add(super::util::byte_progress(Some(d.size), &format!("layer {i}"))))
         .collect();
-    let opts = Options { compressor: args.compressor, chunk_size, jobs: args.jobs.max(1), work_parent };
+    let durable = matches!(target, ImageRef::Layout(_));
+    let opts =
+        Options { compressor: args.compressor, chunk_size, jobs: args.jobs.max(1), work_parent, durable };
     let started = std::time::Instant::now();
     let converted = convert::convert(image, &opts, &|i, n| {
         if let Some(b) = bars.get(i) {

@@ -134,6 +134,9 @@ pub struct Options {
     pub jobs: usize,
     /// Where the work directory goes (it is removed when done).
     pub work_parent: PathBuf,
+    /// Sync the output files before they are renamed into place (for files that stay, in a
+    /// layout; files only uploaded and removed need not reach the disk).
+    pub durable: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -286,15 +289,13 @@ pub fn convert(
 
     // Entries without eStargz's own files.
     let entries: Vec<Vec<crate::tar::Entry>> = passes
-        .iter()
+        .iter_mut()
         .zip(layers)
         .map(|(p, d)| {
             let estargz = d.estargz_toc_digest().is_some();
-            p.entries
-                .iter()
-                .filter(|e| !(estargz && pass::ESTARGZ_META.contains(&e.path.as_slice())))
-                .cloned()
-                .collect()
+            let mut entries = std::mem::take(&mut p.entries);
+            entries.retain(|e| !(estargz && pass::ESTARGZ_META.contains(&e.path.as_slice())));
+            entries
         })
         .collect();
 
@@ -308,7 +309,10 @@ pub fn convert(
     let mut metas: Vec<Vec<u8>> = Vec::with_capacity(layers.len());
     for (i, p) in passes.iter().enumerate() {
         let mut tree = Tree::new();
-        tree.apply_layer_as_is(i, &own_entries(i, &entries[i]))?;
+        match own_entries(i, &entries[i]) {
+            Some(kept) => tree.apply_layer_as_is(i, &kept)?,
+            None => tree.apply_layer_as_is(i, &entries[i])?,
+        }
         tree.finish();
         let locs = file_chunks(&tree, &refs, &placed, opts.chunk_size)?;
         // The blob table: the lower blobs used, in layer order, then the layer's own (when
@@ -371,7 +375,7 @@ pub fn convert(
         .filter(|(_, m)| !m.is_empty())
         .map(|(b, m)| (b.digest.hex().to_string(), m))
         .collect();
-    let (bootstrap_layer, diff_id) = output::bootstrap_layer(&work.path, &bootstrap, &metas)?;
+    let (bootstrap_layer, diff_id) = output::bootstrap_layer(opts.durable, &work.path, &bootstrap, &metas)?;
     let (config, config_media_type) = output::config(image, &blobs, &diff_id)?;
     let (manifest, manifest_media_type) =
         output::manifest(image, &blobs, &bootstrap_layer, &config, &config_media_type)?;
@@ -389,8 +393,21 @@ pub fn convert(
 
 /// A layer's entries for its own bootstrap: a hardlink to a file of a lower layer has no target
 /// in the layer alone, and is left out there (the merged bootstrap has it).
-fn own_entries(layer: usize, entries: &[crate::tar::Entry]) -> Vec<crate::tar::Entry> {
+/// None when every entry stays.
+fn own_entries(layer: usize, entries: &[crate::tar::Entry]) -> Option<Vec<crate::tar::Entry>> {
     let mut seen: std::collections::HashSet<&[u8]> = std::collections::HashSet::new();
+    let lower = |seen: &std::collections::HashSet<&[u8]>, e: &crate::tar::Entry| {
+        e.kind == crate::tar::EntryKind::Hardlink && !seen.contains(e.link.as_slice())
+    };
+    let mut any = false;
+    for e in entries {
+        any |= lower(&seen, e);
+        seen.insert(&e.path);
+    }
+    if !any {
+        return None;
+    }
+    seen.clear();
     let mut out = Vec::with_capacity(entries.len());
     for e in entries {
         if e.kind == crate::tar::EntryKind::Hardlink && !seen.contains(e.link.as_slice()) {
@@ -404,7 +421,7 @@ fn own_entries(layer: usize, entries: &[crate::tar::Entry]) -> Vec<crate::tar::E
         seen.insert(&e.path);
         out.push(e.clone());
     }
-    out
+    Some(out)
 }
 
 /// Deduplicate the layers' distinct chunks across layers, lowest layer first, and lay out each

@@ -40,6 +40,7 @@ impl<W: Write> Write for Hashing<W> {
 
 /// The bootstrap layer, written to `work`; returns it and its diff id (sha256 of the tar).
 pub fn bootstrap_layer(
+    durable: bool,
     work: &Path,
     bootstrap: &[u8],
     metas: &[(String, Vec<u8>)],
@@ -80,7 +81,9 @@ pub fn bootstrap_layer(
     let Hashing { inner: gz, hasher: tar_hasher } = tar.into_inner().map_err(io)?;
     let Hashing { inner, hasher } = gz.finish().map_err(io)?;
     let file = inner.into_inner().map_err(|e| io(e.into_error()))?;
-    file.sync_all().map_err(io)?;
+    if durable {
+        file.sync_all().map_err(io)?;
+    }
     let size = file.metadata().map_err(io)?.len();
     let digest = Digest::from_sha256(hasher.finalize().into());
     let path = work.join("bootstrap.tar.gz");

@@ -168,8 +168,8 @@ fn write_chunks(
         seen.insert(digest, i);
         out.refs.push((at, i));
     }
+    // Synced once the blob's tail is written (`blob::finish`), not here.
     w.flush()?;
-    w.get_ref().sync_data()?;
     out.hasher = hasher;
     Ok(out)
 }
