@@ -254,9 +254,10 @@ pub fn run(
         let _ = std::fs::remove_file(&data);
         e
     };
-    scanned.map_err(cleanup)?;
+    // A writer that failed (a full disk) stopped the pass too: its error is the one to show.
     let written =
         written.map_err(cleanup)?.map_err(|e| cleanup(ConvertError::Io { path: data.clone(), source: e }))?;
+    scanned.map_err(cleanup)?;
     for w in sink.parser.warnings() {
         tracing::warn!("layer {index} ({digest}): {w}");
     }

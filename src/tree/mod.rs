@@ -27,6 +27,9 @@
 //!   missing parents are made as directories (0755, 0:0), and a non-directory in the way of a
 //!   parent is replaced by one.
 //!
+//! [`Tree::apply_layer_as_is`] applies a layer without its whiteout rules (the markers stay
+//! files), for the bootstrap a Nydus blob carries of its layer alone (`convert`).
+//!
 //! Every regular file keeps where its bytes are: extents of a layer's uncompressed tar stream,
 //! or the chunks of an eStargz layer's TOC. Calls `tar` and `estargz` for entries.
 
