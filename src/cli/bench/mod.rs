@@ -31,10 +31,20 @@ pub enum BenchCommand {
     /// Compare the start-up of a container from IMAGE: full pull, zran, zran on eStargz and
     /// Nydus-native conversions, containerd-stargz-grpc and nydusd, over a shaped link to a
     /// private registry. Run as root.
-    Startup(StartupArgs),
+    Startup(Box<StartupArgs>),
+    /// Draw the chart of a report `startup --json` wrote, again.
+    Plot(PlotArgs),
     /// A TCP forwarder delaying each direction (used by `startup` inside its namespace).
     #[command(hide = true)]
     Proxy(proxy::ProxyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// The report (`zran bench startup --json FILE`).
+    pub json: PathBuf,
+    /// The SVG file to write.
+    pub svg: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -81,14 +91,19 @@ pub struct StartupArgs {
     /// Nydus's daemon [default: on PATH, else /opt/nydus/bin/nydusd].
     #[arg(long, value_name = "PATH")]
     pub nydusd: Option<PathBuf>,
+    /// Run every mode in chroot of its mounted or unpacked tree even where containerd is
+    /// installed (the harness used without containerd).
+    #[arg(long, hide = true)]
+    pub chroot: bool,
     #[command(flatten)]
     pub image_args: ImageArgs,
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
-        BenchCommand::Startup(args) => startup(args),
+        BenchCommand::Startup(args) => startup(*args),
         BenchCommand::Proxy(args) => proxy::run(args),
+        BenchCommand::Plot(args) => report::plot(&report::read_json(&args.json)?, &args.svg),
     }
 }
 
@@ -218,8 +233,8 @@ pub fn startup(args: StartupArgs) -> anyhow::Result<()> {
     }
     let ctd_missing: Vec<&str> =
         ["containerd", "ctr", "ctr-remote", "runc"].into_iter().filter(|t| sys::which(t).is_none()).collect();
-    let containerd = ctd_missing.is_empty();
-    if !containerd {
+    let containerd = ctd_missing.is_empty() && !args.chroot;
+    if !ctd_missing.is_empty() {
         eprintln!(
             "warning: {} missing: every mode runs in chroot of a mounted tree (full: skopeo + umoci)",
             ctd_missing.join(", ")
@@ -239,14 +254,15 @@ pub fn startup(args: StartupArgs) -> anyhow::Result<()> {
     sys::catch_signals()?;
     let (work, remove_work) = match &args.work {
         Some(w) => (w.clone(), false),
-        None => (std::env::temp_dir().join(format!("zran-bench-{}", std::process::id())), !args.keep),
+        None => (PathBuf::from(format!("/var/tmp/zran-bench-{}", std::process::id())), !args.keep),
     };
     std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
     let work = std::fs::canonicalize(&work)?;
     let mut guard =
         Guard { work: work.clone(), remove_work, link: None, children: Vec::new(), keep: args.keep };
     let bar = progress();
-    let result = bench(&args, &mut guard, &bar, workload, &wanted, containerd, zran, stargz_grpc, nydusd);
+    let tools = Tools { containerd, can_convert: ctd_missing.is_empty(), zran, stargz_grpc, nydusd };
+    let result = bench(&args, &mut guard, &bar, workload, &wanted, tools);
     bar.finish_and_clear();
     if let Err(e) = &result {
         if sys::interrupted() {
@@ -280,18 +296,24 @@ pub fn startup(args: StartupArgs) -> anyhow::Result<()> {
     result
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The programs found, and the harness.
+struct Tools {
+    containerd: bool,
+    can_convert: bool,
+    zran: PathBuf,
+    stargz_grpc: Option<PathBuf>,
+    nydusd: Option<PathBuf>,
+}
+
 fn bench(
     args: &StartupArgs,
     guard: &mut Guard,
     bar: &ProgressBar,
     workload: Vec<String>,
     wanted: &[Mode],
-    containerd: bool,
-    zran: PathBuf,
-    stargz_grpc: Option<PathBuf>,
-    nydusd: Option<PathBuf>,
+    tools: Tools,
 ) -> anyhow::Result<()> {
+    let Tools { containerd, can_convert, zran, stargz_grpc, nydusd } = tools;
     let work = guard.work.clone();
     let started =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -354,6 +376,7 @@ fn bench(
         workload: workload.clone(),
         expect: args.expect.clone(),
         containerd,
+        can_convert,
         stargz_grpc,
         nydusd,
     };
@@ -370,6 +393,9 @@ fn bench(
         sys::check()?;
         bar.set_message(format!("preparing {}", mode.name()));
         let p = match mode {
+            Mode::Full if !env.containerd && sys::which("umoci").is_none() => {
+                Prepared::failed("-", "skipped: full in chroot needs umoci (and skopeo)")
+            }
             Mode::Full => Prepared {
                 tag: Some("original".into()),
                 step: "none".into(),
@@ -476,7 +502,7 @@ fn bench(
         .collect();
     report::compare(&mut reports);
     let r = Report {
-        schema: report::SCHEMA,
+        schema: report::SCHEMA.into(),
         image: args.image.clone(),
         workload,
         expect: args.expect.clone(),

@@ -8,12 +8,12 @@
 use super::link::Link;
 use super::sys;
 use anyhow::{Context, bail};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
     Full,
@@ -53,7 +53,7 @@ impl Mode {
 }
 
 /// How a mode's container is started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Harness {
     /// A private containerd: pull (or `ctr-remote image rpull`) and `ctr run`.
@@ -87,6 +87,8 @@ pub struct Env {
     pub workload: Vec<String>,
     pub expect: String,
     pub containerd: bool,
+    /// containerd, ctr and ctr-remote are installed (for the eStargz conversion).
+    pub can_convert: bool,
     pub stargz_grpc: Option<PathBuf>,
     pub nydusd: Option<PathBuf>,
 }
@@ -141,7 +143,7 @@ pub fn dir_size(dir: &Path) -> u64 {
 }
 
 /// What one mode costs before its first start.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Prepared {
     /// The image the mode starts (`bench:TAG` in the bench's registry), once prepared.
     pub tag: Option<String>,
@@ -225,7 +227,7 @@ pub fn prepare_zran(env: &Env) -> Prepared {
 /// `bench:estargz` (the pull into that containerd is part of the time).
 pub fn prepare_estargz(env: &Env) -> Prepared {
     const STEP: &str = "ctr-remote image convert --estargz --oci + push";
-    if !env.containerd {
+    if !env.can_convert {
         return Prepared::failed(STEP, "needs containerd, ctr and ctr-remote");
     }
     let dir = env.work.join("convert");
@@ -267,7 +269,7 @@ pub fn has_convert(zran: &Path) -> bool {
 pub fn prepare_native(env: &Env) -> Prepared {
     const STEP: &str = "zran convert";
     if !has_convert(&env.zran) {
-        return Prepared::failed(STEP, format!("{} has no `convert` command", env.zran.display()));
+        return Prepared::failed(STEP, "this zran has no `convert` command");
     }
     let t = Instant::now();
     let r = sys::run(
@@ -282,7 +284,7 @@ pub fn prepare_native(env: &Env) -> Prepared {
 }
 
 /// One cold start, measured.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Sample {
     /// Seconds from the start of the pull (or mount) to the workload's exit with the expected
     /// output; the pull/mount part; the run part.
@@ -400,7 +402,13 @@ impl Containerd {
         sys::stop_child(&mut self.child, Duration::from_secs(10));
     }
 
-    fn stop(mut self) {
+    fn stop(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
         self.stop_ref();
     }
 }

@@ -5,14 +5,14 @@
 
 use super::modes::{Harness, Mode, Prepared, Sample};
 use anyhow::Context;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 pub const SCHEMA: &str = "zran-bench-startup/1";
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Report {
-    pub schema: &'static str,
+    pub schema: String,
     /// The image as the user named it.
     pub image: String,
     pub workload: Vec<String>,
@@ -27,7 +27,7 @@ pub struct Report {
     pub modes: Vec<ModeReport>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct LinkInfo {
     /// tbf rate on both veth ends in Mbit/s (0: unshaped).
     pub rate_mbit: f64,
@@ -35,7 +35,7 @@ pub struct LinkInfo {
     pub delay_ms: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct ModeReport {
     pub mode: Mode,
     pub harness: Harness,
@@ -52,7 +52,7 @@ pub struct ModeReport {
     pub summary: Option<Summary>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Stat {
     pub median: f64,
     pub min: f64,
@@ -72,7 +72,7 @@ impl Stat {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
     pub total_s: Stat,
     pub pull_s: Stat,
@@ -199,6 +199,17 @@ pub fn table(r: &Report) -> String {
     out
 }
 
+/// A report `write_json` wrote.
+pub fn read_json(path: &Path) -> anyhow::Result<Report> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let r: Report =
+        serde_json::from_slice(&bytes).with_context(|| format!("{}: not a bench report", path.display()))?;
+    if r.schema != SCHEMA {
+        anyhow::bail!("{}: schema {:?}, expected {SCHEMA:?}", path.display(), r.schema);
+    }
+    Ok(r)
+}
+
 pub fn write_json(r: &Report, path: &Path) -> anyhow::Result<()> {
     let mut bytes = serde_json::to_vec_pretty(r)?;
     bytes.push(b'\n');
@@ -249,13 +260,15 @@ pub fn plot(r: &Report, path: &Path) -> anyhow::Result<()> {
         .build_cartesian_2d(0f64..xmax, (0..n).into_segmented())
         .map_err(|e| err(&e))?;
     let labels = names.clone();
+    // The first mode at the top: segment 0 is at the bottom.
+    let row = |i: usize| n - 1 - i.min(n - 1);
     chart
         .configure_mesh()
         .disable_y_mesh()
         .x_desc("seconds")
         .y_labels(n)
         .y_label_formatter(&|v: &SegmentValue<usize>| match v {
-            SegmentValue::CenterOf(i) => labels.get(*i).cloned().unwrap_or_default(),
+            SegmentValue::CenterOf(i) if *i < n => labels.get(row(*i)).cloned().unwrap_or_default(),
             _ => String::new(),
         })
         .label_style(("sans-serif", 14))
@@ -264,6 +277,7 @@ pub fn plot(r: &Report, path: &Path) -> anyhow::Result<()> {
     let pull_color = RGBColor(70, 130, 180);
     let run_color = RGBColor(240, 150, 60);
     let bar = |i: usize, x0: f64, x1: f64, c: RGBColor| {
+        let i = row(i);
         let mut rect =
             Rectangle::new([(x0, SegmentValue::Exact(i)), (x1, SegmentValue::Exact(i + 1))], c.filled());
         rect.set_margin(8, 8, 0, 0);
@@ -307,7 +321,7 @@ pub fn plot(r: &Report, path: &Path) -> anyhow::Result<()> {
                 }
                 None => (0.0, format!(" {}: {}", m.status, short(m.error.as_deref().unwrap_or(""), 70))),
             };
-            Text::new(label, (x, SegmentValue::CenterOf(i)), text.clone())
+            Text::new(label, (x, SegmentValue::CenterOf(row(i))), text.clone())
         }))
         .map_err(|e| err(&e))?;
     chart
