@@ -15,8 +15,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const WORKLOAD: &str =
-    r#"/usr/bin/python3.11 -c 'import json, email, http.client, sqlite3; print(json.dumps({"answer": 6 * 7}))'"#;
+const WORKLOAD: &str = r#"/usr/bin/python3.11 -c 'import json, email, http.client, sqlite3; print(json.dumps({"answer": 6 * 7}))'"#;
 const EXPECT: &str = r#"{"answer": 42}"#;
 
 fn zran() -> &'static str {
@@ -174,7 +173,10 @@ fn startup_compares_modes_with_consistent_counts() {
         let blobs = s["registry_blob_bytes"].as_u64().unwrap();
         assert!(s["registry_blob_requests"].as_u64().unwrap() >= 1, "{name}: {s}");
         assert!(link >= blobs, "{name}: {link} bytes over the link < {blobs} blob bytes sent");
-        assert!(link <= blobs + blobs / 10 + 2_000_000, "{name}: {link} bytes over the link, {blobs} blob bytes");
+        assert!(
+            link <= blobs + blobs / 10 + 2_000_000,
+            "{name}: {link} bytes over the link, {blobs} blob bytes"
+        );
         let summary = &m["summary"];
         assert_eq!(summary["total_s"]["median"].as_f64().unwrap(), total);
         match name {
@@ -210,7 +212,10 @@ fn startup_compares_modes_with_consistent_counts() {
         .unwrap();
     assert!(parsed.status.success(), "SVG does not parse: {}", String::from_utf8_lossy(&parsed.stderr));
     for m in &modes {
-        assert!(svg_text.contains(&format!(">\n{m}\n<")) || svg_text.contains(&format!(">{m}<")), "{m} not in the SVG");
+        assert!(
+            svg_text.contains(&format!(">\n{m}\n<")) || svg_text.contains(&format!(">{m}<")),
+            "{m} not in the SVG"
+        );
     }
 
     let left = leftovers(pid, &work);
@@ -253,4 +258,41 @@ fn startup_cleans_up_on_sigint() {
     assert!(err.contains("interrupted"), "{err}");
     let left = leftovers(pid, &work);
     assert!(left.is_empty(), "left behind after SIGINT: {left:#?}");
+}
+
+/// The harness used where containerd is missing (forced here): full is skopeo + umoci, zran is
+/// `zran mount`, the workload runs in chroot of the tree; unshaped link, no forwarder.
+#[test]
+fn startup_in_chroot_unshaped() {
+    if !can_run() {
+        return;
+    }
+    let dir = tempfile::Builder::new().prefix("zran-bench-test").tempdir_in("/var/tmp").unwrap();
+    let work = dir.path().join("work");
+    let _sweep = Sweep(work.clone());
+    let json = dir.path().join("report.json");
+    let mut cmd = startup(&work, "full,zran", &["--runs", "1", "--rate", "0", "--delay", "0", "--chroot"]);
+    let mut child = cmd.arg("--json").arg(&json).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let pid = child.id();
+    let status = wait_exit(&mut child, Duration::from_secs(180));
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "bench failed: {err}");
+    let r: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(r["link"]["rate_mbit"], 0.0);
+    assert_eq!(r["link"]["delay_ms"], 0);
+    for m in r["modes"].as_array().unwrap() {
+        assert_eq!(m["status"], "ok", "{m}");
+        assert_eq!(m["harness"], "chroot");
+        let s = &m["samples"][0];
+        assert!(s["output"].as_str().unwrap().contains(EXPECT), "{s}");
+        let (link, blobs) = (s["link_rx_bytes"].as_u64().unwrap(), s["registry_blob_bytes"].as_u64().unwrap());
+        assert!(link >= blobs && link <= blobs + blobs / 10 + 2_000_000, "{m}");
+        if m["mode"] == "zran" {
+            assert!(s["file_bytes_read"].as_u64().unwrap() > 1_000_000, "{s}");
+            assert!(blobs < r["image_bytes"].as_u64().unwrap(), "{s}");
+        }
+    }
+    let left = leftovers(pid, &work);
+    assert!(left.is_empty(), "left behind: {left:#?}");
 }
