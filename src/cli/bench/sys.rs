@@ -200,7 +200,14 @@ fn self_and_ancestors() -> Vec<i32> {
     v
 }
 
-/// PIDs of the processes whose command line contains `needle` (but not this process or its
+/// Does a command line (NUL-separated) name the path `dir` or something below it? The other
+/// bench's `/var/tmp/zran-bench-1234` is not below `/var/tmp/zran-bench-123`.
+fn names(cmdline: &str, dir: &str) -> bool {
+    let below = format!("{}/", dir.trim_end_matches('/'));
+    cmdline.split('\0').any(|arg| arg == dir || arg.contains(&below))
+}
+
+/// PIDs of the processes whose command line names the path `needle` or below it (not this process or its
 /// ancestors).
 pub fn pids_naming(needle: &str) -> Vec<i32> {
     let skip = self_and_ancestors();
@@ -212,8 +219,7 @@ pub fn pids_naming(needle: &str) -> Vec<i32> {
             continue;
         }
         let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
-        let line = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if line.contains(needle) {
+        if names(&String::from_utf8_lossy(&cmdline), needle) {
             pids.push(pid);
         }
     }
@@ -307,6 +313,16 @@ pub fn which(name: &str) -> Option<std::path::PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn command_lines() {
+        let d = "/var/tmp/zran-bench-123";
+        assert!(super::names("zran\0bench\0proxy\0--label\0/var/tmp/zran-bench-123", d));
+        assert!(super::names("containerd\0--config\0/var/tmp/zran-bench-123/run/c.toml", d));
+        assert!(super::names("x\0--root=/var/tmp/zran-bench-123/run", d));
+        assert!(!super::names("containerd\0--config\0/var/tmp/zran-bench-1234/run/c.toml", d));
+        assert!(!super::names("zran\0--label\0/var/tmp/zran-bench-1234", d));
+    }
+
     #[test]
     fn mount_escapes() {
         assert_eq!(super::unescape_mount("/a\\040b/c"), "/a b/c");
