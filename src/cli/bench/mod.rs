@@ -277,7 +277,7 @@ pub fn startup(args: StartupArgs) -> anyhow::Result<()> {
             eprintln!(
                 "kept: namespace {ns} (ip netns exec {ns} ...), veth {h} ({hip}) <-> {n} ({nip}), registry http://{nip}:5000 \
                  (forwarder :6000), work directory {w}; processes {p}.\n\
-                 remove with: kill {p}; ip netns del {ns}; ip link del {h}",
+                 remove with: kill {p}; ip netns del {ns}  (the veth pair goes with it); rm -rf {w}",
                 ns = l.ns,
                 h = l.host_if,
                 n = l.ns_if,
