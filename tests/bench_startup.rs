@@ -272,7 +272,8 @@ fn startup_in_chroot_unshaped() {
     let _sweep = Sweep(work.clone());
     let json = dir.path().join("report.json");
     let mut cmd = startup(&work, "full,zran", &["--runs", "1", "--rate", "0", "--delay", "0", "--chroot"]);
-    let mut child = cmd.arg("--json").arg(&json).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child =
+        cmd.arg("--json").arg(&json).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let pid = child.id();
     let status = wait_exit(&mut child, Duration::from_secs(180));
     let mut err = String::new();
@@ -286,7 +287,8 @@ fn startup_in_chroot_unshaped() {
         assert_eq!(m["harness"], "chroot");
         let s = &m["samples"][0];
         assert!(s["output"].as_str().unwrap().contains(EXPECT), "{s}");
-        let (link, blobs) = (s["link_rx_bytes"].as_u64().unwrap(), s["registry_blob_bytes"].as_u64().unwrap());
+        let (link, blobs) =
+            (s["link_rx_bytes"].as_u64().unwrap(), s["registry_blob_bytes"].as_u64().unwrap());
         assert!(link >= blobs && link <= blobs + blobs / 10 + 2_000_000, "{m}");
         if m["mode"] == "zran" {
             assert!(s["file_bytes_read"].as_u64().unwrap() > 1_000_000, "{s}");
