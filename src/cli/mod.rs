@@ -1,5 +1,6 @@
 //! Command definitions (clap derive) and dispatch.
 
+mod bench;
 mod cache;
 mod convert;
 mod files;
@@ -57,6 +58,10 @@ pub enum Command {
     /// with a zran artifact beside them (and eStargz images, with --enable-stargz) start
     /// lazily; every other image is pulled and unpacked as usual.
     Snapshotter(snapshotter::SnapshotterArgs),
+    /// Benchmarks on this machine: `zran bench startup IMAGE` compares container start-up
+    /// across full pulls, zran and its peers over a shaped link (root).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 pub fn init_logging(verbose: u8) {
@@ -88,5 +93,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stats(args) => mount::stats(args),
         Command::Cache(cmd) => cache::run(cmd),
         Command::Snapshotter(args) => snapshotter::run(args, cli.verbose),
+        Command::Bench(cmd) => bench::run(cmd),
     }
 }
