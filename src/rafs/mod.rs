@@ -9,4 +9,5 @@
 pub mod format;
 pub mod meta;
 pub mod reader;
+pub mod tail;
 pub mod writer;
