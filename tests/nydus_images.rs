@@ -9,10 +9,12 @@ mod common;
 #[path = "common/nydus.rs"]
 mod nydus_build;
 
+use common::containerd::push_layout;
 use common::harness::{TestRegistry, layouts};
 use common::truth::{compare, truth, walk};
 use nydus_build::Kind;
-use serde_json::Value;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -114,4 +116,223 @@ fn nydus_made_images_read_the_truth_from_a_layout() {
             mount_and_compare(name, &format!("oci:{}", l.display()));
         }
     }
+}
+
+/// Regular files of the truth: (path, size, sha256).
+fn files(name: &str) -> Vec<(String, u64, String)> {
+    truth(name)["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "file")
+        .map(|e| {
+            (
+                e["path"].as_str().unwrap().trim_start_matches('/').to_string(),
+                e["size"].as_u64().unwrap(),
+                e["sha256"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Read every file; the ones that fail (with EIO, never wrong bytes).
+fn read_all(name: &str, mnt: &Path) -> Vec<String> {
+    let mut failed = Vec::new();
+    for (path, size, sha) in files(name) {
+        match std::fs::read(mnt.join(&path)) {
+            Ok(bytes) => {
+                assert_eq!(bytes.len() as u64, size, "{path}");
+                assert_eq!(hex::encode(Sha256::digest(&bytes)), sha, "{path}: wrong bytes served");
+            }
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::EIO), "{path}: {e}");
+                failed.push(path);
+            }
+        }
+    }
+    failed
+}
+
+fn inspect(image: &str) -> String {
+    let o = zran(&["inspect", image]);
+    assert!(o.status.success(), "inspect {image}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn nydus_made_images_read_the_truth_from_a_registry() {
+    let reg = TestRegistry::start("plain");
+    for (kind, tag, says) in
+        [(Kind::Native, "nydus-native", "nydus native (zstd)"), (Kind::OciRef, "nydus-ref", "nydus oci-ref")]
+    {
+        let l = nydus_layout("python", kind);
+        // The same repository as the original image: an oci-ref image's data are its layers.
+        let remote = format!("{}/python:{tag}", reg.host());
+        push_layout(&format!("oci:{}:latest", l.display()), &remote);
+        let out = inspect(&remote);
+        assert!(out.contains(says), "{out}");
+        let s = mount_and_compare("python", &remote);
+        assert!(s["requests"].as_u64().unwrap() > 0, "{s}");
+    }
+}
+
+/// The data layer (digest, size) of a Nydus layout with the most bytes.
+fn biggest_layer(layout: &Path) -> (String, u64) {
+    let (m, _) = nydus_build::layout_manifest(layout);
+    let ls = m["layers"].as_array().unwrap();
+    ls[..ls.len() - 1]
+        .iter()
+        .map(|l| (l["digest"].as_str().unwrap().to_string(), l["size"].as_u64().unwrap()))
+        .max_by_key(|l| l.1)
+        .unwrap()
+}
+
+#[test]
+fn a_changed_byte_in_a_native_blob_fails_its_file_only() {
+    let reg = TestRegistry::start("plain");
+    let l = nydus_layout("python", Kind::Native);
+    let remote = format!("{}/python:nydus-native", reg.host());
+    push_layout(&format!("oci:{}:latest", l.display()), &remote);
+    let (digest, size) = biggest_layer(&l);
+    let hex = digest.trim_start_matches("sha256:").to_string();
+    let data = reg.blob_data(&hex);
+    let mut bytes = std::fs::read(&data).unwrap();
+    // Inside the chunk data, which is most of a native blob.
+    let at = (size / 3) as usize;
+    bytes[at] ^= 0x55;
+    std::fs::write(&data, &bytes).unwrap();
+
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mount::new(&remote, cache.path());
+    let failed = read_all("python", &m.mnt);
+    let total = files("python").len();
+    assert!(!failed.is_empty(), "a changed byte in a chunk must fail a read");
+    assert!(failed.len() <= 3, "{} of {total} files failed: {failed:?}", failed.len());
+    let log = m.log();
+    assert!(log.contains("failed verification") && log.contains(&hex[..12]), "{log}");
+    let stats = m.finish();
+    assert!(stats["digest_failures"].as_u64().unwrap() >= 2, "fetched twice: {stats}");
+
+    // Put right, the same cache serves everything: no bad chunk was kept.
+    bytes[at] ^= 0x55;
+    std::fs::write(&data, &bytes).unwrap();
+    let m = Mount::new(&remote, cache.path());
+    assert!(read_all("python", &m.mnt).is_empty());
+    let stats = m.finish();
+    assert_eq!(stats["digest_failures"], 0, "{stats}");
+}
+
+/// A copy of a layout whose blob files are hard links (replace a file, never write into it).
+fn copy_layout(from: &Path, to: &Path) {
+    let o = Command::new("cp").arg("-al").arg(from).arg(to).output().unwrap();
+    assert!(o.status.success());
+}
+
+fn replace(path: &Path, bytes: &[u8]) {
+    std::fs::remove_file(path).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// The mount's error, which must fail.
+fn mount_error(source: &str) -> String {
+    let cache = tempfile::tempdir().unwrap();
+    let mnt = tempfile::tempdir().unwrap();
+    let o =
+        zran(&["mount", source, mnt.path().to_str().unwrap(), "--cache-dir", cache.path().to_str().unwrap()]);
+    assert!(!o.status.success(), "mount {source} should fail");
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A Nydus layout like `base` (native python) whose manifest and bootstrap layer `edit` changes.
+fn edited(
+    base: &Path,
+    work: &Path,
+    name: &str,
+    edit: impl FnOnce(&mut Vec<Value>, &mut Vec<u8>, &mut Vec<u8>),
+) -> PathBuf {
+    let out = work.join(name);
+    copy_layout(base, &out);
+    let (m, config) = nydus_build::layout_manifest(base);
+    let mut layers: Vec<Value> = m["layers"].as_array().unwrap().clone();
+    let boot_desc = layers.pop().unwrap();
+    let gz = std::fs::read(nydus_build::blob_path(base, boot_desc["digest"].as_str().unwrap())).unwrap();
+    let mut tar = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut tar).unwrap();
+    let mut gz = gz;
+    edit(&mut layers, &mut gz, &mut tar);
+    std::fs::remove_file(out.join("index.json")).unwrap();
+    nydus_build::write_image(&out, layers, &gz, &tar, config);
+    out
+}
+
+#[test]
+fn images_that_claim_to_be_nydus_but_are_not_are_refused_clearly() {
+    let base = nydus_layout("python", Kind::Native);
+    let work = tempfile::tempdir().unwrap();
+    let oci = |p: &Path| format!("oci:{}", p.display());
+
+    // The bootstrap layer is not a gzip tar.
+    let l =
+        edited(&base, work.path(), "not-gzip", |_, gz, _| *gz = b"this is not a gzip stream at all".to_vec());
+    let e = mount_error(&oci(&l));
+    assert!(e.contains("not a gzip tar"), "{e}");
+    // A gzip tar without image/image.boot.
+    let l = edited(&base, work.path(), "no-boot", |_, gz, tar| {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(4);
+        h.set_cksum();
+        b.append_data(&mut h, "image/other.file", &b"data"[..]).unwrap();
+        *tar = b.into_inner().unwrap();
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut e, tar).unwrap();
+        *gz = e.finish().unwrap();
+    });
+    let e = mount_error(&oci(&l));
+    assert!(e.contains("no image/image.boot"), "{e}");
+    // A bootstrap naming a blob the manifest lacks.
+    let (gone, _) = biggest_layer(&base);
+    let l = edited(&base, work.path(), "lacks-blob", |layers, _, _| {
+        layers.retain(|d| d["digest"] != json!(gone))
+    });
+    let e = mount_error(&oci(&l));
+    assert!(
+        e.contains("which no layer of the manifest is") && e.contains(gone.trim_start_matches("sha256:")),
+        "{e}"
+    );
+    // A manifest whose data layer is shorter than the chunks the bootstrap places in it.
+    let l = edited(&base, work.path(), "short", |layers, _, _| {
+        for d in layers.iter_mut().filter(|d| d["digest"] == json!(gone)) {
+            d["size"] = json!(d["size"].as_u64().unwrap() / 2);
+        }
+    });
+    let e = mount_error(&oci(&l));
+    assert!(e.contains("truncated"), "{e}");
+    // The bootstrap layer missing from where the image lives.
+    let l = work.path().join("missing-boot");
+    copy_layout(&base, &l);
+    let (m, _) = nydus_build::layout_manifest(&l);
+    let boot = m["layers"].as_array().unwrap().last().unwrap()["digest"].as_str().unwrap().to_string();
+    std::fs::remove_file(nydus_build::blob_path(&l, &boot)).unwrap();
+    let e = mount_error(&oci(&l));
+    assert!(e.contains("cannot fetch its Nydus bootstrap layer") && e.contains(&boot), "{e}");
+}
+
+#[test]
+fn a_truncated_native_blob_fails_the_reads_it_cannot_serve() {
+    let base = nydus_layout("python", Kind::Native);
+    let work = tempfile::tempdir().unwrap();
+    let l = work.path().join("cut");
+    copy_layout(&base, &l);
+    let (digest, size) = biggest_layer(&base);
+    let p = nydus_build::blob_path(&l, &digest);
+    let bytes = std::fs::read(&p).unwrap();
+    replace(&p, &bytes[..(size / 2) as usize]);
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mount::new(&format!("oci:{}", l.display()), cache.path());
+    let failed = read_all("python", &m.mnt);
+    assert!(!failed.is_empty());
+    let log = m.log();
+    assert!(log.contains("the blob ends at"), "{log}");
+    m.finish();
 }

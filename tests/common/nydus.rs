@@ -167,7 +167,13 @@ pub fn build(layout: &Path, kind: Kind, work: &Path, out: &Path) {
 
 /// The bootstrap layer (`image/image.boot`, and `image/<hex>.blob.meta` for each of
 /// `metas`), config and manifest of a Nydus image whose data layers are `descs`, into `out`.
-pub fn package(out: &Path, boot: &[u8], metas: &[(String, Vec<u8>)], descs: Vec<Value>, mut config: Value) {
+pub fn package(out: &Path, boot: &[u8], metas: &[(String, Vec<u8>)], descs: Vec<Value>, config: Value) {
+    let (tar, gz) = bootstrap_layer(boot, metas);
+    write_image(out, descs, &gz, &tar, config);
+}
+
+/// A bootstrap layer: (its tar, the tar gzipped).
+pub fn bootstrap_layer(boot: &[u8], metas: &[(String, Vec<u8>)]) -> (Vec<u8>, Vec<u8>) {
     let mut t = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(tar::EntryType::Directory);
@@ -189,10 +195,16 @@ pub fn package(out: &Path, boot: &[u8], metas: &[(String, Vec<u8>)], descs: Vec<
     let tar = t.into_inner().unwrap();
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     e.write_all(&tar).unwrap();
-    let (bd, bs) = put_blob(out, &e.finish().unwrap());
+    (tar.clone(), e.finish().unwrap())
+}
+
+/// A Nydus image's config, manifest and index into `out`: data layers `descs`, then the
+/// bootstrap layer `gz` (whose uncompressed bytes are `tar`).
+pub fn write_image(out: &Path, descs: Vec<Value>, gz: &[u8], tar: &[u8], mut config: Value) {
+    let (bd, bs) = put_blob(out, gz);
     let mut layers = descs;
     let mut diff_ids: Vec<Value> = layers.iter().map(|l| l["digest"].clone()).collect();
-    diff_ids.push(json!(format!("sha256:{}", sha256_hex(&tar))));
+    diff_ids.push(json!(format!("sha256:{}", sha256_hex(tar))));
     layers.push(json!({
         "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
         "digest": bd, "size": bs,
