@@ -7,8 +7,9 @@
 //! blob.meta found in the bootstrap layer or in the ref layer named by `blob_meta_digest`).
 //!
 //! Owns the bootstrap layer's extraction (every size bounded before it is read), the ref
-//! layer's blob.meta range, and the choice of how each blob is decoded. Calls `oci`, `rafs`
-//! and names `blob`'s decoding kinds.
+//! layer's blob.meta range, and the choice of how each blob is decoded. Calls `oci`, `rafs`,
+//! `artifact` (the format's names, which `generate --nydus-oci-ref` writes) and names `blob`'s
+//! decoding kinds.
 
 use crate::blob::{Decoding, MetaInput};
 use crate::oci::{BlobSource, Digest, Image, Manifest, OciError};
@@ -19,19 +20,10 @@ use crate::rafs::writer::BlobSpec;
 use std::collections::HashMap;
 use std::io::Read;
 
-/// The annotation of a Nydus image's bootstrap layer (the last layer).
-pub const BOOTSTRAP_ANNOTATION: &str = "containerd.io/snapshot/nydus-bootstrap";
-/// The annotation of a Nydus data or ref layer.
-pub const BLOB_ANNOTATION: &str = "containerd.io/snapshot/nydus-blob";
-/// The annotation of a ref layer: the original gzip layer it indexes.
-pub const REF_ANNOTATION: &str = "containerd.io/snapshot/nydus-ref";
-/// The annotation of the bootstrap layer's RAFS version.
-pub const FS_VERSION_ANNOTATION: &str = "containerd.io/snapshot/nydus-fs-version";
-/// The media type of Nydus data and ref layers.
-pub const BLOB_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.nydus.blob.v1";
-/// The bootstrap's path in the bootstrap layer (and the legacy one).
-pub const BOOTSTRAP_PATH: &str = "image/image.boot";
-pub const LEGACY_BOOTSTRAP_PATH: &str = "image.boot";
+pub use crate::artifact::nydus_ref::{
+    BLOB_ANNOTATION, BLOB_MEDIA_TYPE, BOOTSTRAP_ANNOTATION, BOOTSTRAP_PATH, FS_VERSION_ANNOTATION,
+    LEGACY_BOOTSTRAP_PATH, REF_ANNOTATION,
+};
 
 /// The largest bootstrap layer fetched (compressed).
 pub const MAX_BOOTSTRAP_LAYER: u64 = 256 << 20;
