@@ -573,3 +573,70 @@ fn nydusd_check(name: &str, reg: &TestRegistry, repo: &str, boot: &Path) {
         std::fs::read_to_string(&log).unwrap_or_default()
     );
 }
+
+#[test]
+fn nydus_images_start_lazily_through_containerd() {
+    use common::containerd::{Sweep, containerd, ctr, ok, snapshotter, zran_mounts};
+    let reg = TestRegistry::start("plain");
+    let host = reg.host();
+    let work = tempfile::tempdir().unwrap();
+    let _sweep = Sweep(work.path().to_path_buf());
+    let root = work.path().join("zran");
+    let zsock = work.path().join("zran.sock");
+    let _zran = snapshotter(&root, &zsock, &work.path().join("zran.log"), &[]);
+    let (_ctd, sock) = containerd(work.path(), &zsock);
+
+    // A native image made by Nydus's builder, and zran's own oci-ref form of python.
+    let native = format!("{host}/python:nydus-native");
+    let l = nydus_layout("python", Kind::Native);
+    push_layout(&format!("oci:{}:latest", l.display()), &native);
+    let oci_ref = format!("{host}/python:zran-nydus");
+    generate_ref(&format!("{host}/python"), &oci_ref);
+    let (m, _) = nydus_build::layout_manifest(&l);
+    let native_blobs: Vec<(String, u64)> = m["layers"].as_array().unwrap()
+        [..m["layers"].as_array().unwrap().len() - 1]
+        .iter()
+        .map(|d| {
+            (
+                d["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string(),
+                d["size"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let served = |blobs: &[(String, u64)]| -> u64 {
+        let s = common::containerd::served(&reg);
+        blobs.iter().map(|(h, _)| s.get(h).copied().unwrap_or(0)).sum()
+    };
+
+    let answer = ["/usr/bin/python3.11", "-c", "import json, email; print(json.dumps({'answer': 6 * 7}))"];
+    for (image, via, id) in [(&native, "nydus-native", "n1"), (&oci_ref, "nydus-oci-ref", "r1")] {
+        let before = served(&native_blobs);
+        let base = common::containerd::layer_bytes_served(&reg, "python");
+        ok(
+            Command::new("ctr-remote")
+                .arg("-a")
+                .arg(&sock)
+                .args(["image", "rpull", "--plain-http", "--snapshotter", "zran", image])
+                .output()
+                .unwrap(),
+            "rpull",
+        );
+        assert_eq!(served(&native_blobs), before, "rpull downloaded data blobs");
+        assert_eq!(common::containerd::layer_bytes_served(&reg, "python"), base, "rpull downloaded layers");
+        let mut a = vec!["run", "--rm", "--snapshotter", "zran", image.as_str(), id];
+        a.extend_from_slice(&answer);
+        assert_eq!(ok(ctr(&sock, &a), "run").trim(), r#"{"answer": 42}"#, "{image}");
+        let o =
+            Command::new(env!("CARGO_BIN_EXE_zran")).arg("stats").arg("--snapshotter").arg(&root).output();
+        let stats: Value = serde_json::from_str(&ok(o.unwrap(), "zran stats")).unwrap();
+        assert_eq!(stats["images"][image.as_str()]["served_as"], via, "{stats}");
+        let mount = &stats["images"][image.as_str()]["mount"];
+        assert!(mount["stats"]["chunks_verified"].as_u64().unwrap_or(0) > 0, "{stats}");
+        assert_eq!(mount["stats"]["digest_failures"], 0, "{stats}");
+    }
+    // Lazily: a part of the data was fetched.
+    let total: u64 = native_blobs.iter().map(|b| b.1).sum();
+    let fetched = served(&native_blobs);
+    assert!(fetched > 0 && fetched < total * 3 / 4, "{fetched} of {total} bytes of native blobs served");
+    assert!(!zran_mounts(&root).is_empty());
+}
