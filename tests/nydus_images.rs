@@ -108,9 +108,16 @@ fn mount_and_compare(name: &str, source: &str) -> Value {
     stats
 }
 
+/// The test images Nydus's builder makes (the others it refuses: `edge` holds a hardlink to a
+/// symlink, "target ... is not a regular file"; `tarquirks` its lenient tar streams, "failed to
+/// read entry from tar"; `paths` makes it panic, "invalid file component pattern"; and of
+/// `umoci-insert`, whose layers have no root entry, it makes a root with mtime 0, which the
+/// truth does not have). The eStargz one is read as the gzip tar it also is.
+const BUILT_BY_NYDUS: [&str; 2] = ["python", "python-estargz"];
+
 #[test]
 fn nydus_made_images_read_the_truth_from_a_layout() {
-    for name in ["python"] {
+    for name in BUILT_BY_NYDUS {
         for kind in [Kind::Native, Kind::OciRef] {
             let l = nydus_layout(name, kind);
             mount_and_compare(name, &format!("oci:{}", l.display()));
@@ -639,4 +646,14 @@ fn nydus_images_start_lazily_through_containerd() {
     let fetched = served(&native_blobs);
     assert!(fetched > 0 && fetched < total * 3 / 4, "{fetched} of {total} bytes of native blobs served");
     assert!(!zran_mounts(&root).is_empty());
+}
+
+#[test]
+fn generate_nydus_oci_ref_of_every_test_image_mounts_as_the_truth() {
+    for name in ["edge", "tarquirks", "paths", "umoci-insert"] {
+        let work = tempfile::tempdir().unwrap();
+        let out = work.path().join("ref");
+        generate_ref(&format!("oci:{}", layouts().join(name).display()), &format!("oci:{}:n", out.display()));
+        mount_and_compare(name, &format!("oci:{}:n", out.display()));
+    }
 }
