@@ -966,6 +966,111 @@ mod tests {
         assert_eq!(set.stats.digest_failures.load(Relaxed), 2);
     }
 
+    /// A native blob of three chunks (zstd, stored, zstd), with `compressor` for its
+    /// compressed ones and `hash` for its digests; `flags` of chunk 0 may be changed.
+    fn native_blob(compressor: u32, hash: u32, flags0: u32) -> (BlobSet, Vec<Vec<u8>>, tempfile::TempDir) {
+        let data: Vec<Vec<u8>> = vec![
+            (0..10_000u32).flat_map(|i| (i % 7).to_le_bytes()).collect(),
+            (0..3000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect(),
+            b"the end of the blob, compressed".repeat(50),
+        ];
+        let mut blob = Vec::new();
+        let mut table = Vec::new();
+        for (i, d) in data.iter().enumerate() {
+            let stored = i == 1;
+            let bytes = match (stored, compressor) {
+                (true, _) => d.clone(),
+                (false, c) if c == compressor::LZ4_BLOCK => lz4_flex::block::compress(d),
+                _ => zstd::bulk::compress(d, 3).unwrap(),
+            };
+            let digest =
+                if hash == digester::BLAKE3 { *blake3::hash(d).as_bytes() } else { Sha256::digest(d).into() };
+            table.push(ChunkSpec {
+                blob: 0,
+                ci: i as u32,
+                digest,
+                compressed_offset: blob.len() as u64,
+                compressed_size: bytes.len() as u32,
+                uncompressed_offset: (i as u64) << 16,
+                uncompressed_size: d.len() as u32,
+                flags: if stored {
+                    0
+                } else if i == 0 {
+                    flags0
+                } else {
+                    CHUNK_COMPRESSED
+                },
+            });
+            blob.extend_from_slice(&bytes);
+        }
+        let spec = BlobSpec {
+            id: hex::encode(Sha256::digest(&blob)),
+            chunk_count: 3,
+            compression_algo: compressor,
+            digest_algo: hash,
+            compressed_size: blob.len() as u64,
+            uncompressed_size: 3 << 16,
+            ..Default::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let set = BlobSet::open(
+            vec![BlobInput { layer: 0, spec: &spec, decoding: Decoding::Native }],
+            &table,
+            Box::new(Memory(blob)),
+            dir.path(),
+        )
+        .unwrap();
+        (set, data, dir)
+    }
+
+    #[test]
+    fn native_chunks_decode_by_compressor_and_verify_by_digester() {
+        for (c, h) in [
+            (compressor::ZSTD, digester::BLAKE3),
+            (compressor::LZ4_BLOCK, digester::SHA256),
+            (compressor::ZSTD, digester::SHA256),
+        ] {
+            let (set, data, _dir) = native_blob(c, h, CHUNK_COMPRESSED);
+            for (ci, d) in data.iter().enumerate() {
+                let mut buf = vec![0u8; d.len()];
+                set.read(&[Piece { blob: 0, ci: ci as u32, offset: 0, len: d.len() as u32 }], &mut buf)
+                    .unwrap();
+                assert_eq!(&buf, d, "compressor {c} digester {h} chunk {ci}");
+            }
+            assert_eq!(set.stats.digest_failures.load(Relaxed), 0);
+        }
+        // A compressed chunk marked stored is the wrong size: never served.
+        let (set, _, _dir) = native_blob(compressor::ZSTD, digester::BLAKE3, 0);
+        let mut buf = vec![0u8; 10];
+        let e = set.read(&[Piece { blob: 0, ci: 0, offset: 0, len: 10 }], &mut buf).unwrap_err();
+        assert!(e.to_string().contains("fetched twice"), "{e}");
+        // Encrypted and batch chunks are refused.
+        let (set, _, _dir) = native_blob(compressor::ZSTD, digester::BLAKE3, CHUNK_COMPRESSED | 0x4);
+        assert!(set.read(&[Piece { blob: 0, ci: 0, offset: 0, len: 10 }], &mut buf).is_err());
+        assert_eq!(set.stats.digest_failures.load(Relaxed), 2);
+        // A gzip (zran) blob with blake3 digests, and an unknown compressor, are refused at open.
+        let spec = BlobSpec {
+            id: "ab".repeat(32),
+            compression_algo: 9,
+            digest_algo: digester::SHA256,
+            ..Default::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let open = |spec: &BlobSpec, decoding| {
+            BlobSet::open(
+                vec![BlobInput { layer: 0, spec, decoding }],
+                &[],
+                Box::new(Memory(Vec::new())),
+                dir.path(),
+            )
+            .err()
+            .map(|e| e.to_string())
+        };
+        assert!(open(&spec, Decoding::Native).unwrap().contains("compressor 9"));
+        let spec = BlobSpec { digest_algo: digester::BLAKE3, ..spec };
+        assert!(open(&spec, Decoding::Members).unwrap().contains("sha256"));
+    }
+
     #[test]
     fn coalescing_joins_near_ranges_up_to_the_limit() {
         let units =
