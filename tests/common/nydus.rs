@@ -240,3 +240,89 @@ pub fn write_image(out: &Path, descs: Vec<Value>, gz: &[u8], tar: &[u8], mut con
 pub fn blob_path(layout: &Path, digest: &str) -> PathBuf {
     layout.join("blobs/sha256").join(digest.trim_start_matches("sha256:"))
 }
+
+/// The bootstrap a blob of Nydus's carries in its tail and the size of its ToC with the ToC's
+/// header, found by the tar headers from the end (`image.boot` is the part right before the
+/// ToC; zstd-compressed or raw). Not through `rafs::tail::read_toc`: the ToC of a ref blob
+/// nydus-image 2.2.0 writes has an `image.blob` entry whose offset has wrapped below zero,
+/// which that reader refuses.
+pub fn inline_bootstrap(blob: &[u8]) -> (Vec<u8>, usize) {
+    use zran::rafs::tail::{HEADER_SIZE, parse_header};
+    let header = |end: usize| -> (String, usize) {
+        let h: &[u8; HEADER_SIZE] = blob[end - HEADER_SIZE..end].try_into().unwrap();
+        let (name, size) = parse_header(h).expect("a tar header");
+        (String::from_utf8_lossy(name).into_owned(), size as usize)
+    };
+    let (name, toc) = header(blob.len());
+    assert_eq!(name, "rafs.blob.toc");
+    let toc_start = blob.len() - HEADER_SIZE - toc;
+    let (name, size) = header(toc_start);
+    assert_eq!(name, "image.boot");
+    let data = &blob[toc_start - HEADER_SIZE - size..toc_start - HEADER_SIZE];
+    let boot = if data.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        zstd::stream::decode_all(data).unwrap()
+    } else {
+        data.to_vec()
+    };
+    (boot, toc + HEADER_SIZE)
+}
+
+/// An oci-ref image of the test image in `layout`, as nydusify makes one with the
+/// `nydus-image` binary `bin` (`create --type targz-ref --blob-inline-meta --features
+/// blob-toc` per layer, the bootstrap taken from each ref blob, `merge` with the ref blobs'
+/// digests, sizes and ToC digests), into the layout `out` with the original layers.
+pub fn build_with_cli(bin: &Path, layout: &Path, work: &Path, out: &Path) {
+    let (manifest, config) = layout_manifest(layout);
+    std::fs::create_dir_all(work).unwrap();
+    let mut descs = Vec::new();
+    let (mut boots, mut digests, mut sizes, mut tocs) = (vec![], vec![], vec![], vec![]);
+    for (i, l) in manifest["layers"].as_array().unwrap().iter().enumerate() {
+        let hex = l["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+        let gz = layout.join("blobs/sha256").join(&hex);
+        put_blob(out, &std::fs::read(&gz).unwrap());
+        let blob = work.join(format!("ref-{i}"));
+        let o = std::process::Command::new(bin)
+            .args([
+                "create",
+                "--log-level",
+                "warn",
+                "--type",
+                "targz-ref",
+                "--blob-inline-meta",
+                "--features",
+                "blob-toc",
+            ])
+            .arg("--blob")
+            .arg(&blob)
+            .arg(&gz)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "nydus-image create: {}", String::from_utf8_lossy(&o.stderr));
+        let bytes = std::fs::read(&blob).unwrap();
+        let dir = work.join(format!("boot-{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let boot = dir.join(&hex);
+        let (b, toc_size) = inline_bootstrap(&bytes);
+        std::fs::write(&boot, b).unwrap();
+        tocs.push(sha256_hex(&bytes[bytes.len() - toc_size..]));
+        let (d, size) = put_blob(out, &bytes);
+        descs.push(json!({
+            "mediaType": BLOB_MEDIA_TYPE, "digest": d, "size": size,
+            "annotations": {"containerd.io/snapshot/nydus-blob": "true", "containerd.io/snapshot/nydus-ref": format!("sha256:{hex}")}
+        }));
+        digests.push(d.trim_start_matches("sha256:").to_string());
+        sizes.push(size.to_string());
+        boots.push(boot);
+    }
+    let merged = work.join("image.boot");
+    let o = std::process::Command::new(bin)
+        .args(["merge", "--log-level", "warn", "--bootstrap"])
+        .arg(&merged)
+        .args(["--blob-digests", &digests.join(","), "--blob-sizes", &sizes.join(",")])
+        .args(["--blob-toc-digests", &tocs.join(",")])
+        .args(&boots)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "nydus-image merge: {}", String::from_utf8_lossy(&o.stderr));
+    package(out, &std::fs::read(&merged).unwrap(), &[], descs, config);
+}
