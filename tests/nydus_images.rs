@@ -632,10 +632,29 @@ fn nydus_images_start_lazily_through_containerd() {
         assert_eq!(common::containerd::layer_bytes_served(&reg, "python"), base, "rpull downloaded layers");
         let mut a = vec!["run", "--rm", "--snapshotter", "zran", image.as_str(), id];
         a.extend_from_slice(&answer);
+        let started = std::time::Instant::now();
         assert_eq!(ok(ctr(&sock, &a), "run").trim(), r#"{"answer": 42}"#, "{image}");
-        let o =
-            Command::new(env!("CARGO_BIN_EXE_zran")).arg("stats").arg("--snapshotter").arg(&root).output();
-        let stats: Value = serde_json::from_str(&ok(o.unwrap(), "zran stats")).unwrap();
+        eprintln!(
+            "{image}: ran in {:.2}s; {} bytes of native blobs and {} of the original layers served so far",
+            started.elapsed().as_secs_f64(),
+            served(&native_blobs),
+            common::containerd::layer_bytes_served(&reg, "python")
+        );
+        // (The serving process writes its counters every second.)
+        let mut stats = Value::Null;
+        for _ in 0..40 {
+            let o = Command::new(env!("CARGO_BIN_EXE_zran"))
+                .arg("stats")
+                .arg("--snapshotter")
+                .arg(&root)
+                .output();
+            stats = serde_json::from_str(&ok(o.unwrap(), "zran stats")).unwrap();
+            if stats["images"][image.as_str()]["mount"]["stats"]["chunks_verified"].as_u64().unwrap_or(0) > 0
+            {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
         assert_eq!(stats["images"][image.as_str()]["served_as"], via, "{stats}");
         let mount = &stats["images"][image.as_str()]["mount"];
         assert!(mount["stats"]["chunks_verified"].as_u64().unwrap_or(0) > 0, "{stats}");
@@ -644,8 +663,10 @@ fn nydus_images_start_lazily_through_containerd() {
     // Lazily: a part of the data was fetched.
     let total: u64 = native_blobs.iter().map(|b| b.1).sum();
     let fetched = served(&native_blobs);
+    eprintln!("native blobs: {fetched} of {total} bytes served");
     assert!(fetched > 0 && fetched < total * 3 / 4, "{fetched} of {total} bytes of native blobs served");
-    assert!(!zran_mounts(&root).is_empty());
+    // (The containers' snapshots may be gone already, and the images' mounts with them.)
+    assert!(zran_mounts(&root).len() <= 2, "one serving process per image");
 }
 
 #[test]
