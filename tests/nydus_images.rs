@@ -297,6 +297,13 @@ fn images_that_claim_to_be_nydus_but_are_not_are_refused_clearly() {
     });
     let e = mount_error(&oci(&l));
     assert!(e.contains("no image/image.boot"), "{e}");
+    // An image.boot that is not a bootstrap.
+    let l = edited(&base, work.path(), "bad-boot", |_, gz, tar| {
+        let (t, g) = nydus_build::bootstrap_layer(&[0x5a; 8192], &[]);
+        (*tar, *gz) = (t, g);
+    });
+    let e = mount_error(&oci(&l));
+    assert!(e.contains("image/image.boot") && e.contains("bad magic"), "{e}");
     // A bootstrap naming a blob the manifest lacks.
     let (gone, _) = biggest_layer(&base);
     let l = edited(&base, work.path(), "lacks-blob", |layers, _, _| {
