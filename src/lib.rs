@@ -19,6 +19,7 @@
 
 pub mod artifact;
 pub mod blob;
+pub mod convert;
 pub mod estargz;
 pub mod fuse;
 pub mod gzip;

@@ -702,3 +702,21 @@ fn an_oci_ref_image_made_by_nydus_image_2_2_reads_the_truth() {
     assert!(!boot.blobs.is_empty() && boot.blobs.iter().all(|b| b.ci_offset == 512), "{:?}", boot.blobs);
     mount_and_compare("python", &format!("oci:{}", out.display()));
 }
+
+#[test]
+fn zran_convert_output_reads_the_truth_through_zran_mount() {
+    // Every compressor `zran convert` writes, and chunks shared across layers (stored once, in
+    // the blob of the first layer that has them).
+    for (name, compressor) in [("python", "zstd"), ("edge", "lz4"), ("paths", "none"), ("tarquirks", "zstd")]
+    {
+        let work = tempfile::tempdir().unwrap();
+        let out = work.path().join("native");
+        let image = format!("oci:{}", layouts().join(name).display());
+        let target = format!("oci:{}:n", out.display());
+        let o = zran(&["convert", &image, &target, "--compressor", compressor]);
+        assert!(o.status.success(), "convert {name}: {}", String::from_utf8_lossy(&o.stderr));
+        let says = inspect(&target);
+        assert!(says.contains("nydus native"), "{says}");
+        mount_and_compare(name, &target);
+    }
+}

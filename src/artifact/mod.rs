@@ -175,6 +175,7 @@ fn blob_spec(d: &Descriptor, encoded: &crate::rafs::meta::Encoded) -> BlobSpec {
         ci_uncompressed_size: encoded.ci_uncompressed_size,
         meta_digest: encoded.digest,
         meta_size: encoded.bytes.len() as u64,
+        ..Default::default()
     }
 }
 

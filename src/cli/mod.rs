@@ -1,6 +1,7 @@
 //! Command definitions (clap derive) and dispatch.
 
 mod cache;
+mod convert;
 mod files;
 mod generate;
 mod gz;
@@ -35,6 +36,10 @@ pub enum Command {
     /// Write the RAFS v6 artifact (image.boot, blob.meta, zran.json) of an image, pointing into
     /// its original layers.
     Generate(generate::GenerateArgs),
+    /// Convert an image whole to Nydus's native RAFS v6 format (what `nydusify convert`
+    /// makes): one Nydus data blob per layer, chunks shared across layers stored once, and a
+    /// bootstrap layer; to a registry or an OCI layout.
+    Convert(convert::ConvertArgs),
     /// Store a `generate` artifact beside its image (a referrer of its manifest, in the same
     /// registry repository or OCI layout), where `zran mount IMAGE` finds it.
     Push(push::PushArgs),
@@ -76,6 +81,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gz(cmd) => gz::run(cmd),
         Command::Inspect(args) => inspect::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Convert(args) => convert::run(args),
         Command::Push(args) => push::run(args),
         Command::Mount(args) => mount::mount(args),
         Command::Umount(args) => mount::umount(args),

@@ -20,6 +20,11 @@ impl Digest {
         Digest { hex: hex::encode(Sha256::digest(bytes)) }
     }
 
+    /// The digest whose sha256 bytes are `sha256`.
+    pub fn from_sha256(sha256: [u8; 32]) -> Digest {
+        Digest { hex: hex::encode(sha256) }
+    }
+
     /// The 64 hex digits.
     pub fn hex(&self) -> &str {
         &self.hex

@@ -43,6 +43,86 @@ impl Layout {
         Ok(Layout { root: root.to_path_buf() })
     }
 
+    /// Open the layout at `root`, first making an empty one (`oci-layout`, an `index.json`
+    /// without manifests) when there is none.
+    pub fn create(root: &Path) -> Result<Layout, OciError> {
+        if !root.join("oci-layout").exists() {
+            let layout = Layout { root: root.to_path_buf() };
+            layout.write_atomic(&root.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+            if !layout.index_path().exists() {
+                let empty = format!(r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[]}}"#);
+                layout.write_atomic(&layout.index_path(), empty.as_bytes())?;
+            }
+        }
+        Layout::open(root)
+    }
+
+    /// Store the blob in file `path` (its digest computed by the caller) by moving the file
+    /// into place (copied first when it is on another filesystem).
+    pub fn add_blob_file(&self, digest: &Digest, path: &Path) -> Result<(), OciError> {
+        let to = self.blob_path(digest);
+        let err = |e| OciError::Io { path: to.display().to_string(), source: e };
+        let dir = to.parent().unwrap_or(&self.root);
+        std::fs::create_dir_all(dir).map_err(err)?;
+        if std::fs::rename(path, &to).is_ok() {
+            return Ok(());
+        }
+        let tmp = dir.join(format!(".{}.tmp-{}", digest.hex(), std::process::id()));
+        let result = std::fs::copy(path, &tmp)
+            .and_then(|_| File::open(&tmp)?.sync_all())
+            .and_then(|_| std::fs::rename(&tmp, &to));
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result.map_err(err)
+    }
+
+    /// Store a small blob (config, manifest).
+    pub fn add_blob(&self, digest: &Digest, bytes: &[u8]) -> Result<(), OciError> {
+        check_digest("blob", bytes, digest)?;
+        self.write_atomic(&self.blob_path(digest), bytes)
+    }
+
+    /// Store a manifest and list it in `index.json`, under `tag` when given (an entry with
+    /// the same tag is replaced). Returns its digest.
+    pub fn add_manifest(
+        &self,
+        manifest: &[u8],
+        media_type: &str,
+        tag: Option<&str>,
+    ) -> Result<Digest, OciError> {
+        let digest = Digest::of(manifest);
+        self.add_blob(&digest, manifest)?;
+        let path = self.index_path();
+        let err = |e: String| OciError::NotFound(format!("{}: {e}", path.display()));
+        let raw =
+            std::fs::read(&path).map_err(|e| OciError::Io { path: path.display().to_string(), source: e })?;
+        let mut index: serde_json::Value = serde_json::from_slice(&raw).map_err(|e| err(e.to_string()))?;
+        let manifests = index
+            .get_mut("manifests")
+            .and_then(|m| m.as_array_mut())
+            .ok_or_else(|| err("no manifests array".into()))?;
+        manifests.retain(|m| match tag {
+            Some(t) => {
+                m.pointer(&format!("/annotations/{}", REF_NAME.replace('/', "~1"))).and_then(|v| v.as_str())
+                    != Some(t)
+            }
+            None => m.get("digest").and_then(|d| d.as_str()) != Some(digest.to_string().as_str()),
+        });
+        let mut desc = serde_json::json!({
+            "mediaType": media_type,
+            "digest": digest.to_string(),
+            "size": manifest.len(),
+        });
+        if let Some(t) = tag {
+            desc["annotations"] = serde_json::json!({ REF_NAME: t });
+        }
+        manifests.push(desc);
+        let out = serde_json::to_vec(&index).map_err(|e| err(e.to_string()))?;
+        self.write_atomic(&path, &out)?;
+        Ok(digest)
+    }
+
     fn index_path(&self) -> PathBuf {
         self.root.join("index.json")
     }

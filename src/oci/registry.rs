@@ -428,6 +428,63 @@ impl Registry {
         Ok(())
     }
 
+    /// Upload a blob from a file unless the repository has it, streaming it (never whole in
+    /// memory): `POST` an upload, then one `PUT` whose body is read from the file as it goes.
+    async fn push_blob_file(&self, digest: &Digest, path: &std::path::Path) -> Result<(), OciError> {
+        let url = self.origin_url("blobs", &digest.to_string());
+        let head = self.send_body(Method::HEAD, &url, HeaderMap::new(), true, None).await?;
+        if head.status().is_success() {
+            return Ok(());
+        }
+        let io = |e: std::io::Error| OciError::Io { path: path.display().to_string(), source: e };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let start = self.origin_url("blobs", "uploads/");
+            let resp = self.send_body(Method::POST, &start, HeaderMap::new(), true, None).await?;
+            if resp.status() != StatusCode::ACCEPTED {
+                return Err(self.push_error(&start, resp).await);
+            }
+            let mut put = location(&resp, "upload started")?;
+            put.query_pairs_mut().append_pair("digest", &digest.to_string());
+            let file = tokio::fs::File::open(path).await.map_err(io)?;
+            let len = file.metadata().await.map_err(io)?.len();
+            let stream = futures_util::stream::unfold(file, |mut f| async move {
+                use tokio::io::AsyncReadExt;
+                let mut buf = vec![0u8; 1 << 20];
+                match f.read(&mut buf).await {
+                    Ok(0) => None,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        Some((Ok::<_, std::io::Error>(bytes::Bytes::from(buf)), f))
+                    }
+                    Err(e) => Some((Err(e), f)),
+                }
+            });
+            let mut req = self
+                .client
+                .put(put.as_str())
+                .header(header::CONTENT_TYPE, "application/octet-stream")
+                .header(header::CONTENT_LENGTH, len)
+                .body(reqwest::Body::wrap_stream(stream));
+            if let Some(value) = self.authorization().await? {
+                req = req.header(header::AUTHORIZATION, value);
+            }
+            self.stats.requests.fetch_add(1, Ordering::Relaxed);
+            match req.send().await {
+                Ok(resp) if resp.status() == StatusCode::CREATED => return Ok(()),
+                Ok(resp) if retryable(resp.status()) && attempt < self.attempts => {
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                Ok(resp) => return Err(self.push_error(&url, resp).await),
+                Err(e) if attempt < self.attempts && (e.is_connect() || e.is_timeout() || e.is_request()) => {
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                Err(e) => return Err(OciError::Network { url: url.clone(), message: error_chain(&e) }),
+            }
+        }
+    }
+
     /// `PUT` a manifest under `reference` (a digest or a tag); returns the response headers.
     async fn push_manifest(
         &self,
@@ -730,6 +787,22 @@ impl RegistrySource {
 
     pub fn stats(&self) -> Arc<Stats> {
         self.registry.stats.clone()
+    }
+
+    /// Store the blob in file `path` (its digest computed by the caller), streamed.
+    pub fn put_blob_file(&self, digest: &Digest, path: &std::path::Path) -> Result<(), OciError> {
+        runtime().block_on(self.registry.push_blob_file(digest, path))
+    }
+
+    /// Store a manifest under `reference` (a tag, or its digest).
+    pub fn put_manifest(&self, reference: &str, media_type: &str, manifest: &[u8]) -> Result<(), OciError> {
+        runtime()
+            .block_on(self.registry.push_manifest(
+                reference,
+                media_type,
+                bytes::Bytes::copy_from_slice(manifest),
+            ))
+            .map(|_| ())
     }
 }
 

@@ -472,6 +472,8 @@ pub fn read_bootstrap(b: &[u8]) -> Result<Bootstrap, ReadError> {
             ci_uncompressed_size: e.ci_uncompressed_size.get(),
             meta_digest: e.blob_meta_digest,
             meta_size: e.blob_meta_size.get(),
+            toc_size: e.blob_toc_size.get(),
+            toc_digest: e.blob_toc_digest,
         });
     }
 

@@ -33,7 +33,16 @@ pub struct BlobSpec {
     /// sha256 and size of the separate blob.meta, when there is one.
     pub meta_digest: [u8; 32],
     pub meta_size: u64,
+    /// Size of the blob's ToC and its tar header, and their sha256 (Nydus native blobs with a
+    /// ToC; 0 and zeros otherwise).
+    pub toc_size: u32,
+    pub toc_digest: [u8; 32],
 }
+
+/// The blob id Nydus writes into the bootstrap a native blob carries inside itself: the blob's
+/// digest is not known before the bootstrap is written (`nydus-image merge` takes the real id
+/// from the bootstrap's file name).
+pub const PLACEHOLDER_BLOB_ID: &str = "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
 
 /// One chunk of a regular file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,8 +224,14 @@ fn dir_blocks(names: &[(Vec<u8>, InodeId)], nid: &dyn Fn(InodeId) -> u64, tree: 
     out
 }
 
-/// Write the bootstrap.
+/// Write the bootstrap (of zran artifacts: the superblock says gzip, the layers' compression).
 pub fn write(spec: &BootstrapSpec) -> Result<Vec<u8>, WriteError> {
+    write_with_compression(spec, flags::COMPRESSION_GZIP)
+}
+
+/// Write the bootstrap, the superblock naming `compression` (one of `flags::COMPRESSION_*`),
+/// the compressor of the blobs' chunks.
+pub fn write_with_compression(spec: &BootstrapSpec, compression: u64) -> Result<Vec<u8>, WriteError> {
     let tree = spec.tree;
     let chunk_size = spec.chunk_size;
     if !chunk_size.is_power_of_two() || !(4096..=16 << 20).contains(&chunk_size) {
@@ -228,7 +243,8 @@ pub fn write(spec: &BootstrapSpec) -> Result<Vec<u8>, WriteError> {
         return Err(WriteError::Image(format!("{} blobs; RAFS v6 holds at most 254", spec.blobs.len())));
     }
     for b in &spec.blobs {
-        if b.id.len() != 64 || !b.id.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)) {
+        let hex = b.id.len() == 64 && b.id.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c));
+        if !hex && b.id != PLACEHOLDER_BLOB_ID {
             return Err(WriteError::Image(format!("blob id {:?} is not 64 lowercase hex digits", b.id)));
         }
         if b.uncompressed_size % BLOCK_SIZE != 0 || b.uncompressed_size / BLOCK_SIZE > u64::from(u32::MAX) {
@@ -545,12 +561,12 @@ pub fn write(spec: &BootstrapSpec) -> Result<Vec<u8>, WriteError> {
             features: b.features.into(),
             compressed_size: b.compressed_size.into(),
             uncompressed_size: b.uncompressed_size.into(),
-            blob_toc_size: 0.into(),
+            blob_toc_size: b.toc_size.into(),
             ci_compressor: b.ci_compressor.into(),
             ci_offset: b.ci_offset.into(),
             ci_compressed_size: b.ci_compressed_size.into(),
             ci_uncompressed_size: b.ci_uncompressed_size.into(),
-            blob_toc_digest: [0; 32],
+            blob_toc_digest: b.toc_digest,
             blob_meta_digest: b.meta_digest,
             blob_meta_size: b.meta_size.into(),
             cipher_iv: [0; 8],
@@ -565,7 +581,7 @@ pub fn write(spec: &BootstrapSpec) -> Result<Vec<u8>, WriteError> {
         // EXPLICIT_UID_GID: the inodes' owners are the image's. Without it nydusd shows every
         // file as owned by the daemon's own uid and gid (Nydus's builder sets it for every
         // image but rootless ones).
-        flags: (flags::COMPRESSION_GZIP
+        flags: (compression
             | flags::HASH_SHA256
             | flags::ENCRYPTION_NONE
             | flags::EXPLICIT_UID_GID

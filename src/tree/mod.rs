@@ -27,6 +27,9 @@
 //!   missing parents are made as directories (0755, 0:0), and a non-directory in the way of a
 //!   parent is replaced by one.
 //!
+//! [`Tree::apply_layer_as_is`] applies a layer without its whiteout rules (the markers stay
+//! files), for the bootstrap a Nydus blob carries of its layer alone (`convert`).
+//!
 //! Every regular file keeps where its bytes are: extents of a layer's uncompressed tar stream,
 //! or the chunks of an eStargz layer's TOC. Calls `tar` and `estargz` for entries.
 
@@ -175,7 +178,25 @@ impl Tree {
             }
         };
         let items: Vec<(Entry, Vec<Extent>)> = entries.iter().map(|e| (e.clone(), data(e))).collect();
-        self.apply(layer, &items)
+        self.apply(layer, &items, true)
+    }
+
+    /// Apply one tar layer's entries as they are: whiteouts and opaque markers stay files
+    /// (Nydus's `--whiteout-spec none`, the per-layer bootstrap of a native blob, where they
+    /// are applied only when layers are merged).
+    pub fn apply_layer_as_is(&mut self, layer: usize, entries: &[Entry]) -> Result<(), TreeError> {
+        let items: Vec<(Entry, Vec<Extent>)> = entries
+            .iter()
+            .map(|e| {
+                let data = if e.kind == EntryKind::File && e.size > 0 {
+                    vec![Extent::Tar { layer, offset: e.data_offset, len: e.size }]
+                } else {
+                    Vec::new()
+                };
+                (e.clone(), data)
+            })
+            .collect();
+        self.apply(layer, &items, false)
     }
 
     /// Apply one eStargz layer, from its TOC, on top of the tree.
@@ -187,10 +208,15 @@ impl Tree {
                 (toc_entry(t), chunks)
             })
             .collect();
-        self.apply(layer, &items)
+        self.apply(layer, &items, true)
     }
 
-    fn apply(&mut self, layer: usize, entries: &[(Entry, Vec<Extent>)]) -> Result<(), TreeError> {
+    fn apply(
+        &mut self,
+        layer: usize,
+        entries: &[(Entry, Vec<Extent>)],
+        whiteouts: bool,
+    ) -> Result<(), TreeError> {
         let mut steps = BASE_STEPS.saturating_add(STEPS_PER_ENTRY.saturating_mul(entries.len() as u64));
         for (e, data) in entries {
             let fail = |m: String| TreeError {
@@ -199,7 +225,7 @@ impl Tree {
                 message: m,
             };
             let (dir, name) = split(&e.path);
-            if let Some(hidden) = name.strip_prefix(WHITEOUT) {
+            if let Some(hidden) = name.strip_prefix(WHITEOUT).filter(|_| whiteouts) {
                 // containerd makes the directory first (`mkparent`), then writes the whiteout
                 // into it: below a lower symlink or non-directory, that directory hides it.
                 let d = self.make_dir(dir, layer, &mut steps).map_err(fail)?;
