@@ -10,6 +10,8 @@
 //! - [`rafs`]: the RAFS v6 bootstrap and blob.meta formats (Nydus-compatible).
 //! - [`artifact`]: `generate`'s output: image -> layers -> tree -> bootstrap, and its directory.
 //! - [`blob`]: chunks of layer blobs fetched by range, verified and cached, for reads.
+//! - [`nydus`]: Nydus images (native and oci-ref): their bootstrap layer and how each blob
+//!   is read.
 //! - [`fuse`]: the read-only filesystem that serves a bootstrap through FUSE.
 //! - [`mount`]: a mount's life cycle: open what is mounted, serve it (in the foreground or
 //!   detached), its records, unmounting it.
@@ -23,6 +25,7 @@ pub mod fuse;
 pub mod gzip;
 pub mod layer;
 pub mod mount;
+pub mod nydus;
 pub mod oci;
 pub mod rafs;
 pub mod snapshotter;

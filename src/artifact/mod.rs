@@ -7,6 +7,7 @@
 //! `oci`, `estargz`, `layer`, `tree` and `rafs`.
 
 pub mod inputs;
+pub mod nydus_ref;
 pub mod publish;
 
 use crate::estargz::{Chunk, Toc};
@@ -134,6 +135,9 @@ pub struct Artifact {
     /// `(file name, bytes)` of each blob.meta.
     pub metas: Vec<(String, Vec<u8>)>,
     pub manifest: ArtifactManifest,
+    /// The digest of each chunk of each gzip layer, by CI index, by layer hex (what Nydus
+    /// stores as `blob.digest`); empty for an artifact read back from a directory.
+    pub digests: HashMap<String, Vec<[u8; 32]>>,
 }
 
 /// What one layer contributes: its blob entry, and the chunk specs of its files by the tar
@@ -147,6 +151,8 @@ struct LayerOut {
     /// eStargz: (member offset, inner offset, chunk offset in file) -> its spec.
     by_toc: HashMap<(u64, u64, u64), ChunkSpec>,
     entries: Option<Vec<crate::tar::Entry>>,
+    /// gzip: each chunk's sha256, by CI index.
+    digests: Vec<[u8; 32]>,
 }
 
 fn hex(d: &crate::oci::Digest) -> String {
@@ -227,11 +233,16 @@ fn gzip_layer(
             by_out: HashMap::new(),
             by_toc: HashMap::new(),
             entries: Some(scan.entries),
+            digests: Vec::new(),
         });
     }
     let encoded = meta.encode_from_index(&scan.index, &plan.checkpoints).map_err(|e| meta_err(d, e))?;
     let mut by_out = HashMap::with_capacity(scan.chunks.len());
+    let mut digests = vec![[0u8; 32]; meta.chunks.len()];
     for (c, &ci) in scan.chunks.iter().zip(&ci_of) {
+        if let Some(slot) = digests.get_mut(ci as usize) {
+            *slot = c.digest;
+        }
         let info = meta.chunks.get(ci as usize).ok_or_else(|| meta_err(d, format!("chunk index {ci}")))?;
         by_out.insert(
             c.out,
@@ -277,6 +288,7 @@ fn gzip_layer(
         by_out,
         by_toc: HashMap::new(),
         entries: Some(scan.entries),
+        digests,
     })
 }
 
@@ -430,6 +442,7 @@ fn estargz_layer(i: usize, d: &Descriptor, toc: &Toc) -> Result<LayerOut, Artifa
             by_out: HashMap::new(),
             by_toc,
             entries: None,
+            digests: Vec::new(),
         });
     }
     // Chunk info v1 in a blob.meta of its own, which nydusd fetches by its digest (SEPARATE);
@@ -443,7 +456,15 @@ fn estargz_layer(i: usize, d: &Descriptor, toc: &Toc) -> Result<LayerOut, Artifa
         Some(format!("sha256:{}", hex::encode(encoded.digest))),
         Some(encoded.bytes.len() as u64),
     );
-    Ok(LayerOut { blob, record, meta: Some(encoded.bytes), by_out: HashMap::new(), by_toc, entries: None })
+    Ok(LayerOut {
+        blob,
+        record,
+        meta: Some(encoded.bytes),
+        by_out: HashMap::new(),
+        by_toc,
+        entries: None,
+        digests: Vec::new(),
+    })
 }
 
 /// Build the artifact of `image`. `inputs` says how each layer is read; `progress(layer,
@@ -604,6 +625,11 @@ pub fn generate(
         writer::write(&BootstrapSpec { tree: &tree, chunk_size: opts.chunk_size, blobs, chunks, prefetch })?;
     let metas: Vec<(String, Vec<u8>)> =
         outs.iter_mut().filter_map(|o| Some((o.record.blob_meta.clone()?, o.meta.take()?))).collect();
+    let digests: HashMap<String, Vec<[u8; 32]>> = outs
+        .iter_mut()
+        .filter(|o| !o.digests.is_empty())
+        .map(|o| (o.blob.id.clone(), std::mem::take(&mut o.digests)))
+        .collect();
     let manifest = ArtifactManifest {
         version: VERSION,
         source: image.name.clone(),
@@ -617,7 +643,7 @@ pub fn generate(
         layers: outs.into_iter().map(|o| o.record).collect(),
         created_by: format!("zran {}", env!("CARGO_PKG_VERSION")),
     };
-    Ok(Artifact { bootstrap, metas, manifest })
+    Ok(Artifact { bootstrap, metas, manifest, digests })
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ArtifactError + '_ {

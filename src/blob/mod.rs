@@ -3,11 +3,13 @@
 //!
 //! A read names the chunks it covers. Chunks not yet good this session are planned per blob:
 //! each zran chunk needs its context's compressed range (inflated from the context's checkpoint
-//! with [`crate::gzip::inflate_from`]), each eStargz chunk its gzip member; neighbouring ranges
+//! with [`crate::gzip::inflate_from`]), each eStargz chunk its gzip member, each chunk of a
+//! Nydus native blob its own compressed range (zstd, lz4 block or stored); neighbouring ranges
 //! are coalesced into requests of up to [`MAX_REQUEST`] bytes, and every chunk a decoded
 //! range yields is kept, not just the ones asked for. A chunk is fetched by one reader however
-//! many wait for it. Every chunk's sha256 is checked before it is written to the cache or
-//! served; a mismatch is fetched once more, then the read fails and the chunk is never kept.
+//! many wait for it. Every chunk's digest (sha256, or blake3 where a Nydus blob says so) is
+//! checked before it is written to the cache or served; a mismatch is fetched once more, then
+//! the read fails and the chunk is never kept.
 //!
 //! Owns the cache files and the counters. Calls `oci`, `gzip` and `rafs`.
 
@@ -16,6 +18,7 @@ mod ranges;
 
 use crate::gzip::{Restart, inflate_from, inflate_member};
 use crate::oci::{BlobSource, Digest};
+use crate::rafs::format::{CHUNK_COMPRESSED, compressor, digester};
 use crate::rafs::meta::BlobMeta;
 use crate::rafs::writer::{BlobSpec, ChunkSpec};
 use cache::BlobCache;
@@ -75,6 +78,32 @@ enum Kind {
     Zran(LazyMeta),
     /// An eStargz layer: each chunk is a gzip member of its own.
     Members,
+    /// A Nydus native data blob: each chunk is its own range, compressed with the blob's
+    /// compressor when the chunk's COMPRESSED flag says so, stored as is otherwise.
+    Native { compressor: u32 },
+}
+
+/// How a blob's chunk digests are computed (the blob table's `digest_algo`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hash {
+    Sha256,
+    Blake3,
+}
+
+impl Hash {
+    fn of(self, bytes: &[u8]) -> [u8; 32] {
+        match self {
+            Hash::Sha256 => Sha256::digest(bytes).into(),
+            Hash::Blake3 => *blake3::hash(bytes).as_bytes(),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Hash::Sha256 => "sha256",
+            Hash::Blake3 => "blake3",
+        }
+    }
 }
 
 /// A gzip layer's blob.meta, with the chunks of each context.
@@ -91,6 +120,16 @@ struct LazyMeta {
 
 /// Fetches and decodes a blob.meta (checked against the bootstrap) from the image's source.
 pub type MetaLoader = Box<dyn Fn(&dyn BlobSource) -> Result<BlobMeta, String> + Send + Sync>;
+
+/// How a blob is decoded, for [`BlobSet::open`].
+pub enum Decoding {
+    /// A gzip layer read through its blob.meta's zran contexts.
+    Zran(MetaInput),
+    /// An eStargz layer: one gzip member per chunk.
+    Members,
+    /// A Nydus native data blob (its compressor is the blob table's).
+    Native,
+}
 
 /// A gzip blob's blob.meta, for [`BlobSet::open`].
 pub enum MetaInput {
@@ -148,6 +187,7 @@ struct Blob {
     digest: Digest,
     size: u64,
     kind: Kind,
+    hash: Hash,
     /// By chunk index: the bootstrap's chunk-table entry (digest and offsets), if any file uses it.
     chunks: Vec<Option<ChunkSpec>>,
     cache: BlobCache,
@@ -163,8 +203,7 @@ pub struct BlobInput<'a> {
     /// The layer's position in the image, for messages.
     pub layer: usize,
     pub spec: &'a BlobSpec,
-    /// The blob.meta (gzip layers); `None` for eStargz layers.
-    pub meta: Option<MetaInput>,
+    pub decoding: Decoding,
 }
 
 /// All blobs of one mounted image.
@@ -229,17 +268,35 @@ impl BlobSet {
                     return Err(layer_err(format!("chunk {} lies past the blob's address space", c.ci)));
                 }
             }
-            let kind = match input.meta {
-                Some(MetaInput::Ready(meta)) => {
+            let kind = match input.decoding {
+                Decoding::Zran(MetaInput::Ready(meta)) => {
                     let cell = OnceLock::new();
                     let _ = cell.set(zran_of(meta, n).map_err(layer_err)?);
                     Kind::Zran(LazyMeta { cell, load: Mutex::new(None) })
                 }
-                Some(MetaInput::Later(f)) => {
+                Decoding::Zran(MetaInput::Later(f)) => {
                     Kind::Zran(LazyMeta { cell: OnceLock::new(), load: Mutex::new(Some(f)) })
                 }
-                None => Kind::Members,
+                Decoding::Members => Kind::Members,
+                Decoding::Native => match spec.compression_algo {
+                    c @ (compressor::NONE | compressor::ZSTD | compressor::LZ4_BLOCK) => {
+                        Kind::Native { compressor: c }
+                    }
+                    c => {
+                        return Err(layer_err(format!(
+                            "compressor {c} of a native blob (zran reads 0, none, 1, lz4_block, and 3, zstd)"
+                        )));
+                    }
+                },
             };
+            let hash = match spec.digest_algo {
+                digester::SHA256 => Hash::Sha256,
+                digester::BLAKE3 => Hash::Blake3,
+                d => return Err(layer_err(format!("chunk digest algorithm {d} (0, blake3, or 1, sha256)"))),
+            };
+            if matches!(kind, Kind::Zran(_) | Kind::Members) && hash != Hash::Sha256 {
+                return Err(layer_err("a gzip layer's chunks must have sha256 digests".into()));
+            }
             let layout = hex::encode(&layout.finalize()[..8]);
             let (cache, recorded) = BlobCache::open(cache_dir, &spec.id, &layout, spec.uncompressed_size, n)
                 .map_err(|source| BlobError::Cache { path: cache_dir.display().to_string(), source })?;
@@ -249,6 +306,7 @@ impl BlobSet {
                 size: spec.compressed_size,
                 digest,
                 kind,
+                hash,
                 chunks,
                 cache,
                 cached: recorded.into_iter().map(AtomicBool::new).collect(),
@@ -455,7 +513,7 @@ impl BlobSet {
             return Ok(false);
         }
         self.stats.chunks_verified.fetch_add(1, Relaxed);
-        if <[u8; 32]>::from(Sha256::digest(&bytes)) == c.digest {
+        if blob.hash.of(&bytes) == c.digest {
             blob.good[ci as usize].store(true, Relaxed);
             self.stats.cache_hits.fetch_add(1, Relaxed);
             return Ok(true);
@@ -490,8 +548,9 @@ impl BlobSet {
             Some(ci) => {
                 let c = blob.chunk(*ci)?;
                 Err(blob.err(format!(
-                    "chunk {ci} (compressed offset {}) does not match its sha256 {}, fetched twice",
+                    "chunk {ci} (compressed offset {}) does not match its {} {}, fetched twice",
                     c.compressed_offset,
+                    blob.hash.name(),
                     hex::encode(c.digest)
                 )))
             }
@@ -522,7 +581,7 @@ impl BlobSet {
                             decoded.as_ref().ok().and_then(|d| d.get(at..at + c.uncompressed_size as usize));
                         self.stats.chunks_verified.fetch_add(1, Relaxed);
                         match piece {
-                            Some(p) if <[u8; 32]>::from(Sha256::digest(p)) == c.digest => {
+                            Some(p) if blob.hash.of(p) == c.digest => {
                                 blob.cache.write(c.uncompressed_offset, p).map_err(|source| {
                                     BlobError::Cache { path: blob.cache.path().display().to_string(), source }
                                 })?;
@@ -531,8 +590,8 @@ impl BlobSet {
                             _ => {
                                 self.stats.digest_failures.fetch_add(1, Relaxed);
                                 let why = match &decoded {
-                                    Err(e) => e.to_string(),
-                                    Ok(_) => "sha256 mismatch".into(),
+                                    Err(e) => e.clone(),
+                                    Ok(_) => format!("{} mismatch", blob.hash.name()),
                                 };
                                 tracing::error!(
                                     layer = blob.layer,
@@ -617,10 +676,11 @@ impl Blob {
         BlobError::Layer { layer: self.layer, digest: self.digest.to_string(), message }
     }
 
-    /// The blob.meta of a gzip blob (loaded by [`BlobSet::load_meta`]); `None` for eStargz.
+    /// The blob.meta of a gzip blob (loaded by [`BlobSet::load_meta`]); `None` for eStargz
+    /// and native blobs.
     fn zran(&self) -> Result<Option<&Zran>, BlobError> {
         match &self.kind {
-            Kind::Members => Ok(None),
+            Kind::Members | Kind::Native { .. } => Ok(None),
             Kind::Zran(l) => l.cell.get().map(Some).ok_or_else(|| self.err("blob.meta not loaded".into())),
         }
     }
@@ -673,6 +733,13 @@ impl Blob {
             None => {
                 for &ci in cis {
                     let c = self.chunk(ci)?;
+                    let end = c.compressed_offset.saturating_add(u64::from(c.compressed_size));
+                    if matches!(self.kind, Kind::Native { .. }) && end > self.size {
+                        return Err(self.err(format!(
+                            "chunk {ci}: compressed range {}-{end} lies past the blob's {} bytes of chunk data",
+                            c.compressed_offset, self.size
+                        )));
+                    }
                     let u = units.entry(c.compressed_offset).or_insert(Unit {
                         start: c.compressed_offset,
                         end: c.compressed_offset + u64::from(c.compressed_size),
@@ -691,7 +758,7 @@ impl Blob {
                 return Err(self.err(format!(
                     "{} at compressed offset {} needs {input} compressed and {} uncompressed bytes, \
                      more than the {MAX_UNIT} this reader allows",
-                    u.context.map_or("gzip member".to_string(), |zi| format!("zran context {zi}")),
+                    u.context.map_or("chunk".to_string(), |zi| format!("zran context {zi}")),
                     u.start,
                     u.out_len
                 )));
@@ -700,22 +767,61 @@ impl Blob {
         Ok(units.into_values().collect())
     }
 
-    fn decode(&self, u: &Unit, input: &[u8]) -> Result<Vec<u8>, crate::gzip::GzipError> {
+    fn decode(&self, u: &Unit, input: &[u8]) -> Result<Vec<u8>, String> {
         let mut out = vec![0u8; u.out_len];
         let zran = match &self.kind {
             Kind::Zran(l) => l.cell.get(),
             Kind::Members => None,
+            Kind::Native { compressor } => {
+                let flags = u.chunks.first().and_then(|&(ci, _)| self.chunk(ci).ok()).map_or(0, |c| c.flags);
+                decode_native(*compressor, flags, input, &mut out)
+                    .map_err(|m| format!("compressed offset {}: {m}", u.start))?;
+                return Ok(out);
+            }
         };
         match (zran, u.context) {
             (Some(Zran { meta, .. }), Some(zi)) => {
                 let z = &meta.contexts[zi as usize];
                 let restart = Restart { bits: z.bits, prev_byte: z.prev_byte, dict: &z.dict };
-                inflate_from(&restart, input, u.start, &mut out)?;
+                inflate_from(&restart, input, u.start, &mut out).map_err(|e| e.to_string())?;
             }
-            _ => inflate_member(input, u.start, &mut out)?,
+            _ => inflate_member(input, u.start, &mut out).map_err(|e| e.to_string())?,
         }
         Ok(out)
     }
+}
+
+/// Chunk flags of a Nydus bootstrap's chunk table this reader cannot decode.
+const CHUNK_ENCRYPTED: u32 = 0x4;
+const CHUNK_BATCH: u32 = 0x8;
+
+/// Decode one native chunk into `out` (sized to the chunk's uncompressed size): it must fill
+/// `out` exactly, and nothing larger is ever allocated.
+fn decode_native(compressor: u32, flags: u32, input: &[u8], out: &mut [u8]) -> Result<(), String> {
+    if flags & (CHUNK_ENCRYPTED | CHUNK_BATCH) != 0 {
+        return Err(format!("chunk flags {flags:#x}: encrypted and batch chunks are not supported"));
+    }
+    let n = if flags & CHUNK_COMPRESSED == 0 {
+        if input.len() != out.len() {
+            return Err(format!("stored chunk of {} bytes where {} were expected", input.len(), out.len()));
+        }
+        out.copy_from_slice(input);
+        input.len()
+    } else {
+        match compressor {
+            compressor::ZSTD => zstd::bulk::Decompressor::new()
+                .and_then(|mut d| d.decompress_to_buffer(input, out))
+                .map_err(|e| format!("zstd: {e}"))?,
+            compressor::LZ4_BLOCK => {
+                lz4_flex::block::decompress_into(input, out).map_err(|e| format!("lz4 block: {e}"))?
+            }
+            c => return Err(format!("a compressed chunk in a blob with compressor {c}")),
+        }
+    };
+    if n != out.len() {
+        return Err(format!("decompressed to {n} bytes where {} were expected", out.len()));
+    }
+    Ok(())
 }
 
 /// Group units (sorted by start) into requests: overlapping or close ranges together, up to
@@ -819,11 +925,12 @@ mod tests {
             chunk_count: table.len() as u32,
             compressed_size: gz.len() as u64,
             uncompressed_size: (data.len() as u64).div_ceil(4096) * 4096 + (64 << 20) + 8192,
+            digest_algo: digester::SHA256,
             ..Default::default()
         };
         let dir = tempfile::tempdir().unwrap();
         let set = BlobSet::open(
-            vec![BlobInput { layer: 0, spec: &spec, meta: Some(MetaInput::Ready(meta)) }],
+            vec![BlobInput { layer: 0, spec: &spec, decoding: Decoding::Zran(MetaInput::Ready(meta)) }],
             &table,
             Box::new(Memory(gz)),
             dir.path(),
@@ -857,6 +964,111 @@ mod tests {
         let (set, _dir) = one_blob(&data, 8192, |m| m.chunks[4].zran_offset += 1);
         assert!(set.read(&[Piece { blob: 0, ci: 4, offset: 0, len: 10 }], &mut buf).is_err());
         assert_eq!(set.stats.digest_failures.load(Relaxed), 2);
+    }
+
+    /// A native blob of three chunks (zstd, stored, zstd), with `compressor` for its
+    /// compressed ones and `hash` for its digests; `flags` of chunk 0 may be changed.
+    fn native_blob(compressor: u32, hash: u32, flags0: u32) -> (BlobSet, Vec<Vec<u8>>, tempfile::TempDir) {
+        let data: Vec<Vec<u8>> = vec![
+            (0..10_000u32).flat_map(|i| (i % 7).to_le_bytes()).collect(),
+            (0..3000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect(),
+            b"the end of the blob, compressed".repeat(50),
+        ];
+        let mut blob = Vec::new();
+        let mut table = Vec::new();
+        for (i, d) in data.iter().enumerate() {
+            let stored = i == 1;
+            let bytes = match (stored, compressor) {
+                (true, _) => d.clone(),
+                (false, c) if c == compressor::LZ4_BLOCK => lz4_flex::block::compress(d),
+                _ => zstd::bulk::compress(d, 3).unwrap(),
+            };
+            let digest =
+                if hash == digester::BLAKE3 { *blake3::hash(d).as_bytes() } else { Sha256::digest(d).into() };
+            table.push(ChunkSpec {
+                blob: 0,
+                ci: i as u32,
+                digest,
+                compressed_offset: blob.len() as u64,
+                compressed_size: bytes.len() as u32,
+                uncompressed_offset: (i as u64) << 16,
+                uncompressed_size: d.len() as u32,
+                flags: if stored {
+                    0
+                } else if i == 0 {
+                    flags0
+                } else {
+                    CHUNK_COMPRESSED
+                },
+            });
+            blob.extend_from_slice(&bytes);
+        }
+        let spec = BlobSpec {
+            id: hex::encode(Sha256::digest(&blob)),
+            chunk_count: 3,
+            compression_algo: compressor,
+            digest_algo: hash,
+            compressed_size: blob.len() as u64,
+            uncompressed_size: 3 << 16,
+            ..Default::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let set = BlobSet::open(
+            vec![BlobInput { layer: 0, spec: &spec, decoding: Decoding::Native }],
+            &table,
+            Box::new(Memory(blob)),
+            dir.path(),
+        )
+        .unwrap();
+        (set, data, dir)
+    }
+
+    #[test]
+    fn native_chunks_decode_by_compressor_and_verify_by_digester() {
+        for (c, h) in [
+            (compressor::ZSTD, digester::BLAKE3),
+            (compressor::LZ4_BLOCK, digester::SHA256),
+            (compressor::ZSTD, digester::SHA256),
+        ] {
+            let (set, data, _dir) = native_blob(c, h, CHUNK_COMPRESSED);
+            for (ci, d) in data.iter().enumerate() {
+                let mut buf = vec![0u8; d.len()];
+                set.read(&[Piece { blob: 0, ci: ci as u32, offset: 0, len: d.len() as u32 }], &mut buf)
+                    .unwrap();
+                assert_eq!(&buf, d, "compressor {c} digester {h} chunk {ci}");
+            }
+            assert_eq!(set.stats.digest_failures.load(Relaxed), 0);
+        }
+        // A compressed chunk marked stored is the wrong size: never served.
+        let (set, _, _dir) = native_blob(compressor::ZSTD, digester::BLAKE3, 0);
+        let mut buf = vec![0u8; 10];
+        let e = set.read(&[Piece { blob: 0, ci: 0, offset: 0, len: 10 }], &mut buf).unwrap_err();
+        assert!(e.to_string().contains("fetched twice"), "{e}");
+        // Encrypted and batch chunks are refused.
+        let (set, _, _dir) = native_blob(compressor::ZSTD, digester::BLAKE3, CHUNK_COMPRESSED | 0x4);
+        assert!(set.read(&[Piece { blob: 0, ci: 0, offset: 0, len: 10 }], &mut buf).is_err());
+        assert_eq!(set.stats.digest_failures.load(Relaxed), 2);
+        // A gzip (zran) blob with blake3 digests, and an unknown compressor, are refused at open.
+        let spec = BlobSpec {
+            id: "ab".repeat(32),
+            compression_algo: 9,
+            digest_algo: digester::SHA256,
+            ..Default::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let open = |spec: &BlobSpec, decoding| {
+            BlobSet::open(
+                vec![BlobInput { layer: 0, spec, decoding }],
+                &[],
+                Box::new(Memory(Vec::new())),
+                dir.path(),
+            )
+            .err()
+            .map(|e| e.to_string())
+        };
+        assert!(open(&spec, Decoding::Native).unwrap().contains("compressor 9"));
+        let spec = BlobSpec { digest_algo: digester::BLAKE3, ..spec };
+        assert!(open(&spec, Decoding::Members).unwrap().contains("sha256"));
     }
 
     #[test]

@@ -15,8 +15,8 @@ pub struct GenerateArgs {
     /// `oci:PATH[:TAG|@DIGEST]` or `[HOST[:PORT]/]REPO[:TAG|@DIGEST]`.
     pub image: String,
     /// The artifact directory to write (image.boot, <layer>.blob.meta, zran.json).
-    #[arg(short, long)]
-    pub output: PathBuf,
+    #[arg(short, long, required_unless_present = "nydus_oci_ref")]
+    pub output: Option<PathBuf>,
     #[command(flatten)]
     pub image_args: ImageArgs,
     /// Chunk size: a power of two from 4K to 16M (default 1M, or the chunk size of the
@@ -47,13 +47,20 @@ pub struct GenerateArgs {
     /// IMAGE` finds it.
     #[arg(long)]
     pub push: bool,
+    /// Also write the artifact as a Nydus oci-ref image (nydusify --oci-ref's form: a ref blob
+    /// per layer, a bootstrap layer) to TARGET, a registry reference or oci:DIR[:TAG], for
+    /// nydusd and nydus-snapshotter. The original layers are copied to TARGET's repository
+    /// unless there already; every layer is indexed as gzip.
+    #[arg(long, value_name = "TARGET")]
+    pub nydus_oci_ref: Option<String>,
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let image = args.image_args.open(&args.image)?;
     let layers = &image.manifest.layers;
 
-    let (inputs, chunk_size) = layer_inputs(&image, args.ignore_toc, args.chunk_size)?;
+    let ignore_toc = args.ignore_toc || args.nydus_oci_ref.is_some();
+    let (inputs, chunk_size) = layer_inputs(&image, ignore_toc, args.chunk_size)?;
     let jobs =
         args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get().min(4)));
     let multi = MultiProgress::with_draw_target(if std::io::stderr().is_terminal() {
@@ -93,16 +100,34 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     for b in &bars {
         b.finish_and_clear();
     }
-    artifact::write_dir(&art, &args.output, args.force)
-        .with_context(|| format!("cannot write the artifact to {}", args.output.display()))?;
+    if let Some(out) = &args.output {
+        artifact::write_dir(&art, out, args.force)
+            .with_context(|| format!("cannot write the artifact to {}", out.display()))?;
+    }
     let elapsed = started.elapsed();
-    let pushed = if args.push {
-        Some(
-            artifact::publish::push(&args.output, &image)
+    let pushed = match (&args.output, args.push) {
+        (Some(out), true) => Some(
+            artifact::publish::push(out, &image)
                 .with_context(|| format!("cannot store the artifact beside {}", image.name))?,
-        )
-    } else {
-        None
+        ),
+        (None, true) => anyhow::bail!("--push stores the artifact directory: give -o DIR"),
+        _ => None,
+    };
+    let nydus = match &args.nydus_oci_ref {
+        Some(target) => {
+            let reference: zran::oci::ImageRef = target.parse()?;
+            let tag = match &reference {
+                zran::oci::ImageRef::Registry(r) => r.tag.clone(),
+                zran::oci::ImageRef::Layout(l) => l.tag.clone(),
+            }
+            .unwrap_or_else(|| "latest".into());
+            let sink = zran::oci::open_target(&reference, &args.image_args.options()?)
+                .with_context(|| format!("cannot open {target}"))?;
+            let pushed = artifact::nydus_ref::push(&image, &art, sink.as_ref(), &tag)
+                .with_context(|| format!("cannot write the Nydus oci-ref image to {target}"))?;
+            Some((target.clone(), pushed))
+        }
+        None => None,
     };
 
     if args.json {
@@ -122,7 +147,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     }
     println!(
         "wrote {}: image.boot {} bytes, blob.meta {} bytes ({:.2}% of {} bytes of layers) in {:.2}s",
-        args.output.display(),
+        args.output.as_ref().map_or_else(|| "nothing".into(), |o| o.display().to_string()),
         art.bootstrap.len(),
         meta_size,
         100.0 * (art.bootstrap.len() as u64 + meta_size) as f64 / image_size.max(1) as f64,
@@ -131,6 +156,15 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     );
     if let Some(d) = pushed {
         println!("pushed {d} beside {} (referrer of {})", image.name, image.manifest.digest);
+    }
+    if let Some((target, p)) = nydus {
+        println!(
+            "nydus oci-ref {target}: manifest {}, {} ref layers ({} bytes), {} original layers copied",
+            p.manifest,
+            p.layers.len(),
+            p.layers.iter().map(|l| l.1).sum::<u64>(),
+            p.copied
+        );
     }
     Ok(())
 }

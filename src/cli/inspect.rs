@@ -50,6 +50,9 @@ struct Report<'a> {
     /// The zran artifact stored beside the image (`zran push`), if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     zran_artifact: Option<String>,
+    /// What a Nydus image's bootstrap says its blobs are ("nydus native (zstd)", "nydus oci-ref").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nydus: Option<String>,
     bytes_fetched: u64,
 }
 
@@ -67,6 +70,12 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
         let (format, toc_offset) = layer_format(&image, d)?;
         layers.push(LayerReport { descriptor: d, format, toc_offset });
     }
+    let nydus = if zran::nydus::is_nydus(&image.manifest) {
+        let (_, bootstrap) = zran::nydus::fetch_bootstrap(&image)?;
+        Some(zran::nydus::describe(&bootstrap))
+    } else {
+        None
+    };
     let zran_artifact = match zran::artifact::publish::find(&image) {
         Ok(found) => found.map(|r| r.digest),
         Err(e) => {
@@ -85,6 +94,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
         compressed_size: image.manifest.layers.iter().map(|l| l.size).sum(),
         layers,
         zran_artifact,
+        nydus,
         bytes_fetched: image.source.bytes_fetched(),
     };
     if args.json {
@@ -109,6 +119,9 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
             serde_json::to_value(l.format)?.as_str().unwrap_or("?"),
             l.descriptor.media_type
         );
+    }
+    if let Some(n) = &report.nydus {
+        println!("format    {n} (its own bootstrap: `zran mount {}` serves it)", args.image);
     }
     if let Some(a) = &report.zran_artifact {
         println!("zran      {a} (artifact stored beside the image: `zran mount {}` serves it)", args.image);

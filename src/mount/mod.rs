@@ -2,12 +2,12 @@
 //! and `stats` and for the snapshotter.
 //!
 //! Owns opening what is mounted (`open`: an artifact directory, an image with an artifact
-//! stored beside it, or an image whose layers are all eStargz), serving it (`serve`: in the
+//! stored beside it, a Nydus image, or an image whose layers are all eStargz), serving it (`serve`: in the
 //! foreground, until unmounted or signalled; `detach`: as a separate process in a new session
 //! that reports readiness on a pipe), the records a serving process keeps under
 //! `CACHE/mounts/` (`record`: pid, source, counters; read back and listed), and the control of
 //! a running mount by its record (`control`: unmount and wait for its process).
-//! Calls `oci`, `artifact`, `rafs`, `blob`, `fuse` (and `tar` to read prefetch lists).
+//! Calls `oci`, `artifact`, `nydus`, `rafs`, `blob`, `fuse` (and `tar` to read prefetch lists).
 
 pub mod control;
 pub mod detach;
@@ -63,6 +63,8 @@ pub enum MountError {
     NotALayer { blob: String, image: String },
     #[error(transparent)]
     Blob(Box<crate::blob::BlobError>),
+    #[error(transparent)]
+    Nydus(Box<crate::nydus::NydusError>),
 
     #[error("cache directory {}", path.display())]
     CacheDir { path: PathBuf, source: std::io::Error },
@@ -114,6 +116,7 @@ boxed_from! {
     crate::artifact::inputs::InputError => Inputs,
     crate::rafs::reader::ReadError => Bootstrap,
     crate::blob::BlobError => Blob,
+    crate::nydus::NydusError => Nydus,
 }
 
 /// Where fetched chunks and mount records are kept by default: /var/lib/zran as root, else

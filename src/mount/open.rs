@@ -1,10 +1,11 @@
 //! What a mount serves, opened from what the user named: an artifact directory (over the image
 //! it was made from, or the same image elsewhere), an image with an artifact stored beside it,
-//! or an image whose layers are all eStargz (its TOCs read into a bootstrap in memory).
+//! a Nydus image (its own bootstrap; native or oci-ref blobs), or an image whose layers are all
+//! eStargz (its TOCs read into a bootstrap in memory).
 
 use super::MountError;
 use crate::artifact::{self, Options, inputs, publish};
-use crate::blob::{BlobInput, BlobSet, MetaInput};
+use crate::blob::{BlobInput, BlobSet, Decoding, MetaInput};
 use crate::oci::{self, Image, ImageRef, OpenOptions};
 use crate::rafs::reader::{Bootstrap, read_bootstrap};
 use std::path::Path;
@@ -42,6 +43,10 @@ pub fn open(
         return from_artifact(dir, opened, image, cache);
     }
     let image = open_image(source, opts)?;
+    // A Nydus image carries its own bootstrap.
+    if crate::nydus::is_nydus(&image.manifest) {
+        return from_nydus(image, cache);
+    }
     // An artifact stored beside the image (`zran push`, `generate --push`) comes first.
     match publish::find(&image) {
         Ok(Some(found)) => {
@@ -77,7 +82,23 @@ pub fn open(
     let bootstrap = read_bootstrap(&art.bootstrap)?;
     let name = image.name.clone();
     let image_size = image.manifest.layers.iter().map(|l| l.size).sum();
-    let blobs = open_blobs(image, &bootstrap, |_| None, cache)?;
+    let blobs = open_blobs(image, &bootstrap, |_| Decoding::Members, cache)?;
+    Ok(Mountable { bootstrap, blobs, name, image_size })
+}
+
+/// Mount a Nydus image from its own bootstrap layer.
+fn from_nydus(image: Image, cache: &Path) -> Result<Mountable, MountError> {
+    let crate::nydus::Opened { bootstrap, blobs } = crate::nydus::open(&image)?;
+    tracing::info!(image = %image.name, kind = %crate::nydus::describe(&bootstrap), "mounting a Nydus image");
+    let name = image.name.clone();
+    let image_size = image.manifest.layers.iter().map(|l| l.size).sum();
+    let inputs = bootstrap
+        .blobs
+        .iter()
+        .zip(blobs)
+        .map(|(spec, (layer, decoding))| BlobInput { layer, spec, decoding })
+        .collect();
+    let blobs = BlobSet::open(inputs, &bootstrap.chunk_table, image.source, cache)?;
     Ok(Mountable { bootstrap, blobs, name, image_size })
 }
 
@@ -101,10 +122,14 @@ fn from_artifact(
     let name = image.name.clone();
     let image_size = image.manifest.layers.iter().map(|l| l.size).sum();
     let meta = |i| {
-        metas.remove(&i).map(MetaInput::Ready).or_else(|| {
-            let m = missing.get(&i)?.clone();
-            Some(MetaInput::Later(Box::new(move |source: &dyn crate::oci::BlobSource| m.fetch(source))))
-        })
+        metas
+            .remove(&i)
+            .map(MetaInput::Ready)
+            .or_else(|| {
+                let m = missing.get(&i)?.clone();
+                Some(MetaInput::Later(Box::new(move |source: &dyn crate::oci::BlobSource| m.fetch(source))))
+            })
+            .map_or(Decoding::Members, Decoding::Zran)
     };
     let blobs = open_blobs(image, &bootstrap, meta, cache)?;
     Ok(Mountable { bootstrap, blobs, name, image_size })
@@ -113,7 +138,7 @@ fn from_artifact(
 fn open_blobs(
     image: Image,
     bootstrap: &Bootstrap,
-    mut meta: impl FnMut(usize) -> Option<MetaInput>,
+    mut decoding: impl FnMut(usize) -> Decoding,
     cache: &Path,
 ) -> Result<BlobSet, MountError> {
     let mut blob_inputs = Vec::new();
@@ -124,7 +149,7 @@ fn open_blobs(
             .iter()
             .position(|l| l.digest.hex() == spec.id)
             .ok_or_else(|| MountError::NotALayer { blob: spec.id.clone(), image: image.name.clone() })?;
-        blob_inputs.push(BlobInput { layer, spec, meta: meta(i) });
+        blob_inputs.push(BlobInput { layer, spec, decoding: decoding(i) });
     }
     Ok(BlobSet::open(blob_inputs, &bootstrap.chunk_table, image.source, cache)?)
 }

@@ -207,6 +207,23 @@ pub struct LayoutSource {
 }
 
 impl LayoutSource {
+    /// A layout to write into: `r.path`, made an empty layout first if it is not one.
+    pub fn create(r: &LayoutRef) -> Result<LayoutSource, OciError> {
+        let marker = r.path.join("oci-layout");
+        if !marker.exists() {
+            let layout = Layout { root: r.path.clone() };
+            layout.write_atomic(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+            layout.write_atomic(&layout.index_path(), br#"{"schemaVersion":2,"manifests":[]}"#)?;
+        }
+        let layout = Layout::open(&r.path)?;
+        Ok(LayoutSource {
+            layout,
+            entry: String::new(),
+            name: format!("oci:{}", r.path.display()),
+            fetched: Arc::default(),
+        })
+    }
+
     pub fn open(r: &LayoutRef) -> Result<LayoutSource, OciError> {
         let layout = Layout::open(&r.path)?;
         let entry = layout.top_level(r)?;
@@ -284,6 +301,34 @@ impl BlobSource for LayoutSource {
         }
         check_digest(&format!("{} blob", self.name), bytes, digest)?;
         self.layout.write_atomic(&path, bytes)
+    }
+
+    fn put_manifest(&self, tag: &str, media_type: &str, manifest: &[u8]) -> Result<Digest, OciError> {
+        let digest = Digest::of(manifest);
+        self.put_blob(&digest, manifest)?;
+        // index.json names it by tag; an entry of the same tag is replaced.
+        let path = self.layout.index_path();
+        let err = |e: String| OciError::NotFound(format!("{}: {e}", path.display()));
+        let raw =
+            std::fs::read(&path).map_err(|e| OciError::Io { path: path.display().to_string(), source: e })?;
+        let mut index: serde_json::Value = serde_json::from_slice(&raw).map_err(|e| err(e.to_string()))?;
+        let manifests = index
+            .get_mut("manifests")
+            .and_then(|m| m.as_array_mut())
+            .ok_or_else(|| err("no manifests array".into()))?;
+        manifests.retain(|m| {
+            m.pointer(&format!("/annotations/{}", REF_NAME.replace('/', "~1"))).and_then(|t| t.as_str())
+                != Some(tag)
+        });
+        manifests.push(serde_json::json!({
+            "mediaType": media_type,
+            "digest": digest.to_string(),
+            "size": manifest.len(),
+            "annotations": { REF_NAME: tag },
+        }));
+        let out = serde_json::to_vec(&index).map_err(|e| err(e.to_string()))?;
+        self.layout.write_atomic(&path, &out)?;
+        Ok(digest)
     }
 
     fn put_referrer(&self, manifest: &[u8], desc: &Referrer, _subject: &Digest) -> Result<(), OciError> {

@@ -28,6 +28,14 @@ pub struct OpenOptions {
 }
 
 /// Resolve a reference to one platform's manifest, in a registry or a layout.
+/// Where images are written: a registry repository, or a layout (made when absent).
+pub fn open_target(reference: &ImageRef, opts: &OpenOptions) -> Result<Box<dyn BlobSource>, OciError> {
+    match reference {
+        ImageRef::Layout(l) => Ok(Box::new(layout::LayoutSource::create(l)?)),
+        ImageRef::Registry(r) => Ok(Box::new(RegistrySource::new(r, &opts.registry)?)),
+    }
+}
+
 pub fn open(reference: &ImageRef, opts: &OpenOptions) -> Result<Image, OciError> {
     let platform = opts.platform.clone().unwrap_or_else(Platform::host);
     match reference {

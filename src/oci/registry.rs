@@ -910,6 +910,12 @@ impl BlobSource for RegistrySource {
         runtime().block_on(self.registry.push_blob(digest, body))
     }
 
+    fn put_manifest(&self, tag: &str, media_type: &str, manifest: &[u8]) -> Result<Digest, OciError> {
+        let body = bytes::Bytes::copy_from_slice(manifest);
+        runtime().block_on(self.registry.push_manifest(tag, media_type, body))?;
+        Ok(Digest::of(manifest))
+    }
+
     fn put_referrer(&self, manifest: &[u8], desc: &Referrer, subject: &Digest) -> Result<(), OciError> {
         let r = &self.registry;
         runtime().block_on(async {

@@ -71,6 +71,12 @@ pub trait BlobSource: Send + Sync {
         Err(OciError::NotFound(format!("{}: cannot store manifest {} here", self.name(), desc.digest)))
     }
 
+    /// Store an image manifest under `tag` (its blobs must be stored first); returns its digest.
+    fn put_manifest(&self, tag: &str, media_type: &str, manifest: &[u8]) -> Result<Digest, OciError> {
+        let _ = (media_type, manifest);
+        Err(OciError::NotFound(format!("{}: cannot store manifest {tag} here", self.name())))
+    }
+
     /// The manifests that name `subject`, as the source lists them (none, by default).
     fn referrers(&self, _subject: &Digest) -> Result<Vec<Referrer>, OciError> {
         Ok(Vec::new())

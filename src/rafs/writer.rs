@@ -623,6 +623,43 @@ pub fn write_with_compression(spec: &BootstrapSpec, compression: u64) -> Result<
     Ok(out)
 }
 
+/// Rewrite entry `index` of the blob table of a written bootstrap as an oci-ref image names its
+/// blob: `features`, the ref layer that holds its blob.meta (digest and size: nydusd fetches
+/// the blob.meta by that digest), and that layer's ToC (sha256 and size of the ToC and its
+/// header). Everything else stays as written.
+pub fn set_ref_blob(
+    boot: &mut [u8],
+    index: usize,
+    features: u32,
+    meta: ([u8; 32], u64),
+    toc: ([u8; 32], u32),
+) -> Result<(), WriteError> {
+    use zerocopy::FromBytes;
+    let ext_at = SUPER_OFFSET + SUPER_SIZE;
+    let ext = boot
+        .get(ext_at..ext_at + SUPER_EXT_SIZE)
+        .and_then(|b| SuperBlockExt::read_from_bytes(b).ok())
+        .ok_or_else(|| WriteError::Image("no extended superblock".into()))?;
+    let count = ext.blob_table_size.get() as usize / BLOB_ENTRY_SIZE;
+    if index >= count {
+        return Err(WriteError::Image(format!("blob {index} of {count}")));
+    }
+    let at = usize::try_from(ext.blob_table_offset.get())
+        .unwrap_or(usize::MAX)
+        .saturating_add(index * BLOB_ENTRY_SIZE);
+    let slot = boot
+        .get_mut(at..at.saturating_add(BLOB_ENTRY_SIZE))
+        .ok_or_else(|| WriteError::Image(format!("blob table entry {index} lies past the end")))?;
+    let mut e = BlobEntry::read_from_bytes(slot).map_err(|_| WriteError::Image("blob entry".into()))?;
+    e.features = features.into();
+    e.blob_meta_digest = meta.0;
+    e.blob_meta_size = meta.1.into();
+    e.blob_toc_digest = toc.0;
+    e.blob_toc_size = toc.1.into();
+    slot.copy_from_slice(e.as_bytes());
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,9 +1,10 @@
 //! Remote layers: which image a layer `Prepare` belongs to (from the labels containerd passes),
 //! whether zran serves that whole image lazily, and the labels a remote layer snapshot keeps.
 //!
-//! The decision is made once per image and remembered for a while: an image is served when a
-//! zran artifact is stored beside it (fetched and opened here, so that a mount later does not
-//! fail on it), or, with `enable_stargz`, when every layer is eStargz with a TOC verified
+//! The decision is made once per image and remembered for a while: an image is served when it
+//! is a Nydus image (native or oci-ref blobs: its bootstrap layer is fetched and checked here),
+//! when a zran artifact is stored beside it (fetched and opened here, so that a mount later does
+//! not fail on it), or, with `enable_stargz`, when every layer is eStargz with a TOC verified
 //! against the manifest. Anything else takes containerd's ordinary path for the whole image.
 
 use crate::artifact::{self, LayerInput, Options, inputs, publish};
@@ -45,10 +46,10 @@ pub struct RemoteImage {
     pub manifest_hex: String,
     /// The layers' digests, in order.
     pub layers: Vec<String>,
-    /// `artifact` or `estargz`.
+    /// `artifact`, `estargz`, `nydus-native`, `nydus-oci-ref` or `nydus` (both kinds).
     pub via: &'static str,
     /// The artifact directory in the cache: the one stored beside the image, or the one made
-    /// from the eStargz TOCs.
+    /// from the eStargz TOCs; empty for a Nydus image (its mount reads its own bootstrap).
     pub dir: PathBuf,
 }
 
@@ -103,13 +104,16 @@ impl RemoteLayer {
 
 /// The labels to add to the snapshot of layer `index` of `image`.
 pub fn remote_labels(image: &RemoteImage, index: usize) -> BTreeMap<String, String> {
-    BTreeMap::from([
+    let mut labels = BTreeMap::from([
         (REMOTE.to_string(), "remote snapshot".to_string()),
         (ZRAN_IMAGE.to_string(), image.reference.clone()),
         (ZRAN_LAYER.to_string(), format!("{index}/{}", image.layers.len())),
         (ZRAN_VIA.to_string(), image.via.to_string()),
-        (ZRAN_ARTIFACT.to_string(), image.dir.to_string_lossy().into_owned()),
-    ])
+    ]);
+    if !image.dir.as_os_str().is_empty() {
+        labels.insert(ZRAN_ARTIFACT.to_string(), image.dir.to_string_lossy().into_owned());
+    }
+    labels
 }
 
 /// The image and layer a layer `Prepare`'s labels name: the CRI labels, else the stargz ones.
@@ -207,6 +211,23 @@ impl Decider {
                 dir,
             }))
         };
+        // A Nydus image carries its own bootstrap: served when it opens (every blob found).
+        if crate::nydus::is_nydus(&image.manifest) {
+            return match crate::nydus::open(&image) {
+                Ok(opened) => {
+                    let kinds: Vec<_> = opened.bootstrap.blobs.iter().map(crate::nydus::blob_kind).collect();
+                    let via = if kinds.iter().all(|k| *k == crate::nydus::BlobKind::Native) {
+                        "nydus-native"
+                    } else if kinds.iter().all(|k| *k == crate::nydus::BlobKind::OciRef) {
+                        "nydus-oci-ref"
+                    } else {
+                        "nydus"
+                    };
+                    remote(via, PathBuf::new())
+                }
+                Err(e) => Decision::Plain(format!("a Nydus image zran cannot serve: {e}")),
+            };
+        }
         match publish::find(&image) {
             Ok(Some(found)) => {
                 return match publish::pull(
