@@ -43,7 +43,7 @@ pub const ANNOTATION_BUILDER_VERSION: &str = "containerd.io/snapshot/nydus-build
 pub enum Compressor {
     /// zstd level 3, one frame per chunk.
     Zstd,
-    /// An LZ4 block per chunk (`LZ4_compress_default`, no size prefix).
+    /// An LZ4 block per chunk, no size prefix (the form `LZ4_compress_default` writes; `lz4_flex`).
     Lz4,
     /// Stored as they are, each at its 4 KiB-aligned uncompressed address, so that the blob is
     /// also an EROFS device.
@@ -78,7 +78,7 @@ impl Engine {
         }
         let packed = match self {
             Engine::Zstd(z) => z.compress(data)?,
-            Engine::Lz4 => lz4::block::compress(data, Some(lz4::block::CompressionMode::DEFAULT), false)?,
+            Engine::Lz4 => lz4_flex::block::compress(data),
             Engine::None => return Ok(None),
         };
         Ok((packed.len() < data.len()).then_some(packed))

@@ -243,9 +243,9 @@ pub fn blob_path(layout: &Path, digest: &str) -> PathBuf {
 
 /// The bootstrap a blob of Nydus's carries in its tail and the size of its ToC with the ToC's
 /// header, found by the tar headers from the end (`image.boot` is the part right before the
-/// ToC; zstd-compressed or raw). Not through `rafs::tail::read_toc`: the ToC of a ref blob
-/// nydus-image 2.2.0 writes has an `image.blob` entry whose offset has wrapped below zero,
-/// which that reader refuses.
+/// ToC; zstd-compressed or raw), walked apart from `rafs::tail::read_toc` so that the two check
+/// each other (a ref blob nydus-image 2.2.0 writes has an `image.blob` ToC entry whose offset
+/// has wrapped below zero).
 pub fn inline_bootstrap(blob: &[u8]) -> (Vec<u8>, usize) {
     use zran::rafs::tail::{HEADER_SIZE, parse_header};
     let header = |end: usize| -> (String, usize) {
