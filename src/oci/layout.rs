@@ -93,6 +93,35 @@ impl Layout {
     ) -> Result<Digest, OciError> {
         let digest = Digest::of(manifest);
         self.add_blob(&digest, manifest)?;
+        self.edit_index(|manifests| {
+            manifests.retain(|m| match tag {
+                Some(t) => {
+                    m.pointer(&format!("/annotations/{}", REF_NAME.replace('/', "~1")))
+                        .and_then(|v| v.as_str())
+                        != Some(t)
+                }
+                None => m.get("digest").and_then(|d| d.as_str()) != Some(digest.to_string().as_str()),
+            });
+            let mut desc = serde_json::json!({
+                "mediaType": media_type,
+                "digest": digest.to_string(),
+                "size": manifest.len(),
+            });
+            if let Some(t) = tag {
+                desc["annotations"] = serde_json::json!({ REF_NAME: t });
+            }
+            manifests.push(desc);
+            Ok(true)
+        })?;
+        Ok(digest)
+    }
+
+    /// Read `index.json`, let `edit` change its `manifests` array, and write it back
+    /// (atomically) when `edit` returns `Ok(true)`. An error of `edit` names the file.
+    fn edit_index(
+        &self,
+        edit: impl FnOnce(&mut Vec<serde_json::Value>) -> Result<bool, String>,
+    ) -> Result<(), OciError> {
         let path = self.index_path();
         let err = |e: String| OciError::NotFound(format!("{}: {e}", path.display()));
         let raw =
@@ -102,25 +131,11 @@ impl Layout {
             .get_mut("manifests")
             .and_then(|m| m.as_array_mut())
             .ok_or_else(|| err("no manifests array".into()))?;
-        manifests.retain(|m| match tag {
-            Some(t) => {
-                m.pointer(&format!("/annotations/{}", REF_NAME.replace('/', "~1"))).and_then(|v| v.as_str())
-                    != Some(t)
-            }
-            None => m.get("digest").and_then(|d| d.as_str()) != Some(digest.to_string().as_str()),
-        });
-        let mut desc = serde_json::json!({
-            "mediaType": media_type,
-            "digest": digest.to_string(),
-            "size": manifest.len(),
-        });
-        if let Some(t) = tag {
-            desc["annotations"] = serde_json::json!({ REF_NAME: t });
+        if !edit(manifests).map_err(err)? {
+            return Ok(());
         }
-        manifests.push(desc);
         let out = serde_json::to_vec(&index).map_err(|e| err(e.to_string()))?;
-        self.write_atomic(&path, &out)?;
-        Ok(digest)
+        self.write_atomic(&path, &out)
     }
 
     fn index_path(&self) -> PathBuf {
@@ -307,27 +322,19 @@ impl BlobSource for LayoutSource {
         let digest = Digest::of(manifest);
         self.put_blob(&digest, manifest)?;
         // index.json names it by tag; an entry of the same tag is replaced.
-        let path = self.layout.index_path();
-        let err = |e: String| OciError::NotFound(format!("{}: {e}", path.display()));
-        let raw =
-            std::fs::read(&path).map_err(|e| OciError::Io { path: path.display().to_string(), source: e })?;
-        let mut index: serde_json::Value = serde_json::from_slice(&raw).map_err(|e| err(e.to_string()))?;
-        let manifests = index
-            .get_mut("manifests")
-            .and_then(|m| m.as_array_mut())
-            .ok_or_else(|| err("no manifests array".into()))?;
-        manifests.retain(|m| {
-            m.pointer(&format!("/annotations/{}", REF_NAME.replace('/', "~1"))).and_then(|t| t.as_str())
-                != Some(tag)
-        });
-        manifests.push(serde_json::json!({
-            "mediaType": media_type,
-            "digest": digest.to_string(),
-            "size": manifest.len(),
-            "annotations": { REF_NAME: tag },
-        }));
-        let out = serde_json::to_vec(&index).map_err(|e| err(e.to_string()))?;
-        self.layout.write_atomic(&path, &out)?;
+        self.layout.edit_index(|manifests| {
+            manifests.retain(|m| {
+                m.pointer(&format!("/annotations/{}", REF_NAME.replace('/', "~1"))).and_then(|t| t.as_str())
+                    != Some(tag)
+            });
+            manifests.push(serde_json::json!({
+                "mediaType": media_type,
+                "digest": digest.to_string(),
+                "size": manifest.len(),
+                "annotations": { REF_NAME: tag },
+            }));
+            Ok(true)
+        })?;
         Ok(digest)
     }
 
@@ -338,21 +345,16 @@ impl BlobSource for LayoutSource {
             .map_err(|_| OciError::NotFound(format!("{}: bad digest {:?}", self.name, desc.digest)))?;
         self.put_blob(&digest, manifest)?;
         // A layout lists referrers in index.json, untagged; readers find them by their subject.
-        let path = self.layout.index_path();
-        let err = |e: String| OciError::NotFound(format!("{}: {e}", path.display()));
-        let raw =
-            std::fs::read(&path).map_err(|e| OciError::Io { path: path.display().to_string(), source: e })?;
-        let mut index: serde_json::Value = serde_json::from_slice(&raw).map_err(|e| err(e.to_string()))?;
-        let manifests = index
-            .get_mut("manifests")
-            .and_then(|m| m.as_array_mut())
-            .ok_or_else(|| err("no manifests array".into()))?;
-        if manifests.iter().any(|m| m.get("digest").and_then(|d| d.as_str()) == Some(desc.digest.as_str())) {
-            return Ok(());
-        }
-        manifests.push(serde_json::to_value(desc).map_err(|e| err(e.to_string()))?);
-        let out = serde_json::to_vec(&index).map_err(|e| err(e.to_string()))?;
-        self.layout.write_atomic(&path, &out)
+        self.layout.edit_index(|manifests| {
+            if manifests
+                .iter()
+                .any(|m| m.get("digest").and_then(|d| d.as_str()) == Some(desc.digest.as_str()))
+            {
+                return Ok(false);
+            }
+            manifests.push(serde_json::to_value(desc).map_err(|e| e.to_string())?);
+            Ok(true)
+        })
     }
 
     fn referrers(&self, subject: &Digest) -> Result<Vec<Referrer>, OciError> {
