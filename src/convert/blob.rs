@@ -6,7 +6,7 @@
 //! temporary name, hashed as it is written, and renamed to its digest once whole.
 
 use super::pass::{Pass, Stored};
-use super::{ConvertError, LayerBlob, Options, Placed, ZSTD_LEVEL};
+use super::{ConvertError, Hashing, LayerBlob, Options, Placed, ZSTD_LEVEL};
 use crate::oci::{Descriptor, Digest};
 use crate::rafs::format::digester;
 use crate::rafs::meta::format::{ChunkInfoV1, HEADER_SIZE, Header, MAGIC, compressor, features};
@@ -43,24 +43,6 @@ pub struct Done {
     /// Its blob.meta as nydusd caches it (`image/<hex>.blob.meta` of the bootstrap layer):
     /// chunk infos, zeros to 4 KiB, header. Empty for a blob without chunks.
     pub cache_meta: Vec<u8>,
-}
-
-/// Writes through, hashing what passes.
-struct Hashing<W> {
-    inner: W,
-    hasher: Sha256,
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 fn toc_flag(algorithm: u32) -> u32 {

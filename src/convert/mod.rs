@@ -124,6 +124,26 @@ impl Compressor {
 /// zstd's level, as Nydus compresses chunks and metadata.
 pub const ZSTD_LEVEL: i32 = 3;
 
+/// Writes through, hashing what passes (a blob as it is written, the bootstrap layer's tar
+/// and gzip).
+struct Hashing<W> {
+    inner: W,
+    hasher: sha2::Sha256,
+}
+
+impl<W: std::io::Write> std::io::Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use sha2::Digest as _;
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// What to convert to.
 #[derive(Debug, Clone)]
 pub struct Options {

@@ -5,38 +5,21 @@
 
 use super::{
     ANNOTATION_BLOB, ANNOTATION_BOOTSTRAP, ANNOTATION_BUILDER_VERSION, ANNOTATION_FS_VERSION,
-    ANNOTATION_SOURCE_DIGEST, ANNOTATION_SOURCE_REFERENCE, ConvertError, Converted, LayerBlob, NYDUS_BLOB,
+    ANNOTATION_SOURCE_DIGEST, ANNOTATION_SOURCE_REFERENCE, ConvertError, Converted, Hashing, LayerBlob,
+    NYDUS_BLOB,
 };
 use crate::oci::image::{DOCKER_MANIFEST, OCI_MANIFEST};
 use crate::oci::layout::Layout;
 use crate::oci::{Digest, Image, ImageRef, RegistryOptions, RegistrySource};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
-use std::io::{BufWriter, Write};
+use std::io::BufWriter;
 use std::path::Path;
 
 /// The largest source config read.
 const MAX_CONFIG: u64 = 16 << 20;
 const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
-
-/// Writes through, hashing what passes.
-struct Hashing<W> {
-    inner: W,
-    hasher: Sha256,
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
 
 /// The bootstrap layer, written to `work`; returns it and its diff id (sha256 of the tar).
 pub fn bootstrap_layer(
