@@ -8,6 +8,7 @@
 //! - [`layer`]: one streaming pass over a layer blob: index and entries together.
 //! - [`tree`]: the merge of layers into one filesystem tree.
 //! - [`rafs`]: the RAFS v6 bootstrap and blob.meta formats (Nydus-compatible).
+//! - [`parallel`]: layers worked on in parallel, in order, stopping at the first error.
 //! - [`artifact`]: `generate`'s output: image -> layers -> tree -> bootstrap, and its directory.
 //! - [`blob`]: chunks of layer blobs fetched by range, verified and cached, for reads.
 //! - [`nydus`]: Nydus images (native and oci-ref): their bootstrap layer and how each blob
@@ -27,6 +28,7 @@ pub mod layer;
 pub mod mount;
 pub mod nydus;
 pub mod oci;
+pub mod parallel;
 pub mod rafs;
 pub mod snapshotter;
 pub mod tar;

@@ -4,7 +4,7 @@
 //!
 //! Owns the pipeline image -> layers -> tree -> bootstrap, and the directory it is written to
 //! (atomically: a half-written artifact never sits where a later run would trust it). Calls
-//! `oci`, `estargz`, `layer`, `tree` and `rafs`.
+//! `oci`, `estargz`, `layer`, `tree`, `rafs` and `parallel`.
 
 pub mod inputs;
 pub mod nydus_ref;
@@ -21,7 +21,6 @@ use crate::tree::{Extent, InodeId, Tree};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 /// File names inside an artifact directory.
 pub const BOOTSTRAP: &str = "image.boot";
@@ -483,59 +482,22 @@ pub fn generate(
         });
     }
     // Gzip layers are indexed in parallel, each in one streaming pass.
-    let results: Mutex<Vec<Option<Result<LayerOut, ArtifactError>>>> =
-        Mutex::new((0..layers.len()).map(|_| None).collect());
-    let next = Mutex::new(0usize);
-    std::thread::scope(|s| {
-        for _ in 0..opts.jobs.max(1).min(layers.len().max(1)) {
-            s.spawn(|| {
-                loop {
-                    let i = {
-                        let Ok(mut n) = next.lock() else { return };
-                        let i = *n;
-                        *n += 1;
-                        i
-                    };
-                    let Some(d) = layers.get(i) else { return };
-                    let out = match &inputs[i] {
-                        LayerInput::Gzip => gzip_layer(image, i, d, opts, &|n| progress(i, n)),
-                        LayerInput::Estargz(toc) => {
-                            let r = estargz_layer(i, d, toc);
-                            progress(i, d.size);
-                            r
-                        }
-                    };
-                    let failed = out.is_err();
-                    if let Ok(mut r) = results.lock() {
-                        r[i] = Some(out);
-                    }
-                    if failed {
-                        // Stop handing out layers: the first error is what the user sees.
-                        if let Ok(mut n) = next.lock() {
-                            *n = layers.len();
-                        }
-                        return;
-                    }
+    let mut outs: Vec<LayerOut> = crate::parallel::each_layer(
+        layers.len(),
+        opts.jobs,
+        |i| {
+            let d = &layers[i];
+            match &inputs[i] {
+                LayerInput::Gzip => gzip_layer(image, i, d, opts, &|n| progress(i, n)),
+                LayerInput::Estargz(toc) => {
+                    let r = estargz_layer(i, d, toc);
+                    progress(i, d.size);
+                    r
                 }
-            });
-        }
-    });
-    let results = results.into_inner().map_err(|_| ArtifactError::Meta {
-        layer: image.name.clone(),
-        message: "a layer worker failed".into(),
-    })?;
-    let mut outs = Vec::with_capacity(layers.len());
-    for r in results {
-        match r {
-            Some(r) => outs.push(r?),
-            None => {
-                return Err(ArtifactError::Meta {
-                    layer: image.name.clone(),
-                    message: "a layer was not processed".into(),
-                });
             }
-        }
-    }
+        },
+        |m| ArtifactError::Meta { layer: image.name.clone(), message: m.into() },
+    )?;
 
     // Merge the layers, then give each file its chunks.
     let mut tree = Tree::new();

@@ -4,8 +4,8 @@
 //! Owns the conversion: per source layer a Nydus data blob (the layer's chunks compressed one
 //! by one, then Nydus's tail: `image.blob` header, blob.meta, chunk digests, the layer's own
 //! bootstrap, the ToC), a merged bootstrap layer last, config and manifest. May call `oci`
-//! (the image read, the target written), `gzip` (inflate), `tar` (entries), `tree` (the merge)
-//! and `rafs` (bootstraps, blob.meta, the tail).
+//! (the image read, the target written), `gzip` (inflate), `tar` (entries), `tree` (the merge),
+//! `rafs` (bootstraps, blob.meta, the tail) and `parallel` (the passes' threads).
 //!
 //! Layers are read in parallel, each in one streaming pass (`pass`), into a data file of its
 //! distinct chunks in a work directory. Chunks are then deduplicated *across* layers, in layer
@@ -26,7 +26,6 @@ use crate::rafs::writer::{self, BlobSpec, BootstrapSpec, ChunkSpec, WriteError};
 use crate::tree::{Extent, InodeId, Tree, TreeError};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 /// Media type of a Nydus data blob layer.
 pub const NYDUS_BLOB: &str = "application/vnd.oci.image.layer.nydus.blob.v1";
@@ -261,51 +260,22 @@ pub fn convert(
     let work = WorkDir::new(&opts.work_parent)?;
 
     // One pass per layer, in parallel.
-    let results: Mutex<Vec<Option<Result<pass::Pass, ConvertError>>>> =
-        Mutex::new((0..layers.len()).map(|_| None).collect());
-    let next = Mutex::new(0usize);
-    std::thread::scope(|s| {
-        for _ in 0..opts.jobs.max(1).min(layers.len()) {
-            s.spawn(|| {
-                loop {
-                    let i = {
-                        let Ok(mut n) = next.lock() else { return };
-                        let i = *n;
-                        *n += 1;
-                        i
-                    };
-                    let Some(d) = layers.get(i) else { return };
-                    let out = pass::run(
-                        image.source.as_ref(),
-                        i,
-                        d,
-                        opts.compressor,
-                        opts.chunk_size,
-                        &work.path,
-                        &|n| progress(i, n),
-                    );
-                    let failed = out.is_err();
-                    if let Ok(mut r) = results.lock() {
-                        r[i] = Some(out);
-                    }
-                    if failed {
-                        if let Ok(mut n) = next.lock() {
-                            *n = layers.len();
-                        }
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    let results = results.into_inner().map_err(|_| ConvertError::Invalid("a layer worker failed".into()))?;
-    let mut passes: Vec<pass::Pass> = Vec::with_capacity(layers.len());
-    for r in results {
-        match r {
-            Some(r) => passes.push(r?),
-            None => return Err(ConvertError::Invalid("a layer was not converted".into())),
-        }
-    }
+    let mut passes: Vec<pass::Pass> = crate::parallel::each_layer(
+        layers.len(),
+        opts.jobs,
+        |i| {
+            pass::run(
+                image.source.as_ref(),
+                i,
+                &layers[i],
+                opts.compressor,
+                opts.chunk_size,
+                &work.path,
+                &|n| progress(i, n),
+            )
+        },
+        |m| ConvertError::Invalid(m.into()),
+    )?;
 
     // Entries without eStargz's own files.
     let entries: Vec<Vec<crate::tar::Entry>> = passes
