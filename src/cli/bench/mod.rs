@@ -24,7 +24,7 @@ use report::{ModeReport, Report};
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Child;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -167,21 +167,8 @@ fn registry_answers(addr: &str) -> bool {
 }
 
 fn wait_registry(addr: &str, child: &mut Child, what: &str, log: &Path) -> anyhow::Result<()> {
-    let end = Instant::now() + Duration::from_secs(30);
-    while !registry_answers(addr) {
-        sys::check()?;
-        if let Ok(Some(s)) = child.try_wait() {
-            bail!(
-                "{what} exited ({s}): {}",
-                sys::last_lines(&std::fs::read_to_string(log).unwrap_or_default(), 5)
-            );
-        }
-        if Instant::now() > end {
-            bail!("{what} did not answer on {addr} in 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(())
+    let limits = (Duration::from_secs(30), Duration::from_millis(100));
+    sys::wait_ready(child, what, log, &format!("answer on {addr}"), limits, || registry_answers(addr))
 }
 
 fn progress() -> ProgressBar {

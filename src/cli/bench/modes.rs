@@ -422,21 +422,8 @@ pub fn teardown(dir: &Path) {
 
 /// Wait until `sock` exists (its daemon still running).
 fn wait_socket(sock: &Path, child: &mut Child, what: &str, log: &Path) -> anyhow::Result<()> {
-    let end = Instant::now() + Duration::from_secs(30);
-    while !sock.exists() {
-        sys::check()?;
-        if let Ok(Some(s)) = child.try_wait() {
-            bail!(
-                "{what} exited ({s}): {}",
-                sys::last_lines(&std::fs::read_to_string(log).unwrap_or_default(), 5)
-            );
-        }
-        if Instant::now() > end {
-            bail!("{what} did not listen on {} in 30 s", sock.display());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
+    let limits = (Duration::from_secs(30), Duration::from_millis(50));
+    sys::wait_ready(child, what, log, &format!("listen on {}", sock.display()), limits, || sock.exists())
 }
 
 /// Counters of zran's serving processes whose records are under `cache`, summed.
@@ -611,21 +598,10 @@ fn chroot_run(env: &Env, root: &Path) -> anyhow::Result<String> {
 }
 
 fn wait_mounted(mnt: &Path, child: &mut Child, what: &str, log: &Path) -> anyhow::Result<()> {
-    let end = Instant::now() + Duration::from_secs(60);
-    while !sys::mounts_under(mnt).iter().any(|m| Path::new(m) == mnt) {
-        sys::check()?;
-        if let Ok(Some(s)) = child.try_wait() {
-            bail!(
-                "{what} exited ({s}): {}",
-                sys::last_lines(&std::fs::read_to_string(log).unwrap_or_default(), 5)
-            );
-        }
-        if Instant::now() > end {
-            bail!("{what} did not mount {} in 60 s", mnt.display());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
+    let limits = (Duration::from_secs(60), Duration::from_millis(20));
+    sys::wait_ready(child, what, log, &format!("mount {}", mnt.display()), limits, || {
+        sys::mounts_under(mnt).iter().any(|m| Path::new(m) == mnt)
+    })
 }
 
 fn start_chroot(env: &Env, mode: Mode, tag: &str, dir: &Path) -> anyhow::Result<Sample> {

@@ -38,6 +38,34 @@ pub fn check() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Poll `ready` every `poll` until it holds. Fails on a signal, when `child` (`what`, writing
+/// to `log`) exits first (with the log's last lines), or after `limit` ("`what` did not `goal`
+/// in N s").
+pub fn wait_ready(
+    child: &mut Child,
+    what: &str,
+    log: &Path,
+    goal: &str,
+    (limit, poll): (Duration, Duration),
+    mut ready: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
+    let end = Instant::now() + limit;
+    while !ready() {
+        check()?;
+        if let Ok(Some(s)) = child.try_wait() {
+            bail!(
+                "{what} exited ({s}): {}",
+                last_lines(&std::fs::read_to_string(log).unwrap_or_default(), 5)
+            );
+        }
+        if Instant::now() > end {
+            bail!("{what} did not {goal} in {} s", limit.as_secs());
+        }
+        std::thread::sleep(poll);
+    }
+    Ok(())
+}
+
 /// Sleep, waking early on a signal.
 pub fn sleep(d: Duration) -> anyhow::Result<()> {
     let end = Instant::now() + d;
