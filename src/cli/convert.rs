@@ -4,8 +4,6 @@
 use super::image::ImageArgs;
 use anyhow::Context;
 use clap::Args;
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget};
-use std::io::IsTerminal;
 use zran::convert::{self, Compressor, Options};
 use zran::oci::ImageRef;
 
@@ -74,29 +72,14 @@ fn convert_and_publish(
     work_parent: std::path::PathBuf,
 ) -> anyhow::Result<()> {
     let layers = &image.manifest.layers;
-    let multi = MultiProgress::with_draw_target(if std::io::stderr().is_terminal() {
-        ProgressDrawTarget::stderr()
-    } else {
-        ProgressDrawTarget::hidden()
-    });
-    let bars: Vec<ProgressBar> = layers
-        .iter()
-        .enumerate()
-        .map(|(i, d)| multi.add(super::util::byte_progress(Some(d.size), &format!("layer {i}"))))
-        .collect();
+    let bars = super::util::LayerBars::new(layers);
     let durable = matches!(target, ImageRef::Layout(_));
     let opts =
         Options { compressor: args.compressor, chunk_size, jobs: args.jobs.max(1), work_parent, durable };
     let started = std::time::Instant::now();
-    let converted = convert::convert(image, &opts, &|i, n| {
-        if let Some(b) = bars.get(i) {
-            b.set_position(n);
-        }
-    })
-    .with_context(|| format!("cannot convert {}", image.name))?;
-    for b in &bars {
-        b.finish_and_clear();
-    }
+    let converted = convert::convert(image, &opts, &|i, n| bars.set(i, n))
+        .with_context(|| format!("cannot convert {}", image.name))?;
+    bars.finish();
     let converted_in = started.elapsed();
     let registry = args.image_args.options()?.registry;
     let digest = convert::output::publish(&converted, target, &registry)

@@ -4,8 +4,6 @@
 use super::image::ImageArgs;
 use anyhow::Context;
 use clap::Args;
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget};
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use zran::artifact::inputs::layer_inputs;
 use zran::artifact::{self, Options};
@@ -63,22 +61,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let (inputs, chunk_size) = layer_inputs(&image, ignore_toc, args.chunk_size)?;
     let jobs =
         args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get().min(4)));
-    let multi = MultiProgress::with_draw_target(if std::io::stderr().is_terminal() {
-        ProgressDrawTarget::stderr()
-    } else {
-        ProgressDrawTarget::hidden()
-    });
-    let bars: Vec<ProgressBar> = layers
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            let bar = multi.add(super::util::byte_progress(Some(d.size), &format!("layer {i}")));
-            if !std::io::stderr().is_terminal() {
-                bar.set_draw_target(ProgressDrawTarget::hidden());
-            }
-            bar
-        })
-        .collect();
+    let bars = super::util::LayerBars::new(layers);
     let prefetch = match &args.prefetch_files {
         Some(p) => std::fs::read(p)
             .with_context(|| format!("cannot read {}", p.display()))?
@@ -91,15 +74,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     };
     let opts = Options { chunk_size, span: args.span, jobs, prefetch };
     let started = std::time::Instant::now();
-    let art = artifact::generate(&image, &inputs, &opts, &|i, n| {
-        if let Some(b) = bars.get(i) {
-            b.set_position(n);
-        }
-    })
-    .with_context(|| format!("cannot generate the artifact of {}", image.name))?;
-    for b in &bars {
-        b.finish_and_clear();
-    }
+    let art = artifact::generate(&image, &inputs, &opts, &|i, n| bars.set(i, n))
+        .with_context(|| format!("cannot generate the artifact of {}", image.name))?;
+    bars.finish();
     if let Some(out) = &args.output {
         artifact::write_dir(&art, out, args.force)
             .with_context(|| format!("cannot write the artifact to {}", out.display()))?;

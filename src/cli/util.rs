@@ -1,6 +1,6 @@
 //! Small helpers shared by commands: byte-size arguments and progress bars.
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 
 /// Parse a byte count: `1048576`, `512K`, `1M`, `2MiB`, `1G` (binary multiples).
@@ -42,6 +42,42 @@ pub fn byte_progress(len: Option<u64>, what: &str) -> ProgressBar {
     }
     bar.set_message(what.to_string());
     bar
+}
+
+/// One byte progress bar per layer (its compressed size), drawn together on stderr when it is
+/// a terminal, hidden otherwise.
+pub struct LayerBars {
+    _multi: MultiProgress,
+    bars: Vec<ProgressBar>,
+}
+
+impl LayerBars {
+    pub fn new(layers: &[zran::oci::Descriptor]) -> LayerBars {
+        let multi = MultiProgress::with_draw_target(if std::io::stderr().is_terminal() {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        });
+        let bars = layers
+            .iter()
+            .enumerate()
+            .map(|(i, d)| multi.add(byte_progress(Some(d.size), &format!("layer {i}"))))
+            .collect();
+        LayerBars { _multi: multi, bars }
+    }
+
+    /// Layer `i` has read `n` bytes.
+    pub fn set(&self, i: usize, n: u64) {
+        if let Some(b) = self.bars.get(i) {
+            b.set_position(n);
+        }
+    }
+
+    pub fn finish(&self) {
+        for b in &self.bars {
+            b.finish_and_clear();
+        }
+    }
 }
 
 #[cfg(test)]
