@@ -404,14 +404,14 @@ impl Registry {
         }
     }
 
-    /// Upload a blob unless the repository has it: `POST` an upload, then one `PUT` of the
-    /// whole body with its digest (the distribution spec's monolithic upload).
-    async fn push_blob(&self, digest: &Digest, body: bytes::Bytes) -> Result<(), OciError> {
-        let url = self.origin_url("blobs", &digest.to_string());
-        let head = self.send_body(Method::HEAD, &url, HeaderMap::new(), true, None).await?;
-        if head.status().is_success() {
-            return Ok(());
-        }
+    /// Whether the repository has the blob at `url` (a `HEAD` that succeeds).
+    async fn has_blob(&self, url: &str) -> Result<bool, OciError> {
+        let head = self.send_body(Method::HEAD, url, HeaderMap::new(), true, None).await?;
+        Ok(head.status().is_success())
+    }
+
+    /// `POST` an upload of `digest`; returns the URL to `PUT` it whole to, digest included.
+    async fn start_upload(&self, digest: &Digest) -> Result<reqwest::Url, OciError> {
         let start = self.origin_url("blobs", "uploads/");
         let resp = self.send_body(Method::POST, &start, HeaderMap::new(), true, None).await?;
         if resp.status() != StatusCode::ACCEPTED {
@@ -419,6 +419,17 @@ impl Registry {
         }
         let mut put = location(&resp, "upload started")?;
         put.query_pairs_mut().append_pair("digest", &digest.to_string());
+        Ok(put)
+    }
+
+    /// Upload a blob unless the repository has it: `POST` an upload, then one `PUT` of the
+    /// whole body with its digest (the distribution spec's monolithic upload).
+    async fn push_blob(&self, digest: &Digest, body: bytes::Bytes) -> Result<(), OciError> {
+        let url = self.origin_url("blobs", &digest.to_string());
+        if self.has_blob(&url).await? {
+            return Ok(());
+        }
+        let put = self.start_upload(digest).await?;
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
         let resp = self.send_body(Method::PUT, put.as_str(), headers, true, Some(body)).await?;
@@ -432,21 +443,14 @@ impl Registry {
     /// memory): `POST` an upload, then one `PUT` whose body is read from the file as it goes.
     async fn push_blob_file(&self, digest: &Digest, path: &std::path::Path) -> Result<(), OciError> {
         let url = self.origin_url("blobs", &digest.to_string());
-        let head = self.send_body(Method::HEAD, &url, HeaderMap::new(), true, None).await?;
-        if head.status().is_success() {
+        if self.has_blob(&url).await? {
             return Ok(());
         }
         let io = |e: std::io::Error| OciError::Io { path: path.display().to_string(), source: e };
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let start = self.origin_url("blobs", "uploads/");
-            let resp = self.send_body(Method::POST, &start, HeaderMap::new(), true, None).await?;
-            if resp.status() != StatusCode::ACCEPTED {
-                return Err(self.push_error(&start, resp).await);
-            }
-            let mut put = location(&resp, "upload started")?;
-            put.query_pairs_mut().append_pair("digest", &digest.to_string());
+            let put = self.start_upload(digest).await?;
             let file = tokio::fs::File::open(path).await.map_err(io)?;
             let len = file.metadata().await.map_err(io)?.len();
             let stream = futures_util::stream::unfold(file, |mut f| async move {
