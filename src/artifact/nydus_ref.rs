@@ -21,7 +21,7 @@ use crate::oci::{BlobSource, Digest, Image};
 use crate::rafs::format::blob_features as bf;
 use crate::rafs::meta::format::HEADER_SIZE;
 use crate::rafs::reader::read_bootstrap;
-use crate::rafs::tail::{self, TailWriter};
+use crate::rafs::tail::{self, TailWriter, TocEntry};
 use crate::rafs::writer::set_ref_blob;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
@@ -94,42 +94,42 @@ pub fn ref_blob(meta: &[u8], digests: &[[u8; 32]], bootstrap: &[u8]) -> Result<R
     w.get_mut().write_all(meta).map_err(io)?;
     w.advance(meta.len() as u64);
     w.header(tail::BLOB_META, meta.len() as u64).map_err(io)?;
-    w.toc(
+    w.toc(TocEntry::new(
         tail::BLOB_META,
         ci_flags,
         Sha256::digest(&ci_plain).into(),
         0,
         ci_len as u64,
         ci_plain.len() as u64,
-    );
-    w.toc(
+    ));
+    w.toc(TocEntry::new(
         tail::BLOB_META_HEADER,
         tail::TOC_NONE,
         Sha256::digest(header).into(),
         ci_len as u64,
         HEADER_SIZE as u64,
         HEADER_SIZE as u64,
-    );
+    ));
     let table: Vec<u8> = digests.iter().flatten().copied().collect();
     let at = w.entry(tail::BLOB_DIGEST, &table).map_err(io)?;
-    w.toc(
+    w.toc(TocEntry::new(
         tail::BLOB_DIGEST,
         tail::TOC_NONE,
         Sha256::digest(&table).into(),
         at,
         table.len() as u64,
         table.len() as u64,
-    );
+    ));
     let boot_z = zstd::bulk::compress(bootstrap, 3).map_err(io)?;
     let at = w.entry(tail::IMAGE_BOOT, &boot_z).map_err(io)?;
-    w.toc(
+    w.toc(TocEntry::new(
         tail::IMAGE_BOOT,
         tail::TOC_ZSTD,
         Sha256::digest(bootstrap).into(),
         at,
         boot_z.len() as u64,
         bootstrap.len() as u64,
-    );
+    ));
     let done = w.finish().map_err(io)?;
     Ok(RefBlob { bytes: done.writer, toc_digest: done.toc_digest, toc_size: done.toc_size })
 }

@@ -10,7 +10,7 @@ use super::{ConvertError, Hashing, LayerBlob, Options, Placed, ZSTD_LEVEL};
 use crate::oci::{Descriptor, Digest};
 use crate::rafs::format::digester;
 use crate::rafs::meta::format::{ChunkInfoV1, HEADER_SIZE, Header, MAGIC, compressor, features};
-use crate::rafs::tail::{self, TailWriter};
+use crate::rafs::tail::{self, TailWriter, TocEntry};
 use crate::rafs::writer::{BlobSpec, PLACEHOLDER_BLOB_ID};
 use sha2::{Digest as _, Sha256};
 use std::io::{BufWriter, Write};
@@ -131,7 +131,7 @@ fn write_tail(
     let mut tw = TailWriter::new(w, data_size);
     tw.header(tail::IMAGE_BLOB, data_size).map_err(io)?;
     let blob_digest: [u8; 32] = tw.get_mut().hasher.clone().finalize().into();
-    tw.toc(tail::IMAGE_BLOB, tail::TOC_NONE, blob_digest, 0, data_size, uncompressed_size);
+    tw.toc(TocEntry::new(tail::IMAGE_BLOB, tail::TOC_NONE, blob_digest, 0, data_size, uncompressed_size));
 
     let mut own = BlobSpec {
         id: PLACEHOLDER_BLOB_ID.to_string(),
@@ -176,26 +176,26 @@ fn write_tail(
         tw.get_mut().write_all(h.as_bytes()).map_err(io)?;
         tw.advance(HEADER_SIZE as u64);
         tw.header(tail::BLOB_META, ci_data.len() as u64 + HEADER_SIZE as u64).map_err(io)?;
-        tw.toc(
+        tw.toc(TocEntry::new(
             tail::BLOB_META,
             toc_flag(ci_compressor),
             Sha256::digest(&ci).into(),
             ci_offset,
             ci_data.len() as u64,
             ci.len() as u64,
-        );
-        tw.toc(
+        ));
+        tw.toc(TocEntry::new(
             tail::BLOB_META_HEADER,
             tail::TOC_NONE,
             Sha256::digest(h.as_bytes()).into(),
             ci_offset + ci_data.len() as u64,
             HEADER_SIZE as u64,
             HEADER_SIZE as u64,
-        );
+        ));
         let digests: Vec<u8> = chunks.iter().flat_map(|c| c.stored.digest).collect();
         let at = tw.entry(tail::BLOB_DIGEST, &digests).map_err(io)?;
         let n = digests.len() as u64;
-        tw.toc(tail::BLOB_DIGEST, tail::TOC_NONE, Sha256::digest(&digests).into(), at, n, n);
+        tw.toc(TocEntry::new(tail::BLOB_DIGEST, tail::TOC_NONE, Sha256::digest(&digests).into(), at, n, n));
 
         own.features |= features::INLINED_CHUNK_DIGEST;
         own.ci_compressor = ci_compressor;
@@ -216,14 +216,14 @@ fn write_tail(
         (&bootstrap[..], tail::TOC_NONE)
     };
     let at = tw.entry(tail::IMAGE_BOOT, data).map_err(io)?;
-    tw.toc(
+    tw.toc(TocEntry::new(
         tail::IMAGE_BOOT,
         flag,
         Sha256::digest(&bootstrap).into(),
         at,
         data.len() as u64,
         bootstrap.len() as u64,
-    );
+    ));
     let fin = tw.finish().map_err(io)?;
     let Hashing { inner, hasher } = fin.writer;
     let f = inner.into_inner().map_err(|e| io(e.into_error()))?;

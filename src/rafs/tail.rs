@@ -205,23 +205,8 @@ impl<W: Write> TailWriter<W> {
     }
 
     /// A ToC record (written by [`finish`](Self::finish), in the order given).
-    pub fn toc(
-        &mut self,
-        name: &str,
-        flags: u32,
-        uncompressed_digest: [u8; 32],
-        compressed_offset: u64,
-        compressed_size: u64,
-        uncompressed_size: u64,
-    ) {
-        self.entries.push(TocEntry::new(
-            name,
-            flags,
-            uncompressed_digest,
-            compressed_offset,
-            compressed_size,
-            uncompressed_size,
-        ));
+    pub fn toc(&mut self, entry: TocEntry) {
+        self.entries.push(entry);
     }
 
     /// Writes the ToC and its `rafs.blob.toc` header.
@@ -345,9 +330,9 @@ mod tests {
         w.header(IMAGE_BLOB, 1000).unwrap();
         let at = w.entry(BLOB_DIGEST, &[1u8; 64]).unwrap();
         assert_eq!(at, 1512);
-        w.toc(IMAGE_BLOB, TOC_NONE, [2; 32], 0, 1512, 1000);
-        w.toc(BLOB_DIGEST, TOC_NONE, [3; 32], at, 64, 64);
-        w.toc(BLOB_META_HEADER, TOC_NONE, [4; 32], 0, 4, 4);
+        w.toc(TocEntry::new(IMAGE_BLOB, TOC_NONE, [2; 32], 0, 1512, 1000));
+        w.toc(TocEntry::new(BLOB_DIGEST, TOC_NONE, [3; 32], at, 64, 64));
+        w.toc(TocEntry::new(BLOB_META_HEADER, TOC_NONE, [4; 32], 0, 4, 4));
         let f = w.finish().unwrap();
         assert_eq!(f.size, f.writer.len() as u64);
         assert_eq!(f.toc_size, 3 * 128 + 512);
@@ -373,7 +358,7 @@ mod tests {
         blob.extend_from_slice(&tar_header("other", 128));
         assert!(read_toc(&blob, blob.len() as u64).unwrap_err().message.contains("other"));
         let mut w = TailWriter::new(Vec::new(), 0);
-        w.toc(IMAGE_BOOT, TOC_ZSTD, [0; 32], 10, 1 << 40, 5);
+        w.toc(TocEntry::new(IMAGE_BOOT, TOC_ZSTD, [0; 32], 10, 1 << 40, 5));
         let f = w.finish().unwrap();
         let toc = read_toc(&f.writer, f.size).unwrap();
         assert_eq!(toc[0].range(f.size - u64::from(f.toc_size)), None);
