@@ -10,21 +10,22 @@
 //! stored once; a corrupt layer named, with nothing left behind.
 
 mod common;
+#[path = "common/nydus_view.rs"]
+mod nydus_view;
 
 use common::harness::{ESTARGZ_IMAGES, IMAGES, layout_blob, layouts};
-use common::truth::{Rules, compare_with, drop_estargz_meta, hardlink_groups, truth};
+use common::truth::{Rules, compare_with, drop_estargz_meta, truth};
 use nydus_api::ConfigV2;
 use nydus_rafs::metadata::{RafsInodeExt, RafsSuper};
-use nydus_storage::backend::{BackendResult, BlobReader};
+use nydus_storage::backend::BlobReader;
 use nydus_storage::device::BlobInfo;
 use nydus_storage::meta::BlobCompressionContextInfo;
 use nydus_storage::meta::toc::{TocEntryList, TocLocation};
 use nydus_utils::compress;
 use nydus_utils::digest::RafsDigest;
-use nydus_utils::metrics::BackendMetrics;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -130,26 +131,6 @@ fn check_manifest(name: &str, source: &Path, c: &Converted) {
     assert_eq!(history.last().unwrap()["comment"], "Nydus Bootstrap Layer");
 }
 
-/// A file read the way nydusd reads a blob from its backend.
-struct FileReader {
-    file: std::fs::File,
-    metrics: BackendMetrics,
-}
-
-impl BlobReader for FileReader {
-    fn blob_size(&self) -> BackendResult<u64> {
-        Ok(self.file.metadata().unwrap().len())
-    }
-
-    fn try_read(&self, buf: &mut [u8], offset: u64) -> BackendResult<usize> {
-        Ok(self.file.read_at(buf, offset).unwrap())
-    }
-
-    fn metrics(&self) -> &BackendMetrics {
-        &self.metrics
-    }
-}
-
 struct Blob {
     info: Arc<BlobInfo>,
     meta: BlobCompressionContextInfo,
@@ -164,7 +145,7 @@ fn load_blob(name: &str, c: &Converted, info: Arc<BlobInfo>, cache: &Path) -> Bl
     let file = std::fs::File::open(&path).unwrap();
     let size = file.metadata().unwrap().len();
     let reader: Arc<dyn BlobReader> =
-        Arc::new(FileReader { file: file.try_clone().unwrap(), metrics: Default::default() });
+        Arc::new(nydus_view::FileReader { file: file.try_clone().unwrap(), metrics: Default::default() });
     let prefix = cache.join(&id);
     let prefix = prefix.to_str().unwrap();
     let meta = BlobCompressionContextInfo::new(prefix, &info, Some(&reader), false)
@@ -229,111 +210,69 @@ fn load_blob(name: &str, c: &Converted, info: Arc<BlobInfo>, cache: &Path) -> Bl
 }
 
 /// What Nydus sees of one path, in the truth's terms; chunks decoded from the blob files.
-fn entry(
-    name: &str,
-    inode: &dyn RafsInodeExt,
-    path: &Path,
-    blobs: &[Blob],
-    compressor: &str,
-) -> (Value, u64, u32) {
+fn entry(name: &str, inode: &dyn RafsInodeExt, path: &Path, blobs: &[Blob], compressor: &str) -> Value {
+    let mut e = nydus_view::attributes(name, inode, path);
+    if e["type"] != "file" {
+        return e;
+    }
     let attr = inode.get_attr();
-    let kind = match attr.mode & 0o170000 {
-        0o040000 => "dir",
-        0o100000 => "file",
-        0o120000 => "symlink",
-        0o020000 => "char",
-        0o060000 => "block",
-        0o010000 => "fifo",
-        m => panic!("{name} {}: mode {m:o}", path.display()),
-    };
-    let mut e = serde_json::json!({
-        "type": kind,
-        "mode": attr.mode & 0o7777,
-        "uid": attr.uid,
-        "gid": attr.gid,
-        "mtime": {"sec": attr.mtime, "nsec": attr.mtimensec},
-    });
-    let mut xattrs = BTreeMap::new();
-    for key in inode.get_xattrs().unwrap() {
-        let value =
-            inode.get_xattr(std::ffi::OsStr::new(std::str::from_utf8(&key).unwrap())).unwrap().unwrap();
-        use base64::Engine as _;
-        xattrs
-            .insert(String::from_utf8(key).unwrap(), base64::engine::general_purpose::STANDARD.encode(value));
-    }
-    e["xattrs"] = serde_json::to_value(xattrs).unwrap();
-    match kind {
-        "symlink" => e["target"] = inode.get_symlink().unwrap().to_str().unwrap().into(),
-        "char" | "block" => {
-            let d = attr.rdev;
-            e["major"] = ((d & 0xfff00) >> 8).into();
-            e["minor"] = ((d & 0xff) | ((d >> 12) & 0xfff00)).into();
+    let mut content = Vec::with_capacity(attr.size as usize);
+    for i in 0..inode.get_chunk_count() {
+        let c = inode.get_chunk_info(i).unwrap();
+        let blob = &blobs[c.blob_index() as usize];
+        let mc = blob.meta.get_chunk_info(c.id() as usize);
+        assert_eq!(
+            (
+                mc.compressed_offset(),
+                mc.compressed_size(),
+                mc.uncompressed_offset(),
+                mc.uncompressed_size(),
+                mc.is_compressed()
+            ),
+            (
+                c.compressed_offset(),
+                c.compressed_size(),
+                c.uncompressed_offset(),
+                c.uncompressed_size(),
+                c.is_compressed()
+            ),
+            "{name} {}: chunk {} in blob.meta and bootstrap",
+            path.display(),
+            c.id()
+        );
+        assert_eq!(c.uncompressed_offset() % 4096, 0);
+        if compressor == "none" {
+            assert!(!c.is_compressed());
+            assert_eq!(c.compressed_offset(), c.uncompressed_offset(), "{name}: none keeps offsets equal");
         }
-        "file" => {
-            let mut content = Vec::with_capacity(attr.size as usize);
-            for i in 0..inode.get_chunk_count() {
-                let c = inode.get_chunk_info(i).unwrap();
-                let blob = &blobs[c.blob_index() as usize];
-                let mc = blob.meta.get_chunk_info(c.id() as usize);
-                assert_eq!(
-                    (
-                        mc.compressed_offset(),
-                        mc.compressed_size(),
-                        mc.uncompressed_offset(),
-                        mc.uncompressed_size(),
-                        mc.is_compressed()
-                    ),
-                    (
-                        c.compressed_offset(),
-                        c.compressed_size(),
-                        c.uncompressed_offset(),
-                        c.uncompressed_size(),
-                        c.is_compressed()
-                    ),
-                    "{name} {}: chunk {} in blob.meta and bootstrap",
-                    path.display(),
-                    c.id()
-                );
-                assert_eq!(c.uncompressed_offset() % 4096, 0);
-                if compressor == "none" {
-                    assert!(!c.is_compressed());
-                    assert_eq!(
-                        c.compressed_offset(),
-                        c.uncompressed_offset(),
-                        "{name}: none keeps offsets equal"
-                    );
-                }
-                let mut input = vec![0u8; c.compressed_size() as usize];
-                blob.file.read_exact_at(&mut input, c.compressed_offset()).unwrap();
-                let bytes = if c.is_compressed() {
-                    let mut out = vec![0u8; c.uncompressed_size() as usize];
-                    let n = compress::decompress(&input, &mut out, blob.info.compressor()).unwrap();
-                    assert_eq!(n, out.len());
-                    out
-                } else {
-                    input
-                };
-                assert_eq!(
-                    Sha256::digest(&bytes).as_slice(),
-                    c.chunk_id().data.as_slice(),
-                    "{name} {}: chunk {i} does not match its digest",
-                    path.display()
-                );
-                content.extend_from_slice(&bytes);
-            }
-            assert_eq!(content.len() as u64, attr.size, "{name} {}: size", path.display());
-            e["size"] = attr.size.into();
-            e["sha256"] = hex::encode(Sha256::digest(&content)).into();
-        }
-        _ => {}
+        let mut input = vec![0u8; c.compressed_size() as usize];
+        blob.file.read_exact_at(&mut input, c.compressed_offset()).unwrap();
+        let bytes = if c.is_compressed() {
+            let mut out = vec![0u8; c.uncompressed_size() as usize];
+            let n = compress::decompress(&input, &mut out, blob.info.compressor()).unwrap();
+            assert_eq!(n, out.len());
+            out
+        } else {
+            input
+        };
+        assert_eq!(
+            Sha256::digest(&bytes).as_slice(),
+            c.chunk_id().data.as_slice(),
+            "{name} {}: chunk {i} does not match its digest",
+            path.display()
+        );
+        content.extend_from_slice(&bytes);
     }
-    (e, attr.ino, attr.nlink)
+    assert_eq!(content.len() as u64, attr.size, "{name} {}: size", path.display());
+    e["size"] = attr.size.into();
+    e["sha256"] = hex::encode(Sha256::digest(&content)).into();
+    e
 }
 
 /// Convert `name` to a layout with `compressor`, check it with Nydus's parsers; returns the
 /// layout (in `work`) and the number of paths.
 fn check(name: &str, compressor: &str, work: &Path) -> (Converted, usize) {
-    let _ = log::set_logger(&StderrLog).map(|()| log::set_max_level(log::LevelFilter::Warn));
+    nydus_view::log_to_stderr();
     let source = layouts().join(name);
     let out = work.join(format!("{name}-{compressor}"));
     convert(
@@ -361,43 +300,12 @@ fn check(name: &str, compressor: &str, work: &Path) -> (Converted, usize) {
         assert_eq!(b.info.compressor(), want, "{name}: blob compressor");
         assert_eq!(b.info.features().bits(), 0x7000_0021, "{name}: blob features in the merged bootstrap");
     }
-    let mut got: BTreeMap<String, Value> = BTreeMap::new();
-    let mut by_ino: HashMap<u64, Vec<String>> = HashMap::new();
-    let mut nlinks: HashMap<u64, u32> = HashMap::new();
-    rs.walk_directory::<PathBuf>(rs.superblock.root_ino(), None, &mut |inode, path| {
-        let (e, ino, nlink) = entry(name, inode.as_ref(), path, &blobs, compressor);
-        let p = path.to_str().unwrap().to_string();
-        if e["type"] != "dir" {
-            by_ino.entry(ino).or_default().push(p.clone());
-            nlinks.insert(ino, nlink);
-        }
-        assert!(got.insert(p.clone(), e).is_none(), "{name}: {p} twice");
-        Ok(())
-    })
-    .unwrap();
+    let walked = nydus_view::walk(name, &rs, |inode, path| entry(name, inode, path, &blobs, compressor));
     let rules = Rules { whole_seconds: false, nydusd_start: None, unreadable: None };
-    compare_with(name, &got, &rules);
-    assert_eq!(hardlink_groups(&by_ino), truth(name)["hardlink_groups"], "{name}: hardlink groups");
-    for (ino, names) in &by_ino {
-        assert_eq!(nlinks[ino] as usize, names.len(), "{name}: nlink of {names:?}");
-    }
-    let n = got.len();
+    compare_with(name, &walked.got, &rules);
+    nydus_view::check_hardlinks(name, &walked);
+    let n = walked.got.len();
     (c, n)
-}
-
-/// Nydus explains what it rejects only through `log`: print it.
-struct StderrLog;
-
-impl log::Log for StderrLog {
-    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
-        m.level() <= log::Level::Warn
-    }
-    fn log(&self, r: &log::Record<'_>) {
-        if self.enabled(r.metadata()) {
-            eprintln!("nydus {}: {}", r.level(), r.args());
-        }
-    }
-    fn flush(&self) {}
 }
 
 #[test]
@@ -705,7 +613,7 @@ fn chunks_shared_across_layers_are_stored_once() {
             .into_iter()
             .map(|info| load_blob("dedup", &c, info, &cache))
             .collect();
-        let (e, _, _) = entry("dedup", inode.as_ref(), Path::new("/b/copy.bin"), &blobs, "zstd");
+        let e = entry("dedup", inode.as_ref(), Path::new("/b/copy.bin"), &blobs, "zstd");
         assert_eq!(e["sha256"], hex::encode(Sha256::digest(&shared)));
         manifests.push(c.manifest);
     }

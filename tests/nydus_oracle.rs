@@ -11,44 +11,25 @@
 //! file's content against the truth.
 
 mod common;
+#[path = "common/nydus_view.rs"]
+mod nydus_view;
 
-use base64::Engine as _;
 use common::harness::{ESTARGZ_IMAGES, IMAGES, layout_blob, layouts};
-use common::truth::{Rules, compare_with, drop_estargz_meta, hardlink_groups, truth};
+use common::truth::{Rules, compare_with, drop_estargz_meta};
 use nydus_api::ConfigV2;
 use nydus_rafs::metadata::{RafsInodeExt, RafsSuper};
-use nydus_storage::backend::{BackendResult, BlobReader};
+use nydus_storage::backend::BlobReader;
 use nydus_storage::device::{BlobChunkInfo, BlobFeatures, BlobInfo};
 use nydus_storage::meta::BlobCompressionContextInfo;
 use nydus_utils::compress::{self, zlib_random::ZranDecoder};
-use nydus_utils::metrics::BackendMetrics;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
+use std::collections::{BTreeSet, HashMap};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-
-/// Nydus explains what it rejects only through `log`: print it, so a failure says why.
-struct StderrLog;
-
-impl log::Log for StderrLog {
-    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
-        m.level() <= log::Level::Warn
-    }
-
-    fn log(&self, r: &log::Record<'_>) {
-        if self.enabled(r.metadata()) {
-            eprintln!("nydus {}: {}", r.level(), r.args());
-        }
-    }
-
-    fn flush(&self) {}
-}
 
 fn generate(image: &str, out: &Path, args: &[&str]) {
     let o = Command::new(env!("CARGO_BIN_EXE_zran"))
@@ -58,26 +39,6 @@ fn generate(image: &str, out: &Path, args: &[&str]) {
         .output()
         .unwrap();
     assert!(o.status.success(), "generate {image}: {}", String::from_utf8_lossy(&o.stderr));
-}
-
-/// A file read the way nydusd reads a blob from its backend.
-struct FileReader {
-    file: std::fs::File,
-    metrics: BackendMetrics,
-}
-
-impl BlobReader for FileReader {
-    fn blob_size(&self) -> BackendResult<u64> {
-        Ok(self.file.metadata().unwrap().len())
-    }
-
-    fn try_read(&self, buf: &mut [u8], offset: u64) -> BackendResult<usize> {
-        Ok(self.file.read_at(buf, offset).unwrap())
-    }
-
-    fn metrics(&self) -> &BackendMetrics {
-        &self.metrics
-    }
 }
 
 /// Nydus's view of one blob: its blob.meta (gzip layers) and the original layer blob.
@@ -240,8 +201,10 @@ fn nydus_meta(
 ) -> BlobCompressionContextInfo {
     let id = info.blob_id();
     let path = art.join(format!("{id}.blob.meta"));
-    let reader: Arc<dyn BlobReader> =
-        Arc::new(FileReader { file: std::fs::File::open(&path).unwrap(), metrics: Default::default() });
+    let reader: Arc<dyn BlobReader> = Arc::new(nydus_view::FileReader {
+        file: std::fs::File::open(&path).unwrap(),
+        metrics: Default::default(),
+    });
     let prefix = cache.join(&id);
     let prefix = prefix.to_str().unwrap();
     let m = BlobCompressionContextInfo::new(prefix, info, Some(&reader), false)
@@ -287,72 +250,39 @@ fn v1_agrees(name: &str, inode: &dyn RafsInodeExt, path: &Path, v1s: &ChunkInfos
 }
 
 /// What Nydus sees of one path, in the truth's terms.
-fn entry(name: &str, inode: &dyn RafsInodeExt, path: &Path, blobs: &[Blob]) -> (Value, u64, u32) {
+fn entry(name: &str, inode: &dyn RafsInodeExt, path: &Path, blobs: &[Blob]) -> Value {
+    let mut e = nydus_view::attributes(name, inode, path);
+    if e["type"] != "file" {
+        return e;
+    }
     let attr = inode.get_attr();
-    let kind = match attr.mode & 0o170000 {
-        0o040000 => "dir",
-        0o100000 => "file",
-        0o120000 => "symlink",
-        0o020000 => "char",
-        0o060000 => "block",
-        0o010000 => "fifo",
-        0o140000 => "socket",
-        m => panic!("{name} {}: mode {m:o}", path.display()),
-    };
-    let mut e = serde_json::json!({
-        "type": kind,
-        "mode": attr.mode & 0o7777,
-        "uid": attr.uid,
-        "gid": attr.gid,
-        "mtime": {"sec": attr.mtime, "nsec": attr.mtimensec},
-    });
-    let mut xattrs = BTreeMap::new();
-    for key in inode.get_xattrs().unwrap() {
-        let value = inode.get_xattr(OsStr::from_bytes(&key)).unwrap().unwrap();
-        xattrs
-            .insert(String::from_utf8(key).unwrap(), base64::engine::general_purpose::STANDARD.encode(value));
+    let mut content = Vec::with_capacity(attr.size as usize);
+    let mut decodable = true;
+    for i in 0..inode.get_chunk_count() {
+        let c = inode.get_chunk_info(i).unwrap();
+        let blob = &blobs[c.blob_index() as usize];
+        assert_eq!(blob.info.blob_index(), c.blob_index());
+        let Some(bytes) = decode_chunk(name, path, blob, c.as_ref()) else {
+            decodable = false;
+            content.resize(content.len() + c.uncompressed_size() as usize, 0);
+            continue;
+        };
+        assert_eq!(
+            Sha256::digest(&bytes).as_slice(),
+            c.chunk_id().data.as_slice(),
+            "{name} {}: chunk {i} does not match its digest",
+            path.display()
+        );
+        content.extend_from_slice(&bytes);
     }
-    e["xattrs"] = serde_json::to_value(xattrs).unwrap();
-    match kind {
-        "symlink" => e["target"] = inode.get_symlink().unwrap().to_str().unwrap().into(),
-        "char" | "block" => {
-            // The Linux kernel's encoding (new_encode_dev), as EROFS keeps it.
-            let d = attr.rdev;
-            e["major"] = ((d & 0xfff00) >> 8).into();
-            e["minor"] = ((d & 0xff) | ((d >> 12) & 0xfff00)).into();
-        }
-        "file" => {
-            let mut content = Vec::with_capacity(attr.size as usize);
-            let mut decodable = true;
-            for i in 0..inode.get_chunk_count() {
-                let c = inode.get_chunk_info(i).unwrap();
-                let blob = &blobs[c.blob_index() as usize];
-                assert_eq!(blob.info.blob_index(), c.blob_index());
-                let Some(bytes) = decode_chunk(name, path, blob, c.as_ref()) else {
-                    decodable = false;
-                    content.resize(content.len() + c.uncompressed_size() as usize, 0);
-                    continue;
-                };
-                assert_eq!(
-                    Sha256::digest(&bytes).as_slice(),
-                    c.chunk_id().data.as_slice(),
-                    "{name} {}: chunk {i} does not match its digest",
-                    path.display()
-                );
-                content.extend_from_slice(&bytes);
-            }
-            assert_eq!(content.len() as u64, attr.size, "{name} {}: size", path.display());
-            e["size"] = attr.size.into();
-            e["sha256"] =
-                if decodable { hex::encode(Sha256::digest(&content)).into() } else { UNDECODABLE.into() };
-        }
-        _ => {}
-    }
-    (e, attr.ino, attr.nlink)
+    assert_eq!(content.len() as u64, attr.size, "{name} {}: size", path.display());
+    e["size"] = attr.size.into();
+    e["sha256"] = if decodable { hex::encode(Sha256::digest(&content)).into() } else { UNDECODABLE.into() };
+    e
 }
 
 fn check(name: &str, args: &[&str]) -> usize {
-    let _ = log::set_logger(&StderrLog).map(|()| log::set_max_level(log::LevelFilter::Warn));
+    nydus_view::log_to_stderr();
     let layout = layouts().join(name);
     let work = tempfile::tempdir().unwrap();
     let art = work.path().join("art");
@@ -364,38 +294,24 @@ fn check(name: &str, args: &[&str]) -> usize {
     std::fs::create_dir(&cache).unwrap();
     let (blobs, v1s) = load_blobs(name, &rs, &art, &layout, &cache);
 
-    let mut got: BTreeMap<String, Value> = BTreeMap::new();
-    let mut by_ino: HashMap<u64, Vec<String>> = HashMap::new();
     let zran_json: Value = serde_json::from_slice(&std::fs::read(art.join("zran.json")).unwrap()).unwrap();
-    let mut nlinks: HashMap<u64, u32> = HashMap::new();
-    rs.walk_directory::<PathBuf>(rs.superblock.root_ino(), None, &mut |inode, path| {
-        let (e, ino, nlink) = entry(name, inode.as_ref(), path, &blobs);
-        v1_agrees(name, inode.as_ref(), path, &v1s);
-        let p = path.to_str().unwrap().to_string();
-        if e["type"] != "dir" {
-            by_ino.entry(ino).or_default().push(p.clone());
-            nlinks.insert(ino, nlink);
-        }
-        assert!(got.insert(p.clone(), e).is_none(), "{name}: {p} twice");
-        Ok(())
-    })
-    .unwrap();
+    let mut walked = nydus_view::walk(name, &rs, |inode, path| {
+        v1_agrees(name, inode, path, &v1s);
+        entry(name, inode, path, &blobs)
+    });
     let as_tar = args.contains(&"--ignore-toc");
     if as_tar {
-        drop_estargz_meta(&mut got);
-        by_ino.retain(|_, names| names.iter().all(|n| got.contains_key(n)));
+        drop_estargz_meta(&mut walked.got);
+        let got = &walked.got;
+        walked.by_ino.retain(|_, names| names.iter().all(|n| got.contains_key(n)));
     }
     let rules = Rules {
         whole_seconds: name.ends_with("-estargz") && !as_tar,
         nydusd_start: None,
         unreadable: Some(UNDECODABLE),
     };
-    compare_with(name, &got, &rules);
-    // Hardlinks: one inode, and its nlink is the number of its names.
-    assert_eq!(hardlink_groups(&by_ino), truth(name)["hardlink_groups"], "{name}: hardlink groups");
-    for (ino, names) in &by_ino {
-        assert_eq!(nlinks[ino] as usize, names.len(), "{name}: nlink of {names:?}");
-    }
+    compare_with(name, &walked.got, &rules);
+    nydus_view::check_hardlinks(name, &walked);
     // Nydus 2.2's decoder fails exactly on the contexts zran.json counts for each layer.
     let mut past = 0;
     for blob in &blobs {
@@ -421,7 +337,7 @@ fn check(name: &str, args: &[&str]) -> usize {
     let said = String::from_utf8_lossy(&o.stdout);
     let line = format!("nydus 2.2  cannot decode {past} checkpoints");
     assert_eq!(said.contains(&line), past > 0, "{name}: inspect says\n{said}");
-    got.len()
+    walked.got.len()
 }
 
 #[test]
