@@ -7,10 +7,13 @@
 //! a tampered stored artifact.
 
 mod common;
+#[path = "common/mounted.rs"]
+mod mounted;
 
 use common::faulty::{Fault, FaultyProxy};
 use common::harness::{TestRegistry, layouts, repo_root};
-use common::truth::{compare, truth, walk};
+use common::truth::{compare, walk};
+use mounted::{Mount, files, read_all, zran};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::os::unix::fs::FileExt;
@@ -18,91 +21,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn zran(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_zran")).args(args).output().unwrap()
-}
-
 fn generate(image: &str, out: &Path) {
     let o = zran(&["generate", image, "-o", out.to_str().unwrap()]);
     assert!(o.status.success(), "generate {image}: {}", String::from_utf8_lossy(&o.stderr));
-}
-
-/// A live mount; unmounted (lazily if need be) when dropped.
-struct Mount {
-    mnt: PathBuf,
-    cache: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Mount {
-    fn new(source: &str, cache: &Path, extra: &[&str]) -> Mount {
-        let dir = tempfile::tempdir().unwrap();
-        let mnt = dir.path().join("mnt");
-        std::fs::create_dir(&mnt).unwrap();
-        let mut args = vec!["mount", source, mnt.to_str().unwrap(), "--cache-dir", cache.to_str().unwrap()];
-        args.extend_from_slice(extra);
-        let o = zran(&args);
-        assert!(o.status.success(), "mount {source}: {}", String::from_utf8_lossy(&o.stderr));
-        Mount { mnt, cache: cache.to_path_buf(), _dir: dir }
-    }
-
-    fn record(&self) -> Value {
-        let o = zran(&["stats", self.mnt.to_str().unwrap(), "--cache-dir", self.cache.to_str().unwrap()]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        serde_json::from_slice(&o.stdout).unwrap()
-    }
-
-    /// Unmount and return the final counters.
-    fn finish(self) -> Value {
-        let o = zran(&["umount", self.mnt.to_str().unwrap(), "--cache-dir", self.cache.to_str().unwrap()]);
-        assert!(o.status.success(), "umount: {}", String::from_utf8_lossy(&o.stderr));
-        let r = self.record();
-        assert_eq!(r["live"], false, "{r}");
-        r["stats"].clone()
-    }
-
-    /// The serving process's log.
-    fn log(&self) -> String {
-        let r = self.record();
-        let key = std::fs::read_dir(self.cache.join("mounts"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| {
-                p.extension().is_some_and(|e| e == "json")
-                    && std::fs::read(p)
-                        .ok()
-                        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-                        .map(|v| v["pid"].clone())
-                        == Some(r["pid"].clone())
-            })
-            .unwrap();
-        std::fs::read_to_string(key.with_extension("log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        if std::fs::metadata(self.mnt.join("..")).is_ok() {
-            let _ = Command::new("umount").arg("-l").arg(&self.mnt).output();
-        }
-    }
-}
-
-/// Regular files of the truth, with sizes (paths relative to the root).
-fn files(name: &str) -> Vec<(String, u64, String)> {
-    truth(name)["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["type"] == "file")
-        .map(|e| {
-            (
-                e["path"].as_str().unwrap().trim_start_matches('/').to_string(),
-                e["size"].as_u64().unwrap(),
-                e["sha256"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
 }
 
 /// Random reads at random offsets and sizes, cold (before anything else reads the files);
@@ -320,28 +241,6 @@ fn cache_is_honest(art: &Path, cache: &Path) -> usize {
     recorded
 }
 
-/// Read every regular file; the paths that failed with EIO.
-fn read_all(name: &str, mnt: &Path) -> Vec<String> {
-    let mut failed = Vec::new();
-    for (path, size, sha) in files(name) {
-        match std::fs::read(mnt.join(&path)) {
-            Ok(bytes) => {
-                assert_eq!(bytes.len() as u64, size, "{path}");
-                assert_eq!(hex::encode(Sha256::digest(&bytes)), sha, "{path}: wrong bytes served");
-            }
-            Err(e) => {
-                assert_eq!(e.raw_os_error(), Some(libc_eio()), "{path}: {e}");
-                failed.push(path);
-            }
-        }
-    }
-    failed
-}
-
-fn libc_eio() -> i32 {
-    5
-}
-
 /// An artifact of a test image in a temporary directory, and the digest of its biggest layer.
 fn artifact(name: &str) -> (tempfile::TempDir, PathBuf, String) {
     let work = tempfile::tempdir().unwrap();
@@ -466,7 +365,7 @@ fn reads_fail_while_the_registry_is_away_and_work_when_it_is_back() {
     let (path, _, sha) = files("edge").into_iter().max_by_key(|f| f.1).unwrap();
     let t = Instant::now();
     let e = std::fs::read(m.mnt.join(&path)).unwrap_err();
-    assert_eq!(e.raw_os_error(), Some(libc_eio()), "{e}");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
     assert!(t.elapsed() < Duration::from_secs(60), "no hang: {:?}", t.elapsed());
     reg.resume();
     let b = std::fs::read(m.mnt.join(&path)).unwrap();

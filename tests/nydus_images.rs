@@ -6,78 +6,21 @@
 //! truncated blob and a missing bootstrap layer are refused with clear errors.
 
 mod common;
+#[path = "common/mounted.rs"]
+mod mounted;
 #[path = "common/nydus.rs"]
 mod nydus_build;
 
 use common::containerd::push_layout;
 use common::harness::{TestRegistry, layouts};
 use common::truth::{compare, truth, walk};
+use mounted::{Mount, files, read_all, zran};
 use nydus_build::Kind;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-
-fn zran(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_zran")).args(args).output().unwrap()
-}
-
-/// A live mount; unmounted (lazily if need be) when dropped.
-struct Mount {
-    mnt: PathBuf,
-    cache: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Mount {
-    fn new(source: &str, cache: &Path) -> Mount {
-        let dir = tempfile::tempdir().unwrap();
-        let mnt = dir.path().join("mnt");
-        std::fs::create_dir(&mnt).unwrap();
-        let o = zran(&["mount", source, mnt.to_str().unwrap(), "--cache-dir", cache.to_str().unwrap()]);
-        assert!(o.status.success(), "mount {source}: {}", String::from_utf8_lossy(&o.stderr));
-        Mount { mnt, cache: cache.to_path_buf(), _dir: dir }
-    }
-
-    fn record(&self) -> Value {
-        let o = zran(&["stats", self.mnt.to_str().unwrap(), "--cache-dir", self.cache.to_str().unwrap()]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        serde_json::from_slice(&o.stdout).unwrap()
-    }
-
-    fn log(&self) -> String {
-        let r = self.record();
-        let dir = self.cache.join("mounts");
-        for e in std::fs::read_dir(&dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.extension().is_some_and(|e| e == "json")
-                && std::fs::read(&p)
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-                    .map(|v| v["pid"].clone())
-                    == Some(r["pid"].clone())
-            {
-                return std::fs::read_to_string(p.with_extension("log")).unwrap_or_default();
-            }
-        }
-        String::new()
-    }
-
-    fn finish(self) -> Value {
-        let o = zran(&["umount", self.mnt.to_str().unwrap(), "--cache-dir", self.cache.to_str().unwrap()]);
-        assert!(o.status.success(), "umount: {}", String::from_utf8_lossy(&o.stderr));
-        self.record()["stats"].clone()
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        if std::fs::metadata(self.mnt.join("..")).is_ok() {
-            let _ = Command::new("umount").arg("-l").arg(&self.mnt).output();
-        }
-    }
-}
 
 /// The Nydus layouts of a test image, built once per test process.
 fn nydus_layout(name: &str, kind: Kind) -> PathBuf {
@@ -97,7 +40,7 @@ fn nydus_layout(name: &str, kind: Kind) -> PathBuf {
 /// Mount, walk, compare with the truth; the final counters.
 fn mount_and_compare(name: &str, source: &str) -> Value {
     let cache = tempfile::tempdir().unwrap();
-    let m = Mount::new(source, cache.path());
+    let m = Mount::new(source, cache.path(), &[]);
     let got = walk(&m.mnt);
     let n = compare(name, &got, false);
     assert!(n > 10, "{name}: {n} entries");
@@ -123,41 +66,6 @@ fn nydus_made_images_read_the_truth_from_a_layout() {
             mount_and_compare(name, &format!("oci:{}", l.display()));
         }
     }
-}
-
-/// Regular files of the truth: (path, size, sha256).
-fn files(name: &str) -> Vec<(String, u64, String)> {
-    truth(name)["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["type"] == "file")
-        .map(|e| {
-            (
-                e["path"].as_str().unwrap().trim_start_matches('/').to_string(),
-                e["size"].as_u64().unwrap(),
-                e["sha256"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
-/// Read every file; the ones that fail (with EIO, never wrong bytes).
-fn read_all(name: &str, mnt: &Path) -> Vec<String> {
-    let mut failed = Vec::new();
-    for (path, size, sha) in files(name) {
-        match std::fs::read(mnt.join(&path)) {
-            Ok(bytes) => {
-                assert_eq!(bytes.len() as u64, size, "{path}");
-                assert_eq!(hex::encode(Sha256::digest(&bytes)), sha, "{path}: wrong bytes served");
-            }
-            Err(e) => {
-                assert_eq!(e.raw_os_error(), Some(libc::EIO), "{path}: {e}");
-                failed.push(path);
-            }
-        }
-    }
-    failed
 }
 
 fn inspect(image: &str) -> String {
@@ -210,7 +118,7 @@ fn a_changed_byte_in_a_native_blob_fails_its_file_only() {
     std::fs::write(&data, &bytes).unwrap();
 
     let cache = tempfile::tempdir().unwrap();
-    let m = Mount::new(&remote, cache.path());
+    let m = Mount::new(&remote, cache.path(), &[]);
     let failed = read_all("python", &m.mnt);
     let total = files("python").len();
     assert!(!failed.is_empty(), "a changed byte in a chunk must fail a read");
@@ -223,7 +131,7 @@ fn a_changed_byte_in_a_native_blob_fails_its_file_only() {
     // Put right, the same cache serves everything: no bad chunk was kept.
     bytes[at] ^= 0x55;
     std::fs::write(&data, &bytes).unwrap();
-    let m = Mount::new(&remote, cache.path());
+    let m = Mount::new(&remote, cache.path(), &[]);
     assert!(read_all("python", &m.mnt).is_empty());
     let stats = m.finish();
     assert_eq!(stats["digest_failures"], 0, "{stats}");
@@ -343,7 +251,7 @@ fn a_truncated_native_blob_fails_the_reads_it_cannot_serve() {
     let bytes = std::fs::read(&p).unwrap();
     replace(&p, &bytes[..(size / 2) as usize]);
     let cache = tempfile::tempdir().unwrap();
-    let m = Mount::new(&format!("oci:{}", l.display()), cache.path());
+    let m = Mount::new(&format!("oci:{}", l.display()), cache.path(), &[]);
     let failed = read_all("python", &m.mnt);
     assert!(!failed.is_empty());
     let log = m.log();
