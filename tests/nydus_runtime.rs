@@ -9,6 +9,8 @@
 //! the time the filesystem was set up, and the root directory shows mode 0755.
 
 mod common;
+#[path = "common/nydus_view.rs"]
+mod nydus_view;
 
 use base64::Engine as _;
 use common::harness::{ESTARGZ_IMAGES, IMAGES, layout_blob, layouts};
@@ -29,23 +31,6 @@ use std::process::Command;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
-
-/// Nydus explains what it refuses only through `log`: print it, so a failure says why.
-struct StderrLog;
-
-impl log::Log for StderrLog {
-    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
-        m.level() <= log::Level::Warn
-    }
-
-    fn log(&self, r: &log::Record<'_>) {
-        if self.enabled(r.metadata()) {
-            eprintln!("nydus {}: {}", r.level(), r.args());
-        }
-    }
-
-    fn flush(&self) {}
-}
 
 /// A read reply buffer, as nydusd's FUSE writer is one: at most `cap` bytes.
 struct ReplyBuf {
@@ -294,7 +279,7 @@ fn walk(name: &str, fs: &Rafs) -> Walk {
 }
 
 fn check(name: &str, args: &[&str]) -> usize {
-    let _ = log::set_logger(&StderrLog).map(|()| log::set_max_level(log::LevelFilter::Warn));
+    nydus_view::log_to_stderr();
     let layout = layouts().join(name);
     let work = tempfile::tempdir().unwrap();
     let art = work.path().join("art");
