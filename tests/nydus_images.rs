@@ -471,17 +471,11 @@ fn nydusd_check(name: &str, reg: &TestRegistry, repo: &str, boot: &Path) {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let after = now();
-    let out = tempfile::NamedTempFile::new().unwrap();
-    let s = Command::new("/usr/bin/python3")
-        .arg(common::harness::repo_root().join("testimages/truth.py"))
-        .args(["--walk", "--unreadable-ok", mnt.to_str().unwrap(), out.path().to_str().unwrap()])
-        .status()
-        .unwrap();
+    let walked = common::truth::try_walk(&mnt, true);
     let _ = Command::new("fusermount3").arg("-u").arg(&mnt).status();
     let _ = child.kill();
     let _ = child.wait();
-    assert!(s.success());
-    let walked: Value = serde_json::from_slice(&std::fs::read(out.path()).unwrap()).unwrap();
+    let walked = walked.expect("truth.py --walk --unreadable-ok");
     let rules = common::truth::Rules {
         whole_seconds: false,
         nydusd_start: Some(before..=after),
