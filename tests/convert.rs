@@ -13,7 +13,7 @@ mod common;
 #[path = "common/nydus_view.rs"]
 mod nydus_view;
 
-use common::harness::{ESTARGZ_IMAGES, IMAGES, layout_blob, layouts};
+use common::harness::{ESTARGZ_IMAGES, IMAGES, kernel_mount, layout_blob, layouts};
 use common::truth::{Rules, compare_with, drop_estargz_meta, truth};
 use nydus_api::ConfigV2;
 use nydus_rafs::metadata::{RafsInodeExt, RafsSuper};
@@ -320,25 +320,6 @@ fn nydus_reads_every_converted_image_with_every_compressor() {
     // eStargz images are plain gzip tars to the converter, without stargz's own files.
     assert!(ESTARGZ_IMAGES.iter().all(|n| IMAGES.contains(n)));
     let _ = drop_estargz_meta;
-}
-
-/// mount(2) a bootstrap file as EROFS with the given device files (the kernel's file-backed
-/// mount, as `tests/generate.rs` does).
-fn kernel_mount(boot: &Path, devices: &[PathBuf], mnt: &Path) {
-    let data = devices.iter().map(|d| format!("device={}", d.display())).collect::<Vec<_>>().join(",");
-    let script = "import ctypes,os,sys\nl=ctypes.CDLL(None,use_errno=True)\n\
-                  r=l.mount(sys.argv[1].encode(),sys.argv[2].encode(),b'erofs',1,sys.argv[3].encode())\n\
-                  sys.exit(0 if r==0 else 'mount: '+os.strerror(ctypes.get_errno()))";
-    let o = Command::new("/usr/bin/python3")
-        .args(["-c", script, boot.to_str().unwrap(), mnt.to_str().unwrap(), &data])
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "kernel EROFS mount of {}: {}",
-        boot.display(),
-        String::from_utf8_lossy(&o.stderr)
-    );
 }
 
 struct Unmount(PathBuf);

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::harness::{layout_blob, layouts};
+use common::harness::{kernel_mount, layout_blob, layouts};
 use common::truth::{by_path, compare, truth, walk};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -77,25 +77,6 @@ impl Drop for Mounted {
         let _ = Command::new("umount").arg(&self.mnt).status();
         let _ = &self.dir;
     }
-}
-
-/// mount(2) the bootstrap file itself as EROFS with the given device files (the kernel's
-/// file-backed mount; mount(8) would put the bootstrap on a loop device first).
-fn kernel_mount(boot: &Path, devices: &[PathBuf], mnt: &Path) {
-    let data = devices.iter().map(|d| format!("device={}", d.display())).collect::<Vec<_>>().join(",");
-    let script = "import ctypes,os,sys\nl=ctypes.CDLL(None,use_errno=True)\n\
-                  r=l.mount(sys.argv[1].encode(),sys.argv[2].encode(),b'erofs',1,sys.argv[3].encode())\n\
-                  sys.exit(0 if r==0 else 'mount: '+os.strerror(ctypes.get_errno()))";
-    let o = Command::new("/usr/bin/python3")
-        .args(["-c", script, boot.to_str().unwrap(), mnt.to_str().unwrap(), &data])
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "kernel EROFS mount of {}: {}",
-        boot.display(),
-        String::from_utf8_lossy(&o.stderr)
-    );
 }
 
 /// Lay every blob's chunks out at their block addresses, mount, return the mount.

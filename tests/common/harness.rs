@@ -1,6 +1,7 @@
 //! The real registry and the test images, for integration tests: `testimages/build.sh` makes
 //! the images (cached), `testimages/registry.sh` runs a real `docker-registry` on a free
-//! loopback port. A [`TestRegistry`] stops its registry when dropped.
+//! loopback port. A [`TestRegistry`] stops its registry when dropped. [`kernel_mount`] mounts a
+//! bootstrap as kernel EROFS.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -131,4 +132,24 @@ impl Drop for TestRegistry {
 /// The path of a blob in a layout.
 pub fn layout_blob(layout: &Path, hex: &str) -> PathBuf {
     layout.join("blobs/sha256").join(hex)
+}
+
+/// mount(2) the bootstrap file itself as EROFS with the given device files (the kernel's
+/// file-backed mount; mount(8) would put the bootstrap on a loop device first).
+#[allow(dead_code)]
+pub fn kernel_mount(boot: &Path, devices: &[PathBuf], mnt: &Path) {
+    let data = devices.iter().map(|d| format!("device={}", d.display())).collect::<Vec<_>>().join(",");
+    let script = "import ctypes,os,sys\nl=ctypes.CDLL(None,use_errno=True)\n\
+                  r=l.mount(sys.argv[1].encode(),sys.argv[2].encode(),b'erofs',1,sys.argv[3].encode())\n\
+                  sys.exit(0 if r==0 else 'mount: '+os.strerror(ctypes.get_errno()))";
+    let o = Command::new("/usr/bin/python3")
+        .args(["-c", script, boot.to_str().unwrap(), mnt.to_str().unwrap(), &data])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "kernel EROFS mount of {}: {}",
+        boot.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
