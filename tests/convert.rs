@@ -12,6 +12,8 @@
 mod common;
 #[path = "common/nydus_view.rs"]
 mod nydus_view;
+#[path = "common/nydusd.rs"]
+mod nydusd;
 
 use common::harness::{ESTARGZ_IMAGES, IMAGES, kernel_mount, layout_blob, layouts};
 use common::truth::{Rules, compare_with, drop_estargz_meta, truth};
@@ -399,52 +401,15 @@ fn nydusd_serves_the_converted_image() {
                 let hex = hex_of(&l["digest"]);
                 std::os::unix::fs::symlink(layout_blob(&out, &hex), backend.join(&hex)).unwrap();
             }
-            let config = serde_json::json!({
-                "version": 2,
-                "id": name,
-                "backend": {"type": "localfs", "localfs": {"dir": backend}},
-                "cache": {"type": "filecache", "filecache": {"work_dir": cache}},
-                "rafs": {"mode": "direct", "enable_xattr": true},
-            });
-            let config_path = work.path().join("nydusd.json");
-            std::fs::write(&config_path, config.to_string()).unwrap();
-            let log = std::fs::File::create(work.path().join("nydusd.log")).unwrap();
             let now = || {
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
             };
             let before = now();
-            let mut child = Command::new(&nydusd)
-                .arg("--config")
-                .arg(&config_path)
-                .arg("--mountpoint")
-                .arg(&mnt)
-                .arg("--bootstrap")
-                .arg(&boot)
-                .args(["--log-level", "warn", "--rlimit-nofile", "0"])
-                .stdout(std::process::Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap();
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-            let mounted = || {
-                std::fs::read_to_string("/proc/self/mountinfo")
-                    .unwrap()
-                    .lines()
-                    .any(|l| l.split(' ').nth(4) == Some(mnt.to_str().unwrap()))
-            };
-            while !mounted() {
-                if let Some(status) = child.try_wait().unwrap() {
-                    let log = std::fs::read_to_string(work.path().join("nydusd.log")).unwrap_or_default();
-                    panic!("{name}: nydusd exited ({status}) before mounting:\n{log}");
-                }
-                assert!(std::time::Instant::now() < deadline, "{name}: nydusd did not mount in 20 s");
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
+            let backend = serde_json::json!({"type": "localfs", "localfs": {"dir": backend}});
+            let daemon = nydusd::serve(&nydusd, name, work.path(), backend, &cache, &boot, &mnt);
             let after = now();
             let walked = common::truth::try_walk(&mnt, true);
-            let _ = Command::new("fusermount3").arg("-u").arg(&mnt).status();
-            let _ = child.kill();
-            let _ = child.wait();
+            drop(daemon);
             let walked = walked.expect("truth.py --walk --unreadable-ok");
             let got = common::truth::by_path(&walked);
             let rules = Rules {

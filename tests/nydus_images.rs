@@ -10,6 +10,8 @@ mod common;
 mod mounted;
 #[path = "common/nydus.rs"]
 mod nydus_build;
+#[path = "common/nydusd.rs"]
+mod nydusd;
 
 use common::containerd::push_layout;
 use common::harness::{TestRegistry, layouts};
@@ -420,12 +422,6 @@ fn nydusd() -> Option<PathBuf> {
     p.exists().then_some(p)
 }
 
-fn mounted(mnt: &Path) -> bool {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let m = mnt.to_str().unwrap();
-    info.lines().any(|l| l.split(' ').nth(4) == Some(m))
-}
-
 /// nydusd (when installed) serves the bootstrap from the registry repository `repo`; its tree
 /// equals the truth but where nydusd's own rules differ (tests/nydusd.rs), and where Nydus
 /// 2.2's decoder stops at a gzip member's end.
@@ -438,43 +434,14 @@ fn nydusd_check(name: &str, reg: &TestRegistry, repo: &str, boot: &Path) {
     let (cache, mnt) = (work.path().join("cache"), work.path().join("mnt"));
     std::fs::create_dir(&cache).unwrap();
     std::fs::create_dir(&mnt).unwrap();
-    let config = json!({
-        "version": 2,
-        "id": name,
-        "backend": {"type": "registry", "registry": {"scheme": "http", "host": reg.host(), "repo": repo}},
-        "cache": {"type": "filecache", "filecache": {"work_dir": cache}},
-        "rafs": {"mode": "direct", "enable_xattr": true},
-    });
-    let cp = work.path().join("nydusd.json");
-    std::fs::write(&cp, config.to_string()).unwrap();
-    let log = work.path().join("nydusd.log");
     let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     let before = now();
-    let mut child = Command::new(&bin)
-        .arg("--config")
-        .arg(&cp)
-        .arg("--mountpoint")
-        .arg(&mnt)
-        .arg("--bootstrap")
-        .arg(boot)
-        .args(["--log-level", "warn", "--rlimit-nofile", "0"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !mounted(&mnt) {
-        if let Some(s) = child.try_wait().unwrap() {
-            panic!("nydusd exited ({s}): {}", std::fs::read_to_string(&log).unwrap_or_default());
-        }
-        assert!(std::time::Instant::now() < deadline, "nydusd did not mount");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let backend =
+        json!({"type": "registry", "registry": {"scheme": "http", "host": reg.host(), "repo": repo}});
+    let daemon = nydusd::serve(&bin, name, work.path(), backend, &cache, boot, &mnt);
     let after = now();
     let walked = common::truth::try_walk(&mnt, true);
-    let _ = Command::new("fusermount3").arg("-u").arg(&mnt).status();
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(daemon);
     let walked = walked.expect("truth.py --walk --unreadable-ok");
     let rules = common::truth::Rules {
         whole_seconds: false,
@@ -486,7 +453,7 @@ fn nydusd_check(name: &str, reg: &TestRegistry, repo: &str, boot: &Path) {
         unreadable.is_empty(),
         "{name}: nydusd cannot read {} files: {unreadable:?}\n{}",
         unreadable.len(),
-        std::fs::read_to_string(&log).unwrap_or_default()
+        std::fs::read_to_string(work.path().join("nydusd.log")).unwrap_or_default()
     );
 }
 

@@ -14,14 +14,16 @@
 //! (EIO) through it; the test allows that only for images that have such contexts.
 
 mod common;
+#[path = "common/nydusd.rs"]
+mod nydusd;
 
 use common::harness::{ESTARGZ_IMAGES, IMAGES, layout_blob, layouts};
 use common::truth::{Rules, by_path, compare_with, drop_estargz_meta, truth};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::Command;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 fn nydusd() -> PathBuf {
     if let Some(p) = std::env::var_os("NYDUSD") {
@@ -34,27 +36,7 @@ fn nydusd() -> PathBuf {
     PathBuf::from("/opt/nydus/bin/nydusd")
 }
 
-/// A running nydusd and its mount, unmounted and stopped when dropped.
-struct Daemon {
-    child: Child,
-    mnt: PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = Command::new("fusermount3").arg("-u").arg(&self.mnt).status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn mounted(mnt: &Path) -> bool {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let m = mnt.to_str().unwrap();
-    info.lines().any(|l| l.split(' ').nth(4) == Some(m))
-}
-
-fn serve(name: &str, art: &Path, layout: &Path, work: &Path) -> Daemon {
+fn serve(name: &str, art: &Path, layout: &Path, work: &Path) -> nydusd::Daemon {
     let backend = work.join("backend");
     let cache = work.join("cache");
     let mnt = work.join("mnt");
@@ -70,39 +52,8 @@ fn serve(name: &str, art: &Path, layout: &Path, work: &Path) -> Daemon {
             std::os::unix::fs::symlink(art.join(meta), backend.join(digest)).unwrap();
         }
     }
-    let config = serde_json::json!({
-        "version": 2,
-        "id": name,
-        "backend": {"type": "localfs", "localfs": {"dir": backend}},
-        "cache": {"type": "filecache", "filecache": {"work_dir": cache}},
-        "rafs": {"mode": "direct", "enable_xattr": true},
-    });
-    let config_path = work.join("nydusd.json");
-    std::fs::write(&config_path, config.to_string()).unwrap();
-    let log = std::fs::File::create(work.join("nydusd.log")).unwrap();
-    let child = Command::new(nydusd())
-        .arg("--config")
-        .arg(&config_path)
-        .arg("--mountpoint")
-        .arg(&mnt)
-        .arg("--bootstrap")
-        .arg(art.join("image.boot"))
-        .args(["--log-level", "warn", "--rlimit-nofile", "0"])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {}: {e}", nydusd().display()));
-    let mut daemon = Daemon { child, mnt: mnt.clone() };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !mounted(&mnt) {
-        if let Some(status) = daemon.child.try_wait().unwrap() {
-            let log = std::fs::read_to_string(work.join("nydusd.log")).unwrap_or_default();
-            panic!("{name}: nydusd exited ({status}) before mounting:\n{log}");
-        }
-        assert!(Instant::now() < deadline, "{name}: nydusd did not mount in 20 s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    daemon
+    let backend = serde_json::json!({"type": "localfs", "localfs": {"dir": backend}});
+    nydusd::serve(&nydusd(), name, work, backend, &cache, &art.join("image.boot"), &mnt)
 }
 
 fn walk(dir: &Path) -> Value {
