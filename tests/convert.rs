@@ -222,26 +222,7 @@ fn entry(name: &str, inode: &dyn RafsInodeExt, path: &Path, blobs: &[Blob], comp
     for i in 0..inode.get_chunk_count() {
         let c = inode.get_chunk_info(i).unwrap();
         let blob = &blobs[c.blob_index() as usize];
-        let mc = blob.meta.get_chunk_info(c.id() as usize);
-        assert_eq!(
-            (
-                mc.compressed_offset(),
-                mc.compressed_size(),
-                mc.uncompressed_offset(),
-                mc.uncompressed_size(),
-                mc.is_compressed()
-            ),
-            (
-                c.compressed_offset(),
-                c.compressed_size(),
-                c.uncompressed_offset(),
-                c.uncompressed_size(),
-                c.is_compressed()
-            ),
-            "{name} {}: chunk {} in blob.meta and bootstrap",
-            path.display(),
-            c.id()
-        );
+        nydus_view::chunk_agrees(name, path, &blob.meta, c.as_ref(), c.is_compressed());
         assert_eq!(c.uncompressed_offset() % 4096, 0);
         if compressor == "none" {
             assert!(!c.is_compressed());

@@ -226,26 +226,7 @@ fn v1_agrees(name: &str, inode: &dyn RafsInodeExt, path: &Path, v1s: &ChunkInfos
     for i in 0..inode.get_chunk_count() {
         let c = inode.get_chunk_info(i).unwrap();
         let Some(v1) = v1s.get(&c.blob_index()) else { continue };
-        let mc = v1.get_chunk_info(c.id() as usize);
-        assert_eq!(
-            (
-                mc.compressed_offset(),
-                mc.compressed_size(),
-                mc.uncompressed_offset(),
-                mc.uncompressed_size(),
-                mc.is_compressed()
-            ),
-            (
-                c.compressed_offset(),
-                c.compressed_size(),
-                c.uncompressed_offset(),
-                c.uncompressed_size(),
-                true
-            ),
-            "{name} {}: chunk {} in blob.meta and bootstrap",
-            path.display(),
-            c.id()
-        );
+        nydus_view::chunk_agrees(name, path, v1, c.as_ref(), true);
     }
 }
 

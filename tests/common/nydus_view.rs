@@ -2,7 +2,8 @@
 //! bootstrap, in the truth's terms: for the tests that read zran's output with them
 //! (`tests/convert.rs`, `tests/nydus_oracle.rs`). Nydus's log printed to stderr, a blob file
 //! read as nydusd reads its backend, each path's attributes, the whole tree walked and its
-//! hardlinks checked against the truth. A file's content is each test's own.
+//! hardlinks checked against the truth, a chunk's blob.meta entry against the bootstrap's. A
+//! file's content is each test's own.
 
 #![allow(dead_code)]
 
@@ -10,6 +11,8 @@ use crate::common::truth::{hardlink_groups, truth};
 use base64::Engine as _;
 use nydus_rafs::metadata::{RafsInodeExt, RafsSuper};
 use nydus_storage::backend::{BackendResult, BlobReader};
+use nydus_storage::device::BlobChunkInfo;
+use nydus_storage::meta::BlobCompressionContextInfo;
 use nydus_utils::metrics::BackendMetrics;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -133,4 +136,35 @@ pub fn check_hardlinks(name: &str, w: &Walked) {
     for (ino, names) in &w.by_ino {
         assert_eq!(w.nlinks[ino] as usize, names.len(), "{name}: nlink of {names:?}");
     }
+}
+
+/// A chunk as blob.meta `meta` says it must be as the bootstrap says it (`c`), and compressed
+/// or not as `compressed` says.
+pub fn chunk_agrees(
+    name: &str,
+    path: &Path,
+    meta: &BlobCompressionContextInfo,
+    c: &dyn BlobChunkInfo,
+    compressed: bool,
+) {
+    let mc = meta.get_chunk_info(c.id() as usize);
+    assert_eq!(
+        (
+            mc.compressed_offset(),
+            mc.compressed_size(),
+            mc.uncompressed_offset(),
+            mc.uncompressed_size(),
+            mc.is_compressed()
+        ),
+        (
+            c.compressed_offset(),
+            c.compressed_size(),
+            c.uncompressed_offset(),
+            c.uncompressed_size(),
+            compressed
+        ),
+        "{name} {}: chunk {} in blob.meta and bootstrap",
+        path.display(),
+        c.id()
+    );
 }
