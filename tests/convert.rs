@@ -252,18 +252,23 @@ fn entry(name: &str, inode: &dyn RafsInodeExt, path: &Path, blobs: &[Blob], comp
     e
 }
 
+/// Convert the layout `source` to the layout `out` (tag `nydus`) with `compressor`; read back.
+fn convert_to_layout(source: &Path, out: &Path, compressor: &str) -> Converted {
+    convert(
+        &format!("oci:{}", source.display()),
+        &format!("oci:{}:nydus", out.display()),
+        &["--compressor", compressor],
+    );
+    read_converted(out, "nydus")
+}
+
 /// Convert `name` to a layout with `compressor`, check it with Nydus's parsers; returns the
 /// layout (in `work`) and the number of paths.
 fn check(name: &str, compressor: &str, work: &Path) -> (Converted, usize) {
     nydus_view::log_to_stderr();
     let source = layouts().join(name);
     let out = work.join(format!("{name}-{compressor}"));
-    convert(
-        &format!("oci:{}", source.display()),
-        &format!("oci:{}:nydus", out.display()),
-        &["--compressor", compressor],
-    );
-    let c = read_converted(&out, "nydus");
+    let c = convert_to_layout(&source, &out, compressor);
     check_manifest(name, &source, &c);
     let boot = work.join(format!("{name}-{compressor}.boot"));
     std::fs::write(&boot, &c.files["image/image.boot"]).unwrap();
@@ -324,12 +329,7 @@ fn the_kernel_mounts_uncompressed_blobs_as_erofs_devices() {
         let work = tempfile::tempdir().unwrap();
         let source = layouts().join(name);
         let out = work.path().join("out");
-        convert(
-            &format!("oci:{}", source.display()),
-            &format!("oci:{}:nydus", out.display()),
-            &["--compressor", "none"],
-        );
-        let c = read_converted(&out, "nydus");
+        let c = convert_to_layout(&source, &out, "none");
         let boot = work.path().join("image.boot");
         std::fs::write(&boot, &c.files["image/image.boot"]).unwrap();
         let b = zran::rafs::reader::read_bootstrap(&c.files["image/image.boot"]).unwrap();
@@ -364,12 +364,7 @@ fn nydusd_serves_the_converted_image() {
             let work = tempfile::tempdir().unwrap();
             let source = layouts().join(name);
             let out = work.path().join("out");
-            convert(
-                &format!("oci:{}", source.display()),
-                &format!("oci:{}:nydus", out.display()),
-                &["--compressor", compressor],
-            );
-            let c = read_converted(&out, "nydus");
+            let c = convert_to_layout(&source, &out, compressor);
             let boot = work.path().join("image.boot");
             std::fs::write(&boot, &c.files["image/image.boot"]).unwrap();
             let backend = work.path().join("backend");
