@@ -18,7 +18,7 @@ mod ranges;
 
 use crate::gzip::{Restart, inflate_from, inflate_member};
 use crate::oci::{BlobSource, Digest};
-use crate::rafs::format::{CHUNK_COMPRESSED, compressor, digester};
+use crate::rafs::format::{CHUNK_BATCH, CHUNK_COMPRESSED, CHUNK_ENCRYPTED, compressor, digester};
 use crate::rafs::meta::BlobMeta;
 use crate::rafs::writer::{BlobSpec, ChunkSpec};
 use cache::BlobCache;
@@ -790,10 +790,6 @@ impl Blob {
         Ok(out)
     }
 }
-
-/// Chunk flags of a Nydus bootstrap's chunk table this reader cannot decode.
-const CHUNK_ENCRYPTED: u32 = 0x4;
-const CHUNK_BATCH: u32 = 0x8;
 
 /// Decode one native chunk into `out` (sized to the chunk's uncompressed size): it must fill
 /// `out` exactly, and nothing larger is ever allocated.

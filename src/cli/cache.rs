@@ -77,8 +77,8 @@ fn age(modified: u64) -> String {
     }
 }
 
-/// Artifact copies (and leftovers of interrupted fetches) not written in the last minute: a
-/// mount that is starting may be about to open one.
+/// Artifact copies, kept Nydus bootstrap layers (and leftovers of interrupted fetches) not
+/// written in the last minute: a mount that is starting may be about to open one.
 fn prune_artifacts(dir: &Path) -> anyhow::Result<Vec<String>> {
     let mut removed = Vec::new();
     let Ok(rd) = std::fs::read_dir(dir) else { return Ok(removed) };
@@ -89,7 +89,12 @@ fn prune_artifacts(dir: &Path) -> anyhow::Result<Vec<String>> {
         if fresh {
             continue;
         }
-        std::fs::remove_dir_all(e.path()).with_context(|| format!("cannot remove {}", e.path().display()))?;
+        let gone = if e.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::remove_dir_all(e.path())
+        } else {
+            std::fs::remove_file(e.path())
+        };
+        gone.with_context(|| format!("cannot remove {}", e.path().display()))?;
         removed.push(e.file_name().to_string_lossy().into_owned());
     }
     Ok(removed)

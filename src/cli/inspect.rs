@@ -71,7 +71,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
         layers.push(LayerReport { descriptor: d, format, toc_offset });
     }
     let nydus = if zran::nydus::is_nydus(&image.manifest) {
-        let (_, bootstrap) = zran::nydus::fetch_bootstrap(&image)?;
+        let (_, bootstrap) = zran::nydus::fetch_bootstrap(&image, None)?;
         Some(zran::nydus::describe(&bootstrap))
     } else {
         None

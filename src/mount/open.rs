@@ -88,7 +88,8 @@ pub fn open(
 
 /// Mount a Nydus image from its own bootstrap layer.
 fn from_nydus(image: Image, cache: &Path) -> Result<Mountable, MountError> {
-    let crate::nydus::Opened { bootstrap, blobs } = crate::nydus::open(&image)?;
+    let crate::nydus::Opened { bootstrap, blobs } =
+        crate::nydus::open(&image, Some(&cache.join("artifacts")))?;
     tracing::info!(image = %image.name, kind = %crate::nydus::describe(&bootstrap), "mounting a Nydus image");
     let name = image.name.clone();
     let image_size = image.manifest.layers.iter().map(|l| l.size).sum();

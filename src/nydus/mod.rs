@@ -17,8 +17,10 @@ use crate::rafs::format::{blob_features, compressor};
 use crate::rafs::meta::BlobMeta;
 use crate::rafs::reader::{Bootstrap, ReadError, read_bootstrap};
 use crate::rafs::writer::BlobSpec;
+use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
-use std::io::Read;
+use std::io::{Read, Write};
+use std::path::Path;
 
 pub use crate::artifact::nydus_ref::{
     BLOB_ANNOTATION, BLOB_MEDIA_TYPE, BOOTSTRAP_ANNOTATION, BOOTSTRAP_PATH, FS_VERSION_ANNOTATION,
@@ -203,8 +205,11 @@ pub struct Opened {
     pub blobs: Vec<(usize, Decoding)>,
 }
 
-/// Fetch `image`'s bootstrap layer and read its bootstrap.
-pub fn fetch_bootstrap(image: &Image) -> Result<(Extracted, Bootstrap), NydusError> {
+/// Fetch `image`'s bootstrap layer and read its bootstrap. With `keep`, a directory, the layer
+/// is kept there by digest (`nydus-<hex>.tar.gz`, written whole under a temporary name, then
+/// renamed) and taken from there next time, its digest checked again: the snapshotter's
+/// decision and the serving process it starts then fetch it once between them.
+pub fn fetch_bootstrap(image: &Image, keep: Option<&Path>) -> Result<(Extracted, Bootstrap), NydusError> {
     let Some(desc) = image.manifest.layers.last() else {
         return Err(NydusError::NoBootstrap { digest: "(the manifest has no layers)".into() });
     };
@@ -217,22 +222,48 @@ pub fn fetch_bootstrap(image: &Image) -> Result<(Extracted, Bootstrap), NydusErr
             limit: MAX_BOOTSTRAP_LAYER,
         });
     }
-    let bytes = image.source.fetch(&desc.digest, MAX_BOOTSTRAP_LAYER).map_err(|e| NydusError::Fetch {
-        image: image.name.clone(),
-        digest: digest.clone(),
-        source: Box::new(e),
-    })?;
+    let kept = keep.map(|dir| dir.join(format!("nydus-{}.tar.gz", desc.digest.hex())));
+    let cached = kept.as_ref().and_then(|path| {
+        let bytes = std::fs::read(path).ok()?;
+        (hex::encode(Sha256::digest(&bytes)) == desc.digest.hex()).then_some(bytes)
+    });
+    let bytes = match cached {
+        Some(bytes) => bytes,
+        None => {
+            let bytes = image.source.fetch(&desc.digest, MAX_BOOTSTRAP_LAYER).map_err(|e| {
+                NydusError::Fetch { image: image.name.clone(), digest: digest.clone(), source: Box::new(e) }
+            })?;
+            if let Some(path) = &kept
+                && let Err(e) = keep_file(path, &bytes)
+            {
+                tracing::warn!("cannot keep the Nydus bootstrap layer at {}: {e}", path.display());
+            }
+            bytes
+        }
+    };
     let extracted = extract(&bytes, &digest)?;
     let bootstrap = read_bootstrap(&extracted.bootstrap)
         .map_err(|source| NydusError::Bootstrap { digest: digest.clone(), source })?;
     Ok((extracted, bootstrap))
 }
 
-/// Open a Nydus image: its bootstrap, and for each blob the layer that holds it (native) or
+/// Write `bytes` to `path` whole: a temporary file beside it, synced, then renamed.
+fn keep_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Open a Nydus image (`keep`: as for [`fetch_bootstrap`]): its bootstrap, and for each blob the layer that holds it (native) or
 /// names it (oci-ref) and how its chunks are decoded. Every blob must be accounted for by the
 /// manifest; a native blob's layer must hold all its chunk data.
-pub fn open(image: &Image) -> Result<Opened, NydusError> {
-    let (extracted, bootstrap) = fetch_bootstrap(image)?;
+pub fn open(image: &Image, keep: Option<&Path>) -> Result<Opened, NydusError> {
+    let (extracted, bootstrap) = fetch_bootstrap(image, keep)?;
     let data_layers = &image.manifest.layers[..image.manifest.layers.len().saturating_sub(1)];
     let mut blobs = Vec::with_capacity(bootstrap.blobs.len());
     for (index, spec) in bootstrap.blobs.iter().enumerate() {

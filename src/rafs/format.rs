@@ -76,6 +76,8 @@ pub mod digester {
 
 /// `BlobChunkFlags` of a bootstrap chunk table entry.
 pub const CHUNK_COMPRESSED: u32 = 0x1;
+pub const CHUNK_ENCRYPTED: u32 = 0x4;
+pub const CHUNK_BATCH: u32 = 0x8;
 
 /// `i_format`: bit 0 the inode version, bits 1..3 the data layout.
 pub const INODE_EXTENDED: u16 = 0x1;

@@ -213,7 +213,7 @@ impl Decider {
         };
         // A Nydus image carries its own bootstrap: served when it opens (every blob found).
         if crate::nydus::is_nydus(&image.manifest) {
-            return match crate::nydus::open(&image) {
+            return match crate::nydus::open(&image, Some(&self.cache.join("artifacts"))) {
                 Ok(opened) => {
                     let kinds: Vec<_> = opened.bootstrap.blobs.iter().map(crate::nydus::blob_kind).collect();
                     let via = if kinds.iter().all(|k| *k == crate::nydus::BlobKind::Native) {
