@@ -33,3 +33,4 @@ pub mod rafs;
 pub mod snapshotter;
 pub mod tar;
 pub mod tree;
+pub mod zstdchunked;

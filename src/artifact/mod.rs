@@ -827,7 +827,15 @@ mod tests {
     use super::*;
 
     fn chunk(offset: u64, compressed_end: u64, chunk_size: u64) -> Chunk {
-        Chunk { offset, inner_offset: 0, chunk_offset: 0, chunk_size, chunk_digest: None, compressed_end }
+        Chunk {
+            offset,
+            inner_offset: 0,
+            chunk_offset: 0,
+            chunk_size,
+            chunk_digest: None,
+            compressed_end,
+            zeros: false,
+        }
     }
 
     #[test]

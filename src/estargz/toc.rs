@@ -124,8 +124,11 @@ pub struct Chunk {
     /// gets its `digest` here.
     pub chunk_digest: Option<Digest>,
     /// Where the next gzip member holding a chunk (or the TOC) starts: reading the blob from
-    /// `offset` to here is enough to inflate this chunk.
+    /// `offset` to here is enough to inflate this chunk. (zstd:chunked: the end of the chunk's
+    /// zstd frame.)
     pub compressed_end: u64,
+    /// zstd:chunked `chunkType: "zeros"`: the chunk is all zero bytes and needs no fetch.
+    pub zeros: bool,
 }
 
 /// One entry of the layer, as the TOC describes it.
@@ -205,6 +208,9 @@ pub struct Toc {
     pub version: u32,
     pub entries: Vec<TocEntry>,
     pub landmark: Option<Landmark>,
+    /// The blob is zstd frames (`ctr-remote --zstdchunked`: an eStargz TOC in a zstd:chunked
+    /// layer), not gzip members: each chunk's `offset` starts a zstd frame.
+    pub zstd: bool,
 }
 
 impl Toc {
@@ -467,6 +473,7 @@ pub fn parse_tail(
         version: contents.version,
         entries: contents.entries,
         landmark: contents.landmark,
+        zstd: false,
     })
 }
 
@@ -888,6 +895,7 @@ impl Validator<'_> {
             chunk_size,
             chunk_digest,
             compressed_end: 0,
+            zeros: false,
         });
         if let Some(f) = self.file.as_mut() {
             f.covered = chunk_offset + chunk_size;
