@@ -4,7 +4,8 @@
 #   testimages/build.sh [OUT]        (default OUT=$REPO/target/testimages)
 #
 # makes OUT/layouts/{python,edge,multi,tarquirks,paths,umoci-insert,python-estargz,
-# edge-estargz}, each tagged "latest", and their truth trees (truth.py) OUT/truth/<name>.json
+# edge-estargz} and the zstd and uncompressed forms of python and edge (README.md:
+# python-zstdchunked, python-zstd, python-zstd-frames, python-tar, ...), each tagged "latest", and their truth trees (truth.py) OUT/truth/<name>.json
 # plus multi-arm64.json (multi.json is linux/amd64; the eStargz ones leave out the eStargz TOC
 # and landmark files, and must equal the plain ones).
 # Cached: OUT/stamp records the sha256 of every file in testimages/ and the versions of the
@@ -33,12 +34,14 @@ REPO=$(dirname "$HERE")
 OUT=${1:-$REPO/target/testimages}
 PY=/usr/bin/python3
 export PYTHONDONTWRITEBYTECODE=1   # no __pycache__ in testimages/ (it would change the stamp)
-DEB_PACKAGES="busybox-static python3.11 python3.11-minimal libpython3.11-stdlib libpython3.11-minimal libc6 libssl3 libffi8 libsqlite3-0 zlib1g containerd stargz-snapshotter skopeo umoci"
+DEB_PACKAGES="busybox-static python3.11 python3.11-minimal libpython3.11-stdlib libpython3.11-minimal libc6 libssl3 libffi8 libsqlite3-0 zlib1g containerd stargz-snapshotter skopeo umoci zstd python3-zstandard"
 
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
-IMAGES="python edge multi tarquirks paths umoci-insert"
-[ "${ZRAN_TESTIMAGES_NO_ESTARGZ:-}" = 1 ] || IMAGES="$IMAGES python-estargz edge-estargz"
+ZSTD_IMAGES="python-zstdchunked edge-zstdchunked python-zstd python-zstd-frames python-tar python-zstdchunked-v2 edge-zstdchunked-v2"
+IMAGES="python edge multi tarquirks paths umoci-insert $ZSTD_IMAGES"
+[ "${ZRAN_TESTIMAGES_NO_ESTARGZ:-}" = 1 ] \
+    || IMAGES="$IMAGES python-estargz edge-estargz python-estargz-zstd edge-estargz-zstd"
 
 log() { printf '[build.sh %5.1fs] %s\n' "$(( $(date +%s%N) - T0 ))e-9" "$*" >&2; }
 T0=$(date +%s%N)
@@ -68,10 +71,12 @@ if up_to_date; then
     exit 0
 fi
 
-for tool in umoci skopeo docker-registry; do
+for tool in umoci skopeo docker-registry pzstd; do
     command -v $tool > /dev/null || { echo "build.sh: $tool missing: apt-get install \$(cat $HERE/apt-packages.txt)" >&2; exit 1; }
 done
 [ -x "$PY" ] || { echo "build.sh: $PY missing (apt-get install python3)" >&2; exit 1; }
+"$PY" -c 'import zstandard' 2> /dev/null \
+    || { echo "build.sh: python3-zstandard missing: apt-get install python3-zstandard" >&2; exit 1; }
 
 NEW="$OUT/layouts.new"
 WORK="$OUT/work"
@@ -111,6 +116,20 @@ bash "$HERE/mkumoci.sh" "$NEW/umoci-insert" > "$WORK/mkumoci.log" 2>&1 \
 wait $p1
 wait $p2
 
+# -- 1b. zstd and uncompressed forms of python and edge ------------------------------------------
+log "zstd:chunked (skopeo, and v2 by mkzstdchunked.py), plain zstd (skopeo, pzstd), uncompressed"
+printf '{"default":[{"type":"insecureAcceptAnything"}]}\n' > "$WORK/policy.json"
+for n in python edge; do
+    skopeo --policy "$WORK/policy.json" copy -q --dest-compress-format zstd:chunked \
+        "oci:$NEW/$n:latest" "oci:$NEW/$n-zstdchunked:latest"
+done
+skopeo --policy "$WORK/policy.json" copy -q --dest-compress-format zstd \
+    "oci:$NEW/python:latest" "oci:$NEW/python-zstd:latest"
+"$PY" "$HERE/mkrecompress.py" pzstd "$NEW/python" "$NEW/python-zstd-frames"
+"$PY" "$HERE/mkrecompress.py" tar "$NEW/python" "$NEW/python-tar"
+"$PY" "$HERE/mkzstdchunked.py" "$NEW/python" "$NEW/python-zstdchunked-v2"
+"$PY" "$HERE/mkzstdchunked.py" "$NEW/edge" "$NEW/edge-zstdchunked-v2"
+
 # -- 2. the python image must run -------------------------------------------------------------
 log "chroot test of python"
 rm -rf "$WORK/python-rootfs"
@@ -129,7 +148,6 @@ if [ "${ZRAN_TESTIMAGES_NO_ESTARGZ:-}" != 1 ]; then
     log "registry and containerd"
     port=$(bash "$HERE/registry.sh" start "$WORK/registry" plain)
     REG=127.0.0.1:$port
-    printf '{"default":[{"type":"insecureAcceptAnything"}]}\n' > "$WORK/policy.json"
     C="$WORK/containerd"
     mkdir -p "$C/root" "$C/state"
     SOCK="$C/containerd.sock"
@@ -166,6 +184,12 @@ EOF
         ctr -a "$SOCK" images push --plain-http "$REG/$n:estargz" > /dev/null
         skopeo --policy "$WORK/policy.json" copy -q --preserve-digests --src-tls-verify=false \
             "docker://$REG/$n:estargz" "oci:$NEW/$n-estargz:latest"
+        # the eStargz TOC in zstd frames (stargz-snapshotter's zstd:chunked)
+        ctr-remote -a "$SOCK" image convert --zstdchunked --oci "$REG/$n:latest" \
+            "$REG/$n:estargz-zstd" > /dev/null
+        ctr -a "$SOCK" images push --plain-http "$REG/$n:estargz-zstd" > /dev/null
+        skopeo --policy "$WORK/policy.json" copy -q --preserve-digests --src-tls-verify=false \
+            "docker://$REG/$n:estargz-zstd" "oci:$NEW/$n-estargz-zstd:latest"
     }
     overlayfs_walk() {   # NAME: the image as containerd's overlayfs snapshotter shows it
         local n=$1 top opts mnt
@@ -194,7 +218,7 @@ PY
         umount "$mnt"
         MOUNTED=""
     }
-    log "ctr-remote image convert --estargz --oci: python and edge (in parallel); paths through overlayfs"
+    log "ctr-remote image convert --estargz / --zstdchunked --oci: python and edge (in parallel); paths through overlayfs"
     convert python > "$WORK/convert-python.log" 2>&1 & c1=$!
     convert edge > "$WORK/convert-edge.log" 2>&1 & c2=$!
     overlayfs_walk paths
@@ -238,6 +262,27 @@ for n in names:
                 assert a.get("containerd.io/snapshot/stargz/toc.digest", "").startswith("sha256:"), \
                     "%s: layer %s has no toc.digest annotation" % (n, l["digest"])
                 assert l["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip", l
+    if n.endswith("-estargz-zstd"):
+        for m in manifests:
+            for l in m["layers"]:
+                a = l.get("annotations", {})
+                assert a.get("containerd.io/snapshot/stargz/toc.digest", "").startswith("sha256:"), \
+                    "%s: layer %s has no toc.digest annotation" % (n, l["digest"])
+                assert l["mediaType"] == "application/vnd.oci.image.layer.v1.tar+zstd", l
+    if n.endswith("-zstdchunked") or n.endswith("-zstdchunked-v2"):
+        pre = "io.containers." if n.endswith("-zstdchunked") else "io.github.containers."
+        for m in manifests:
+            for l in m["layers"]:
+                a = l.get("annotations", {})
+                assert a.get(pre + "zstd-chunked.manifest-checksum", "").startswith("sha256:"), \
+                    "%s: layer %s has no %szstd-chunked.manifest-checksum" % (n, l["digest"], pre)
+                assert l["mediaType"] == "application/vnd.oci.image.layer.v1.tar+zstd", l
+    if n in ("python-zstd", "python-zstd-frames"):
+        assert all(l["mediaType"] == "application/vnd.oci.image.layer.v1.tar+zstd"
+                   for m in manifests for l in m["layers"]), n
+    if n == "python-tar":
+        assert all(l["mediaType"] == "application/vnd.oci.image.layer.v1.tar"
+                   for m in manifests for l in m["layers"]), n
     print("  %-15s %d manifest(s), %d blobs, %.1f MB" % (
         n, len(manifests), len(files),
         sum(os.path.getsize(os.path.join(root, n, "blobs", "sha256", f)) for f in files) / 1e6),
@@ -276,22 +321,26 @@ else
 fi
 jobs_=("python" "edge" "multi --platform linux/amd64" "multi-arm64 --platform linux/arm64/v8"
        "tarquirks" "$paths_job" "umoci-insert")
+jobs_+=($ZSTD_IMAGES)
 case " $IMAGES " in *" python-estargz "*)
-    jobs_+=("python-estargz --drop-estargz-meta" "edge-estargz --drop-estargz-meta") ;; esac
+    jobs_+=("python-estargz --drop-estargz-meta" "edge-estargz --drop-estargz-meta"
+            "python-estargz-zstd --drop-estargz-meta" "edge-estargz-zstd --drop-estargz-meta") ;; esac
 run2 "${jobs_[@]}" || { tail -n 3 "$OUT"/truth/*.log >&2; echo "build.sh: truth.py failed" >&2; exit 1; }
 rm -f "$OUT"/truth/*.log
 rm -rf "$WALKS"
-if [ -f "$OUT/truth/edge-estargz.json" ]; then
-    "$PY" - "$OUT/truth" <<'PY'
+# every other form of python and edge must unpack to the same tree as the plain one
+"$PY" - "$OUT/truth" $IMAGES <<'PY'
 import json, sys
-t = sys.argv[1]
-for n in ("python", "edge"):
-    a = json.load(open("%s/%s.json" % (t, n)))
-    b = json.load(open("%s/%s-estargz.json" % (t, n)))
+t, names = sys.argv[1], sys.argv[2:]
+for n in names:
+    src = n.split("-")[0]
+    if n == src or src not in ("python", "edge"):
+        continue
+    a = json.load(open("%s/%s.json" % (t, src)))
+    b = json.load(open("%s/%s.json" % (t, n)))
     assert a["entries"] == b["entries"] and a["hardlink_groups"] == b["hardlink_groups"], \
-        "%s and %s-estargz unpack differently" % (n, n)
+        "%s and %s unpack differently" % (src, n)
 PY
-fi
 checks=("$OUT/truth/edge.json" "$OUT/truth/python.json")
 "$PY" "$HERE/check_truth.py" "${checks[@]}"
 [ ! -f "$OUT/truth/edge-estargz.json" ] || "$PY" "$HERE/check_truth.py" "$OUT/truth/edge-estargz.json"

@@ -10,6 +10,7 @@ Media types are the standard OCI ones:
   application/vnd.oci.image.config.v1+json, application/vnd.oci.image.layer.v1.tar+gzip.
 """
 
+import gzip
 import hashlib
 import io
 import json
@@ -220,3 +221,34 @@ class Layout:
         with open(os.path.join(self.path, "index.json"), "wb") as f:
             f.write(canonical_json({"schemaVersion": 2, "mediaType": MT_INDEX,
                                     "manifests": self.index}))
+
+
+MT_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
+MT_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+
+
+def read_image(src, ref="latest"):
+    """(manifest, config bytes, [layer tar bytes]) of the single-manifest image SRC:REF whose
+    layers are gzip (what mkpython.py and mkedge.py write)."""
+    def blob(d):
+        with open(os.path.join(src, "blobs", *d.split(":")), "rb") as f:
+            return f.read()
+    with open(os.path.join(src, "index.json"), "rb") as f:
+        [top] = [d for d in json.load(f)["manifests"]
+                 if d.get("annotations", {}).get(REF_NAME) == ref]
+    manifest = json.loads(blob(top["digest"]))
+    tars = [gzip.decompress(blob(l["digest"])) for l in manifest["layers"]]
+    return manifest, blob(manifest["config"]["digest"]), tars
+
+
+def relayer(src, out, convert):
+    """Write the layout OUT: the image SRC:latest with each layer's tar re-encoded by
+    convert(tar, i) -> (blob bytes, media type, annotations or None). The config (DiffIDs
+    included) is kept byte for byte: convert must keep the tar stream as it is."""
+    manifest, config, tars = read_image(src)
+    lay = Layout(out)
+    descs = [lay.blob(b, mt, ann) for b, mt, ann in (convert(t, i) for i, t in enumerate(tars))]
+    cdesc = lay.blob(config, manifest["config"]["mediaType"])
+    m = {"schemaVersion": 2, "mediaType": MT_MANIFEST, "config": cdesc, "layers": descs}
+    lay.tag(lay.blob(canonical_json(m), MT_MANIFEST))
+    lay.close()

@@ -388,16 +388,28 @@ def open_layer(path):
     """The layer's tar stream, in memory, padded to whole blocks and two zero blocks more:
     Go's reader (umoci's) accepts a stream that ends without its last entry's padding or its
     end blocks, tarfile would not. (A stream cut inside an entry's data is umoci's to refuse.)"""
-    with open(path, "rb") as f:
-        magic = f.read(2)
-        f.seek(0)
-        if magic == b"\x1f\x8b":
-            data = gzip.GzipFile(fileobj=f).read()  # every member of a multi-member stream
-        elif magic == b"\x28\xb5":
-            sys.exit("truth.py: zstd layers are not supported by the model (use --no-model)")
-        else:
-            data = f.read()
+    data = layer_tar(path)
     return io.BytesIO(data + b"\0" * (-len(data) % 512 + 1024))
+
+
+def is_zstd(magic):
+    """A zstd frame (28 b5 2f fd) or a skippable frame (5? 2a 4d 18, as pzstd starts with)."""
+    return magic[:4] == b"\x28\xb5\x2f\xfd" or (magic[1:4] == b"\x2a\x4d\x18"
+                                                  and magic[0] & 0xF0 == 0x50)
+
+
+def layer_tar(path):
+    """The layer's tar stream as stored: gzip (every member), zstd (every frame, skippable frames
+    skipped: zstd:chunked's TOC and footer, pzstd's size frames) or uncompressed."""
+    with open(path, "rb") as f:
+        magic = f.read(4)
+        f.seek(0)
+        if magic[:2] == b"\x1f\x8b":
+            return gzip.GzipFile(fileobj=f).read()  # every member of a multi-member stream
+        if is_zstd(magic):
+            import zstandard  # python3-zstandard (Debian)
+            return zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True).read()
+        return f.read()
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -561,8 +573,47 @@ def unpack_umoci(args, layout, desc, manifest, layers, outdir):
         # a layout naming only the chosen manifest (umoci unpacks manifests, not indexes)
         lay = os.path.join(scratch, "layout")
         os.makedirs(os.path.join(lay, "blobs", "sha256"))
-        for d in [desc["digest"], manifest["config"]["digest"]] + layers:
+        # umoci 0.4 unpacks gzip and plain tar layers only: a zstd layer is given to it as the
+        # tar it decompresses to (its DiffID), in a manifest rewritten for the scratch layout
+        zstd_layers = [l for l in manifest["layers"] if l["mediaType"].endswith("+zstd")]
+        blobs = [manifest["config"]["digest"]] + [l["digest"] for l in manifest["layers"]
+                                                  if l not in zstd_layers]
+        # (and its config's DiffID is that tar's digest: skopeo 1.9's zstd:chunked streams end
+        # right after the two end-of-archive blocks, so they differ from the source tar's DiffID
+        # when that had more record padding, while the config keeps the source's DiffIDs)
+        if zstd_layers:
+            m2 = dict(manifest, layers=[])
+            config = read_json(layout, manifest["config"]["digest"])
+            for i, l in enumerate(manifest["layers"]):
+                if l in zstd_layers:
+                    tar = layer_tar(blob_path(layout, l["digest"]))
+                    dig = "sha256:" + hashlib.sha256(tar).hexdigest()
+                    if config["rootfs"]["diff_ids"][i] != dig:
+                        print("truth.py: layer %s decompresses to %s, not its DiffID %s"
+                              % (l["digest"], dig, config["rootfs"]["diff_ids"][i]), file=sys.stderr)
+                        config["rootfs"]["diff_ids"][i] = dig
+                    with open(blob_path(lay, dig), "wb") as f:
+                        f.write(tar)
+                    l = {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": dig,
+                         "size": len(tar)}
+                m2["layers"].append(l)
+            raw = json.dumps(config).encode()
+            m2["config"] = dict(manifest["config"], size=len(raw),
+                                digest="sha256:" + hashlib.sha256(raw).hexdigest())
+            with open(blob_path(lay, m2["config"]["digest"]), "wb") as f:
+                f.write(raw)
+            blobs = blobs[1:]
+            raw = json.dumps(m2).encode()
+            desc = {"mediaType": desc["mediaType"], "size": len(raw),
+                    "digest": "sha256:" + hashlib.sha256(raw).hexdigest()}
+            with open(blob_path(lay, desc["digest"]), "wb") as f:
+                f.write(raw)
+        else:
+            blobs.append(desc["digest"])
+        for d in blobs:
             dst = blob_path(lay, d)
+            if os.path.exists(dst):
+                continue
             try:
                 os.link(blob_path(layout, d), dst)
             except OSError:
