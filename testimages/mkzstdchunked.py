@@ -167,9 +167,11 @@ def encode(tar):
                         c["chunkType"] = "zeros"
                 e["endOffset"] = stop
             stats["multi_chunk_files"] += len(cs) > 1
-        # tar-split type 1: the entry, its data's crc64 (ISO) big-endian (ref 3.6)
-        split.append({"type": 1, "name": ti.name, "size": ti.size if ti.isreg() else 0,
-                      "payload": base64.b64encode(struct.pack(">Q", crc64_iso(data))).decode(),
+        # tar-split type 1: the entry, its data's crc64 (ISO) big-endian (ref 3.6); tar-split
+        # sums only entries with data: the others have a null payload (Go: a nil []byte)
+        split.append({"type": 1, "name": ti.name, "size": len(data),
+                      "payload": base64.b64encode(struct.pack(">Q", crc64_iso(data))).decode()
+                      if data else None,
                       "position": len(split)})
         end = ti.offset_data + (ti.size if ti.isreg() else 0)
     frame(tar[end:])  # ref 3.1: the EOF frame (zero blocks, record padding)

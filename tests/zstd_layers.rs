@@ -22,8 +22,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// zstd:chunked (both generations) and the eStargz TOC in zstd: mountable from their TOCs.
-const TOC_IMAGES: [&str; 5] =
-    ["python-zstdchunked", "edge-zstdchunked", "python-zstdchunked-v2", "edge-zstdchunked-v2", "python-estargz-zstd"];
+const TOC_IMAGES: [&str; 5] = [
+    "python-zstdchunked",
+    "edge-zstdchunked",
+    "python-zstdchunked-v2",
+    "edge-zstdchunked-v2",
+    "python-estargz-zstd",
+];
 /// Plain zstd and uncompressed layers: an artifact is needed.
 const STREAM_IMAGES: [&str; 3] = ["python-zstd", "python-zstd-frames", "python-tar"];
 
@@ -69,7 +74,12 @@ fn layers_size(layout: &Path) -> u64 {
 
 /// The paths of the truth (less the eStargz TOC and landmarks, as the truth files have them).
 fn truth_paths(name: &str) -> BTreeSet<String> {
-    truth(name)["entries"].as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap().to_string()).collect()
+    truth(name)["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap().to_string())
+        .collect()
 }
 
 #[test]
@@ -78,8 +88,12 @@ fn inspect_files_lists_the_truth_of_every_zstd_and_tar_image() {
         let o = zran(&["inspect", &layout_image(name), "--files", "--json"]);
         assert!(o.status.success(), "inspect --files {name}: {}", String::from_utf8_lossy(&o.stderr));
         let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-        let mut got: BTreeSet<String> =
-            v["entries"].as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap().to_string()).collect();
+        let mut got: BTreeSet<String> = v["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["path"].as_str().unwrap().to_string())
+            .collect();
         if name.contains("estargz") {
             for m in ["/stargz.index.json", "/.no.prefetch.landmark", "/.prefetch.landmark"] {
                 got.remove(m);
@@ -170,8 +184,10 @@ fn toc_of(layout: &Path, layer: &Value) -> Value {
         .or(ann["io.containers.zstd-chunked.manifest-position"].as_str())
         .unwrap();
     let f: Vec<u64> = pos.split(':').map(|x| x.parse().unwrap()).collect();
-    let blob = std::fs::read(layout.join("blobs/sha256").join(layer["digest"].as_str().unwrap().trim_start_matches("sha256:")))
-        .unwrap();
+    let blob = std::fs::read(
+        layout.join("blobs/sha256").join(layer["digest"].as_str().unwrap().trim_start_matches("sha256:")),
+    )
+    .unwrap();
     let z = &blob[f[0] as usize..(f[0] + f[1]) as usize];
     serde_json::from_slice(&zstd::decode_all(z).unwrap()).unwrap()
 }
@@ -181,7 +197,8 @@ fn a_changed_byte_in_a_payload_frame_fails_that_file_only() {
     for name in ["python-zstdchunked-v2", "python-zstdchunked"] {
         let (_work, lay) = layout_copy(name);
         let m = manifest(&lay);
-        let layer = m["layers"].as_array().unwrap().iter().max_by_key(|l| l["size"].as_u64().unwrap()).unwrap();
+        let layer =
+            m["layers"].as_array().unwrap().iter().max_by_key(|l| l["size"].as_u64().unwrap()).unwrap();
         let toc = toc_of(&lay, layer);
         // A file of one chunk (one frame) of some size, not hard-linked.
         let entries = toc["entries"].as_array().unwrap();
@@ -249,15 +266,95 @@ fn a_toc_that_does_not_match_its_annotation_is_refused() {
         assert!(err.contains("sha256:") || err.to_lowercase().contains("checksum"), "{name}: {err}");
         let cache = tempfile::tempdir().unwrap();
         let mnt = tempfile::tempdir().unwrap();
-        let o = zran(&["mount", &image, mnt.path().to_str().unwrap(), "--cache-dir", cache.path().to_str().unwrap()]);
+        let o = zran(&[
+            "mount",
+            &image,
+            mnt.path().to_str().unwrap(),
+            "--cache-dir",
+            cache.path().to_str().unwrap(),
+        ]);
         assert!(!o.status.success(), "{name}: mounted with a TOC its annotation does not vouch for");
         // --insecure-skip-verify takes the TOC as it is.
         let o = zran(&["inspect", &image, "--files", "--json", "--insecure-skip-verify"]);
         assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
         let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-        let got: BTreeSet<String> =
-            v["entries"].as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap().to_string()).collect();
+        let got: BTreeSet<String> = v["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["path"].as_str().unwrap().to_string())
+            .collect();
         assert_eq!(got, truth_paths(name), "{name}");
         assert!(v["bytes_fetched"].as_u64().unwrap() < layers_size(&lay) / 4, "{name}: TOC not used");
+    }
+}
+
+/// The hand-built current-format images, read by another reader: containers/zstd-chunked-rs
+/// (crates.io `zstd-chunked`) finds the TOC and tar-split from the annotations and from the
+/// footer (the same ranges), rebuilds each layer's tar from the tar-split and the files' frames
+/// (each file's sha256 checked), and gets the DiffID; a plain zstd decoder gets it too.
+#[test]
+fn the_current_format_images_are_read_by_zstd_chunked_rs_and_plain_zstd() {
+    use zstd_chunked::{MetadataReferences, Stream};
+    for name in ["python-zstdchunked-v2", "edge-zstdchunked-v2"] {
+        let lay = layouts().join(name);
+        let m = manifest(&lay);
+        let cfg = &m["config"]["digest"].as_str().unwrap()["sha256:".len()..];
+        let config: Value =
+            serde_json::from_slice(&std::fs::read(lay.join("blobs/sha256").join(cfg)).unwrap()).unwrap();
+        let diff_ids = config["rootfs"]["diff_ids"].as_array().unwrap();
+        for (i, layer) in m["layers"].as_array().unwrap().iter().enumerate() {
+            let blob = std::fs::read(layout_blob_path(&lay, layer)).unwrap();
+            let ann: std::collections::HashMap<String, String> = layer["annotations"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+                .collect();
+            let refs = MetadataReferences::from_oci(|k| ann.get(k))
+                .unwrap_or_else(|| panic!("{name} layer {i}: not zstd:chunked by its annotations"));
+            let footer = MetadataReferences::from_footer(&blob[blob.len() - 72..])
+                .unwrap_or_else(|| panic!("{name} layer {i}: no footer"));
+            assert_eq!(refs.manifest.range, footer.manifest.range, "{name} layer {i}");
+            assert_eq!(refs.tarsplit.range, footer.tarsplit.range, "{name} layer {i}");
+            let toc_z = &blob[refs.manifest.range.start as usize..refs.manifest.range.end as usize];
+            assert_eq!(
+                refs.manifest.digest.as_deref(),
+                Some(format!("sha256:{}", hex::encode(Sha256::digest(toc_z))).as_str()),
+                "{name} layer {i}: manifest-checksum"
+            );
+            let ts_z = &blob[refs.tarsplit.range.start as usize..refs.tarsplit.range.end as usize];
+            let toc: Value = serde_json::from_slice(&zstd::decode_all(toc_z).unwrap()).unwrap();
+            assert_eq!(
+                toc["tarSplitDigest"].as_str(),
+                Some(format!("sha256:{}", hex::encode(Sha256::digest(ts_z))).as_str()),
+                "{name} layer {i}: tarSplitDigest"
+            );
+            let stream = Stream::new_from_frames(toc_z, ts_z).unwrap();
+            let mut tar = Vec::new();
+            stream
+                .write_to(&mut tar, |r| {
+                    let data = zstd::decode_all(&blob[r.range.start as usize..r.range.end as usize])?;
+                    anyhow::ensure!(data.len() as u64 == r.size, "size");
+                    anyhow::ensure!(
+                        format!("sha256:{}", hex::encode(Sha256::digest(&data))) == r.digest,
+                        "digest"
+                    );
+                    Ok(data)
+                })
+                .unwrap_or_else(|e| panic!("{name} layer {i}: {e:#}"));
+            let want = diff_ids[i].as_str().unwrap();
+            assert_eq!(
+                format!("sha256:{}", hex::encode(Sha256::digest(&tar))),
+                want,
+                "{name} layer {i}: tar-split"
+            );
+            let plain = zstd::decode_all(&blob[..]).unwrap();
+            assert_eq!(
+                format!("sha256:{}", hex::encode(Sha256::digest(&plain))),
+                want,
+                "{name} layer {i}: zstd"
+            );
+        }
     }
 }
