@@ -131,13 +131,12 @@ fn every_zstd_and_tar_image_reads_the_truth_through_an_artifact() {
         let s = mount_and_compare(name, art.to_str().unwrap(), &["--image", &remote]);
         assert!(s["requests"].as_u64().unwrap() > 0, "{name}: {s}");
     }
-    // The other generations and the edge image, from the registry only.
-    for name in ["edge-estargz-zstd"] {
-        let work = tempfile::tempdir().unwrap();
-        let art = work.path().join("art");
-        generate(&format!("{}/{name}", reg.host()), &art);
-        mount_and_compare(name, art.to_str().unwrap(), &[]);
-    }
+    // edge in eStargz-in-zstd, generated from the registry.
+    let name = "edge-estargz-zstd";
+    let work = tempfile::tempdir().unwrap();
+    let art = work.path().join("art");
+    generate(&format!("{}/{name}", reg.host()), &art);
+    mount_and_compare(name, art.to_str().unwrap(), &[]);
 }
 
 #[test]
