@@ -23,6 +23,13 @@ use zstd::zstd_safe::{DCtx, InBuffer, OutBuffer};
 const ROUND: usize = 512 * 1024;
 /// Compressed bytes read per `read` call.
 const INPUT_CHUNK: usize = 256 * 1024;
+/// A run of zstd frames (a context) whose output is larger than this is not decoded per read
+/// (each read of a chunk late in it would decode everything before it again) but fetched and
+/// decoded whole, once, into the cache, by the first read that needs it: 16 MiB, what Nydus
+/// decodes from one zran context at most and what a chunk may hold, so no multi-frame layer
+/// with contexts of a chunk or two ever reaches it; `zstd` and skopeo's `zstd` write one frame
+/// per layer, which does.
+pub const WHOLE_FRAME: u64 = 16 << 20;
 /// The magic number of a zstd frame, and of skippable frames (the low 4 bits vary).
 pub const FRAME_MAGIC: u32 = 0xFD2F_B528;
 pub const SKIPPABLE_MAGIC: u32 = 0x184D_2A50;
