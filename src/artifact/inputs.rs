@@ -109,7 +109,9 @@ pub fn layer_inputs(
         let (format, toc_offset) = layer_format(image, d)?;
         // Every zstd layer (plain, zstd:chunked, or an eStargz TOC inside zstd frames) is read
         // as the zstd stream it is; its DiffID, from the image config, checks the pass.
-        if d.compression() == Compression::Zstd || matches!(format, LayerFormat::Zstd | LayerFormat::ZstdChunked) {
+        if d.compression() == Compression::Zstd
+            || matches!(format, LayerFormat::Zstd | LayerFormat::ZstdChunked)
+        {
             let ids = diff_ids.get_or_insert_with(|| config_diff_ids(image));
             passes.push(LayerInput::Zstd {
                 chunked: format != LayerFormat::Zstd,

@@ -358,14 +358,7 @@ fn zstd_layer(
     )?;
     let name = if chunked { format_name::ZSTD_CHUNKED } else { format_name::ZSTD };
     let largest = scan.frames.as_ref().map_or(0, |f| f.largest_frame);
-    let mut out = indexed_layer(
-        i,
-        d,
-        scan,
-        name,
-        compressor::ZSTD,
-        crate::rafs::meta::Limits::ZSTD,
-    )?;
+    let mut out = indexed_layer(i, d, scan, name, compressor::ZSTD, crate::rafs::meta::Limits::ZSTD)?;
     out.record.largest_frame = Some(largest);
     if largest > WHOLE_FRAME && out.record.chunks > 0 {
         tracing::warn!(
@@ -401,7 +394,10 @@ fn tar_layer(
             None => {
                 let ci = meta.chunks.len();
                 if c.out.saturating_add(u64::from(c.len)) > d.size {
-                    return Err(meta_err(d, format!("chunk at {} + {} past the layer's {} bytes", c.out, c.len, d.size)));
+                    return Err(meta_err(
+                        d,
+                        format!("chunk at {} + {} past the layer's {} bytes", c.out, c.len, d.size),
+                    ));
                 }
                 meta.chunks.push(StargzChunk {
                     uncompressed_offset: pos,

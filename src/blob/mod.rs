@@ -677,7 +677,8 @@ impl BlobSet {
             chunks = u.chunks.len(),
             "fetching and decoding a whole zstd frame"
         );
-        let pieces = Pieces { set: self, blob, at: u.start, end: u.end.min(blob.size), buf: Vec::new(), pos: 0 };
+        let pieces =
+            Pieces { set: self, blob, at: u.start, end: u.end.min(blob.size), buf: Vec::new(), pos: 0 };
         let mut chunks = u.chunks.clone();
         chunks.sort_by_key(|&(_, at)| at);
         let mut bad = Vec::new();

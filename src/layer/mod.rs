@@ -50,7 +50,9 @@ pub enum LayerError {
     Tar { digest: String, message: String },
     #[error("layer {digest}: {source}")]
     Zstd { digest: String, source: ZstdError },
-    #[error("layer {digest}: the uncompressed stream's sha256 is {found}, the image config's DiffID {expected}")]
+    #[error(
+        "layer {digest}: the uncompressed stream's sha256 is {found}, the image config's DiffID {expected}"
+    )]
     DiffId { digest: String, found: String, expected: String },
 }
 
@@ -110,7 +112,13 @@ pub fn scan_gzip_with_progress(
     for w in &parsed.warnings {
         tracing::warn!("layer {digest}: {w}");
     }
-    Ok(Scan { entries: parsed.entries, index, chunks: parsed.chunks, warnings: parsed.warnings, frames: None })
+    Ok(Scan {
+        entries: parsed.entries,
+        index,
+        chunks: parsed.chunks,
+        warnings: parsed.warnings,
+        frames: None,
+    })
 }
 
 /// Stream a zstd layer (plain, or zstd:chunked read as a stream) once: its frame starts as
@@ -134,7 +142,9 @@ pub fn scan_zstd(
     let reader = Counting { inner: reader, read: 0, progress };
     let mut sink = TarSink::new(chunk);
     let fi = zframe::index_stream(reader, span, &mut sink).map_err(|source| match source {
-        ZstdError::Sink { source, .. } => LayerError::Tar { digest: digest.clone(), message: source.to_string() },
+        ZstdError::Sink { source, .. } => {
+            LayerError::Tar { digest: digest.clone(), message: source.to_string() }
+        }
         source => LayerError::Zstd { digest: digest.clone(), source },
     })?;
     let parsed =
@@ -209,7 +219,10 @@ pub fn scan_tar(
             Err(e) => {
                 return Err(LayerError::Blob {
                     digest,
-                    source: Box::new(OciError::Io { path: format!("{} at offset {at}", layer.digest), source: e }),
+                    source: Box::new(OciError::Io {
+                        path: format!("{} at offset {at}", layer.digest),
+                        source: e,
+                    }),
                 });
             }
         };
@@ -247,7 +260,13 @@ pub fn scan_tar(
         }],
         member_ends: Vec::new(),
     };
-    Ok(Scan { entries: parsed.entries, index, chunks: parsed.chunks, warnings: parsed.warnings, frames: None })
+    Ok(Scan {
+        entries: parsed.entries,
+        index,
+        chunks: parsed.chunks,
+        warnings: parsed.warnings,
+        frames: None,
+    })
 }
 
 /// A reader that reports how much it has read.

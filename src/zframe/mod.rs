@@ -170,8 +170,16 @@ pub fn index_stream<R: Read, S: Sink + ?Sized>(
     sink: &mut S,
 ) -> Result<FrameIndex, ZstdError> {
     use sha2::Digest as _;
-    let mut input =
-        Input { reader, buf: vec![0; INPUT_CHUNK], pos: 0, len: 0, base: 0, eof: false, tail: [0; 8], read: 0 };
+    let mut input = Input {
+        reader,
+        buf: vec![0; INPUT_CHUNK],
+        pos: 0,
+        len: 0,
+        base: 0,
+        eof: false,
+        tail: [0; 8],
+        read: 0,
+    };
     let mut dctx = DCtx::create();
     let mut out = vec![0u8; ROUND];
     let mut out_len = 0usize;

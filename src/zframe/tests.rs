@@ -139,8 +139,7 @@ fn checkpoints_keep_to_the_span_and_the_requests() {
     assert_eq!(outs(choose(&frames, 10_000, 3000, vec![])), vec![0, 3000, 6000, 9000]);
     assert_eq!(outs(choose(&frames, 10_000, 1 << 40, vec![4500, 4999, 100])), vec![0, 4000]);
     // Empty frames: the last one at an offset is taken; one at the end is dropped.
-    let frames =
-        vec![Frame { input: 0, out: 0 }, Frame { input: 9, out: 0 }, Frame { input: 50, out: 10 }];
+    let frames = vec![Frame { input: 0, out: 0 }, Frame { input: 9, out: 0 }, Frame { input: 50, out: 10 }];
     let cps = choose(&frames, 10, 1, vec![]);
     assert_eq!(cps.iter().map(|c| (c.out, c.input)).collect::<Vec<_>>(), vec![(0, 9)]);
 }
