@@ -288,7 +288,6 @@ pub fn index_stream<R: Read, S: Sink + ?Sized>(
     if out_len > 0 {
         flush(&out[..out_len], round_at, &mut requests, &mut pending)?;
     }
-    drop(flush);
     if frames.is_empty() {
         return Err(ZstdError::Empty);
     }
