@@ -244,3 +244,16 @@ fn a_changed_byte_fails_its_file_alone() {
         assert!(stats["digest_failures"].as_u64().unwrap() >= 1, "{form}: {stats}");
     }
 }
+
+#[test]
+fn convert_reads_zstd_and_uncompressed_layers() {
+    let dir = forms();
+    for form in FORMS {
+        let work = tempfile::tempdir().unwrap();
+        let out = format!("oci:{}:nydus", work.path().join("nydus").display());
+        let o = zran(&["convert", &format!("oci:{}:latest", dir.join(form).display()), &out]);
+        assert!(o.status.success(), "convert {form}: {}", String::from_utf8_lossy(&o.stderr));
+        // The Nydus image it wrote, mounted (zran serves Nydus native images) and compared.
+        mount_and_compare(form, &out, &[]);
+    }
+}
