@@ -3,6 +3,8 @@
 //! Modules, in the order data flows through them (a module calls only those before it):
 //! - [`oci`]: images in registries and OCI layouts: references, manifests, blobs.
 //! - [`gzip`]: the zran engine, random access into gzip streams.
+//! - [`zframe`]: the zstd frame engine: one pass over a zstd stream, its frame starts as
+//!   checkpoints.
 //! - [`estargz`]: eStargz footers and tables of contents.
 //! - [`tar`]: tar entries with the offsets of their data.
 //! - [`layer`]: one streaming pass over a layer blob: index and entries together.
@@ -33,4 +35,5 @@ pub mod rafs;
 pub mod snapshotter;
 pub mod tar;
 pub mod tree;
+pub mod zframe;
 pub mod zstdchunked;

@@ -274,8 +274,8 @@ fn identical_chunks_of_a_layer_are_stored_once() {
     assert_eq!(blocks.len(), distinct.len(), "one place in the blob per distinct chunk");
 }
 
-/// A layout with one layer of the given media type and bytes.
-fn one_layer_layout(dir: &Path, media_type: &str, layer: &[u8]) {
+/// A layout with one layer of the given media type and bytes (and DiffIDs in its config).
+fn one_layer_layout(dir: &Path, media_type: &str, layer: &[u8], diff_ids: &[String]) {
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).unwrap();
     let put = |bytes: &[u8]| -> (String, usize) {
@@ -284,8 +284,9 @@ fn one_layer_layout(dir: &Path, media_type: &str, layer: &[u8]) {
         (format!("sha256:{hex}"), bytes.len())
     };
     let (ld, ls) = put(layer);
-    let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
-    let (cd, cs) = put(config);
+    let config = serde_json::json!({"architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": diff_ids}});
+    let (cd, cs) = put(&serde_json::to_vec(&config).unwrap());
     let manifest = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -300,7 +301,7 @@ fn one_layer_layout(dir: &Path, media_type: &str, layer: &[u8]) {
 }
 
 #[test]
-fn layers_it_cannot_serve_get_a_clear_message() {
+fn zstd_and_uncompressed_layers_are_indexed_and_others_get_a_clear_message() {
     let mut b = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_gnu();
     h.set_size(5);
@@ -308,13 +309,12 @@ fn layers_it_cannot_serve_get_a_clear_message() {
     h.set_cksum();
     b.append_data(&mut h, "hello", &b"hello"[..]).unwrap();
     let tar = b.into_inner().unwrap();
+    let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(&tar)));
+    let wrong = format!("sha256:{}", "0".repeat(64));
     let zstd = zstd::encode_all(&tar[..], 3).unwrap();
-    for (mt, bytes, what) in [
-        ("application/vnd.oci.image.layer.v1.tar+zstd", &zstd, "zstd"),
-        ("application/vnd.oci.image.layer.v1.tar", &tar, "uncompressed"),
-    ] {
+    let generate = |mt: &str, bytes: &[u8], ids: &[String]| {
         let work = tempfile::tempdir().unwrap();
-        one_layer_layout(&work.path().join("img"), mt, bytes);
+        one_layer_layout(&work.path().join("img"), mt, bytes, ids);
         let out = work.path().join("art");
         let o = zran(&[
             "generate",
@@ -322,11 +322,32 @@ fn layers_it_cannot_serve_get_a_clear_message() {
             "-o",
             out.to_str().unwrap(),
         ]);
-        assert_eq!(o.status.code(), Some(1));
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(err.contains(what) && err.contains("layer 0") && err.contains("not supported"), "{err}");
-        assert!(!out.exists());
+        let z =
+            std::fs::read(out.join("zran.json")).ok().map(|b| serde_json::from_slice::<Value>(&b).unwrap());
+        (o, z)
+    };
+    for (mt, bytes, format) in [
+        ("application/vnd.oci.image.layer.v1.tar+zstd", &zstd, "zstd"),
+        ("application/vnd.oci.image.layer.v1.tar", &tar, "tar"),
+    ] {
+        let (o, z) = generate(mt, bytes, std::slice::from_ref(&diff_id));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let z = z.unwrap();
+        assert_eq!(z["layers"][0]["format"], format, "{z}");
+        assert_eq!(z["layers"][0]["chunks"], 1, "{z}");
     }
+    // A zstd stream that is not the tar its config names.
+    let (o, z) = generate("application/vnd.oci.image.layer.v1.tar+zstd", &zstd, &[wrong]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("DiffID") && err.contains(&diff_id), "{err}");
+    assert!(z.is_none());
+    // A compression zran does not know.
+    let (o, z) = generate("application/vnd.oci.image.layer.v1.tar+bzip2", &tar, &[]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("unknown") && err.contains("layer 0"), "{err}");
+    assert!(z.is_none());
 }
 
 #[test]

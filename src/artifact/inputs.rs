@@ -56,8 +56,8 @@ pub enum InputError {
     #[error("{image}: layer {layer} ({digest})")]
     Toc { image: String, layer: usize, digest: String, source: Box<TocError> },
     #[error(
-        "{image}: layer {layer} ({digest}, {media_type}) is {}: zran generate reads gzip layers (plain or eStargz); \
-         zstd, zstd:chunked and uncompressed layers are not supported yet",
+        "{image}: layer {layer} ({digest}, {media_type}) is {}: zran generate reads gzip (plain or eStargz), \
+         zstd (plain or zstd:chunked) and uncompressed tar layers",
         format.name()
     )]
     Unsupported { image: String, layer: usize, digest: String, media_type: String, format: LayerFormat },
@@ -121,8 +121,30 @@ pub fn layer_inputs(
 ) -> Result<(Vec<LayerInput>, u32), InputError> {
     let layers = &image.manifest.layers;
     let mut tocs = Vec::with_capacity(layers.len());
+    // How each layer that is not read from a TOC is read.
+    let mut passes = Vec::with_capacity(layers.len());
+    let mut diff_ids: Option<Vec<String>> = None;
     for (i, d) in layers.iter().enumerate() {
         let (format, toc_offset) = layer_format(image, d)?;
+        // Every zstd layer (plain, zstd:chunked, or an eStargz TOC inside zstd frames) is read
+        // as the zstd stream it is; its DiffID, from the image config, checks the pass.
+        if d.compression() == Compression::Zstd
+            || matches!(format, LayerFormat::Zstd | LayerFormat::ZstdChunked)
+        {
+            let ids = diff_ids.get_or_insert_with(|| config_diff_ids(image));
+            passes.push(LayerInput::Zstd {
+                chunked: format != LayerFormat::Zstd,
+                diff_id: ids.get(i).cloned(),
+            });
+            tocs.push(None);
+            continue;
+        }
+        if format == LayerFormat::Uncompressed {
+            passes.push(LayerInput::Tar);
+            tocs.push(None);
+            continue;
+        }
+        passes.push(LayerInput::Gzip);
         let toc = match format {
             LayerFormat::Gzip => None,
             LayerFormat::Estargz if !ignore_toc => Some(
@@ -169,8 +191,9 @@ pub fn layer_inputs(
     let chunk_size = chunk_size as u32;
     let inputs: Vec<LayerInput> = tocs
         .into_iter()
+        .zip(passes)
         .enumerate()
-        .map(|(i, toc)| match toc {
+        .map(|(i, (toc, pass))| match toc {
             Some(toc) => match toc_fits(&toc, chunk_size) {
                 Ok(()) => LayerInput::Estargz(Box::new(toc)),
                 Err(why) => {
@@ -181,11 +204,42 @@ pub fn layer_inputs(
                     LayerInput::Gzip
                 }
             },
-            None => LayerInput::Gzip,
+            None => pass,
         })
         .collect();
 
     Ok((inputs, chunk_size))
+}
+
+/// The image config's `rootfs.diff_ids` (empty, with a warning, when the config cannot be
+/// read: the zstd passes then go unchecked by DiffID, their frames' checksums still hold).
+fn config_diff_ids(image: &Image) -> Vec<String> {
+    let read = || -> Result<Vec<String>, String> {
+        let c = &image.manifest.config;
+        let bytes = image.source.fetch(&c.digest, c.size.min(16 << 20)).map_err(|e| e.to_string())?;
+        let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+        let ids = v
+            .pointer("/rootfs/diff_ids")
+            .and_then(|v| v.as_array())
+            .ok_or_else(|| "no rootfs.diff_ids".to_string())?;
+        Ok(ids.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+    };
+    match read() {
+        Ok(ids) if ids.len() == image.manifest.layers.len() => ids,
+        Ok(ids) => {
+            tracing::warn!(
+                image = %image.name,
+                "the config has {} DiffIDs for {} layers: zstd layers are not checked by DiffID",
+                ids.len(),
+                image.manifest.layers.len()
+            );
+            Vec::new()
+        }
+        Err(e) => {
+            tracing::warn!(image = %image.name, "the image config: {e}: zstd layers are not checked by DiffID");
+            Vec::new()
+        }
+    }
 }
 
 #[cfg(test)]

@@ -35,7 +35,26 @@ pub enum LayerInput {
     Gzip,
     /// An eStargz layer whose TOC (verified) gives the chunks; nothing is decompressed.
     Estargz(Box<Toc>),
+    /// A zstd tar, plain or zstd:chunked (read as the zstd stream it also is), indexed in one
+    /// streaming pass over its frames; its uncompressed stream is checked against `diff_id`
+    /// (the image config's `rootfs.diff_ids` entry) when known.
+    Zstd { chunked: bool, diff_id: Option<String> },
+    /// An uncompressed tar: each chunk is a range of the blob itself.
+    Tar,
 }
+
+/// The `format` of a layer in `zran.json`.
+pub mod format_name {
+    pub const GZIP: &str = "gzip";
+    pub const ESTARGZ: &str = "estargz";
+    pub const ZSTD: &str = "zstd";
+    pub const ZSTD_CHUNKED: &str = "zstd-chunked";
+    pub const TAR: &str = "tar";
+}
+
+/// A zstd context whose output is larger than this is fetched and decoded whole, once, on the
+/// first read that needs it (see `blob`); `generate` warns of such layers.
+pub const WHOLE_FRAME: u64 = crate::zframe::WHOLE_FRAME;
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -100,7 +119,9 @@ pub struct LayerRecord {
     pub digest: String,
     pub media_type: String,
     pub size: u64,
-    /// `gzip` (zran contexts in the blob.meta) or `estargz` (chunks from the TOC).
+    /// `gzip` (zran contexts in the blob.meta), `estargz` (chunks from the TOC), `zstd` or
+    /// `zstd-chunked` (zstd-frame contexts in the blob.meta), `tar` (stored ranges, chunk
+    /// info v1).
     pub format: String,
     /// Distinct chunks (the blob's chunk-info entries).
     pub chunks: u32,
@@ -121,6 +142,9 @@ pub struct LayerRecord {
     /// Nydus's later ones can). 0 for nearly every layer.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub contexts_past_member_end: u32,
+    /// zstd layers: the largest uncompressed output of one zstd frame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub largest_frame: Option<u64>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -160,11 +184,16 @@ fn hex(d: &crate::oci::Digest) -> String {
 
 /// The blob-table entry of a layer whose blob.meta is `encoded`.
 fn blob_spec(d: &Descriptor, encoded: &crate::rafs::meta::Encoded) -> BlobSpec {
+    blob_spec_as(d, encoded, compressor::GZIP)
+}
+
+/// [`blob_spec`] for a blob of compressor `algo` (the blob table's `compression_algo`).
+fn blob_spec_as(d: &Descriptor, encoded: &crate::rafs::meta::Encoded, algo: u32) -> BlobSpec {
     BlobSpec {
         id: hex(&d.digest),
         chunk_count: encoded.chunk_count,
         features: encoded.features,
-        compression_algo: compressor::GZIP,
+        compression_algo: algo,
         digest_algo: digester::SHA256,
         compressed_size: d.size,
         uncompressed_size: encoded.uncompressed_size,
@@ -197,9 +226,22 @@ fn gzip_layer(
         Some(u64::from(opts.chunk_size)),
         progress,
     )?;
+    indexed_layer(i, d, scan, format_name::GZIP, compressor::GZIP, crate::rafs::meta::Limits::NYDUS)
+}
+
+/// The chunks and blob.meta of a layer indexed in one pass (gzip, or zstd: its checkpoints are
+/// frame starts without windows), whose blob has compressor `algo`.
+fn indexed_layer(
+    i: usize,
+    d: &Descriptor,
+    scan: layer::Scan,
+    name: &str,
+    algo: u32,
+    limits: crate::rafs::meta::Limits,
+) -> Result<LayerOut, ArtifactError> {
     // Planned without dictionaries, then written with one window decompressed at a time: memory
     // does not grow with the number of checkpoints.
-    let plan = BlobMeta::plan(&scan.index, &scan.chunks).map_err(|e| meta_err(d, e))?;
+    let plan = BlobMeta::plan_with(&scan.index, &scan.chunks, limits).map_err(|e| meta_err(d, e))?;
     let (meta, ci_of) = (plan.meta, plan.ci_of);
     if meta.chunks.is_empty() {
         // No file data (directories, links, whiteouts only): no chunks and no blob.meta
@@ -207,7 +249,7 @@ fn gzip_layer(
         let blob = BlobSpec {
             id: hex(&d.digest),
             features: blob_features::ALIGNED,
-            compression_algo: compressor::GZIP,
+            compression_algo: algo,
             digest_algo: digester::SHA256,
             compressed_size: d.size,
             ..Default::default()
@@ -216,7 +258,7 @@ fn gzip_layer(
             digest: d.digest.to_string(),
             media_type: d.media_type.clone(),
             size: d.size,
-            format: "gzip".into(),
+            format: name.into(),
             chunks: 0,
             checkpoints: 0,
             uncompressed_size: 0,
@@ -224,6 +266,7 @@ fn gzip_layer(
             blob_meta_digest: None,
             blob_meta_size: None,
             contexts_past_member_end: 0,
+            largest_frame: None,
         };
         return Ok(LayerOut {
             blob,
@@ -258,12 +301,12 @@ fn gzip_layer(
         );
     }
     let file = format!("{}.blob.meta", hex(&d.digest));
-    let blob = blob_spec(d, &encoded);
+    let blob = blob_spec_as(d, &encoded, algo);
     let record = LayerRecord {
         digest: d.digest.to_string(),
         media_type: d.media_type.clone(),
         size: d.size,
-        format: "gzip".into(),
+        format: name.into(),
         chunks: meta.chunks.len() as u32,
         checkpoints: meta.contexts.len() as u32,
         uncompressed_size: encoded.uncompressed_size,
@@ -271,6 +314,7 @@ fn gzip_layer(
         blob_meta_digest: Some(format!("sha256:{}", hex::encode(encoded.digest))),
         blob_meta_size: Some(encoded.bytes.len() as u64),
         contexts_past_member_end: plan.past_member_end.len() as u32,
+        largest_frame: None,
     };
     if !plan.past_member_end.is_empty() {
         tracing::warn!(
@@ -280,6 +324,146 @@ fn gzip_layer(
         );
     }
     let _: &[FileChunk] = &scan.chunks;
+    Ok(LayerOut {
+        blob,
+        record,
+        meta: Some(encoded.bytes),
+        by_out,
+        by_toc: HashMap::new(),
+        entries: Some(scan.entries),
+        digests,
+    })
+}
+
+/// Index one zstd layer (plain, or zstd:chunked read as a stream): entries, chunks, and a
+/// blob.meta of zstd-frame contexts (the zran structures with no dictionaries; blob
+/// compressor zstd).
+fn zstd_layer(
+    image: &Image,
+    i: usize,
+    d: &Descriptor,
+    chunked: bool,
+    diff_id: Option<&str>,
+    opts: &Options,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<LayerOut, ArtifactError> {
+    let scan = layer::scan_zstd(
+        image.source.as_ref(),
+        d,
+        opts.span,
+        Some(u64::from(opts.chunk_size)),
+        diff_id,
+        chunked,
+        progress,
+    )?;
+    let name = if chunked { format_name::ZSTD_CHUNKED } else { format_name::ZSTD };
+    let largest = scan.frames.as_ref().map_or(0, |f| f.largest_frame);
+    let mut out = indexed_layer(i, d, scan, name, compressor::ZSTD, crate::rafs::meta::Limits::ZSTD)?;
+    out.record.largest_frame = Some(largest);
+    if largest > WHOLE_FRAME && out.record.chunks > 0 {
+        tracing::warn!(
+            layer = %d.digest,
+            frame_bytes = largest,
+            "a zstd frame of {largest} uncompressed bytes (more than {WHOLE_FRAME}): reads of this layer \
+             fetch and decode the whole frame (once, into the cache); a multi-frame zstd (zstd:chunked, \
+             pzstd, zstd --rsyncable is not enough) would be read lazily"
+        );
+    }
+    Ok(out)
+}
+
+/// Index one uncompressed tar layer: entries, chunks, and a chunk info v1 blob.meta of stored
+/// ranges (each chunk's compressed offset is where its bytes are in the tar; blob compressor
+/// none).
+fn tar_layer(
+    image: &Image,
+    i: usize,
+    d: &Descriptor,
+    opts: &Options,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<LayerOut, ArtifactError> {
+    let scan = layer::scan_tar(image.source.as_ref(), d, Some(u64::from(opts.chunk_size)), progress)?;
+    let mut meta = StargzMeta { chunks: Vec::new(), stored: true };
+    let mut seen: HashMap<([u8; 32], u32), usize> = HashMap::new();
+    let mut by_out = HashMap::with_capacity(scan.chunks.len());
+    let mut digests = Vec::new();
+    let mut pos = 0u64;
+    for c in &scan.chunks {
+        let ci = match seen.get(&(c.digest, c.len)) {
+            Some(&ci) => ci,
+            None => {
+                let ci = meta.chunks.len();
+                if c.out.saturating_add(u64::from(c.len)) > d.size {
+                    return Err(meta_err(
+                        d,
+                        format!("chunk at {} + {} past the layer's {} bytes", c.out, c.len, d.size),
+                    ));
+                }
+                meta.chunks.push(StargzChunk {
+                    uncompressed_offset: pos,
+                    uncompressed_size: c.len,
+                    compressed_offset: c.out,
+                    compressed_size: c.len,
+                });
+                digests.push(c.digest);
+                pos += u64::from(c.len).div_ceil(4096) * 4096;
+                seen.insert((c.digest, c.len), ci);
+                ci
+            }
+        };
+        let info = meta.chunks[ci];
+        by_out.insert(
+            c.out,
+            ChunkSpec {
+                blob: i as u8,
+                ci: ci as u32,
+                digest: c.digest,
+                compressed_offset: info.compressed_offset,
+                compressed_size: info.compressed_size,
+                uncompressed_offset: info.uncompressed_offset,
+                uncompressed_size: info.uncompressed_size,
+                flags: 0,
+            },
+        );
+    }
+    let mut record = LayerRecord {
+        digest: d.digest.to_string(),
+        media_type: d.media_type.clone(),
+        size: d.size,
+        format: format_name::TAR.into(),
+        chunks: meta.chunks.len() as u32,
+        checkpoints: 0,
+        uncompressed_size: pos,
+        blob_meta: None,
+        blob_meta_digest: None,
+        blob_meta_size: None,
+        contexts_past_member_end: 0,
+        largest_frame: None,
+    };
+    if meta.chunks.is_empty() {
+        let blob = BlobSpec {
+            id: hex(&d.digest),
+            features: blob_features::ALIGNED,
+            compression_algo: compressor::NONE,
+            digest_algo: digester::SHA256,
+            compressed_size: d.size,
+            ..Default::default()
+        };
+        return Ok(LayerOut {
+            blob,
+            record,
+            meta: None,
+            by_out,
+            by_toc: HashMap::new(),
+            entries: Some(scan.entries),
+            digests: Vec::new(),
+        });
+    }
+    let encoded = meta.encode().map_err(|e| meta_err(d, e))?;
+    let blob = blob_spec_as(d, &encoded, compressor::NONE);
+    record.blob_meta = Some(format!("{}.blob.meta", hex(&d.digest)));
+    record.blob_meta_digest = Some(format!("sha256:{}", hex::encode(encoded.digest)));
+    record.blob_meta_size = Some(encoded.bytes.len() as u64);
     Ok(LayerOut {
         blob,
         record,
@@ -415,7 +599,7 @@ fn estargz_layer(i: usize, d: &Descriptor, toc: &Toc) -> Result<LayerOut, Artifa
         digest: d.digest.to_string(),
         media_type: d.media_type.clone(),
         size: d.size,
-        format: "estargz".into(),
+        format: format_name::ESTARGZ.into(),
         chunks,
         checkpoints: 0,
         uncompressed_size: pos,
@@ -423,6 +607,7 @@ fn estargz_layer(i: usize, d: &Descriptor, toc: &Toc) -> Result<LayerOut, Artifa
         blob_meta_digest: digest,
         blob_meta_size: size,
         contexts_past_member_end: 0,
+        largest_frame: None,
     };
     if meta.chunks.is_empty() {
         // No file data: no blob (see `gzip_layer`).
@@ -494,6 +679,10 @@ pub fn generate(
                     progress(i, d.size);
                     r
                 }
+                LayerInput::Zstd { chunked, diff_id } => {
+                    zstd_layer(image, i, d, *chunked, diff_id.as_deref(), opts, &|n| progress(i, n))
+                }
+                LayerInput::Tar => tar_layer(image, i, d, opts, &|n| progress(i, n)),
             }
         },
         |m| ArtifactError::Meta { layer: image.name.clone(), message: m.into() },
@@ -504,8 +693,10 @@ pub fn generate(
     for (i, (out, input)) in outs.iter().zip(inputs).enumerate() {
         match (input, &out.entries) {
             (LayerInput::Estargz(toc), _) => tree.apply_estargz_layer(i, &toc.entries)?,
-            (LayerInput::Gzip, Some(entries)) => tree.apply_layer(i, entries)?,
-            (LayerInput::Gzip, None) => {}
+            (LayerInput::Gzip | LayerInput::Zstd { .. } | LayerInput::Tar, Some(entries)) => {
+                tree.apply_layer(i, entries)?
+            }
+            (LayerInput::Gzip | LayerInput::Zstd { .. } | LayerInput::Tar, None) => {}
         }
     }
     tree.finish();

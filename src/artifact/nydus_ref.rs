@@ -197,8 +197,11 @@ pub fn push(
     let mut layers = Vec::new();
     let mut copied = 0;
     for (i, spec) in bootstrap.blobs.iter().enumerate() {
-        if spec.features & bf::ZRAN == 0 {
-            return Err(invalid(format!("blob {i} ({}) is not indexed as gzip (zran)", spec.id)));
+        if spec.features & bf::ZRAN == 0 || spec.compression_algo != crate::rafs::format::compressor::GZIP {
+            return Err(invalid(format!(
+                "blob {i} ({}) is not indexed as gzip (zran): Nydus's oci-ref images hold gzip layers only",
+                spec.id
+            )));
         }
         let name = format!("{}.blob.meta", spec.id);
         let meta = art

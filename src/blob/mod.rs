@@ -11,7 +11,15 @@
 //! checked before it is written to the cache or served; a mismatch is fetched once more, then
 //! the read fails and the chunk is never kept.
 //!
-//! Owns the cache files and the counters. Calls `oci`, `gzip` and `rafs`.
+//! A zstd layer's blob.meta has the same contexts, each a run of zstd frames from a frame
+//! start (no window): decoded with [`crate::zframe::decode_from`]. A context whose output
+//! exceeds [`WHOLE_CONTEXT`] (a layer written as one frame) is fetched and decoded whole, once,
+//! by the first read that needs any of its chunks: its compressed range streamed in pieces,
+//! each chunk verified and written to the cache as its bytes complete, memory bounded by a
+//! chunk; other readers of its chunks wait for that one fetch. An uncompressed layer's chunks
+//! are stored ranges of the tar (a native blob of compressor none).
+//!
+//! Owns the cache files and the counters. Calls `oci`, `gzip`, `zframe` and `rafs`.
 
 pub mod cache;
 mod ranges;
@@ -20,6 +28,7 @@ use crate::gzip::{Restart, inflate_from, inflate_member};
 use crate::oci::{BlobSource, Digest};
 use crate::rafs::format::{CHUNK_BATCH, CHUNK_COMPRESSED, CHUNK_ENCRYPTED, compressor, digester};
 use crate::rafs::meta::BlobMeta;
+use crate::rafs::meta::format::MAX_COMPRESSED_SIZE;
 use crate::rafs::writer::{BlobSpec, ChunkSpec};
 use cache::BlobCache;
 use serde::Serialize;
@@ -34,6 +43,10 @@ pub const MAX_REQUEST: u64 = 8 << 20;
 /// The most one decode may read or produce: a context or member beyond it (which zran never
 /// writes: a context spans at most a chunk and a checkpoint span) is refused, not allocated.
 const MAX_UNIT: u64 = 64 << 20;
+/// A zstd context whose output exceeds this is fetched whole, once (see the module's doc).
+pub const WHOLE_CONTEXT: u64 = crate::zframe::WHOLE_FRAME;
+/// Compressed bytes asked for at a time while a whole context streams.
+const WHOLE_PIECE: u64 = 4 << 20;
 /// Ranges closer than this are fetched together (the gap is cheaper than a round trip).
 const MAX_GAP: u64 = 256 << 10;
 
@@ -69,6 +82,8 @@ pub struct Stats {
     pub file_bytes_read: AtomicU64,
     /// Chunks queued for fetching ahead of sequential readers.
     pub readahead_chunks: AtomicU64,
+    /// zstd contexts too large to decode per read, fetched and decoded whole (once each).
+    pub whole_fetches: AtomicU64,
 }
 
 /// How a blob's chunks are decoded.
@@ -187,6 +202,8 @@ struct Blob {
     digest: Digest,
     size: u64,
     kind: Kind,
+    /// The blob.meta's contexts are runs of zstd frames (blob compressor zstd), not deflate.
+    frames: bool,
     hash: Hash,
     /// By chunk index: the bootstrap's chunk-table entry (digest and offsets), if any file uses it.
     chunks: Vec<Option<ChunkSpec>>,
@@ -300,12 +317,20 @@ impl BlobSet {
             let layout = hex::encode(&layout.finalize()[..8]);
             let (cache, recorded) = BlobCache::open(cache_dir, &spec.id, &layout, spec.uncompressed_size, n)
                 .map_err(|source| BlobError::Cache { path: cache_dir.display().to_string(), source })?;
+            let frames = matches!(kind, Kind::Zran(_)) && spec.compression_algo == compressor::ZSTD;
+            if matches!(kind, Kind::Zran(_)) && !frames && spec.compression_algo != compressor::GZIP {
+                return Err(layer_err(format!(
+                    "compressor {} of a blob with zran contexts (2, gzip, or 3, zstd frames)",
+                    spec.compression_algo
+                )));
+            }
             blobs.push(Blob {
                 index: i,
                 layer: input.layer,
                 size: spec.compressed_size,
                 digest,
                 kind,
+                frames,
                 hash,
                 chunks,
                 cache,
@@ -408,6 +433,10 @@ impl BlobSet {
                     let c = &meta.chunks[ci as usize];
                     let r = reach.entry(c.zran_index).or_default();
                     *r = (*r).max(u64::from(c.zran_offset) + u64::from(c.uncompressed_size));
+                    // A whole context yields all of its chunks in the one fetch.
+                    if blob.whole(&meta.contexts[c.zran_index as usize]) {
+                        *r = u64::MAX;
+                    }
                 }
                 let mut extra = Vec::new();
                 for (&zi, &r) in &reach {
@@ -561,8 +590,11 @@ impl BlobSet {
     /// The fetch itself: verified chunks are written and listed in `stored`; returns the
     /// chunks that failed twice.
     fn fetch_into(&self, blob: &Blob, cis: &[u32], stored: &mut Vec<u32>) -> Result<Vec<u32>, BlobError> {
-        let mut todo = blob.units(cis)?;
+        let (whole, mut todo): (Vec<Unit>, Vec<Unit>) = blob.units(cis)?.into_iter().partition(|u| u.whole);
         let mut bad = Vec::new();
+        for u in &whole {
+            bad.extend(self.fetch_whole(blob, u, stored)?);
+        }
         for attempt in 0..2 {
             let mut retry = Vec::new();
             for group in coalesce(&todo) {
@@ -630,6 +662,74 @@ impl BlobSet {
         Ok(bad)
     }
 
+    /// A whole context: its compressed range streamed in pieces of [`WHOLE_PIECE`] and decoded
+    /// as it comes, each chunk verified and written to the cache as soon as its bytes are out
+    /// (memory: the decoder's window and one chunk). Returns the chunks that failed; they are
+    /// not fetched again (the next read that needs one starts a new whole fetch).
+    fn fetch_whole(&self, blob: &Blob, u: &Unit, stored: &mut Vec<u32>) -> Result<Vec<u32>, BlobError> {
+        use std::io::Read;
+        self.stats.whole_fetches.fetch_add(1, Relaxed);
+        tracing::info!(
+            layer = blob.layer,
+            blob = %blob.digest,
+            start = u.start,
+            end = u.end,
+            chunks = u.chunks.len(),
+            "fetching and decoding a whole zstd frame"
+        );
+        let pieces =
+            Pieces { set: self, blob, at: u.start, end: u.end.min(blob.size), buf: Vec::new(), pos: 0 };
+        let mut chunks = u.chunks.clone();
+        chunks.sort_by_key(|&(_, at)| at);
+        let mut bad = Vec::new();
+        let mut decoder = match zstd::stream::read::Decoder::new(pieces) {
+            Ok(d) => d,
+            Err(e) => return Err(blob.err(format!("zstd decoder: {e}"))),
+        };
+        let mut pos = 0usize;
+        let mut failed: Option<String> = None;
+        let mut buf = Vec::new();
+        for &(ci, at) in &chunks {
+            let c = *blob.chunk(ci)?;
+            self.stats.chunks_verified.fetch_add(1, Relaxed);
+            if failed.is_none() && at >= pos {
+                let skip = (at - pos) as u64;
+                match std::io::copy(&mut (&mut decoder).take(skip), &mut std::io::sink()) {
+                    Ok(n) if n == skip => pos = at,
+                    Ok(n) => failed = Some(format!("the frames end {n} bytes into a gap of {skip}")),
+                    Err(e) => failed = Some(e.to_string()),
+                }
+            }
+            if failed.is_none() && at == pos {
+                buf.resize(c.uncompressed_size as usize, 0);
+                match decoder.read_exact(&mut buf) {
+                    Ok(()) => pos += buf.len(),
+                    Err(e) => failed = Some(e.to_string()),
+                }
+            }
+            let ok = failed.is_none() && at + buf.len() == pos && blob.hash.of(&buf) == c.digest;
+            if ok {
+                blob.cache.write(c.uncompressed_offset, &buf).map_err(|source| BlobError::Cache {
+                    path: blob.cache.path().display().to_string(),
+                    source,
+                })?;
+                stored.push(ci);
+                continue;
+            }
+            self.stats.digest_failures.fetch_add(1, Relaxed);
+            tracing::error!(
+                layer = blob.layer,
+                blob = %blob.digest,
+                chunk = ci,
+                compressed_offset = u.start,
+                "chunk of a whole zstd frame failed verification: {}",
+                failed.clone().unwrap_or_else(|| format!("{} mismatch", blob.hash.name()))
+            );
+            bad.push(ci);
+        }
+        Ok(bad)
+    }
+
     /// Compressed bytes `[start, end)` of a blob: what memory holds, what another reader is
     /// fetching (waited for), and range requests for the rest; all of it from the source when
     /// `fresh` (and what memory held of the range is dropped).
@@ -660,11 +760,55 @@ impl BlobSet {
     }
 }
 
+/// A whole context's compressed range, read in pieces of [`WHOLE_PIECE`] as the decoder asks.
+struct Pieces<'a> {
+    set: &'a BlobSet,
+    blob: &'a Blob,
+    at: u64,
+    end: u64,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl std::io::Read for Pieces<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos == self.buf.len() {
+            if self.at >= self.end {
+                return Ok(0);
+            }
+            let to = self.end.min(self.at + WHOLE_PIECE);
+            self.buf.resize((to - self.at) as usize, 0);
+            self.set.stats.requests.fetch_add(1, Relaxed);
+            let n = self
+                .set
+                .source
+                .read_at(&self.blob.digest, self.at, &mut self.buf)
+                .map_err(|e| std::io::Error::other(format!("range {}-{to}: {e}", self.at)))?;
+            self.set.stats.bytes_fetched.fetch_add(n as u64, Relaxed);
+            if n < self.buf.len() {
+                return Err(std::io::Error::other(format!(
+                    "range {}-{to}: the blob ends at {}",
+                    self.at,
+                    self.at + n as u64
+                )));
+            }
+            self.at = to;
+            self.pos = 0;
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
 /// One decode: a compressed range and the chunks it yields, at their offsets in its output.
 #[derive(Debug, Clone)]
 struct Unit {
     start: u64,
     end: u64,
+    /// A zstd context fetched and decoded whole, streaming ([`BlobSet::fetch_whole`]).
+    whole: bool,
     /// Zran context index, or `None` for an eStargz member.
     context: Option<u32>,
     out_len: usize,
@@ -683,6 +827,11 @@ impl Blob {
             Kind::Members | Kind::Native { .. } => Ok(None),
             Kind::Zran(l) => l.cell.get().map(Some).ok_or_else(|| self.err("blob.meta not loaded".into())),
         }
+    }
+
+    /// Whether a context of this blob is fetched whole (zstd frames past [`WHOLE_CONTEXT`]).
+    fn whole(&self, z: &crate::rafs::meta::ZranContext) -> bool {
+        self.frames && u64::from(z.out_len) > WHOLE_CONTEXT
     }
 
     fn chunk(&self, ci: u32) -> Result<&ChunkSpec, BlobError> {
@@ -705,20 +854,26 @@ impl Blob {
                 for (zi, chunks) in by_ctx {
                     let z = &meta.contexts[zi as usize];
                     // Only as far into the context as the last wanted chunk needs.
+                    // (A zstd chunk's compressed size cut to 24 bits tells nothing: the context's.)
                     let need = chunks
                         .iter()
                         .map(|&(ci, _)| {
                             let c = &meta.chunks[ci as usize];
+                            if self.frames && u64::from(c.compressed_size) >= MAX_COMPRESSED_SIZE {
+                                return u64::MAX;
+                            }
                             c.compressed_offset.saturating_add(u64::from(c.compressed_size))
                         })
                         .max()
                         .unwrap_or(0);
                     let end = z.in_offset + u64::from(z.in_len);
+                    let whole = self.whole(z);
                     units.insert(
                         z.in_offset,
                         Unit {
                             start: z.in_offset,
-                            end: if need > z.in_offset { need.min(end) } else { end },
+                            whole,
+                            end: if need > z.in_offset && !whole { need.min(end) } else { end },
                             context: Some(zi),
                             out_len: chunks
                                 .iter()
@@ -741,6 +896,7 @@ impl Blob {
                         )));
                     }
                     let u = units.entry(c.compressed_offset).or_insert(Unit {
+                        whole: false,
                         start: c.compressed_offset,
                         end: c.compressed_offset + u64::from(c.compressed_size),
                         context: None,
@@ -752,7 +908,7 @@ impl Blob {
                 }
             }
         }
-        for u in units.values() {
+        for u in units.values().filter(|u| !u.whole) {
             let input = u.end.saturating_sub(u.start);
             if input > MAX_UNIT || u.out_len as u64 > MAX_UNIT {
                 return Err(self.err(format!(
@@ -780,6 +936,9 @@ impl Blob {
             }
         };
         match (zran, u.context) {
+            (Some(_), Some(_)) if self.frames => {
+                crate::zframe::decode_from(input, u.start, &mut out)?;
+            }
             (Some(Zran { meta, .. }), Some(zi)) => {
                 let z = &meta.contexts[zi as usize];
                 let restart = Restart { bits: z.bits, prev_byte: z.prev_byte, dict: &z.dict };
@@ -845,7 +1004,7 @@ mod tests {
     use super::*;
 
     fn unit(start: u64, end: u64) -> Unit {
-        Unit { start, end, context: None, out_len: 0, chunks: Vec::new() }
+        Unit { start, end, whole: false, context: None, out_len: 0, chunks: Vec::new() }
     }
 
     /// A blob held in memory.
@@ -922,6 +1081,7 @@ mod tests {
             compressed_size: gz.len() as u64,
             uncompressed_size: (data.len() as u64).div_ceil(4096) * 4096 + (64 << 20) + 8192,
             digest_algo: digester::SHA256,
+            compression_algo: compressor::GZIP,
             ..Default::default()
         };
         let dir = tempfile::tempdir().unwrap();

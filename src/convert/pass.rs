@@ -190,6 +190,24 @@ impl<R: Read> Read for Counting<'_, R> {
     }
 }
 
+/// An uncompressed tar handed to `sink` as it is read, in rounds of 512 KiB.
+fn raw_pass(mut reader: impl Read, sink: &mut dyn Sink) -> Result<(), String> {
+    let mut buf = vec![0u8; 512 * 1024];
+    let mut at = 0u64;
+    let mut requests = Requests::default();
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("offset {at}: {e}")),
+        };
+        sink.data(at, &buf[..n], &mut requests).map_err(|e| format!("offset {at}: {e}"))?;
+        requests.take();
+        at += n as u64;
+    }
+}
+
 /// Convert the chunks of layer `index` (described by `layer`) into a data file in `work`.
 pub fn run(
     source: &dyn BlobSource,
@@ -202,15 +220,9 @@ pub fn run(
 ) -> Result<Pass, ConvertError> {
     let digest = layer.digest.to_string();
     let fail = |message: String| ConvertError::Layer { index, digest: digest.clone(), message };
-    match layer.compression() {
-        Compression::Gzip => {}
-        Compression::Zstd => {
-            return Err(fail("zstd layers are not supported yet (gzip and eStargz are)".into()));
-        }
-        Compression::None => {
-            return Err(fail("uncompressed tar layers are not supported yet (gzip and eStargz are)".into()));
-        }
-        _ => return Err(fail(format!("media type {} is not a layer zran can convert", layer.media_type))),
+    let compression = layer.compression();
+    if !matches!(compression, Compression::Gzip | Compression::Zstd | Compression::None) {
+        return Err(fail(format!("media type {} is not a layer zran can convert", layer.media_type)));
     }
     let data = work.join(format!("{}.data", layer.digest.hex()));
     let file =
@@ -231,11 +243,25 @@ pub fn run(
             .name("zran-convert".into())
             .spawn_scoped(s, move || write_chunks(rx, file, compressor));
         let scanned = (|| {
-            // No checkpoints are wanted: only the inflated stream.
-            IndexBuilder::new().span(u64::MAX).build_with(reader, &mut sink).map_err(|e| match e {
-                GzipError::Sink { source, .. } => fail(source.to_string()),
-                e => fail(e.to_string()),
-            })?;
+            // No checkpoints are wanted: only the decompressed stream (gzip inflated, zstd
+            // decoded frame by frame, an uncompressed tar as it is).
+            match compression {
+                Compression::Zstd => {
+                    crate::zframe::index_stream(reader, u64::MAX, &mut sink).map_err(|e| match e {
+                        crate::zframe::ZstdError::Sink { source, .. } => fail(source.to_string()),
+                        e => fail(e.to_string()),
+                    })?;
+                }
+                Compression::None => raw_pass(reader, &mut sink).map_err(fail)?,
+                _ => {
+                    IndexBuilder::new().span(u64::MAX).build_with(reader, &mut sink).map_err(
+                        |e| match e {
+                            GzipError::Sink { source, .. } => fail(source.to_string()),
+                            e => fail(e.to_string()),
+                        },
+                    )?;
+                }
+            }
             if let Some(c) = sink.cur.take() {
                 sink.closed.push(c);
             }

@@ -73,6 +73,12 @@ impl Requests {
     pub fn request(&mut self, offset: u64) {
         self.offsets.push(offset);
     }
+
+    /// The offsets requested since the last call (for the other engines that drive a
+    /// [`Sink`]: the zstd frame pass).
+    pub fn take(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.offsets)
+    }
 }
 
 /// Builds an [`Index`] from a gzip stream in one pass.

@@ -1,12 +1,15 @@
 //! One pass over a layer blob: stream it from wherever the image lives, inflate it, check it,
-//! index it and parse its tar, all at once, without a temporary copy.
+//! index it and parse its tar, all at once, without a temporary copy. Gzip layers go through
+//! the gzip engine, zstd layers (plain or zstd:chunked) through the zstd frame engine,
+//! uncompressed layers straight to the tar parser.
 //!
-//! Calls `oci` (blobs), `gzip` (the index pass) and `tar` (entries).
+//! Calls `oci` (blobs), `gzip` (the index pass), `zframe` (the zstd pass) and `tar` (entries).
 
 use crate::gzip::{self, GzipError, Index, IndexBuilder};
 use crate::oci::{BlobSource, Compression, Descriptor, OciError};
 pub use crate::tar::FileChunk;
 use crate::tar::{Entry, TarSink, TarWarning};
+use crate::zframe::{self, ZstdError};
 
 /// What one pass over a layer found.
 #[derive(Debug)]
@@ -18,6 +21,21 @@ pub struct Scan {
     /// What the tar stream did that is accepted but not well-formed (each is also logged as a
     /// warning naming the layer).
     pub warnings: Vec<TarWarning>,
+    /// zstd layers: what the frame pass found (frames, the largest one, the stream's sha256).
+    pub frames: Option<FrameSummary>,
+}
+
+/// The frames of a zstd layer, as far as `generate` reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameSummary {
+    /// Frames that hold data.
+    pub frames: u64,
+    pub skippable: u64,
+    pub checksummed: u64,
+    /// The largest output of one frame.
+    pub largest_frame: u64,
+    /// sha256 of the uncompressed stream: the layer's DiffID.
+    pub diff_id: [u8; 32],
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +48,12 @@ pub enum LayerError {
     Unsupported { digest: String, message: String },
     #[error("layer {digest}: {message}")]
     Tar { digest: String, message: String },
+    #[error("layer {digest}: {source}")]
+    Zstd { digest: String, source: ZstdError },
+    #[error(
+        "layer {digest}: the uncompressed stream's sha256 is {found}, the image config's DiffID {expected}"
+    )]
+    DiffId { digest: String, found: String, expected: String },
 }
 
 /// Stream a gzip layer once: seek index (checkpoints every `span`, and before every `chunk`
@@ -88,7 +112,161 @@ pub fn scan_gzip_with_progress(
     for w in &parsed.warnings {
         tracing::warn!("layer {digest}: {w}");
     }
-    Ok(Scan { entries: parsed.entries, index, chunks: parsed.chunks, warnings: parsed.warnings })
+    Ok(Scan {
+        entries: parsed.entries,
+        index,
+        chunks: parsed.chunks,
+        warnings: parsed.warnings,
+        frames: None,
+    })
+}
+
+/// Stream a zstd layer (plain, or zstd:chunked read as a stream) once: its frame starts as
+/// checkpoints (every `span`, and before every `chunk` of every file when given), tar entries,
+/// and the sha256 of the uncompressed stream, checked against `diff_id` when given: an error
+/// for plain zstd, a warning for a `chunked` (zstd:chunked) layer, whose writers rewrite the tar.
+#[allow(clippy::too_many_arguments)]
+pub fn scan_zstd(
+    source: &dyn BlobSource,
+    layer: &Descriptor,
+    span: u64,
+    chunk: Option<u64>,
+    diff_id: Option<&str>,
+    chunked: bool,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Scan, LayerError> {
+    let digest = layer.digest.to_string();
+    let reader = source
+        .open(&layer.digest, Some(layer.size))
+        .map_err(|source| LayerError::Blob { digest: digest.clone(), source: Box::new(source) })?;
+    let reader = Counting { inner: reader, read: 0, progress };
+    let mut sink = TarSink::new(chunk);
+    let fi = zframe::index_stream(reader, span, &mut sink).map_err(|source| match source {
+        ZstdError::Sink { source, .. } => {
+            LayerError::Tar { digest: digest.clone(), message: source.to_string() }
+        }
+        source => LayerError::Zstd { digest: digest.clone(), source },
+    })?;
+    let parsed =
+        sink.finish().map_err(|e| LayerError::Tar { digest: digest.clone(), message: e.to_string() })?;
+    for w in &parsed.warnings {
+        tracing::warn!("layer {digest}: {w}");
+    }
+    let found = format!("sha256:{}", hex::encode(fi.diff_id));
+    if let Some(expected) = diff_id
+        && expected != found
+    {
+        if !chunked {
+            return Err(LayerError::DiffId { digest, found, expected: expected.to_string() });
+        }
+        // containers/image writes zstd:chunked layers from a rewritten tar stream and keeps
+        // the config's DiffIDs of the original: readers of the format trust its TOC digest,
+        // never the DiffID. The stream read here is what the chunk digests are taken from.
+        tracing::warn!(
+            layer = %digest,
+            "the zstd:chunked stream's sha256 is {found}, not the config's DiffID {expected} \
+             (containers/image rewrites the tar when it writes zstd:chunked); serving the stream as it is"
+        );
+    }
+    if fi.checksummed < fi.frames.len() as u64 {
+        tracing::info!(
+            layer = %digest,
+            frames = fi.frames.len(),
+            checksummed = fi.checksummed,
+            "zstd frames without a content checksum: their data is checked by the DiffID and the chunk digests only"
+        );
+    }
+    let frames = FrameSummary {
+        frames: fi.frames.len() as u64,
+        skippable: fi.skippable,
+        checksummed: fi.checksummed,
+        largest_frame: fi.largest_frame,
+        diff_id: fi.diff_id,
+    };
+    Ok(Scan {
+        entries: parsed.entries,
+        index: fi.index,
+        chunks: parsed.chunks,
+        warnings: parsed.warnings,
+        frames: Some(frames),
+    })
+}
+
+/// Stream an uncompressed tar layer once: tar entries and chunks, whose offsets in the tar are
+/// their offsets in the blob. The index has one checkpoint, at 0.
+pub fn scan_tar(
+    source: &dyn BlobSource,
+    layer: &Descriptor,
+    chunk: Option<u64>,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Scan, LayerError> {
+    use crate::gzip::{Checkpoint, Requests, Sink};
+    use std::io::Read;
+    let digest = layer.digest.to_string();
+    let mut reader = source
+        .open(&layer.digest, Some(layer.size))
+        .map_err(|source| LayerError::Blob { digest: digest.clone(), source: Box::new(source) })?;
+    let mut sink = TarSink::new(chunk);
+    let mut requests = Requests::default();
+    let mut buf = vec![0u8; 512 * 1024];
+    let mut at = 0u64;
+    let mut tail = [0u8; 8];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(LayerError::Blob {
+                    digest,
+                    source: Box::new(OciError::Io {
+                        path: format!("{} at offset {at}", layer.digest),
+                        source: e,
+                    }),
+                });
+            }
+        };
+        sink.data(at, &buf[..n], &mut requests)
+            .map_err(|e| LayerError::Tar { digest: digest.clone(), message: format!("offset {at}: {e}") })?;
+        requests.take();
+        if n >= 8 {
+            tail.copy_from_slice(&buf[n - 8..n]);
+        } else {
+            tail.copy_within(n.., 0);
+            tail[8 - n..].copy_from_slice(&buf[..n]);
+        }
+        at += n as u64;
+        progress(at);
+    }
+    let parsed =
+        sink.finish().map_err(|e| LayerError::Tar { digest: digest.clone(), message: e.to_string() })?;
+    for w in &parsed.warnings {
+        tracing::warn!("layer {digest}: {w}");
+    }
+    let index = Index {
+        compressed_size: at,
+        uncompressed_size: at,
+        span: u64::MAX,
+        members: 0,
+        tail,
+        checkpoints: vec![Checkpoint {
+            out: 0,
+            input: 0,
+            bits: 0,
+            prev_byte: 0,
+            member: 0,
+            window_len: 0,
+            window: Vec::new(),
+        }],
+        member_ends: Vec::new(),
+    };
+    Ok(Scan {
+        entries: parsed.entries,
+        index,
+        chunks: parsed.chunks,
+        warnings: parsed.warnings,
+        frames: None,
+    })
 }
 
 /// A reader that reports how much it has read.

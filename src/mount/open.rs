@@ -1,7 +1,8 @@
 //! What a mount serves, opened from what the user named: an artifact directory (over the image
 //! it was made from, or the same image elsewhere), an image with an artifact stored beside it,
 //! a Nydus image (its own bootstrap; native or oci-ref blobs), or an image whose layers are all
-//! eStargz (its TOCs read into a bootstrap in memory).
+//! eStargz (its TOCs read into a bootstrap in memory). An artifact's blobs are decoded by their
+//! kind: zran contexts over gzip or zstd frames, eStargz members, or stored tar ranges.
 
 use super::MountError;
 use crate::artifact::{self, Options, inputs, publish};
@@ -122,15 +123,21 @@ fn from_artifact(
     let artifact::Opened { bootstrap, mut metas, missing, .. } = opened;
     let name = image.name.clone();
     let image_size = image.manifest.layers.iter().map(|l| l.size).sum();
-    let meta = |i| {
-        metas
-            .remove(&i)
-            .map(MetaInput::Ready)
-            .or_else(|| {
-                let m = missing.get(&i)?.clone();
-                Some(MetaInput::Later(Box::new(move |source: &dyn crate::oci::BlobSource| m.fetch(source))))
-            })
-            .map_or(Decoding::Members, Decoding::Zran)
+    // A blob with zran contexts (gzip, or zstd frames: `blob` decodes by the blob's compressor)
+    // reads through its blob.meta; one of compressor none (an uncompressed tar) is stored
+    // ranges; the rest are eStargz members.
+    let stored: Vec<bool> =
+        bootstrap.blobs.iter().map(|b| b.compression_algo == crate::rafs::format::compressor::NONE).collect();
+    let meta = |i: usize| {
+        let zran = metas.remove(&i).map(MetaInput::Ready).or_else(|| {
+            let m = missing.get(&i)?.clone();
+            Some(MetaInput::Later(Box::new(move |source: &dyn crate::oci::BlobSource| m.fetch(source))))
+        });
+        match zran {
+            Some(m) => Decoding::Zran(m),
+            None if stored.get(i).copied().unwrap_or(false) => Decoding::Native,
+            None => Decoding::Members,
+        }
     };
     let blobs = open_blobs(image, &bootstrap, meta, cache)?;
     Ok(Mountable { bootstrap, blobs, name, image_size })

@@ -39,6 +39,11 @@ impl BlobMeta {
     /// window at a time ([`BlobMeta::encode_from_index`]) and memory does not grow with the
     /// number of contexts.
     pub fn plan(index: &Index, chunks: &[FileChunk]) -> Result<Plan, MetaError> {
+        BlobMeta::plan_with(index, chunks, Limits::NYDUS)
+    }
+
+    /// [`BlobMeta::plan`] within `limits`.
+    pub fn plan_with(index: &Index, chunks: &[FileChunk], limits: Limits) -> Result<Plan, MetaError> {
         let mut seen: HashMap<([u8; 32], u32), u32> = HashMap::new();
         let mut ci_of = Vec::with_capacity(chunks.len());
         let mut firsts: Vec<usize> = Vec::new();
@@ -99,12 +104,14 @@ impl BlobMeta {
                     end
                 }
             };
-            if span_end - cp.out > MAX_CHUNK_SIZE {
+            if span_end - cp.out > limits.context_out {
                 return Err(err(format!(
                     "{} uncompressed bytes from the checkpoint at {} to the end of the chunk: Nydus \
-                     decodes at most {MAX_CHUNK_SIZE} from a zran context (use a smaller --chunk-size)",
+                     decodes at most {MAX_CHUNK_SIZE} from a zran context (use a smaller --chunk-size); \
+                     this layer allows {}",
                     span_end - cp.out,
-                    cp.out
+                    cp.out,
+                    limits.context_out
                 )));
             }
             let in_end = input_end(index, end);
@@ -114,6 +121,11 @@ impl BlobMeta {
             if cp.input > MAX_COMPRESSED_OFFSET {
                 return Err(err(format!("compressed offset {} does not fit 40 bits", cp.input)));
             }
+            let compressed_size = if limits.clamp_compressed_size {
+                compressed_size.min(MAX_COMPRESSED_SIZE)
+            } else {
+                compressed_size
+            };
             if compressed_size > MAX_COMPRESSED_SIZE {
                 return Err(err(format!(
                     "{compressed_size} compressed bytes from the checkpoint at compressed offset {} \
@@ -181,6 +193,26 @@ impl BlobMeta {
         meta.validate()?;
         Ok(Plan { meta, ci_of, checkpoints: spans.iter().map(|s| s.checkpoint).collect(), past_member_end })
     }
+}
+
+/// What a blob.meta may describe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The most uncompressed bytes from a context's start to the end of its last chunk.
+    pub context_out: u64,
+    /// Cut a chunk info's compressed size (a range-planning hint) to 24 bits instead of
+    /// refusing the chunk.
+    pub clamp_compressed_size: bool,
+}
+
+impl Limits {
+    /// What Nydus decodes: at most 16 MiB from a context, compressed sizes in 24 bits.
+    pub const NYDUS: Limits = Limits { context_out: MAX_CHUNK_SIZE, clamp_compressed_size: false };
+    /// zstd layers, which no Nydus reads: a context is a run of zstd frames, as long as its
+    /// fields hold (`out_len` and `zran_offset` are 32 bits); a chunk's compressed size, which
+    /// zran's reader uses only to stop a fetch early, is cut to 24 bits (its context's
+    /// `in_len` bounds the fetch then).
+    pub const ZSTD: Limits = Limits { context_out: u32::MAX as u64, clamp_compressed_size: true };
 }
 
 /// A blob.meta without its dictionaries (see [`BlobMeta::plan`]).

@@ -19,7 +19,7 @@ pub mod format;
 mod reader;
 mod writer;
 
-pub use build::Plan;
+pub use build::{Limits, Plan};
 pub use reader::{Decoded, DecodedStargz, Form, decode_bytes, decode_stargz_bytes};
 pub use writer::Encoded;
 
@@ -94,11 +94,16 @@ pub struct StargzChunk {
     pub compressed_size: u32,
 }
 
-/// The blob.meta of an eStargz layer: chunk info v1 only (Nydus's "legacy stargz" blob).
+/// The blob.meta of an eStargz layer: chunk info v1 only (Nydus's "legacy stargz" blob); or
+/// of an uncompressed tar layer, whose chunks are stored ranges of the tar (`stored`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StargzMeta {
     /// In chunk-info order: uncompressed offsets increasing, compressed offsets increasing.
     pub chunks: Vec<StargzChunk>,
+    /// Every chunk is stored, not compressed: its two sizes are equal (how Nydus tells a stored
+    /// v1 chunk), its compressed offset is where its bytes are in the blob. Else no chunk's
+    /// sizes are equal.
+    pub stored: bool,
 }
 
 impl StargzMeta {
@@ -131,9 +136,14 @@ impl StargzMeta {
             if cs == 0 || cs > MAX_V1_COMPRESSED_SIZE {
                 return Err(err(format!("compressed size {cs} (1..={MAX_V1_COMPRESSED_SIZE})")));
             }
-            if cs == us {
+            if cs == us && !self.stored {
                 return Err(err(format!(
                     "compressed and uncompressed sizes are both {us}: Nydus would read the chunk as stored"
+                )));
+            }
+            if cs != us && self.stored {
+                return Err(err(format!(
+                    "compressed size {cs} and uncompressed size {us} differ in a blob of stored chunks"
                 )));
             }
             if c.uncompressed_offset % format::ALIGNMENT != 0

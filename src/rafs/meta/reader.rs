@@ -420,7 +420,9 @@ pub fn decode_stargz_bytes(bytes: &[u8]) -> Result<DecodedStargz, MetaError> {
             compressed_size: c.compressed_size(),
         });
     }
-    let meta = StargzMeta { chunks };
+    // Stored chunks (an uncompressed layer's) have equal sizes; validate checks all agree.
+    let stored = chunks.first().is_some_and(|c| c.compressed_size == c.uncompressed_size);
+    let meta = StargzMeta { chunks, stored };
     meta.validate()?;
     Ok(DecodedStargz {
         meta,
@@ -457,6 +459,14 @@ impl StargzMeta {
                 field: "uncompressed end of the chunks",
                 found: d.meta.uncompressed_size(),
                 expected: space,
+            });
+        }
+        // Stored chunks belong to a blob without compression, compressed ones to one with.
+        if d.meta.stored != (blob.compression_algo == crate::rafs::format::compressor::NONE) {
+            return Err(MetaError::Mismatch {
+                field: "stored chunks (1) in a blob of compressor none (0)",
+                found: u64::from(d.meta.stored),
+                expected: u64::from(blob.compression_algo != crate::rafs::format::compressor::NONE),
             });
         }
         for (i, c) in d.meta.chunks.iter().enumerate() {

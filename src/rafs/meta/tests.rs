@@ -841,6 +841,7 @@ fn stargz_sample() -> StargzMeta {
     };
     StargzMeta {
         chunks: vec![c(0, 5000, 10, 1500), c(8192, 4096, 1510, 4200), c(12288, 0x10_0001, 5710, 0x1_2345)],
+        stored: false,
     }
 }
 
@@ -856,6 +857,7 @@ fn stargz_blob(enc: &Encoded) -> crate::rafs::writer::BlobSpec {
         ci_uncompressed_size: enc.ci_uncompressed_size,
         meta_digest: enc.digest,
         meta_size: enc.bytes.len() as u64,
+        compression_algo: compressor::GZIP,
         ..Default::default()
     }
 }
@@ -917,11 +919,12 @@ fn stargz_edges() {
                 compressed_size: 1,
             },
         ],
+        stored: false,
     };
     let back = decode_stargz_bytes(&meta.encode().unwrap().bytes).unwrap();
     assert_eq!(back.meta, meta);
     // One chunk: 16 bytes, which zstd does not make smaller: stored.
-    let one = StargzMeta { chunks: meta.chunks[..1].to_vec() };
+    let one = StargzMeta { chunks: meta.chunks[..1].to_vec(), stored: false };
     let enc = one.encode().unwrap();
     assert_eq!(
         (enc.ci_compressor, enc.ci_compressed_size, enc.bytes.len()),
