@@ -14,6 +14,7 @@
 //! Owns the cache files and the counters. Calls `oci`, `gzip` and `rafs`.
 
 pub mod cache;
+pub mod frames;
 mod ranges;
 
 use crate::gzip::{Restart, inflate_from, inflate_member};
@@ -76,8 +77,12 @@ enum Kind {
     /// A gzip layer with a blob.meta (loaded when first needed): chunks come out of zran
     /// contexts.
     Zran(LazyMeta),
-    /// An eStargz layer: each chunk is a gzip member of its own.
-    Members,
+    /// An eStargz layer: each chunk is a gzip member of its own (a zstd frame when `zstd`:
+    /// eStargz in zstd, whose frame may run on past the chunk).
+    Members { zstd: bool },
+    /// A zstd:chunked layer mounted from its TOC: each chunk is cut from the TOC chunks (zstd
+    /// frames, each verified) that cover it.
+    Frames(frames::FrameTable),
     /// A Nydus native data blob: each chunk is its own range, compressed with the blob's
     /// compressor when the chunk's COMPRESSED flag says so, stored as is otherwise.
     Native { compressor: u32 },
@@ -125,8 +130,11 @@ pub type MetaLoader = Box<dyn Fn(&dyn BlobSource) -> Result<BlobMeta, String> + 
 pub enum Decoding {
     /// A gzip layer read through its blob.meta's zran contexts.
     Zran(MetaInput),
-    /// An eStargz layer: one gzip member per chunk.
+    /// An eStargz layer: one gzip member per chunk (one zstd frame when the blob table's
+    /// compressor is zstd).
     Members,
+    /// A zstd:chunked layer: chunks cut from the TOC's zstd frames.
+    Frames(frames::FrameTable),
     /// A Nydus native data blob (its compressor is the blob table's).
     Native,
 }
@@ -277,7 +285,13 @@ impl BlobSet {
                 Decoding::Zran(MetaInput::Later(f)) => {
                     Kind::Zran(LazyMeta { cell: OnceLock::new(), load: Mutex::new(Some(f)) })
                 }
-                Decoding::Members => Kind::Members,
+                Decoding::Members => Kind::Members { zstd: spec.compression_algo == compressor::ZSTD },
+                Decoding::Frames(t) => {
+                    let addrs: Vec<Option<(u64, u32)>> =
+                        chunks.iter().map(|c| c.map(|c| (c.uncompressed_offset, c.uncompressed_size))).collect();
+                    t.validate(&addrs, spec.compressed_size, spec.uncompressed_size, MAX_UNIT).map_err(layer_err)?;
+                    Kind::Frames(t)
+                }
                 Decoding::Native => match spec.compression_algo {
                     c @ (compressor::NONE | compressor::ZSTD | compressor::LZ4_BLOCK) => {
                         Kind::Native { compressor: c }
@@ -294,7 +308,7 @@ impl BlobSet {
                 digester::BLAKE3 => Hash::Blake3,
                 d => return Err(layer_err(format!("chunk digest algorithm {d} (0, blake3, or 1, sha256)"))),
             };
-            if matches!(kind, Kind::Zran(_) | Kind::Members) && hash != Hash::Sha256 {
+            if matches!(kind, Kind::Zran(_) | Kind::Members { .. } | Kind::Frames(_)) && hash != Hash::Sha256 {
                 return Err(layer_err("a gzip layer's chunks must have sha256 digests".into()));
             }
             let layout = hex::encode(&layout.finalize()[..8]);
@@ -508,12 +522,29 @@ impl BlobSet {
     /// Verify a chunk an earlier run left in the cache; false (and forgotten) when it is bad.
     fn check_cached(&self, blob: &Blob, ci: u32) -> Result<bool, BlobError> {
         let c = blob.chunk(ci)?;
-        let mut bytes = vec![0u8; c.uncompressed_size as usize];
-        if blob.cache.read(c.uncompressed_offset, &mut bytes).is_err() {
-            return Ok(false);
-        }
-        self.stats.chunks_verified.fetch_add(1, Relaxed);
-        if blob.hash.of(&bytes) == c.digest {
+        let good = if let Kind::Frames(t) = &blob.kind {
+            // The TOC chunks it is cut from, read back and checked against the TOC.
+            let s = t.spans[ci as usize];
+            let frames = t.range(s.first, s.first + s.count.saturating_sub(1)).map_err(|m| blob.err(m))?;
+            let mut ok = true;
+            for f in frames {
+                let mut bytes = vec![0u8; f.size as usize];
+                if blob.cache.read(f.at, &mut bytes).is_err() || frames::check(f, &bytes).is_err() {
+                    ok = false;
+                    break;
+                }
+            }
+            self.stats.chunks_verified.fetch_add(1, Relaxed);
+            ok
+        } else {
+            let mut bytes = vec![0u8; c.uncompressed_size as usize];
+            if blob.cache.read(c.uncompressed_offset, &mut bytes).is_err() {
+                return Ok(false);
+            }
+            self.stats.chunks_verified.fetch_add(1, Relaxed);
+            blob.hash.of(&bytes) == c.digest
+        };
+        if good {
             blob.good[ci as usize].store(true, Relaxed);
             self.stats.cache_hits.fetch_add(1, Relaxed);
             return Ok(true);
@@ -569,11 +600,30 @@ impl BlobSet {
                 let start = group[0].start;
                 let end = group.iter().map(|u| u.end).max().unwrap_or(start);
                 // A second attempt fetches anew: the bytes in memory are what failed.
-                let bytes = self.fetch_range(blob, start, end, attempt > 0)?;
+                // Units of zeros chunks only need no bytes at all.
+                let bytes = if end > start {
+                    self.fetch_range(blob, start, end, attempt > 0)?
+                } else {
+                    Arc::new(Vec::new())
+                };
                 for u in group {
                     let input =
                         bytes.get((u.start - start) as usize..(u.end - start) as usize).unwrap_or(&[]);
                     let decoded = blob.decode(u, input);
+                    // Frames were each checked by the decode: their bytes go to the cache whole
+                    // (the parts of neighbouring chunks too, so that a later mount can check
+                    // them again against the TOC).
+                    let framed = match (&blob.kind, &decoded, u.frames) {
+                        (Kind::Frames(t), Ok(d), Some((first, _))) => {
+                            let at = t.frames.get(first as usize).map_or(0, |f| f.at);
+                            blob.cache.write(at, d).map_err(|source| BlobError::Cache {
+                                path: blob.cache.path().display().to_string(),
+                                source,
+                            })?;
+                            true
+                        }
+                        _ => false,
+                    };
                     let mut unit_bad = Vec::new();
                     for &(ci, at) in &u.chunks {
                         let c = blob.chunk(ci)?;
@@ -581,7 +631,8 @@ impl BlobSet {
                             decoded.as_ref().ok().and_then(|d| d.get(at..at + c.uncompressed_size as usize));
                         self.stats.chunks_verified.fetch_add(1, Relaxed);
                         match piece {
-                            Some(p) if blob.hash.of(p) == c.digest => {
+                            Some(_) if framed => stored.push(ci),
+                            Some(p) if !framed && blob.hash.of(p) == c.digest => {
                                 blob.cache.write(c.uncompressed_offset, p).map_err(|source| {
                                     BlobError::Cache { path: blob.cache.path().display().to_string(), source }
                                 })?;
@@ -591,6 +642,7 @@ impl BlobSet {
                                 self.stats.digest_failures.fetch_add(1, Relaxed);
                                 let why = match &decoded {
                                     Err(e) => e.clone(),
+                                    Ok(_) if framed => "its TOC chunks do not cover it".to_string(),
                                     Ok(_) => format!("{} mismatch", blob.hash.name()),
                                 };
                                 tracing::error!(
@@ -667,6 +719,8 @@ struct Unit {
     end: u64,
     /// Zran context index, or `None` for an eStargz member.
     context: Option<u32>,
+    /// The TOC chunks decoded (first and last), for a zstd:chunked blob.
+    frames: Option<(u32, u32)>,
     out_len: usize,
     chunks: Vec<(u32, usize)>,
 }
@@ -680,7 +734,7 @@ impl Blob {
     /// and native blobs.
     fn zran(&self) -> Result<Option<&Zran>, BlobError> {
         match &self.kind {
-            Kind::Members | Kind::Native { .. } => Ok(None),
+            Kind::Members { .. } | Kind::Native { .. } | Kind::Frames(_) => Ok(None),
             Kind::Zran(l) => l.cell.get().map(Some).ok_or_else(|| self.err("blob.meta not loaded".into())),
         }
     }
@@ -695,6 +749,46 @@ impl Blob {
     /// The decodes that yield chunks `cis`, in compressed order.
     fn units(&self, cis: &[u32]) -> Result<Vec<Unit>, BlobError> {
         let mut units: BTreeMap<u64, Unit> = BTreeMap::new();
+        if let Kind::Frames(t) = &self.kind {
+            for &ci in cis {
+                self.chunk(ci)?;
+                let s = t.spans[ci as usize];
+                let last = s.first + s.count.saturating_sub(1);
+                let u = units.entry(u64::from(s.first)).or_insert(Unit {
+                    start: 0,
+                    end: 0,
+                    context: None,
+                    frames: Some((s.first, last)),
+                    out_len: 0,
+                    chunks: Vec::new(),
+                });
+                let (first, old_last) = u.frames.unwrap_or((s.first, last));
+                u.frames = Some((first, old_last.max(last)));
+                u.chunks.push((ci, s.skip as usize));
+            }
+            // Each unit's range: its frames that are not zeros (one range: they are adjacent).
+            let mut out: Vec<Unit> = Vec::with_capacity(units.len());
+            for mut u in units.into_values() {
+                let (first, last) = u.frames.unwrap_or((0, 0));
+                let frames = t.range(first, last).map_err(|m| self.err(m))?;
+                let data = || frames.iter().filter(|f| !f.zeros);
+                u.start = data().map(|f| f.start).min().unwrap_or(0);
+                u.end = data().map(|f| f.end).max().unwrap_or(0);
+                let out_len: u64 = frames.iter().map(|f| u64::from(f.size)).sum();
+                if out_len > MAX_UNIT || u.end - u.start > MAX_UNIT {
+                    return Err(self.err(format!(
+                        "TOC chunks {first}..={last} at compressed offset {} need {} compressed and {out_len} \
+                         uncompressed bytes, more than the {MAX_UNIT} this reader allows",
+                        u.start,
+                        u.end - u.start
+                    )));
+                }
+                u.out_len = out_len as usize;
+                out.push(u);
+            }
+            out.sort_by_key(|u| u.start);
+            return Ok(out);
+        }
         match self.zran()? {
             Some(Zran { meta, .. }) => {
                 let mut by_ctx: BTreeMap<u32, Vec<(u32, usize)>> = BTreeMap::new();
@@ -720,6 +814,7 @@ impl Blob {
                             start: z.in_offset,
                             end: if need > z.in_offset { need.min(end) } else { end },
                             context: Some(zi),
+                            frames: None,
                             out_len: chunks
                                 .iter()
                                 .map(|&(ci, at)| at + meta.chunks[ci as usize].uncompressed_size as usize)
@@ -744,6 +839,7 @@ impl Blob {
                         start: c.compressed_offset,
                         end: c.compressed_offset + u64::from(c.compressed_size),
                         context: None,
+                        frames: None,
                         out_len: 0,
                         chunks: Vec::new(),
                     });
@@ -771,7 +867,15 @@ impl Blob {
         let mut out = vec![0u8; u.out_len];
         let zran = match &self.kind {
             Kind::Zran(l) => l.cell.get(),
-            Kind::Members => None,
+            Kind::Frames(t) => {
+                let (first, last) = u.frames.ok_or("no TOC chunks")?;
+                return frames::decode_frames(t.range(first, last)?, first, input, u.start);
+            }
+            Kind::Members { zstd: true } => {
+                frames::decode_prefix(input, &mut out).map_err(|m| format!("compressed offset {}: {m}", u.start))?;
+                return Ok(out);
+            }
+            Kind::Members { zstd: false } => None,
             Kind::Native { compressor } => {
                 let flags = u.chunks.first().and_then(|&(ci, _)| self.chunk(ci).ok()).map_or(0, |c| c.flags);
                 decode_native(*compressor, flags, input, &mut out)
@@ -822,10 +926,16 @@ fn decode_native(compressor: u32, flags: u32, input: &[u8], out: &mut [u8]) -> R
 
 /// Group units (sorted by start) into requests: overlapping or close ranges together, up to
 /// [`MAX_REQUEST`] bytes each.
+/// Units that need no bytes (zeros chunks only) are groups of their own.
 fn coalesce(units: &[Unit]) -> Vec<Vec<&Unit>> {
     let mut groups: Vec<Vec<&Unit>> = Vec::new();
+    let mut empty: Vec<Vec<&Unit>> = Vec::new();
     let mut span = (0u64, 0u64);
     for u in units {
+        if u.end <= u.start {
+            empty.push(vec![u]);
+            continue;
+        }
         if let Some(g) = groups.last_mut()
             && u.start <= span.1.saturating_add(MAX_GAP)
             && u.end.max(span.1) - span.0 <= MAX_REQUEST
@@ -837,6 +947,7 @@ fn coalesce(units: &[Unit]) -> Vec<Vec<&Unit>> {
         groups.push(vec![u]);
         span = (u.start, u.end);
     }
+    groups.extend(empty);
     groups
 }
 
@@ -845,7 +956,7 @@ mod tests {
     use super::*;
 
     fn unit(start: u64, end: u64) -> Unit {
-        Unit { start, end, context: None, out_len: 0, chunks: Vec::new() }
+        Unit { start, end, context: None, frames: None, out_len: 0, chunks: Vec::new() }
     }
 
     /// A blob held in memory.
