@@ -72,10 +72,16 @@ impl FrameTable {
         }
         for (k, f) in self.frames.iter().enumerate() {
             if f.start > f.end || (!f.zeros && f.end > blob_size) {
-                return Err(format!("TOC chunk {k}: frame {}-{} outside the blob's {blob_size} bytes", f.start, f.end));
+                return Err(format!(
+                    "TOC chunk {k}: frame {}-{} outside the blob's {blob_size} bytes",
+                    f.start, f.end
+                ));
             }
             if f.end - f.start > max_unit || u64::from(f.size) > max_unit {
-                return Err(format!("TOC chunk {k} at {}: larger than the {max_unit} bytes allowed", f.start));
+                return Err(format!(
+                    "TOC chunk {k} at {}: larger than the {max_unit} bytes allowed",
+                    f.start
+                ));
             }
             if f.at.saturating_add(u64::from(f.size)) > space {
                 return Err(format!("TOC chunk {k}: address {} past the blob's address space", f.at));
@@ -122,14 +128,20 @@ pub fn decode_exact(input: &[u8], out: &mut [u8]) -> Result<(), String> {
 /// rest (eStargz in zstd: a chunk's frame may run on into the next tar headers).
 pub fn decode_prefix(input: &[u8], out: &mut [u8]) -> Result<(), String> {
     use std::io::Read;
-    let mut d = zstd::stream::read::Decoder::with_buffer(input).map_err(|e| format!("zstd: {e}"))?.single_frame();
+    let mut d =
+        zstd::stream::read::Decoder::with_buffer(input).map_err(|e| format!("zstd: {e}"))?.single_frame();
     d.read_exact(out).map_err(|e| format!("zstd: {e} (wanted {} bytes)", out.len()))
 }
 
 /// Decode `frames` (adjacent TOC chunks, numbered from `first` for messages) from `input`,
 /// the blob's bytes from `input_start`, each checked against its digest: their bytes, one
 /// after the other.
-pub fn decode_frames(frames: &[Frame], first: u32, input: &[u8], input_start: u64) -> Result<Vec<u8>, String> {
+pub fn decode_frames(
+    frames: &[Frame],
+    first: u32,
+    input: &[u8],
+    input_start: u64,
+) -> Result<Vec<u8>, String> {
     let total: u64 = frames.iter().map(|f| u64::from(f.size)).sum();
     let mut out = vec![0u8; usize::try_from(total).map_err(|_| "too large".to_string())?];
     let mut at = 0usize;
@@ -142,7 +154,9 @@ pub fn decode_frames(frames: &[Frame], first: u32, input: &[u8], input_start: u6
                 .checked_sub(input_start)
                 .zip(f.end.checked_sub(input_start))
                 .and_then(|(a, b)| input.get(a as usize..b as usize))
-                .ok_or_else(|| format!("TOC chunk {k}: frame {}-{} not in the bytes fetched", f.start, f.end))?;
+                .ok_or_else(|| {
+                    format!("TOC chunk {k}: frame {}-{} not in the bytes fetched", f.start, f.end)
+                })?;
             decode_exact(src, piece).map_err(|m| format!("TOC chunk {k} (frame at {}): {m}", f.start))?;
         }
         check(f, piece).map_err(|m| format!("TOC chunk {k} (frame at {}): {m}", f.start))?;
@@ -159,4 +173,56 @@ pub fn check(f: &Frame, bytes: &[u8]) -> Result<(), String> {
         None if f.zeros && bytes.iter().all(|&b| b == 0) => Ok(()),
         None => Err("not zeros".into()),
     }
+}
+
+/// A file's TOC chunks in file order, each `(its offset in the file, its frame)` (`at` is
+/// ignored), laid out from address `base` and cut into RAFS chunks of `chunk_size`: the frames
+/// (placed) and, for each RAFS chunk, its span (frames numbered from `first`), address and
+/// size. The TOC chunks must cover the file (`size` bytes) exactly, in order.
+pub fn cut_file(
+    toc_chunks: &[(u64, Frame)],
+    size: u64,
+    chunk_size: u32,
+    first: u32,
+    base: u64,
+) -> Result<(Vec<Frame>, Vec<(Span, u64, u32)>), String> {
+    let mut frames = Vec::with_capacity(toc_chunks.len());
+    let mut at = 0u64;
+    for (k, (offset, f)) in toc_chunks.iter().enumerate() {
+        if *offset != at || f.size == 0 {
+            return Err(format!(
+                "TOC chunk {k} at file offset {offset} (size {}) does not follow at {at}",
+                f.size
+            ));
+        }
+        frames.push(Frame { at: base + at, ..f.clone() });
+        at += u64::from(f.size);
+    }
+    if at != size {
+        return Err(format!("TOC chunks cover {at} bytes of a file of {size}"));
+    }
+    let cs = u64::from(chunk_size);
+    let mut cut = Vec::new();
+    let mut k = 0usize;
+    let mut from = 0u64;
+    while from < size {
+        let len = cs.min(size - from);
+        // The first TOC chunk that reaches past `from`, then those that start before the end.
+        while toc_chunks[k].0 + u64::from(toc_chunks[k].1.size) <= from {
+            k += 1;
+        }
+        let mut last = k;
+        while last + 1 < toc_chunks.len() && toc_chunks[last + 1].0 < from + len {
+            last += 1;
+        }
+        let n = |x: usize| u32::try_from(x).map_err(|_| "too many TOC chunks".to_string());
+        let span = Span {
+            first: first + n(k)?,
+            count: n(last - k + 1)?,
+            skip: u32::try_from(from - toc_chunks[k].0).map_err(|_| "TOC chunk too large".to_string())?,
+        };
+        cut.push((span, base + from, len as u32));
+        from += len;
+    }
+    Ok((frames, cut))
 }

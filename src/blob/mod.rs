@@ -287,9 +287,12 @@ impl BlobSet {
                 }
                 Decoding::Members => Kind::Members { zstd: spec.compression_algo == compressor::ZSTD },
                 Decoding::Frames(t) => {
-                    let addrs: Vec<Option<(u64, u32)>> =
-                        chunks.iter().map(|c| c.map(|c| (c.uncompressed_offset, c.uncompressed_size))).collect();
-                    t.validate(&addrs, spec.compressed_size, spec.uncompressed_size, MAX_UNIT).map_err(layer_err)?;
+                    let addrs: Vec<Option<(u64, u32)>> = chunks
+                        .iter()
+                        .map(|c| c.map(|c| (c.uncompressed_offset, c.uncompressed_size)))
+                        .collect();
+                    t.validate(&addrs, spec.compressed_size, spec.uncompressed_size, MAX_UNIT)
+                        .map_err(layer_err)?;
                     Kind::Frames(t)
                 }
                 Decoding::Native => match spec.compression_algo {
@@ -308,7 +311,8 @@ impl BlobSet {
                 digester::BLAKE3 => Hash::Blake3,
                 d => return Err(layer_err(format!("chunk digest algorithm {d} (0, blake3, or 1, sha256)"))),
             };
-            if matches!(kind, Kind::Zran(_) | Kind::Members { .. } | Kind::Frames(_)) && hash != Hash::Sha256 {
+            if matches!(kind, Kind::Zran(_) | Kind::Members { .. } | Kind::Frames(_)) && hash != Hash::Sha256
+            {
                 return Err(layer_err("a gzip layer's chunks must have sha256 digests".into()));
             }
             let layout = hex::encode(&layout.finalize()[..8]);
@@ -575,8 +579,12 @@ impl BlobSet {
             blob.good[ci as usize].store(true, Relaxed);
         }
         let bad = r?;
-        match bad.iter().find(|ci| cis.contains(ci)) {
-            Some(ci) => {
+        match bad.iter().find(|(ci, _)| cis.contains(ci)) {
+            // A frame's own digest failed: say which.
+            Some((ci, why)) if matches!(blob.kind, Kind::Frames(_)) => {
+                Err(blob.err(format!("chunk {ci}: {why}, fetched twice")))
+            }
+            Some((ci, _)) => {
                 let c = blob.chunk(*ci)?;
                 Err(blob.err(format!(
                     "chunk {ci} (compressed offset {}) does not match its {} {}, fetched twice",
@@ -591,7 +599,12 @@ impl BlobSet {
 
     /// The fetch itself: verified chunks are written and listed in `stored`; returns the
     /// chunks that failed twice.
-    fn fetch_into(&self, blob: &Blob, cis: &[u32], stored: &mut Vec<u32>) -> Result<Vec<u32>, BlobError> {
+    fn fetch_into(
+        &self,
+        blob: &Blob,
+        cis: &[u32],
+        stored: &mut Vec<u32>,
+    ) -> Result<Vec<(u32, String)>, BlobError> {
         let mut todo = blob.units(cis)?;
         let mut bad = Vec::new();
         for attempt in 0..2 {
@@ -653,7 +666,7 @@ impl BlobSet {
                                     attempt = attempt + 1,
                                     "chunk failed verification: {why}"
                                 );
-                                unit_bad.push(ci);
+                                unit_bad.push((ci, why));
                             }
                         }
                     }
@@ -664,7 +677,7 @@ impl BlobSet {
                                     .chunks
                                     .iter()
                                     .copied()
-                                    .filter(|(ci, _)| unit_bad.contains(ci))
+                                    .filter(|(ci, _)| unit_bad.iter().any(|(b, _)| b == ci))
                                     .collect(),
                                 ..u.clone()
                             });
@@ -872,7 +885,8 @@ impl Blob {
                 return frames::decode_frames(t.range(first, last)?, first, input, u.start);
             }
             Kind::Members { zstd: true } => {
-                frames::decode_prefix(input, &mut out).map_err(|m| format!("compressed offset {}: {m}", u.start))?;
+                frames::decode_prefix(input, &mut out)
+                    .map_err(|m| format!("compressed offset {}: {m}", u.start))?;
                 return Ok(out);
             }
             Kind::Members { zstd: false } => None,
@@ -1176,6 +1190,205 @@ mod tests {
         assert!(open(&spec, Decoding::Native).unwrap().contains("compressor 9"));
         let spec = BlobSpec { digest_algo: digester::BLAKE3, ..spec };
         assert!(open(&spec, Decoding::Members).unwrap().contains("sha256"));
+    }
+
+    /// A zstd:chunked-like blob of one file: some bytes of tar headers, then the file cut into
+    /// TOC chunks of `cuts` bytes, each its own zstd frame (`frame(k, bytes)` makes it; zeros
+    /// chunks where `zeros` says), and RAFS chunks of `cs` bytes over it, cached under `dir`.
+    fn frames_blob(
+        data: &[u8],
+        cuts: &[usize],
+        zeros: &[usize],
+        cs: u32,
+        dir: &Path,
+        frame: impl Fn(usize, &[u8]) -> Vec<u8>,
+    ) -> (BlobSet, Vec<(frames::Span, u64, u32)>) {
+        let mut blob = vec![7u8; 1536];
+        let mut toc = Vec::new();
+        let mut at = 0usize;
+        for (k, &n) in cuts.iter().enumerate() {
+            let piece = &data[at..at + n];
+            let bytes = frame(k, piece);
+            let f = frames::Frame {
+                start: blob.len() as u64,
+                end: (blob.len() + bytes.len()) as u64,
+                size: n as u32,
+                digest: Some(Sha256::digest(piece).into()),
+                zeros: zeros.contains(&k),
+                at: 0,
+            };
+            blob.extend_from_slice(&bytes);
+            toc.push((at as u64, f));
+            at += n;
+        }
+        blob.extend_from_slice(&[9u8; 700]);
+        let (frames, cut) = frames::cut_file(&toc, data.len() as u64, cs, 0, 0).unwrap();
+        let table: Vec<ChunkSpec> = cut
+            .iter()
+            .enumerate()
+            .map(|(ci, &(span, addr, len))| ChunkSpec {
+                blob: 0,
+                ci: ci as u32,
+                digest: Sha256::digest(format!("{span:?}")).into(),
+                compressed_offset: frames[span.first as usize].start,
+                compressed_size: 1,
+                uncompressed_offset: addr,
+                uncompressed_size: len,
+                flags: CHUNK_COMPRESSED,
+            })
+            .collect();
+        let spec = BlobSpec {
+            id: hex::encode(Sha256::digest(&blob)),
+            chunk_count: table.len() as u32,
+            compression_algo: compressor::ZSTD,
+            digest_algo: digester::SHA256,
+            compressed_size: blob.len() as u64,
+            uncompressed_size: (data.len() as u64).div_ceil(4096) * 4096,
+            ..Default::default()
+        };
+        let spans = cut.iter().map(|c| c.0).collect();
+        let set = BlobSet::open(
+            vec![BlobInput {
+                layer: 0,
+                spec: &spec,
+                decoding: Decoding::Frames(frames::FrameTable { frames, spans }),
+            }],
+            &table,
+            Box::new(Memory(blob)),
+            dir,
+        )
+        .unwrap();
+        (set, cut)
+    }
+
+    /// Bytes `[from, from + len)` of the file, through the pieces a FUSE read would make.
+    fn read_file(set: &BlobSet, cs: u32, from: u64, len: u64) -> Result<Vec<u8>, BlobError> {
+        let mut pieces = Vec::new();
+        let mut at = from;
+        while at < from + len {
+            let ci = (at / u64::from(cs)) as u32;
+            let offset = (at % u64::from(cs)) as u32;
+            let n = (u64::from(cs - offset)).min(from + len - at) as u32;
+            pieces.push(Piece { blob: 0, ci, offset, len: n });
+            at += u64::from(n);
+        }
+        let mut buf = vec![0u8; len as usize];
+        set.read(&pieces, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// A file whose bytes compress a little, with a run of zeros at `zeros`.
+    fn frames_data(n: usize, zeros: std::ops::Range<usize>) -> Vec<u8> {
+        (0..n)
+            .map(|i| {
+                if zeros.contains(&i) {
+                    0
+                } else {
+                    (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3] % 17
+                }
+            })
+            .collect()
+    }
+
+    const CS: u32 = 64 << 10;
+    /// TOC chunks: chunk 0 of the file spans TOC chunks 0-2; TOC chunk 2 (40000..140000) spans
+    /// RAFS chunks 0-2; TOC chunk 3 is zeros (140000..270000) and covers RAFS chunk 3 whole.
+    const CUTS: [usize; 6] = [10_000, 30_000, 100_000, 130_000, 5_000, 25_000];
+
+    #[test]
+    fn frames_serve_chunks_across_toc_chunk_boundaries_and_zeros_fetch_nothing() {
+        let data = frames_data(300_000, 140_000..270_000);
+        let dir = tempfile::tempdir().unwrap();
+        let compress = |_: usize, b: &[u8]| zstd::bulk::compress(b, 3).unwrap();
+        let (set, cut) = frames_blob(&data, &CUTS, &[3], CS, dir.path(), compress);
+        assert_eq!(cut[0].0, frames::Span { first: 0, count: 3, skip: 0 });
+        assert_eq!(cut[1].0, frames::Span { first: 2, count: 1, skip: 65536 - 40_000 });
+        assert_eq!(cut[3].0, frames::Span { first: 3, count: 1, skip: 196_608 - 140_000 });
+        // A chunk inside the zeros chunk: nothing fetched.
+        assert_eq!(read_file(&set, CS, 200_000, 50_000).unwrap(), data[200_000..250_000]);
+        assert_eq!((set.stats.requests.load(Relaxed), set.stats.bytes_fetched.load(Relaxed)), (0, 0));
+        // Reads across every boundary equal the data.
+        for (from, len) in [(0, 300_000), (65_000, 2_000), (139_990, 20), (131_000, 70_000), (299_999, 1)] {
+            assert_eq!(read_file(&set, CS, from, len).unwrap(), data[from as usize..(from + len) as usize]);
+        }
+        assert_eq!(set.stats.digest_failures.load(Relaxed), 0);
+        // The zeros chunk's frame was never fetched: what was fetched is the other frames.
+        assert!(set.stats.bytes_fetched.load(Relaxed) > 0);
+    }
+
+    #[test]
+    fn a_changed_frame_fails_only_the_chunks_cut_from_it() {
+        let data = frames_data(300_000, 140_000..270_000);
+        let dir = tempfile::tempdir().unwrap();
+        // TOC chunk 4 (270000..275000) lies in RAFS chunk 4 only.
+        let spoil = |k: usize, b: &[u8]| {
+            let mut f = zstd::bulk::compress(b, 3).unwrap();
+            if k == 4 {
+                let mut other = b.to_vec();
+                other[100] ^= 1;
+                f = zstd::bulk::compress(&other, 3).unwrap();
+            }
+            f
+        };
+        let (set, _) = frames_blob(&data, &CUTS, &[3], CS, dir.path(), spoil);
+        let e = read_file(&set, CS, 262_144, 100).unwrap_err();
+        assert!(e.to_string().contains("fetched twice"), "{e}");
+        assert_eq!(set.stats.digest_failures.load(Relaxed), 2, "fetched once more, then refused");
+        assert!(e.to_string().contains("TOC chunk 4"), "{e}");
+        // The chunks not cut from it read well (RAFS chunk 4 is the file's last).
+        assert_eq!(read_file(&set, CS, 0, 262_144).unwrap(), data[..262_144]);
+        assert_eq!(set.stats.digest_failures.load(Relaxed), 2);
+        // A frame that decodes to more than its chunk is an error, never a bigger buffer.
+        let longer = |k: usize, b: &[u8]| {
+            let mut b = b.to_vec();
+            if k == 1 {
+                b.extend_from_slice(b"more");
+            }
+            zstd::bulk::compress(&b, 3).unwrap()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (set, _) = frames_blob(&data, &CUTS, &[3], CS, dir.path(), longer);
+        let e = read_file(&set, CS, 0, 10).unwrap_err();
+        assert!(e.to_string().contains("TOC chunk 1"), "{e}");
+        let mut out = [0u8; 4];
+        assert!(frames::decode_exact(&zstd::bulk::compress(b"12345", 1).unwrap(), &mut out).is_err());
+        assert!(frames::decode_exact(&zstd::bulk::compress(b"123", 1).unwrap(), &mut out).is_err());
+        frames::decode_prefix(&zstd::bulk::compress(b"12345", 1).unwrap(), &mut out).unwrap();
+        assert_eq!(&out, b"1234");
+    }
+
+    #[test]
+    fn a_tampered_cache_is_caught_on_the_next_mount() {
+        let data = frames_data(300_000, 140_000..270_000);
+        let dir = tempfile::tempdir().unwrap();
+        let compress = |_: usize, b: &[u8]| zstd::bulk::compress(b, 3).unwrap();
+        {
+            let (set, _) = frames_blob(&data, &CUTS, &[3], CS, dir.path(), compress);
+            assert_eq!(read_file(&set, CS, 0, 300_000).unwrap(), data);
+        }
+        // Untouched: every chunk comes from the cache, checked through its TOC chunks.
+        {
+            let (set, _) = frames_blob(&data, &CUTS, &[3], CS, dir.path(), compress);
+            assert_eq!(read_file(&set, CS, 0, 300_000).unwrap(), data);
+            assert_eq!(set.stats.requests.load(Relaxed), 0);
+            assert_eq!(set.stats.cache_hits.load(Relaxed), 5);
+        }
+        // One byte of RAFS chunk 1 changed in the data file (it lies in TOC chunk 2, which
+        // RAFS chunks 0 and 2 are also cut from).
+        let data_file = std::fs::read_dir(dir.path().join("blobs"))
+            .unwrap()
+            .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+            .map(|f| f.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "data"))
+            .unwrap();
+        let mut bytes = std::fs::read(&data_file).unwrap();
+        bytes[100_000] ^= 0x40;
+        std::fs::write(&data_file, &bytes).unwrap();
+        let (set, _) = frames_blob(&data, &CUTS, &[3], CS, dir.path(), compress);
+        assert_eq!(read_file(&set, CS, 0, 300_000).unwrap(), data);
+        assert_eq!(set.stats.digest_failures.load(Relaxed), 3, "chunks 0, 1 and 2 use TOC chunk 2");
+        assert_eq!(set.stats.cache_hits.load(Relaxed), 2);
+        assert!(set.stats.requests.load(Relaxed) > 0);
     }
 
     #[test]
