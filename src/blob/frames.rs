@@ -175,6 +175,9 @@ pub fn check(f: &Frame, bytes: &[u8]) -> Result<(), String> {
     }
 }
 
+/// A RAFS chunk cut over a file: its span, address and size.
+pub type Cut = (Span, u64, u32);
+
 /// A file's TOC chunks in file order, each `(its offset in the file, its frame)` (`at` is
 /// ignored), laid out from address `base` and cut into RAFS chunks of `chunk_size`: the frames
 /// (placed) and, for each RAFS chunk, its span (frames numbered from `first`), address and
@@ -185,7 +188,7 @@ pub fn cut_file(
     chunk_size: u32,
     first: u32,
     base: u64,
-) -> Result<(Vec<Frame>, Vec<(Span, u64, u32)>), String> {
+) -> Result<(Vec<Frame>, Vec<Cut>), String> {
     let mut frames = Vec::with_capacity(toc_chunks.len());
     let mut at = 0u64;
     for (k, (offset, f)) in toc_chunks.iter().enumerate() {

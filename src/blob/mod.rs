@@ -1202,7 +1202,7 @@ mod tests {
         cs: u32,
         dir: &Path,
         frame: impl Fn(usize, &[u8]) -> Vec<u8>,
-    ) -> (BlobSet, Vec<(frames::Span, u64, u32)>) {
+    ) -> (BlobSet, Vec<frames::Cut>) {
         let mut blob = vec![7u8; 1536];
         let mut toc = Vec::new();
         let mut at = 0usize;

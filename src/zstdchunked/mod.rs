@@ -142,11 +142,10 @@ pub fn read_toc(
         if zeros.len() != e.chunks.len() || end == 0 {
             return Err(err(off, format!("{}: chunks or endOffset do not agree with the TOC", e.name)));
         }
-        let n = e.chunks.len();
-        for k in 0..n {
-            let next = if k + 1 < n { e.chunks[k + 1].offset } else { end };
-            e.chunks[k].compressed_end = next;
-            e.chunks[k].zeros = zeros[k];
+        let nexts: Vec<u64> = e.chunks.iter().skip(1).map(|c| c.offset).chain([end]).collect();
+        for ((c, next), z) in e.chunks.iter_mut().zip(nexts).zip(zeros) {
+            c.compressed_end = next;
+            c.zeros = z;
         }
     }
     Ok(Toc {
