@@ -88,7 +88,7 @@ impl EntryKind {
         }
     }
 
-    fn parse(s: &str) -> Option<EntryKind> {
+    pub(crate) fn parse(s: &str) -> Option<EntryKind> {
         Some(match s {
             "dir" => EntryKind::Dir,
             "reg" => EntryKind::Reg,
@@ -981,7 +981,7 @@ impl Validator<'_> {
 }
 
 /// An optional `sha256:` digest field.
-fn opt_digest(s: Option<&str>, what: &str) -> Result<Option<Digest>, String> {
+pub(crate) fn opt_digest(s: Option<&str>, what: &str) -> Result<Option<Digest>, String> {
     match s {
         None | Some("") => Ok(None),
         Some(s) => s
@@ -994,7 +994,7 @@ fn opt_digest(s: Option<&str>, what: &str) -> Result<Option<Digest>, String> {
 /// Normalize a TOC name as tar names are: relative to the root, `.` and `..` resolved
 /// lexically and clamped at the root (as stargz-snapshotter's `cleanEntryName` and containerd
 /// clean them), a leading `/` or `./` dropped. A name that holds a NUL is refused.
-fn normalize(name: &str) -> Result<String, String> {
+pub(crate) fn normalize(name: &str) -> Result<String, String> {
     if name.contains('\0') {
         return Err(format!("the name {name:?} holds a NUL byte"));
     }
