@@ -147,3 +147,88 @@ pub(super) fn zstd_chunked_layer(
         frames: Some(Box::new(FramesOut { table, by_file })),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::estargz::{EntryKind, TocEntry};
+
+    fn file(name: &str, sizes: &[u64], frame_at: u64) -> TocEntry {
+        let mut chunks = Vec::new();
+        let (mut off, mut at) = (0, frame_at);
+        for (k, &n) in sizes.iter().enumerate() {
+            chunks.push(Chunk {
+                offset: at,
+                inner_offset: 0,
+                chunk_offset: off,
+                chunk_size: n,
+                chunk_digest: Some(format!("sha256:{}", hex::encode([k as u8; 32])).parse().unwrap()),
+                compressed_end: at + 100,
+                zeros: k == 1,
+            });
+            off += n;
+            at += 100;
+        }
+        TocEntry {
+            name: name.into(),
+            kind: EntryKind::Reg,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            uname: String::new(),
+            gname: String::new(),
+            mtime: 0,
+            mtime_nsec: 0,
+            size: off,
+            link: String::new(),
+            devmajor: 0,
+            devminor: 0,
+            xattrs: Default::default(),
+            digest: None,
+            chunks,
+        }
+    }
+
+    #[test]
+    fn files_are_cut_at_the_chunk_size_over_their_toc_chunks() {
+        let d = Descriptor {
+            media_type: "application/vnd.oci.image.layer.v1.tar+zstd".into(),
+            digest: format!("sha256:{}", "ab".repeat(32)).parse().unwrap(),
+            size: 10_000,
+            annotations: Default::default(),
+            platform: None,
+            artifact_type: None,
+        };
+        let entries = vec![file("a", &[100_000, 150_000, 50_000], 1000), file("b", &[5_000], 2000)];
+        let out = zstd_chunked_layer(0, &d, &entries, 64 << 10).unwrap();
+        let f = out.frames.unwrap();
+        let a = &f.by_file[&file_key(300_000, &entries[0].chunks)];
+        let b = &f.by_file[&file_key(5_000, &entries[1].chunks)];
+        assert_eq!(
+            a.iter().map(|c| c.uncompressed_offset).collect::<Vec<_>>(),
+            [0, 65536, 131072, 196608, 262144]
+        );
+        assert_eq!(a.iter().map(|c| c.uncompressed_size).sum::<u32>(), 300_000);
+        assert_eq!(b[0].uncompressed_offset, 303_104, "the next file starts 4 KiB aligned");
+        // RAFS chunk 1 (65536..131072) lies in TOC chunks 0 and 1 (a zeros chunk).
+        assert_eq!(f.table.spans[1], frames::Span { first: 0, count: 2, skip: 65536 });
+        assert_eq!(
+            (a[1].compressed_offset, a[1].compressed_size),
+            (1000, 100),
+            "zeros frames are not fetched"
+        );
+        assert_eq!(out.blob.chunk_count, 6);
+        assert_eq!(out.blob.uncompressed_size, 303_104 + 8192);
+        let addrs: Vec<_> =
+            a.iter().chain(b).map(|c| Some((c.uncompressed_offset, c.uncompressed_size))).collect();
+        f.table.validate(&addrs, d.size, out.blob.uncompressed_size, 64 << 20).unwrap();
+        // Distinct chunks have distinct keys.
+        let keys: std::collections::HashSet<_> = a.iter().chain(b).map(|c| c.digest).collect();
+        assert_eq!(keys.len(), 6);
+        // A frame past the layer's end is refused, naming the file.
+        let mut bad = entries.clone();
+        bad[1].chunks[0].compressed_end = 20_000;
+        let e = zstd_chunked_layer(0, &d, &bad, 64 << 10).err().expect("refused").to_string();
+        assert!(e.contains("b: chunk 0") && e.contains("outside"), "{e}");
+    }
+}

@@ -1391,6 +1391,54 @@ mod tests {
         assert!(set.stats.requests.load(Relaxed) > 0);
     }
 
+    /// eStargz in zstd: each chunk a zstd frame whose output runs on past the chunk (the next
+    /// tar headers), read through the members path.
+    #[test]
+    fn estargz_in_zstd_chunks_decode_their_size_from_frames_that_run_on() {
+        let data: Vec<Vec<u8>> = vec![b"first chunk ".repeat(900), b"second".repeat(700), b"3".repeat(5000)];
+        let mut blob = Vec::new();
+        let mut table = Vec::new();
+        for (i, d) in data.iter().enumerate() {
+            let mut frame_out = d.clone();
+            frame_out.extend_from_slice(&[b'h'; 512]);
+            let bytes = zstd::bulk::compress(&frame_out, 3).unwrap();
+            table.push(ChunkSpec {
+                blob: 0,
+                ci: i as u32,
+                digest: Sha256::digest(d).into(),
+                compressed_offset: blob.len() as u64,
+                compressed_size: bytes.len() as u32,
+                uncompressed_offset: (i as u64) << 16,
+                uncompressed_size: d.len() as u32,
+                flags: CHUNK_COMPRESSED,
+            });
+            blob.extend_from_slice(&bytes);
+        }
+        let spec = BlobSpec {
+            id: hex::encode(Sha256::digest(&blob)),
+            chunk_count: 3,
+            compression_algo: compressor::ZSTD,
+            digest_algo: digester::SHA256,
+            compressed_size: blob.len() as u64,
+            uncompressed_size: 3 << 16,
+            ..Default::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let set = BlobSet::open(
+            vec![BlobInput { layer: 0, spec: &spec, decoding: Decoding::Members }],
+            &table,
+            Box::new(Memory(blob)),
+            dir.path(),
+        )
+        .unwrap();
+        for (ci, d) in data.iter().enumerate().rev() {
+            let mut buf = vec![0u8; d.len()];
+            set.read(&[Piece { blob: 0, ci: ci as u32, offset: 0, len: d.len() as u32 }], &mut buf).unwrap();
+            assert_eq!(&buf, d, "chunk {ci}");
+        }
+        assert_eq!(set.stats.digest_failures.load(Relaxed), 0);
+    }
+
     #[test]
     fn coalescing_joins_near_ranges_up_to_the_limit() {
         let units =
