@@ -149,6 +149,52 @@ fn zstd_chunked_images_mount_from_their_tocs_and_read_the_truth() {
     assert!(stats["digest_failures"].as_u64().unwrap() >= 2, "{stats}");
 }
 
+/// A layout whose first layers are `first`'s and whose last is `last`'s (the same tars in
+/// another form): a mixed image.
+fn mixed_layout(first: &Path, last: &Path, to: &Path) {
+    std::fs::create_dir_all(to.join("blobs/sha256")).unwrap();
+    for from in [first, last] {
+        for e in std::fs::read_dir(from.join("blobs/sha256")).unwrap() {
+            let e = e.unwrap();
+            let _ = std::fs::copy(e.path(), to.join("blobs/sha256").join(e.file_name()));
+        }
+    }
+    std::fs::write(to.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let mut m = manifest(first);
+    let l = manifest(last);
+    let n = m["layers"].as_array().unwrap().len();
+    m["layers"][n - 1] = l["layers"][n - 1].clone();
+    let bytes = serde_json::to_vec(&m).unwrap();
+    let hex = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+    std::fs::write(to.join("blobs/sha256").join(&hex), &bytes).unwrap();
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": format!("sha256:{hex}"),
+        "size": bytes.len(), "annotations": {"org.opencontainers.image.ref.name": "latest"}}]});
+    std::fs::write(to.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+#[test]
+fn a_mixed_estargz_and_zstd_chunked_image_mounts_from_its_tocs() {
+    if !have("skopeo") {
+        eprintln!("skipped: no skopeo");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let zc = work.path().join("layouts");
+    zstd_chunked_layouts(&["python"], &zc);
+    let mixed = work.path().join("mixed");
+    mixed_layout(&layouts().join("python-estargz"), &zc.join("python-zc"), &mixed);
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mount::new(&format!("oci:{}", mixed.display()), cache.path(), &["--no-prefetch"]);
+    let mut got = common::truth::by_path(&walk(&m.mnt));
+    common::truth::drop_estargz_meta(&mut got);
+    let rules = common::truth::Rules { whole_seconds: true, ..Default::default() };
+    assert!(common::truth::compare_with("python", &got, &rules).is_empty());
+    assert!(read_all("python", &m.mnt).is_empty());
+    let stats = m.finish();
+    assert_eq!(stats["digest_failures"], 0, "{stats}");
+}
+
 #[test]
 fn an_image_with_other_layers_names_them() {
     let image = format!("oci:{}", layouts().join("python").display());
