@@ -174,7 +174,7 @@ fn a_plain_gzip_image_cannot_be_mounted_without_an_artifact() {
         zran(&["mount", &image, mnt.path().to_str().unwrap(), "--cache-dir", cache.path().to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("not eStargz") && err.contains("zran generate"), "{err}");
+    assert!(err.contains("is gzip") && err.contains("zran generate"), "{err}");
     // Missing and busy mount points, and an artifact of another image.
     let o = zran(&["mount", &image, "/nonexistent/mnt"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/mnt"));

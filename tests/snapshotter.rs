@@ -8,7 +8,7 @@
 mod common;
 
 use common::containerd::{
-    Sweep, containerd, ctr, layer_bytes_served, layers, ok, push_layout, snapshotter, zran_mounts,
+    Sweep, containerd, ctr, layer_bytes_served, layers, ok, push_layout, served, snapshotter, zran_mounts,
 };
 use common::harness::{TestRegistry, repo_root};
 use common::truth::{compare, walk};
@@ -451,6 +451,60 @@ fn images_start_lazily_through_containerd() {
     for image in [&python, &estargz, &sibling] {
         ok(ctr(&sock, &["image", "rm", "--sync", image]), "image rm");
     }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !snapshot_keys(&sock).is_empty() || !zran_mounts(&root).is_empty() {
+        assert!(Instant::now() < deadline, "left: {:?} {:?}", snapshot_keys(&sock), zran_mounts(&root));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // 7. zstd:chunked (made here by skopeo; the same layers as python once uncompressed, so
+    //    only now that python's snapshots are gone) with --enable-stargz: served from its
+    //    TOCs, no layer downloaded, the registry sends a small part of the layers.
+    let zc_layout = work.path().join("python-zc");
+    ok(
+        Command::new("skopeo")
+            .args(["copy", "-q", "--dest-compress-format", "zstd:chunked"])
+            .arg(format!("oci:{}:latest", repo_root().join("target/testimages/layouts/python").display()))
+            .arg(format!("oci:{}:latest", zc_layout.display()))
+            .output()
+            .unwrap(),
+        "skopeo copy zstd:chunked",
+    );
+    let zstd_chunked = format!("{host}/python-zc:latest");
+    push_layout(&format!("oci:{}:latest", zc_layout.display()), &zstd_chunked);
+    let zc_index: Value =
+        serde_json::from_slice(&std::fs::read(zc_layout.join("index.json")).unwrap()).unwrap();
+    let zc_blob = |d: &str| zc_layout.join("blobs/sha256").join(d.trim_start_matches("sha256:"));
+    let zc_manifest: Value = serde_json::from_slice(
+        &std::fs::read(zc_blob(zc_index["manifests"][0]["digest"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    let zc_layers: Vec<(String, u64)> = zc_manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string(),
+                l["size"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let zc_served = || {
+        let s = served(&reg);
+        zc_layers.iter().map(|(h, _)| s.get(h).copied().unwrap_or(0)).sum::<u64>()
+    };
+    rpull(&zstd_chunked);
+    let toc_reads = zc_served();
+    let total_zc: u64 = zc_layers.iter().map(|l| l.1).sum();
+    assert!(toc_reads < total_zc / 10, "rpull read {toc_reads} bytes of zstd:chunked layers (TOCs only)");
+    assert_eq!(ok(run(&zstd_chunked, "z1", &[], &answer), "run zstd:chunked").trim(), r#"{"answer": 42}"#);
+    let read = zc_served();
+    assert!(read < total_zc / 2, "the start read {read} of {total_zc} bytes");
+    let stats: Value = serde_json::from_slice(&std::fs::read(root.join("stats.json")).unwrap()).unwrap();
+    assert_eq!(stats["images"][&zstd_chunked]["served_as"], "toc", "{stats}");
+
+    ok(ctr(&sock, &["image", "rm", "--sync", &zstd_chunked]), "image rm");
     let deadline = Instant::now() + Duration::from_secs(20);
     while !snapshot_keys(&sock).is_empty() || !zran_mounts(&root).is_empty() {
         assert!(Instant::now() < deadline, "left: {:?} {:?}", snapshot_keys(&sock), zran_mounts(&root));

@@ -9,6 +9,7 @@
 pub mod inputs;
 pub mod nydus_ref;
 pub mod publish;
+mod toc_frames;
 
 use crate::estargz::{Chunk, Toc};
 use crate::layer::{self, FileChunk, LayerError};
@@ -41,6 +42,10 @@ pub enum LayerInput {
     Zstd { chunked: bool, diff_id: Option<String> },
     /// An uncompressed tar: each chunk is a range of the blob itself.
     Tar,
+    /// A zstd:chunked layer served from its TOC (verified): chunks cut from its zstd frames.
+    /// Only for a bootstrap in memory (a mount with no artifact): such an artifact has no
+    /// blob.meta Nydus could read, and [`write_dir`] refuses it.
+    ZstdChunkedToc(Box<crate::zstdchunked::Toc>),
 }
 
 /// The `format` of a layer in `zran.json`.
@@ -161,6 +166,9 @@ pub struct Artifact {
     /// The digest of each chunk of each gzip layer, by CI index, by layer hex (what Nydus
     /// stores as `blob.digest`); empty for an artifact read back from a directory.
     pub digests: HashMap<String, Vec<[u8; 32]>>,
+    /// The frame table of each zstd:chunked layer served from its TOC, by layer hex (what its
+    /// blob is decoded with: `blob::Decoding::Frames`); such an artifact is never written.
+    pub frames: HashMap<String, crate::blob::frames::FrameTable>,
 }
 
 /// What one layer contributes: its blob entry, and the chunk specs of its files by the tar
@@ -176,6 +184,8 @@ struct LayerOut {
     entries: Option<Vec<crate::tar::Entry>>,
     /// gzip: each chunk's sha256, by CI index.
     digests: Vec<[u8; 32]>,
+    /// zstd:chunked from its TOC: the frame table and each file's chunks.
+    frames: Option<Box<toc_frames::FramesOut>>,
 }
 
 fn hex(d: &crate::oci::Digest) -> String {
@@ -276,6 +286,7 @@ fn indexed_layer(
             by_toc: HashMap::new(),
             entries: Some(scan.entries),
             digests: Vec::new(),
+            frames: None,
         });
     }
     let encoded = meta.encode_from_index(&scan.index, &plan.checkpoints).map_err(|e| meta_err(d, e))?;
@@ -332,6 +343,7 @@ fn indexed_layer(
         by_toc: HashMap::new(),
         entries: Some(scan.entries),
         digests,
+        frames: None,
     })
 }
 
@@ -627,13 +639,18 @@ fn estargz_layer(i: usize, d: &Descriptor, toc: &Toc) -> Result<LayerOut, Artifa
             by_toc,
             entries: None,
             digests: Vec::new(),
+            frames: None,
         });
     }
     // Chunk info v1 in a blob.meta of its own, which nydusd fetches by its digest (SEPARATE);
     // without CHUNK_INFO_V2 a gzip blob is a "legacy stargz" blob to Nydus, whose chunks are
     // gzip members inflated one by one.
     let encoded = meta.encode().map_err(|e| meta_err(d, e))?;
-    let blob = blob_spec(d, &encoded);
+    let mut blob = blob_spec(d, &encoded);
+    if toc.zstd {
+        // eStargz in zstd: each chunk is a zstd frame.
+        blob.compression_algo = compressor::ZSTD;
+    }
     let record = record(
         encoded.chunk_count,
         Some(format!("{}.blob.meta", hex(&d.digest))),
@@ -648,6 +665,7 @@ fn estargz_layer(i: usize, d: &Descriptor, toc: &Toc) -> Result<LayerOut, Artifa
         by_toc,
         entries: None,
         digests: Vec::new(),
+        frames: None,
     })
 }
 
@@ -683,6 +701,11 @@ pub fn generate(
                     zstd_layer(image, i, d, *chunked, diff_id.as_deref(), opts, &|n| progress(i, n))
                 }
                 LayerInput::Tar => tar_layer(image, i, d, opts, &|n| progress(i, n)),
+                LayerInput::ZstdChunkedToc(toc) => {
+                    let r = toc_frames::zstd_chunked_layer(i, d, &toc.entries, opts.chunk_size);
+                    progress(i, d.size);
+                    r
+                }
             }
         },
         |m| ArtifactError::Meta { layer: image.name.clone(), message: m.into() },
@@ -693,6 +716,7 @@ pub fn generate(
     for (i, (out, input)) in outs.iter().zip(inputs).enumerate() {
         match (input, &out.entries) {
             (LayerInput::Estargz(toc), _) => tree.apply_estargz_layer(i, &toc.entries)?,
+            (LayerInput::ZstdChunkedToc(toc), _) => tree.apply_estargz_layer(i, &toc.entries)?,
             (LayerInput::Gzip | LayerInput::Zstd { .. } | LayerInput::Tar, Some(entries)) => {
                 tree.apply_layer(i, entries)?
             }
@@ -715,6 +739,27 @@ pub fn generate(
     for (path, id) in tree.walk() {
         let inode = &tree.inodes[id];
         if inode.data.is_empty() || chunks.contains_key(&id) {
+            continue;
+        }
+        // A zstd:chunked file: its RAFS chunks are cut over the whole file.
+        if let Some(Extent::Chunk { layer, .. }) = inode.data.first()
+            && let Some(f) = &outs[*layer].frames
+        {
+            let toc_chunks: Vec<crate::estargz::Chunk> = inode
+                .data
+                .iter()
+                .filter_map(|x| match x {
+                    Extent::Chunk { chunk, .. } => Some(chunk.clone()),
+                    Extent::Tar { .. } => None,
+                })
+                .collect();
+            let specs = f.by_file.get(&toc_frames::file_key(inode.size, &toc_chunks)).ok_or_else(|| {
+                meta_err(
+                    &layers[*layer],
+                    format!("{}: its chunks are not in the TOC", String::from_utf8_lossy(&path)),
+                )
+            })?;
+            chunks.insert(id, specs.iter().map(|s| ChunkSpec { blob: blob_of[*layer], ..*s }).collect());
             continue;
         }
         let mut specs = Vec::new();
@@ -778,6 +823,8 @@ pub fn generate(
         writer::write(&BootstrapSpec { tree: &tree, chunk_size: opts.chunk_size, blobs, chunks, prefetch })?;
     let metas: Vec<(String, Vec<u8>)> =
         outs.iter_mut().filter_map(|o| Some((o.record.blob_meta.clone()?, o.meta.take()?))).collect();
+    let frames: HashMap<String, crate::blob::frames::FrameTable> =
+        outs.iter_mut().filter_map(|o| Some((o.blob.id.clone(), o.frames.take()?.table))).collect();
     let digests: HashMap<String, Vec<[u8; 32]>> = outs
         .iter_mut()
         .filter(|o| !o.digests.is_empty())
@@ -796,7 +843,7 @@ pub fn generate(
         layers: outs.into_iter().map(|o| o.record).collect(),
         created_by: format!("zran {}", env!("CARGO_PKG_VERSION")),
     };
-    Ok(Artifact { bootstrap, metas, manifest, digests })
+    Ok(Artifact { bootstrap, metas, manifest, digests, frames })
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ArtifactError + '_ {
@@ -807,6 +854,14 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ArtifactError + '_ {
 /// then renamed into place, so `dir` is either absent, the old artifact, or the whole new one.
 /// An existing `dir` is replaced only with `force` (an empty directory is always replaced).
 pub fn write_dir(a: &Artifact, dir: &Path, force: bool) -> Result<(), ArtifactError> {
+    if !a.frames.is_empty() {
+        return Err(ArtifactError::Invalid {
+            path: dir.to_path_buf(),
+            message: "zstd:chunked layers read from their TOCs are mounted from the image, not written \
+                      as an artifact"
+                .into(),
+        });
+    }
     let exists = dir.exists();
     if exists {
         let empty = std::fs::read_dir(dir).map_err(io(dir))?.next().is_none();

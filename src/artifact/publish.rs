@@ -263,9 +263,11 @@ pub fn pull(
     };
     std::fs::create_dir_all(cache)
         .map_err(|source| ArtifactError::Io { path: cache.to_path_buf(), source })?;
-    if let Err(e) =
-        write_dir(&Artifact { bootstrap, metas, manifest, digests: Default::default() }, &dir, true)
-    {
+    if let Err(e) = write_dir(
+        &Artifact { bootstrap, metas, manifest, digests: Default::default(), frames: Default::default() },
+        &dir,
+        true,
+    ) {
         // Another mount may have put the same artifact there meanwhile.
         return open_dir(&dir).map(|opened| (dir, opened)).map_err(|_| e);
     }

@@ -22,6 +22,7 @@
 //! Owns the cache files and the counters. Calls `oci`, `gzip`, `zframe` and `rafs`.
 
 pub mod cache;
+pub mod frames;
 mod ranges;
 
 use crate::gzip::{Restart, inflate_from, inflate_member};
@@ -91,8 +92,12 @@ enum Kind {
     /// A gzip layer with a blob.meta (loaded when first needed): chunks come out of zran
     /// contexts.
     Zran(LazyMeta),
-    /// An eStargz layer: each chunk is a gzip member of its own.
-    Members,
+    /// An eStargz layer: each chunk is a gzip member of its own (a zstd frame when `zstd`:
+    /// eStargz in zstd, whose frame may run on past the chunk).
+    Members { zstd: bool },
+    /// A zstd:chunked layer mounted from its TOC: each chunk is cut from the TOC chunks (zstd
+    /// frames, each verified) that cover it.
+    Frames(frames::FrameTable),
     /// A Nydus native data blob: each chunk is its own range, compressed with the blob's
     /// compressor when the chunk's COMPRESSED flag says so, stored as is otherwise.
     Native { compressor: u32 },
@@ -140,8 +145,11 @@ pub type MetaLoader = Box<dyn Fn(&dyn BlobSource) -> Result<BlobMeta, String> + 
 pub enum Decoding {
     /// A gzip layer read through its blob.meta's zran contexts.
     Zran(MetaInput),
-    /// An eStargz layer: one gzip member per chunk.
+    /// An eStargz layer: one gzip member per chunk (one zstd frame when the blob table's
+    /// compressor is zstd).
     Members,
+    /// A zstd:chunked layer: chunks cut from the TOC's zstd frames.
+    Frames(frames::FrameTable),
     /// A Nydus native data blob (its compressor is the blob table's).
     Native,
 }
@@ -294,7 +302,16 @@ impl BlobSet {
                 Decoding::Zran(MetaInput::Later(f)) => {
                     Kind::Zran(LazyMeta { cell: OnceLock::new(), load: Mutex::new(Some(f)) })
                 }
-                Decoding::Members => Kind::Members,
+                Decoding::Members => Kind::Members { zstd: spec.compression_algo == compressor::ZSTD },
+                Decoding::Frames(t) => {
+                    let addrs: Vec<Option<(u64, u32)>> = chunks
+                        .iter()
+                        .map(|c| c.map(|c| (c.uncompressed_offset, c.uncompressed_size)))
+                        .collect();
+                    t.validate(&addrs, spec.compressed_size, spec.uncompressed_size, MAX_UNIT)
+                        .map_err(layer_err)?;
+                    Kind::Frames(t)
+                }
                 Decoding::Native => match spec.compression_algo {
                     c @ (compressor::NONE | compressor::ZSTD | compressor::LZ4_BLOCK) => {
                         Kind::Native { compressor: c }
@@ -311,7 +328,8 @@ impl BlobSet {
                 digester::BLAKE3 => Hash::Blake3,
                 d => return Err(layer_err(format!("chunk digest algorithm {d} (0, blake3, or 1, sha256)"))),
             };
-            if matches!(kind, Kind::Zran(_) | Kind::Members) && hash != Hash::Sha256 {
+            if matches!(kind, Kind::Zran(_) | Kind::Members { .. } | Kind::Frames(_)) && hash != Hash::Sha256
+            {
                 return Err(layer_err("a gzip layer's chunks must have sha256 digests".into()));
             }
             let layout = hex::encode(&layout.finalize()[..8]);
@@ -537,12 +555,29 @@ impl BlobSet {
     /// Verify a chunk an earlier run left in the cache; false (and forgotten) when it is bad.
     fn check_cached(&self, blob: &Blob, ci: u32) -> Result<bool, BlobError> {
         let c = blob.chunk(ci)?;
-        let mut bytes = vec![0u8; c.uncompressed_size as usize];
-        if blob.cache.read(c.uncompressed_offset, &mut bytes).is_err() {
-            return Ok(false);
-        }
-        self.stats.chunks_verified.fetch_add(1, Relaxed);
-        if blob.hash.of(&bytes) == c.digest {
+        let good = if let Kind::Frames(t) = &blob.kind {
+            // The TOC chunks it is cut from, read back and checked against the TOC.
+            let s = t.spans[ci as usize];
+            let frames = t.range(s.first, s.first + s.count.saturating_sub(1)).map_err(|m| blob.err(m))?;
+            let mut ok = true;
+            for f in frames {
+                let mut bytes = vec![0u8; f.size as usize];
+                if blob.cache.read(f.at, &mut bytes).is_err() || frames::check(f, &bytes).is_err() {
+                    ok = false;
+                    break;
+                }
+            }
+            self.stats.chunks_verified.fetch_add(1, Relaxed);
+            ok
+        } else {
+            let mut bytes = vec![0u8; c.uncompressed_size as usize];
+            if blob.cache.read(c.uncompressed_offset, &mut bytes).is_err() {
+                return Ok(false);
+            }
+            self.stats.chunks_verified.fetch_add(1, Relaxed);
+            blob.hash.of(&bytes) == c.digest
+        };
+        if good {
             blob.good[ci as usize].store(true, Relaxed);
             self.stats.cache_hits.fetch_add(1, Relaxed);
             return Ok(true);
@@ -573,8 +608,12 @@ impl BlobSet {
             blob.good[ci as usize].store(true, Relaxed);
         }
         let bad = r?;
-        match bad.iter().find(|ci| cis.contains(ci)) {
-            Some(ci) => {
+        match bad.iter().find(|(ci, _)| cis.contains(ci)) {
+            // A frame's own digest failed: say which.
+            Some((ci, why)) if matches!(blob.kind, Kind::Frames(_)) => {
+                Err(blob.err(format!("chunk {ci}: {why}, fetched twice")))
+            }
+            Some((ci, _)) => {
                 let c = blob.chunk(*ci)?;
                 Err(blob.err(format!(
                     "chunk {ci} (compressed offset {}) does not match its {} {}, fetched twice",
@@ -589,7 +628,12 @@ impl BlobSet {
 
     /// The fetch itself: verified chunks are written and listed in `stored`; returns the
     /// chunks that failed twice.
-    fn fetch_into(&self, blob: &Blob, cis: &[u32], stored: &mut Vec<u32>) -> Result<Vec<u32>, BlobError> {
+    fn fetch_into(
+        &self,
+        blob: &Blob,
+        cis: &[u32],
+        stored: &mut Vec<u32>,
+    ) -> Result<Vec<(u32, String)>, BlobError> {
         let (whole, mut todo): (Vec<Unit>, Vec<Unit>) = blob.units(cis)?.into_iter().partition(|u| u.whole);
         let mut bad = Vec::new();
         for u in &whole {
@@ -601,11 +645,30 @@ impl BlobSet {
                 let start = group[0].start;
                 let end = group.iter().map(|u| u.end).max().unwrap_or(start);
                 // A second attempt fetches anew: the bytes in memory are what failed.
-                let bytes = self.fetch_range(blob, start, end, attempt > 0)?;
+                // Units of zeros chunks only need no bytes at all.
+                let bytes = if end > start {
+                    self.fetch_range(blob, start, end, attempt > 0)?
+                } else {
+                    Arc::new(Vec::new())
+                };
                 for u in group {
                     let input =
                         bytes.get((u.start - start) as usize..(u.end - start) as usize).unwrap_or(&[]);
                     let decoded = blob.decode(u, input);
+                    // Frames were each checked by the decode: their bytes go to the cache whole
+                    // (the parts of neighbouring chunks too, so that a later mount can check
+                    // them again against the TOC).
+                    let framed = match (&blob.kind, &decoded, u.frames) {
+                        (Kind::Frames(t), Ok(d), Some((first, _))) => {
+                            let at = t.frames.get(first as usize).map_or(0, |f| f.at);
+                            blob.cache.write(at, d).map_err(|source| BlobError::Cache {
+                                path: blob.cache.path().display().to_string(),
+                                source,
+                            })?;
+                            true
+                        }
+                        _ => false,
+                    };
                     let mut unit_bad = Vec::new();
                     for &(ci, at) in &u.chunks {
                         let c = blob.chunk(ci)?;
@@ -613,7 +676,8 @@ impl BlobSet {
                             decoded.as_ref().ok().and_then(|d| d.get(at..at + c.uncompressed_size as usize));
                         self.stats.chunks_verified.fetch_add(1, Relaxed);
                         match piece {
-                            Some(p) if blob.hash.of(p) == c.digest => {
+                            Some(_) if framed => stored.push(ci),
+                            Some(p) if !framed && blob.hash.of(p) == c.digest => {
                                 blob.cache.write(c.uncompressed_offset, p).map_err(|source| {
                                     BlobError::Cache { path: blob.cache.path().display().to_string(), source }
                                 })?;
@@ -623,6 +687,7 @@ impl BlobSet {
                                 self.stats.digest_failures.fetch_add(1, Relaxed);
                                 let why = match &decoded {
                                     Err(e) => e.clone(),
+                                    Ok(_) if framed => "its TOC chunks do not cover it".to_string(),
                                     Ok(_) => format!("{} mismatch", blob.hash.name()),
                                 };
                                 tracing::error!(
@@ -633,7 +698,7 @@ impl BlobSet {
                                     attempt = attempt + 1,
                                     "chunk failed verification: {why}"
                                 );
-                                unit_bad.push(ci);
+                                unit_bad.push((ci, why));
                             }
                         }
                     }
@@ -644,7 +709,7 @@ impl BlobSet {
                                     .chunks
                                     .iter()
                                     .copied()
-                                    .filter(|(ci, _)| unit_bad.contains(ci))
+                                    .filter(|(ci, _)| unit_bad.iter().any(|(b, _)| b == ci))
                                     .collect(),
                                 ..u.clone()
                             });
@@ -666,7 +731,12 @@ impl BlobSet {
     /// as it comes, each chunk verified and written to the cache as soon as its bytes are out
     /// (memory: the decoder's window and one chunk). Returns the chunks that failed; they are
     /// not fetched again (the next read that needs one starts a new whole fetch).
-    fn fetch_whole(&self, blob: &Blob, u: &Unit, stored: &mut Vec<u32>) -> Result<Vec<u32>, BlobError> {
+    fn fetch_whole(
+        &self,
+        blob: &Blob,
+        u: &Unit,
+        stored: &mut Vec<u32>,
+    ) -> Result<Vec<(u32, String)>, BlobError> {
         use std::io::Read;
         self.stats.whole_fetches.fetch_add(1, Relaxed);
         tracing::info!(
@@ -717,15 +787,15 @@ impl BlobSet {
                 continue;
             }
             self.stats.digest_failures.fetch_add(1, Relaxed);
+            let why = failed.clone().unwrap_or_else(|| format!("{} mismatch", blob.hash.name()));
             tracing::error!(
                 layer = blob.layer,
                 blob = %blob.digest,
                 chunk = ci,
                 compressed_offset = u.start,
-                "chunk of a whole zstd frame failed verification: {}",
-                failed.clone().unwrap_or_else(|| format!("{} mismatch", blob.hash.name()))
+                "chunk of a whole zstd frame failed verification: {why}"
             );
-            bad.push(ci);
+            bad.push((ci, why));
         }
         Ok(bad)
     }
@@ -811,6 +881,8 @@ struct Unit {
     whole: bool,
     /// Zran context index, or `None` for an eStargz member.
     context: Option<u32>,
+    /// The TOC chunks decoded (first and last), for a zstd:chunked blob.
+    frames: Option<(u32, u32)>,
     out_len: usize,
     chunks: Vec<(u32, usize)>,
 }
@@ -824,7 +896,7 @@ impl Blob {
     /// and native blobs.
     fn zran(&self) -> Result<Option<&Zran>, BlobError> {
         match &self.kind {
-            Kind::Members | Kind::Native { .. } => Ok(None),
+            Kind::Members { .. } | Kind::Native { .. } | Kind::Frames(_) => Ok(None),
             Kind::Zran(l) => l.cell.get().map(Some).ok_or_else(|| self.err("blob.meta not loaded".into())),
         }
     }
@@ -844,6 +916,46 @@ impl Blob {
     /// The decodes that yield chunks `cis`, in compressed order.
     fn units(&self, cis: &[u32]) -> Result<Vec<Unit>, BlobError> {
         let mut units: BTreeMap<u64, Unit> = BTreeMap::new();
+        if let Kind::Frames(t) = &self.kind {
+            for &ci in cis {
+                self.chunk(ci)?;
+                let s = t.spans[ci as usize];
+                let last = s.first + s.count.saturating_sub(1);
+                let u = units.entry(u64::from(s.first)).or_insert(Unit {
+                    start: 0,
+                    end: 0,
+                    context: None,
+                    frames: Some((s.first, last)),
+                    out_len: 0,
+                    chunks: Vec::new(),
+                });
+                let (first, old_last) = u.frames.unwrap_or((s.first, last));
+                u.frames = Some((first, old_last.max(last)));
+                u.chunks.push((ci, s.skip as usize));
+            }
+            // Each unit's range: its frames that are not zeros (one range: they are adjacent).
+            let mut out: Vec<Unit> = Vec::with_capacity(units.len());
+            for mut u in units.into_values() {
+                let (first, last) = u.frames.unwrap_or((0, 0));
+                let frames = t.range(first, last).map_err(|m| self.err(m))?;
+                let data = || frames.iter().filter(|f| !f.zeros);
+                u.start = data().map(|f| f.start).min().unwrap_or(0);
+                u.end = data().map(|f| f.end).max().unwrap_or(0);
+                let out_len: u64 = frames.iter().map(|f| u64::from(f.size)).sum();
+                if out_len > MAX_UNIT || u.end - u.start > MAX_UNIT {
+                    return Err(self.err(format!(
+                        "TOC chunks {first}..={last} at compressed offset {} need {} compressed and {out_len} \
+                         uncompressed bytes, more than the {MAX_UNIT} this reader allows",
+                        u.start,
+                        u.end - u.start
+                    )));
+                }
+                u.out_len = out_len as usize;
+                out.push(u);
+            }
+            out.sort_by_key(|u| u.start);
+            return Ok(out);
+        }
         match self.zran()? {
             Some(Zran { meta, .. }) => {
                 let mut by_ctx: BTreeMap<u32, Vec<(u32, usize)>> = BTreeMap::new();
@@ -875,6 +987,7 @@ impl Blob {
                             whole,
                             end: if need > z.in_offset && !whole { need.min(end) } else { end },
                             context: Some(zi),
+                            frames: None,
                             out_len: chunks
                                 .iter()
                                 .map(|&(ci, at)| at + meta.chunks[ci as usize].uncompressed_size as usize)
@@ -900,6 +1013,7 @@ impl Blob {
                         start: c.compressed_offset,
                         end: c.compressed_offset + u64::from(c.compressed_size),
                         context: None,
+                        frames: None,
                         out_len: 0,
                         chunks: Vec::new(),
                     });
@@ -927,7 +1041,16 @@ impl Blob {
         let mut out = vec![0u8; u.out_len];
         let zran = match &self.kind {
             Kind::Zran(l) => l.cell.get(),
-            Kind::Members => None,
+            Kind::Frames(t) => {
+                let (first, last) = u.frames.ok_or("no TOC chunks")?;
+                return frames::decode_frames(t.range(first, last)?, first, input, u.start);
+            }
+            Kind::Members { zstd: true } => {
+                frames::decode_prefix(input, &mut out)
+                    .map_err(|m| format!("compressed offset {}: {m}", u.start))?;
+                return Ok(out);
+            }
+            Kind::Members { zstd: false } => None,
             Kind::Native { compressor } => {
                 let flags = u.chunks.first().and_then(|&(ci, _)| self.chunk(ci).ok()).map_or(0, |c| c.flags);
                 decode_native(*compressor, flags, input, &mut out)
@@ -981,10 +1104,16 @@ fn decode_native(compressor: u32, flags: u32, input: &[u8], out: &mut [u8]) -> R
 
 /// Group units (sorted by start) into requests: overlapping or close ranges together, up to
 /// [`MAX_REQUEST`] bytes each.
+/// Units that need no bytes (zeros chunks only) are groups of their own.
 fn coalesce(units: &[Unit]) -> Vec<Vec<&Unit>> {
     let mut groups: Vec<Vec<&Unit>> = Vec::new();
+    let mut empty: Vec<Vec<&Unit>> = Vec::new();
     let mut span = (0u64, 0u64);
     for u in units {
+        if u.end <= u.start {
+            empty.push(vec![u]);
+            continue;
+        }
         if let Some(g) = groups.last_mut()
             && u.start <= span.1.saturating_add(MAX_GAP)
             && u.end.max(span.1) - span.0 <= MAX_REQUEST
@@ -996,6 +1125,7 @@ fn coalesce(units: &[Unit]) -> Vec<Vec<&Unit>> {
         groups.push(vec![u]);
         span = (u.start, u.end);
     }
+    groups.extend(empty);
     groups
 }
 
@@ -1004,7 +1134,7 @@ mod tests {
     use super::*;
 
     fn unit(start: u64, end: u64) -> Unit {
-        Unit { start, end, whole: false, context: None, out_len: 0, chunks: Vec::new() }
+        Unit { start, end, whole: false, context: None, frames: None, out_len: 0, chunks: Vec::new() }
     }
 
     /// A blob held in memory.
@@ -1225,6 +1355,253 @@ mod tests {
         assert!(open(&spec, Decoding::Native).unwrap().contains("compressor 9"));
         let spec = BlobSpec { digest_algo: digester::BLAKE3, ..spec };
         assert!(open(&spec, Decoding::Members).unwrap().contains("sha256"));
+    }
+
+    /// A zstd:chunked-like blob of one file: some bytes of tar headers, then the file cut into
+    /// TOC chunks of `cuts` bytes, each its own zstd frame (`frame(k, bytes)` makes it; zeros
+    /// chunks where `zeros` says), and RAFS chunks of `cs` bytes over it, cached under `dir`.
+    fn frames_blob(
+        data: &[u8],
+        cuts: &[usize],
+        zeros: &[usize],
+        cs: u32,
+        dir: &Path,
+        frame: impl Fn(usize, &[u8]) -> Vec<u8>,
+    ) -> (BlobSet, Vec<frames::Cut>) {
+        let mut blob = vec![7u8; 1536];
+        let mut toc = Vec::new();
+        let mut at = 0usize;
+        for (k, &n) in cuts.iter().enumerate() {
+            let piece = &data[at..at + n];
+            let bytes = frame(k, piece);
+            let f = frames::Frame {
+                start: blob.len() as u64,
+                end: (blob.len() + bytes.len()) as u64,
+                size: n as u32,
+                digest: Some(Sha256::digest(piece).into()),
+                zeros: zeros.contains(&k),
+                at: 0,
+            };
+            blob.extend_from_slice(&bytes);
+            toc.push((at as u64, f));
+            at += n;
+        }
+        blob.extend_from_slice(&[9u8; 700]);
+        let (frames, cut) = frames::cut_file(&toc, data.len() as u64, cs, 0, 0).unwrap();
+        let table: Vec<ChunkSpec> = cut
+            .iter()
+            .enumerate()
+            .map(|(ci, &(span, addr, len))| ChunkSpec {
+                blob: 0,
+                ci: ci as u32,
+                digest: Sha256::digest(format!("{span:?}")).into(),
+                compressed_offset: frames[span.first as usize].start,
+                compressed_size: 1,
+                uncompressed_offset: addr,
+                uncompressed_size: len,
+                flags: CHUNK_COMPRESSED,
+            })
+            .collect();
+        let spec = BlobSpec {
+            id: hex::encode(Sha256::digest(&blob)),
+            chunk_count: table.len() as u32,
+            compression_algo: compressor::ZSTD,
+            digest_algo: digester::SHA256,
+            compressed_size: blob.len() as u64,
+            uncompressed_size: (data.len() as u64).div_ceil(4096) * 4096,
+            ..Default::default()
+        };
+        let spans = cut.iter().map(|c| c.0).collect();
+        let set = BlobSet::open(
+            vec![BlobInput {
+                layer: 0,
+                spec: &spec,
+                decoding: Decoding::Frames(frames::FrameTable { frames, spans }),
+            }],
+            &table,
+            Box::new(Memory(blob)),
+            dir,
+        )
+        .unwrap();
+        (set, cut)
+    }
+
+    /// Bytes `[from, from + len)` of the file, through the pieces a FUSE read would make.
+    fn read_file(set: &BlobSet, cs: u32, from: u64, len: u64) -> Result<Vec<u8>, BlobError> {
+        let mut pieces = Vec::new();
+        let mut at = from;
+        while at < from + len {
+            let ci = (at / u64::from(cs)) as u32;
+            let offset = (at % u64::from(cs)) as u32;
+            let n = (u64::from(cs - offset)).min(from + len - at) as u32;
+            pieces.push(Piece { blob: 0, ci, offset, len: n });
+            at += u64::from(n);
+        }
+        let mut buf = vec![0u8; len as usize];
+        set.read(&pieces, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// A file whose bytes compress a little, with a run of zeros at `zeros`.
+    fn frames_data(n: usize, zeros: std::ops::Range<usize>) -> Vec<u8> {
+        (0..n)
+            .map(|i| {
+                if zeros.contains(&i) {
+                    0
+                } else {
+                    (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3] % 17
+                }
+            })
+            .collect()
+    }
+
+    const CS: u32 = 64 << 10;
+    /// TOC chunks: chunk 0 of the file spans TOC chunks 0-2; TOC chunk 2 (40000..140000) spans
+    /// RAFS chunks 0-2; TOC chunk 3 is zeros (140000..270000) and covers RAFS chunk 3 whole.
+    const CUTS: [usize; 6] = [10_000, 30_000, 100_000, 130_000, 5_000, 25_000];
+
+    #[test]
+    fn frames_serve_chunks_across_toc_chunk_boundaries_and_zeros_fetch_nothing() {
+        let data = frames_data(300_000, 140_000..270_000);
+        let dir = tempfile::tempdir().unwrap();
+        let compress = |_: usize, b: &[u8]| zstd::bulk::compress(b, 3).unwrap();
+        let (set, cut) = frames_blob(&data, &CUTS, &[3], CS, dir.path(), compress);
+        assert_eq!(cut[0].0, frames::Span { first: 0, count: 3, skip: 0 });
+        assert_eq!(cut[1].0, frames::Span { first: 2, count: 1, skip: 65536 - 40_000 });
+        assert_eq!(cut[3].0, frames::Span { first: 3, count: 1, skip: 196_608 - 140_000 });
+        // A chunk inside the zeros chunk: nothing fetched.
+        assert_eq!(read_file(&set, CS, 200_000, 50_000).unwrap(), data[200_000..250_000]);
+        assert_eq!((set.stats.requests.load(Relaxed), set.stats.bytes_fetched.load(Relaxed)), (0, 0));
+        // Reads across every boundary equal the data.
+        for (from, len) in [(0, 300_000), (65_000, 2_000), (139_990, 20), (131_000, 70_000), (299_999, 1)] {
+            assert_eq!(read_file(&set, CS, from, len).unwrap(), data[from as usize..(from + len) as usize]);
+        }
+        assert_eq!(set.stats.digest_failures.load(Relaxed), 0);
+        // The zeros chunk's frame was never fetched: what was fetched is the other frames.
+        assert!(set.stats.bytes_fetched.load(Relaxed) > 0);
+    }
+
+    #[test]
+    fn a_changed_frame_fails_only_the_chunks_cut_from_it() {
+        let data = frames_data(300_000, 140_000..270_000);
+        let dir = tempfile::tempdir().unwrap();
+        // TOC chunk 4 (270000..275000) lies in RAFS chunk 4 only.
+        let spoil = |k: usize, b: &[u8]| {
+            let mut f = zstd::bulk::compress(b, 3).unwrap();
+            if k == 4 {
+                let mut other = b.to_vec();
+                other[100] ^= 1;
+                f = zstd::bulk::compress(&other, 3).unwrap();
+            }
+            f
+        };
+        let (set, _) = frames_blob(&data, &CUTS, &[3], CS, dir.path(), spoil);
+        let e = read_file(&set, CS, 262_144, 100).unwrap_err();
+        assert!(e.to_string().contains("fetched twice"), "{e}");
+        assert_eq!(set.stats.digest_failures.load(Relaxed), 2, "fetched once more, then refused");
+        assert!(e.to_string().contains("TOC chunk 4"), "{e}");
+        // The chunks not cut from it read well (RAFS chunk 4 is the file's last).
+        assert_eq!(read_file(&set, CS, 0, 262_144).unwrap(), data[..262_144]);
+        assert_eq!(set.stats.digest_failures.load(Relaxed), 2);
+        // A frame that decodes to more than its chunk is an error, never a bigger buffer.
+        let longer = |k: usize, b: &[u8]| {
+            let mut b = b.to_vec();
+            if k == 1 {
+                b.extend_from_slice(b"more");
+            }
+            zstd::bulk::compress(&b, 3).unwrap()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (set, _) = frames_blob(&data, &CUTS, &[3], CS, dir.path(), longer);
+        let e = read_file(&set, CS, 0, 10).unwrap_err();
+        assert!(e.to_string().contains("TOC chunk 1"), "{e}");
+        let mut out = [0u8; 4];
+        assert!(frames::decode_exact(&zstd::bulk::compress(b"12345", 1).unwrap(), &mut out).is_err());
+        assert!(frames::decode_exact(&zstd::bulk::compress(b"123", 1).unwrap(), &mut out).is_err());
+        frames::decode_prefix(&zstd::bulk::compress(b"12345", 1).unwrap(), &mut out).unwrap();
+        assert_eq!(&out, b"1234");
+    }
+
+    #[test]
+    fn a_tampered_cache_is_caught_on_the_next_mount() {
+        let data = frames_data(300_000, 140_000..270_000);
+        let dir = tempfile::tempdir().unwrap();
+        let compress = |_: usize, b: &[u8]| zstd::bulk::compress(b, 3).unwrap();
+        {
+            let (set, _) = frames_blob(&data, &CUTS, &[3], CS, dir.path(), compress);
+            assert_eq!(read_file(&set, CS, 0, 300_000).unwrap(), data);
+        }
+        // Untouched: every chunk comes from the cache, checked through its TOC chunks.
+        {
+            let (set, _) = frames_blob(&data, &CUTS, &[3], CS, dir.path(), compress);
+            assert_eq!(read_file(&set, CS, 0, 300_000).unwrap(), data);
+            assert_eq!(set.stats.requests.load(Relaxed), 0);
+            assert_eq!(set.stats.cache_hits.load(Relaxed), 5);
+        }
+        // One byte of RAFS chunk 1 changed in the data file (it lies in TOC chunk 2, which
+        // RAFS chunks 0 and 2 are also cut from).
+        let data_file = std::fs::read_dir(dir.path().join("blobs"))
+            .unwrap()
+            .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+            .map(|f| f.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "data"))
+            .unwrap();
+        let mut bytes = std::fs::read(&data_file).unwrap();
+        bytes[100_000] ^= 0x40;
+        std::fs::write(&data_file, &bytes).unwrap();
+        let (set, _) = frames_blob(&data, &CUTS, &[3], CS, dir.path(), compress);
+        assert_eq!(read_file(&set, CS, 0, 300_000).unwrap(), data);
+        assert_eq!(set.stats.digest_failures.load(Relaxed), 3, "chunks 0, 1 and 2 use TOC chunk 2");
+        assert_eq!(set.stats.cache_hits.load(Relaxed), 2);
+        assert!(set.stats.requests.load(Relaxed) > 0);
+    }
+
+    /// eStargz in zstd: each chunk a zstd frame whose output runs on past the chunk (the next
+    /// tar headers), read through the members path.
+    #[test]
+    fn estargz_in_zstd_chunks_decode_their_size_from_frames_that_run_on() {
+        let data: Vec<Vec<u8>> = vec![b"first chunk ".repeat(900), b"second".repeat(700), b"3".repeat(5000)];
+        let mut blob = Vec::new();
+        let mut table = Vec::new();
+        for (i, d) in data.iter().enumerate() {
+            let mut frame_out = d.clone();
+            frame_out.extend_from_slice(&[b'h'; 512]);
+            let bytes = zstd::bulk::compress(&frame_out, 3).unwrap();
+            table.push(ChunkSpec {
+                blob: 0,
+                ci: i as u32,
+                digest: Sha256::digest(d).into(),
+                compressed_offset: blob.len() as u64,
+                compressed_size: bytes.len() as u32,
+                uncompressed_offset: (i as u64) << 16,
+                uncompressed_size: d.len() as u32,
+                flags: CHUNK_COMPRESSED,
+            });
+            blob.extend_from_slice(&bytes);
+        }
+        let spec = BlobSpec {
+            id: hex::encode(Sha256::digest(&blob)),
+            chunk_count: 3,
+            compression_algo: compressor::ZSTD,
+            digest_algo: digester::SHA256,
+            compressed_size: blob.len() as u64,
+            uncompressed_size: 3 << 16,
+            ..Default::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let set = BlobSet::open(
+            vec![BlobInput { layer: 0, spec: &spec, decoding: Decoding::Members }],
+            &table,
+            Box::new(Memory(blob)),
+            dir.path(),
+        )
+        .unwrap();
+        for (ci, d) in data.iter().enumerate().rev() {
+            let mut buf = vec![0u8; d.len()];
+            set.read(&[Piece { blob: 0, ci: ci as u32, offset: 0, len: d.len() as u32 }], &mut buf).unwrap();
+            assert_eq!(&buf, d, "chunk {ci}");
+        }
+        assert_eq!(set.stats.digest_failures.load(Relaxed), 0);
     }
 
     #[test]

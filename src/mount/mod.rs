@@ -14,6 +14,7 @@ pub mod detach;
 pub mod open;
 pub mod record;
 pub mod serve;
+pub mod tocs;
 
 pub use control::{Running, is_mount_point, unmount};
 pub use detach::{detach, detached_child};
@@ -47,9 +48,11 @@ pub enum MountError {
     #[error(transparent)]
     Inputs(Box<crate::artifact::inputs::InputError>),
     #[error(
-        "{image}: layer {layer} ({digest}) is not eStargz with a usable TOC, and no zran artifact is stored beside the image: run `zran generate {given} -o DIR` and mount DIR (or add --push to store it beside the image)"
+        "{image}: {layers}; no zran artifact is stored beside the image, and only eStargz and zstd:chunked layers mount from their TOCs: run `zran generate {given} -o DIR` and mount DIR (or add --push to store it beside the image)"
     )]
-    NotEstargz { image: String, layer: usize, digest: String, given: String },
+    NotFromTocs { image: String, layers: String, given: String },
+    #[error("{image}: layer {layer} ({digest}): cannot read its TOC: {message}")]
+    TocRead { image: String, layer: usize, digest: String, message: String },
     #[error("cannot read the TOCs of {image}")]
     Tocs { image: String, source: Box<crate::artifact::ArtifactError> },
     #[error(transparent)]

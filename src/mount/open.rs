@@ -1,11 +1,12 @@
 //! What a mount serves, opened from what the user named: an artifact directory (over the image
 //! it was made from, or the same image elsewhere), an image with an artifact stored beside it,
-//! a Nydus image (its own bootstrap; native or oci-ref blobs), or an image whose layers are all
-//! eStargz (its TOCs read into a bootstrap in memory). An artifact's blobs are decoded by their
-//! kind: zran contexts over gzip or zstd frames, eStargz members, or stored tar ranges.
+//! a Nydus image (its own bootstrap; native or oci-ref blobs), or an image whose layers all
+//! mount from their TOCs (eStargz, eStargz in zstd, zstd:chunked: `tocs`), read into a
+//! bootstrap in memory. An artifact's blobs are decoded by their kind: zran contexts over gzip
+//! or zstd frames, eStargz members, or stored tar ranges.
 
 use super::MountError;
-use crate::artifact::{self, Options, inputs, publish};
+use crate::artifact::{self, Options, publish};
 use crate::blob::{BlobInput, BlobSet, Decoding, MetaInput};
 use crate::oci::{self, Image, ImageRef, OpenOptions};
 use crate::rafs::reader::{Bootstrap, read_bootstrap};
@@ -65,25 +66,25 @@ pub fn open(
         Ok(None) => {}
         Err(e) => tracing::warn!("{}: cannot list its referrers: {e}", image.name),
     }
-    // Otherwise every layer must be eStargz with a TOC that fits one chunk size.
-    let (layer_inputs, chunk_size) = inputs::layer_inputs(&image, false, None)?;
-    for (i, input) in layer_inputs.iter().enumerate() {
-        if !matches!(input, artifact::LayerInput::Estargz(_)) {
-            return Err(MountError::NotEstargz {
-                image: image.name.clone(),
-                layer: i,
-                digest: image.manifest.layers.get(i).map(|l| l.digest.to_string()).unwrap_or_default(),
-                given: source.to_string(),
-            });
-        }
-    }
+    // Otherwise every layer must be mountable from its TOC.
+    let (layer_inputs, chunk_size) = super::tocs::toc_inputs(&image, source)?;
     let opts = Options { chunk_size, span: crate::gzip::DEFAULT_SPAN, jobs: 1, prefetch: Vec::new() };
     let art = artifact::generate(&image, &layer_inputs, &opts, &|_, _| {})
         .map_err(|e| MountError::Tocs { image: image.name.clone(), source: Box::new(e) })?;
     let bootstrap = read_bootstrap(&art.bootstrap)?;
     let name = image.name.clone();
     let image_size = image.manifest.layers.iter().map(|l| l.size).sum();
-    let blobs = open_blobs(image, &bootstrap, |_| Decoding::Members, cache)?;
+    let mut frames = art.frames;
+    let ids: Vec<String> = bootstrap.blobs.iter().map(|b| b.id.clone()).collect();
+    let blobs = open_blobs(
+        image,
+        &bootstrap,
+        |i| match ids.get(i).and_then(|id| frames.remove(id)) {
+            Some(t) => Decoding::Frames(t),
+            None => Decoding::Members,
+        },
+        cache,
+    )?;
     Ok(Mountable { bootstrap, blobs, name, image_size })
 }
 

@@ -6,7 +6,7 @@
 //! root = "/var/lib/zran/snapshotter"
 //! # The socket containerd's proxy_plugins entry names.
 //! address = "/run/zran/snapshotter.sock"
-//! # Serve eStargz images straight from their TOCs (no zran artifact needed).
+//! # Serve images straight from their TOCs (eStargz, zstd:chunked; no zran artifact needed).
 //! enable_stargz = false
 //!
 //! [registry]

@@ -4,10 +4,10 @@
 //! The decision is made once per image and remembered for a while: an image is served when it
 //! is a Nydus image (native or oci-ref blobs: its bootstrap layer is fetched and checked here),
 //! when a zran artifact is stored beside it (fetched and opened here, so that a mount later does
-//! not fail on it), or, with `enable_stargz`, when every layer is eStargz with a TOC verified
-//! against the manifest. Anything else takes containerd's ordinary path for the whole image.
+//! not fail on it), or, with `enable_stargz`, when every layer mounts from a TOC verified
+//! against the manifest (eStargz, eStargz in zstd, zstd:chunked; `mount::tocs`). Anything else takes containerd's ordinary path for the whole image.
 
-use crate::artifact::{self, LayerInput, Options, inputs, publish};
+use crate::artifact::{self, Options, inputs, publish};
 use crate::oci::{self, ImageRef, OpenOptions, RegistryRef};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -46,10 +46,12 @@ pub struct RemoteImage {
     pub manifest_hex: String,
     /// The layers' digests, in order.
     pub layers: Vec<String>,
-    /// `artifact`, `estargz`, `nydus-native`, `nydus-oci-ref` or `nydus` (both kinds).
+    /// `artifact`, `estargz`, `toc` (zstd:chunked layers among the TOCs), `nydus-native`,
+    /// `nydus-oci-ref` or `nydus` (both kinds).
     pub via: &'static str,
     /// The artifact directory in the cache: the one stored beside the image, or the one made
-    /// from the eStargz TOCs; empty for a Nydus image (its mount reads its own bootstrap).
+    /// from the eStargz TOCs; empty for a Nydus image (its mount reads its own bootstrap) and
+    /// for `toc` (its mount reads the TOCs).
     pub dir: PathBuf,
 }
 
@@ -251,29 +253,29 @@ impl Decider {
                     .into(),
             );
         }
-        match inputs::layer_inputs(&image, false, None) {
-            Ok((ins, chunk_size)) => match ins.iter().position(|i| !matches!(i, LayerInput::Estargz(_))) {
-                None => {
-                    // The bootstrap made from the TOCs, kept for the mount.
-                    let opts = Options {
-                        chunk_size,
-                        span: crate::gzip::DEFAULT_SPAN,
-                        jobs: 1,
-                        prefetch: Vec::new(),
-                    };
-                    let dir =
-                        self.cache.join("artifacts").join(format!("estargz-{}", image.manifest.digest.hex()));
-                    match artifact::generate(&image, &ins, &opts, &|_, _| {})
-                        .and_then(|a| artifact::write_dir(&a, &dir, true))
-                    {
-                        Ok(()) => remote("estargz", dir),
-                        Err(e) => Decision::Plain(format!("its eStargz TOCs cannot be served: {e}")),
+        // Every layer mountable from its TOC: eStargz, eStargz in zstd, zstd:chunked. The TOCs
+        // are read and verified, and the bootstrap made, here.
+        match crate::mount::tocs::toc_inputs(&image, reference) {
+            Ok((ins, chunk_size)) => {
+                let opts =
+                    Options { chunk_size, span: crate::gzip::DEFAULT_SPAN, jobs: 1, prefetch: Vec::new() };
+                match artifact::generate(&image, &ins, &opts, &|_, _| {}) {
+                    // eStargz only: the bootstrap made from the TOCs, kept for the mount.
+                    Ok(a) if a.frames.is_empty() => {
+                        let dir = self
+                            .cache
+                            .join("artifacts")
+                            .join(format!("estargz-{}", image.manifest.digest.hex()));
+                        match artifact::write_dir(&a, &dir, true) {
+                            Ok(()) => remote("estargz", dir),
+                            Err(e) => Decision::Plain(format!("its eStargz TOCs cannot be served: {e}")),
+                        }
                     }
+                    // zstd:chunked layers: the mount reads the TOCs again from the image.
+                    Ok(_) => remote("toc", PathBuf::new()),
+                    Err(e) => Decision::Plain(format!("its TOCs cannot be served: {e}")),
                 }
-                Some(n) => Decision::Plain(format!(
-                    "no zran artifact beside it, and layer {n} is not eStargz with a TOC the manifest vouches for"
-                )),
-            },
+            }
             Err(e) => {
                 Decision::Plain(format!("no zran artifact beside it, and its layers cannot be served: {e}"))
             }
