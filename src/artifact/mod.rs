@@ -469,6 +469,7 @@ fn tar_layer(
             by_toc: HashMap::new(),
             entries: Some(scan.entries),
             digests: Vec::new(),
+            frames: None,
         });
     }
     let encoded = meta.encode().map_err(|e| meta_err(d, e))?;
@@ -484,6 +485,7 @@ fn tar_layer(
         by_toc: HashMap::new(),
         entries: Some(scan.entries),
         digests,
+        frames: None,
     })
 }
 

@@ -135,6 +135,7 @@ pub(super) fn zstd_chunked_layer(
         blob_meta_digest: None,
         blob_meta_size: None,
         contexts_past_member_end: 0,
+        largest_frame: None,
     };
     Ok(LayerOut {
         blob,

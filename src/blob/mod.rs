@@ -924,6 +924,7 @@ impl Blob {
                 let u = units.entry(u64::from(s.first)).or_insert(Unit {
                     start: 0,
                     end: 0,
+                    whole: false,
                     context: None,
                     frames: Some((s.first, last)),
                     out_len: 0,
