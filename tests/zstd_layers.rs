@@ -291,7 +291,8 @@ fn a_toc_that_does_not_match_its_annotation_is_refused() {
 /// The hand-built current-format images, read by another reader: containers/zstd-chunked-rs
 /// (crates.io `zstd-chunked`) finds the TOC and tar-split from the annotations and from the
 /// footer (the same ranges), rebuilds each layer's tar from the tar-split and the files' frames
-/// (each file's sha256 checked), and gets the DiffID; a plain zstd decoder gets it too.
+/// (each file's sha256 checked), and gets the DiffID; a plain zstd decoder gets it too (and
+/// alone for edge, whose duplicate names that reader cannot take).
 #[test]
 fn the_current_format_images_are_read_by_zstd_chunked_rs_and_plain_zstd() {
     use zstd_chunked::{MetadataReferences, Stream};
@@ -329,6 +330,19 @@ fn the_current_format_images_are_read_by_zstd_chunked_rs_and_plain_zstd() {
                 Some(format!("sha256:{}", hex::encode(Sha256::digest(ts_z))).as_str()),
                 "{name} layer {i}: tarSplitDigest"
             );
+            let want = diff_ids[i].as_str().unwrap();
+            let plain = zstd::decode_all(&blob[..]).unwrap();
+            assert_eq!(
+                format!("sha256:{}", hex::encode(Sha256::digest(&plain))),
+                want,
+                "{name} layer {i}: zstd"
+            );
+            if name == "edge-zstdchunked-v2" {
+                // edge has a file written twice in one layer (dup/twice): zstd-chunked-rs keys
+                // the TOC by name, so it takes the second entry's size for the first and stops
+                // ("size mismatch"); c/storage itself rejects duplicate names since 1.55.
+                continue;
+            }
             let stream = Stream::new_from_frames(toc_z, ts_z).unwrap();
             let mut tar = Vec::new();
             stream
@@ -342,17 +356,10 @@ fn the_current_format_images_are_read_by_zstd_chunked_rs_and_plain_zstd() {
                     Ok(data)
                 })
                 .unwrap_or_else(|e| panic!("{name} layer {i}: {e:#}"));
-            let want = diff_ids[i].as_str().unwrap();
             assert_eq!(
                 format!("sha256:{}", hex::encode(Sha256::digest(&tar))),
                 want,
                 "{name} layer {i}: tar-split"
-            );
-            let plain = zstd::decode_all(&blob[..]).unwrap();
-            assert_eq!(
-                format!("sha256:{}", hex::encode(Sha256::digest(&plain))),
-                want,
-                "{name} layer {i}: zstd"
             );
         }
     }
