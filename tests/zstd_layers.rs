@@ -156,7 +156,7 @@ fn a_partial_read_from_the_toc_fetches_a_small_part_of_the_image() {
     let reg = TestRegistry::start("plain");
     let cache = tempfile::tempdir().unwrap();
     let m = Mount::new(&format!("{}/{name}", reg.host()), cache.path(), &["--no-prefetch"]);
-    let (path, size, sha) = files(name).into_iter().find(|f| f.0.ends_with("os.py")).unwrap();
+    let (path, size, sha) = files(name).into_iter().find(|f| f.0.ends_with("/os.py")).unwrap();
     let bytes = std::fs::read(m.mnt.join(&path)).unwrap();
     assert_eq!(bytes.len() as u64, size);
     assert_eq!(hex::encode(Sha256::digest(&bytes)), sha, "{path}");
