@@ -11,14 +11,19 @@
 #     artifact reading the layers from the registry): time from mount to the workload's end,
 #     bytes fetched (zran's counters) against the image size.
 # Usage: bash benches/zstd_formats.sh    (writes under benches/work/, gitignored)
+#        ZRAN_BIN=target/debug/zran bash benches/zstd_formats.sh    (no release build)
 # Needs the issue-15 readers (zstd:chunked TOCs, zstd and tar layers) in the zran binary: a
 # format zran does not serve yet is reported as "failed" with its error, and the rest go on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >/dev/null
 bash testimages/build.sh >/dev/null
-cargo build --release --locked -q
-zran=$PWD/target/release/zran
+if [ -n "${ZRAN_BIN:-}" ]; then   # a zran already built (e.g. target/debug/zran, to try the script)
+    zran=$(realpath "$ZRAN_BIN")
+else
+    cargo build --release --locked -q
+    zran=$PWD/target/release/zran
+fi
 layouts=$PWD/target/testimages/layouts
 WORK=$PWD/benches/work/zstd_formats
 rm -rf "$WORK"
