@@ -89,8 +89,8 @@ for n in $IMAGES; do
     ok=1
     chroot "$m" /usr/bin/python3.11 -c 'import json, email, http.client, sqlite3' || ok=0
     t1=$(now)
-    "$zran" stats "$m" --cache-dir "$c" > "$WORK/$n.stats.json"
     "$zran" umount "$m" --cache-dir "$c"
+    "$zran" stats "$m" --cache-dir "$c" > "$WORK/$n.stats.json"   # the final counters
     [ $ok = 1 ] || { printf '   %-22s failed: the workload failed\n' "$n"; continue; }
     python3 - "$WORK/$n.stats.json" "$n" "$kind" "$(ms "$t0" "$t1")" <<'PY'
 import json, sys
