@@ -174,6 +174,10 @@ def encode(tar):
                       if data else None,
                       "position": len(split)})
         end = ti.offset_data + (ti.size if ti.isreg() else 0)
+    for e in entries:  # Go's omitempty on every FileMetadata field but type and name (skopeo's
+        for k in [k for k, v in e.items()  # TOCs have no "uid" of root either): readers default
+                  if k not in ("type", "name") and v in (0, "", None, {})]:
+            del e[k]
     frame(tar[end:])  # ref 3.1: the EOF frame (zero blocks, record padding)
     segment(tar[end:])
     for e in split:  # Go's omitempty: no size 0, no empty name
