@@ -11,14 +11,19 @@
 #     artifact reading the layers from the registry): time from mount to the workload's end,
 #     bytes fetched (zran's counters) against the image size.
 # Usage: bash benches/zstd_formats.sh    (writes under benches/work/, gitignored)
+#        ZRAN_BIN=target/debug/zran bash benches/zstd_formats.sh    (no release build)
 # Needs the issue-15 readers (zstd:chunked TOCs, zstd and tar layers) in the zran binary: a
 # format zran does not serve yet is reported as "failed" with its error, and the rest go on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >/dev/null
 bash testimages/build.sh >/dev/null
-cargo build --release --locked -q
-zran=$PWD/target/release/zran
+if [ -n "${ZRAN_BIN:-}" ]; then   # a zran already built (e.g. target/debug/zran, to try the script)
+    zran=$(realpath "$ZRAN_BIN")
+else
+    cargo build --release --locked -q
+    zran=$PWD/target/release/zran
+fi
 layouts=$PWD/target/testimages/layouts
 WORK=$PWD/benches/work/zstd_formats
 rm -rf "$WORK"
@@ -84,8 +89,8 @@ for n in $IMAGES; do
     ok=1
     chroot "$m" /usr/bin/python3.11 -c 'import json, email, http.client, sqlite3' || ok=0
     t1=$(now)
-    "$zran" stats "$m" --cache-dir "$c" > "$WORK/$n.stats.json"
     "$zran" umount "$m" --cache-dir "$c"
+    "$zran" stats "$m" --cache-dir "$c" > "$WORK/$n.stats.json"   # the final counters
     [ $ok = 1 ] || { printf '   %-22s failed: the workload failed\n' "$n"; continue; }
     python3 - "$WORK/$n.stats.json" "$n" "$kind" "$(ms "$t0" "$t1")" <<'PY'
 import json, sys

@@ -72,13 +72,13 @@ def crc64_iso(data):
 
 
 def rfc3339(t):
-    """Go's time.Time JSON form (RFC 3339 with nanoseconds when there are any), UTC."""
-    sec = int(t // 1)
-    frac = round((t - sec) * 1e9)
-    s = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-    if frac:
-        s += ("." + "%09d" % frac).rstrip("0")
-    return s + "Z"
+    """Go's time.Time JSON form (RFC 3339 with nanoseconds when there are any), UTC, of a tar
+    time: a PAX decimal string ("1700000000.123456789", exact to the nanosecond, which a float
+    is not) or whole seconds."""
+    sec, _, frac = str(t).partition(".")
+    frac = (frac + "000000000")[:9].rstrip("0")
+    s = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(sec)))
+    return s + ("." + frac if frac else "") + "Z"
 
 
 def chunks(data):
@@ -132,12 +132,12 @@ def encode(tar):
             e["size"] = ti.size
         e["uid"], e["gid"] = ti.uid, ti.gid
         pax = ti.pax_headers
-        mtime = float(pax["mtime"]) if "mtime" in pax else ti.mtime
-        if mtime:  # ref 3.4: zero times are omitted (>= 1.55)
+        mtime = pax["mtime"] if "mtime" in pax else int(ti.mtime)
+        if float(mtime):  # ref 3.4: zero times are omitted (>= 1.55)
             e["modtime"] = rfc3339(mtime)
         for k, f in (("atime", "accesstime"), ("ctime", "changetime")):
             if k in pax and float(pax[k]):
-                e[f] = rfc3339(float(pax[k]))
+                e[f] = rfc3339(pax[k])
         if ti.ischr() or ti.isblk():
             e["devMajor"], e["devMinor"] = ti.devmajor, ti.devminor
         xattrs = {k[len("SCHILY.xattr."):]: base64.b64encode(
@@ -174,6 +174,10 @@ def encode(tar):
                       if data else None,
                       "position": len(split)})
         end = ti.offset_data + (ti.size if ti.isreg() else 0)
+    for e in entries:  # Go's omitempty on every FileMetadata field but type and name (skopeo's
+        for k in [k for k, v in e.items()  # TOCs have no "uid" of root either): readers default
+                  if k not in ("type", "name") and v in (0, "", None, {})]:
+            del e[k]
     frame(tar[end:])  # ref 3.1: the EOF frame (zero blocks, record padding)
     segment(tar[end:])
     for e in split:  # Go's omitempty: no size 0, no empty name
