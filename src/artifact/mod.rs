@@ -1033,6 +1033,11 @@ pub fn open_dir(dir: &Path) -> Result<Opened, ArtifactError> {
             );
             continue;
         }
+        if lazy && !p.exists() {
+            // A chunk info v1 blob.meta (eStargz, uncompressed tar) left in the registry: zran
+            // serves those blobs from the bootstrap's chunk table alone; only Nydus needs it.
+            continue;
+        }
         let bytes = std::fs::read(&p).map_err(io(&p))?;
         let digest: [u8; 32] =
             sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(&bytes)).into();

@@ -1616,4 +1616,111 @@ mod tests {
         assert!(g.iter().all(|g| g.last().unwrap().end - g[0].start <= MAX_REQUEST));
         assert_eq!(g.iter().map(Vec::len).sum::<usize>(), 20);
     }
+
+    /// A zstd blob: frame A (`small` bytes, chunks of 64 KiB, one context) and frame B
+    /// (`big` bytes, chunks of 1 MiB, one context), with a skippable frame between them.
+    fn zstd_blob(small: usize, big: usize) -> (BlobSet, Vec<u8>, tempfile::TempDir) {
+        let data: Vec<u8> =
+            (0..(small + big) as u32).map(|i| ((i / 7) % 251) as u8 ^ (i >> 20) as u8).collect();
+        let mut z = zstd::bulk::compress(&data[..small], 3).unwrap();
+        let b_in = {
+            z.extend_from_slice(&0x184D_2A5Fu32.to_le_bytes());
+            z.extend_from_slice(&3u32.to_le_bytes());
+            z.extend_from_slice(b"toc");
+            z.len() as u64
+        };
+        z.extend(zstd::bulk::compress(&data[small..], 3).unwrap());
+        let mut meta = BlobMeta::default();
+        let mut table = Vec::new();
+        let mut pos = 0u64;
+        for (zi, (start, end, cs, input)) in
+            [(0, small, 64 << 10, 0u64), (small, small + big, 1 << 20, b_in)].into_iter().enumerate()
+        {
+            let in_len = if zi == 0 { b_in } else { z.len() as u64 - b_in };
+            meta.contexts.push(crate::rafs::meta::ZranContext {
+                in_offset: input,
+                out_offset: start as u64,
+                in_len: in_len as u32,
+                out_len: (end - start) as u32,
+                bits: 0,
+                prev_byte: 0,
+                dict: Vec::new(),
+            });
+            for at in (start..end).step_by(cs) {
+                let c = &data[at..(at + cs).min(end)];
+                let ci = meta.chunks.len() as u32;
+                meta.chunks.push(crate::rafs::meta::ChunkInfo {
+                    uncompressed_offset: pos,
+                    uncompressed_size: c.len() as u32,
+                    compressed_offset: input,
+                    compressed_size: in_len.min(MAX_COMPRESSED_SIZE) as u32,
+                    zran_index: zi as u32,
+                    zran_offset: (at - start) as u32,
+                });
+                table.push(ChunkSpec {
+                    blob: 0,
+                    ci,
+                    digest: Sha256::digest(c).into(),
+                    compressed_offset: input,
+                    compressed_size: in_len.min(MAX_COMPRESSED_SIZE) as u32,
+                    uncompressed_offset: pos,
+                    uncompressed_size: c.len() as u32,
+                    flags: CHUNK_COMPRESSED,
+                });
+                pos += (c.len() as u64).div_ceil(4096) * 4096;
+            }
+        }
+        let spec = BlobSpec {
+            id: hex::encode(Sha256::digest(&z)),
+            chunk_count: table.len() as u32,
+            compressed_size: z.len() as u64,
+            uncompressed_size: pos,
+            digest_algo: digester::SHA256,
+            compression_algo: compressor::ZSTD,
+            ..Default::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let set = BlobSet::open(
+            vec![BlobInput { layer: 0, spec: &spec, decoding: Decoding::Zran(MetaInput::Ready(meta)) }],
+            &table,
+            Box::new(Memory(z)),
+            dir.path(),
+        )
+        .unwrap();
+        (set, data, dir)
+    }
+
+    #[test]
+    fn zstd_contexts_decode_and_a_whole_frame_is_fetched_once() {
+        let small = 300_000;
+        let (set, data, _dir) = zstd_blob(small, (WHOLE_CONTEXT + (3 << 20)) as usize);
+        let mut buf = vec![0u8; 1000];
+        // A chunk of the small frame: decoded up to it, no whole fetch.
+        set.read(&[Piece { blob: 0, ci: 2, offset: 10, len: 1000 }], &mut buf).unwrap();
+        assert_eq!(buf, data[2 * 65536 + 10..2 * 65536 + 1010]);
+        assert_eq!(set.stats.whole_fetches.load(Relaxed), 0);
+        // Chunks of the large frame, read by four threads at once: one whole fetch serves all.
+        let first_big = small.div_ceil(65536) as u32;
+        std::thread::scope(|s| {
+            for k in [3u32, 17, 0, 9] {
+                let (set, data) = (&set, &data);
+                s.spawn(move || {
+                    let mut buf = vec![0u8; 4096];
+                    set.read(&[Piece { blob: 0, ci: first_big + k, offset: 100, len: 4096 }], &mut buf)
+                        .unwrap();
+                    let at = small + ((k as usize) << 20) + 100;
+                    assert_eq!(buf, data[at..at + 4096]);
+                });
+            }
+        });
+        assert_eq!(set.stats.whole_fetches.load(Relaxed), 1);
+        let requests = set.stats.requests.load(Relaxed);
+        // Every chunk of the frame is good now: reads need no fetch.
+        for k in 0..19u32 {
+            assert!(set.is_good(0, first_big + k), "chunk {k}");
+        }
+        set.read(&[Piece { blob: 0, ci: first_big + 18, offset: 0, len: 1000 }], &mut buf).unwrap();
+        assert_eq!(set.stats.requests.load(Relaxed), requests);
+        assert_eq!(set.stats.digest_failures.load(Relaxed), 0);
+    }
 }
