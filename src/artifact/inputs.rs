@@ -5,6 +5,7 @@
 use super::{LayerInput, toc_chunk_size, toc_fits};
 use crate::estargz::{self, FooterKind, TocError};
 use crate::oci::{Compression, Descriptor, Image, OciError};
+use crate::zstdchunked;
 use serde::Serialize;
 
 /// How a layer is stored, as far as lazy loading is concerned.
@@ -18,8 +19,14 @@ pub enum LayerFormat {
     /// eStargz footer, but no TOC digest annotation to trust the TOC by.
     EstargzUnverified,
     LegacyStargz,
+    /// zstd:chunked (containers/storage): its TOC lists every file and zstd frame.
     ZstdChunked,
+    /// An eStargz TOC inside a zstd:chunked layer (`ctr-remote image convert --zstdchunked`):
+    /// both the zstd-chunked annotations and `containerd.io/snapshot/stargz/toc.digest`.
+    EstargzZstd,
+    /// Plain `tar+zstd`: restartable only at frame boundaries.
     Zstd,
+    /// Plain tar.
     Uncompressed,
     Unknown,
 }
@@ -33,6 +40,7 @@ impl LayerFormat {
             LayerFormat::EstargzUnverified => "estargz-unverified",
             LayerFormat::LegacyStargz => "legacy-stargz",
             LayerFormat::ZstdChunked => "zstd-chunked",
+            LayerFormat::EstargzZstd => "estargz-zstd",
             LayerFormat::Zstd => "zstd",
             LayerFormat::Uncompressed => "uncompressed",
             LayerFormat::Unknown => "unknown",
@@ -57,14 +65,19 @@ pub enum InputError {
     ChunkSize(u64),
 }
 
-/// The annotation zstd:chunked layers carry (both spellings seen in the wild).
-const ZSTD_CHUNKED: [&str; 2] =
-    ["io.github.containers.zstd-chunked.manifest-checksum", "io.containers.zstd-chunked.manifest-checksum"];
-
 /// The format of layer `d` of `image`, and where its TOC starts when its footer says.
+///
+/// zstd-chunked annotations make a layer zstd:chunked, or eStargz-in-zstd when it carries
+/// `containerd.io/snapshot/stargz/toc.digest` too: stargz-snapshotter writes both on purpose
+/// (one TOC, its compressed bytes named by `manifest-checksum`, its JSON by `toc.digest`), so
+/// unlike containers/storage such a layer is not refused here; its TOC reader checks both
+/// digests, and annotations that disagree refuse the layer there. Without annotations the
+/// footer decides (read from the blob's last bytes).
 pub fn layer_format(image: &Image, d: &Descriptor) -> Result<(LayerFormat, Option<u64>), InputError> {
-    if ZSTD_CHUNKED.iter().any(|k| d.annotations.contains_key(*k)) {
-        return Ok((LayerFormat::ZstdChunked, None));
+    let stargz = d.estargz_toc_digest().is_some();
+    if zstdchunked::has_annotations(d) {
+        let f = if stargz { LayerFormat::EstargzZstd } else { LayerFormat::ZstdChunked };
+        return Ok((f, None));
     }
     let compression = d.compression();
     if !matches!(compression, Compression::Gzip | Compression::Zstd) {
@@ -73,23 +86,29 @@ pub fn layer_format(image: &Image, d: &Descriptor) -> Result<(LayerFormat, Optio
         return Ok((f, None));
     }
     // The footer decides; the annotation says whether the TOC can be trusted.
-    let n = estargz::footer::MAX_FOOTER.min(d.size as usize);
+    let n = estargz::footer::MAX_FOOTER.max(zstdchunked::footer::MAX_FOOTER_FRAME).min(d.size as usize);
     let mut tail = vec![0u8; n];
     let got = image
         .source
         .read_at(&d.digest, d.size - n as u64, &mut tail)
         .map_err(|e| InputError::Read(Box::new(e)))?;
     tail.truncate(got);
+    if compression == Compression::Zstd {
+        let f = if stargz { LayerFormat::EstargzZstd } else { LayerFormat::ZstdChunked };
+        return Ok(match zstdchunked::footer::parse_footer(&tail) {
+            Ok(Some(footer)) => (f, Some(footer.toc.offset)),
+            // A footer of an unknown manifest type: its TOC reader says what is wrong.
+            Err(_) => (f, None),
+            Ok(None) => (LayerFormat::Zstd, None),
+        });
+    }
     let footer = estargz::detect_footer(&tail, d.size);
-    Ok(match (footer.map(|f| f.kind), compression) {
-        (Some(FooterKind::Estargz), _) if d.estargz_toc_digest().is_some() => {
-            (LayerFormat::Estargz, footer.map(|f| f.toc_offset))
-        }
-        (Some(FooterKind::Estargz), _) => (LayerFormat::EstargzUnverified, footer.map(|f| f.toc_offset)),
-        (Some(FooterKind::LegacyStargz), _) => (LayerFormat::LegacyStargz, footer.map(|f| f.toc_offset)),
-        (Some(FooterKind::ZstdChunked), _) => (LayerFormat::ZstdChunked, footer.map(|f| f.toc_offset)),
-        (None, Compression::Zstd) => (LayerFormat::Zstd, None),
-        (None, _) => (LayerFormat::Gzip, None),
+    Ok(match footer.map(|f| f.kind) {
+        Some(FooterKind::Estargz) if stargz => (LayerFormat::Estargz, footer.map(|f| f.toc_offset)),
+        Some(FooterKind::Estargz) => (LayerFormat::EstargzUnverified, footer.map(|f| f.toc_offset)),
+        Some(FooterKind::LegacyStargz) => (LayerFormat::LegacyStargz, footer.map(|f| f.toc_offset)),
+        Some(FooterKind::ZstdChunked) => (LayerFormat::ZstdChunked, footer.map(|f| f.toc_offset)),
+        None => (LayerFormat::Gzip, None),
     })
 }
 
@@ -181,6 +200,7 @@ mod tests {
             LayerFormat::EstargzUnverified,
             LayerFormat::LegacyStargz,
             LayerFormat::ZstdChunked,
+            LayerFormat::EstargzZstd,
             LayerFormat::Zstd,
             LayerFormat::Uncompressed,
             LayerFormat::Unknown,

@@ -32,6 +32,108 @@ struct LayerReport<'a> {
     format: LayerFormat,
     #[serde(skip_serializing_if = "Option::is_none")]
     toc_offset: Option<u64>,
+    /// zstd:chunked and eStargz-in-zstd layers: their TOC (only the TOC is fetched).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    toc: Option<ZstdTocReport>,
+}
+
+/// What the TOC of a zstd:chunked (or eStargz-in-zstd) layer says, or why it was refused.
+#[derive(Serialize, Default)]
+struct ZstdTocReport {
+    /// `annotation`, `footer-40`, `footer-56` or `footer-64`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    position: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    compressed_size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uncompressed_size: Option<u64>,
+    verified: bool,
+    /// Entries (chunk entries merged into their files).
+    entries: usize,
+    chunks: usize,
+    /// Where the tar-split stream lies (offset, compressed, uncompressed), when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tar_split: Option<(u64, u64, u64)>,
+    tar_split_digest: bool,
+    fetched: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+impl ZstdTocReport {
+    fn line(&self) -> String {
+        if let Some(e) = &self.error {
+            return format!("TOC refused: {e}");
+        }
+        format!(
+            "TOC at {} ({}), {} bytes compressed, {} uncompressed, {}, {} entries, {} chunks, {}, {} bytes fetched",
+            self.offset.unwrap_or(0),
+            self.position.unwrap_or("?"),
+            self.compressed_size.unwrap_or(0),
+            self.uncompressed_size.unwrap_or(0),
+            if self.verified { "verified" } else { "NOT verified" },
+            self.entries,
+            self.chunks,
+            match (self.tar_split, self.tar_split_digest) {
+                (Some(_), true) => "tar-split (digest in the TOC)",
+                (Some(_), false) => "tar-split",
+                (None, _) => "no tar-split",
+            },
+            self.fetched
+        )
+    }
+}
+
+/// Read the TOC of a zstd:chunked or eStargz-in-zstd layer for the report.
+fn zstd_toc_report(
+    image: &zran::oci::Image,
+    d: &Descriptor,
+    format: LayerFormat,
+    insecure: bool,
+) -> Option<ZstdTocReport> {
+    let verify = if insecure { estargz::Verify::InsecureSkipVerify } else { estargz::Verify::Required };
+    let source = image.source.as_ref();
+    match format {
+        LayerFormat::ZstdChunked => Some(match zran::zstdchunked::read_toc(source, d, verify) {
+            Ok(t) => ZstdTocReport {
+                position: Some(t.position.name()),
+                offset: Some(t.toc_offset),
+                compressed_size: Some(t.toc_compressed_size),
+                uncompressed_size: Some(t.toc_uncompressed_size),
+                verified: t.verified,
+                entries: t.entries.len(),
+                chunks: t.entries.iter().map(|e| e.chunks.len()).sum(),
+                tar_split: t.tar_split,
+                tar_split_digest: t.tar_split_digest.is_some(),
+                fetched: t.fetched,
+                error: None,
+            },
+            Err(e) => ZstdTocReport { error: Some(e.to_string()), ..Default::default() },
+        }),
+        LayerFormat::EstargzZstd => Some(match estargz::read_zstd_toc(source, d, verify) {
+            Ok(t) => ZstdTocReport {
+                position: Some(if zran::zstdchunked::has_annotations(d) {
+                    "annotation"
+                } else {
+                    "footer-40"
+                }),
+                offset: Some(t.footer.toc_offset),
+                compressed_size: Some(t.blob_size - t.footer.footer_size - t.footer.toc_offset),
+                uncompressed_size: Some(t.json_size),
+                verified: t.verified,
+                entries: t.entries.len(),
+                chunks: t.chunks().count(),
+                tar_split: None,
+                tar_split_digest: false,
+                fetched: t.fetched,
+                error: None,
+            },
+            Err(e) => ZstdTocReport { error: Some(e.to_string()), ..Default::default() },
+        }),
+        _ => None,
+    }
 }
 
 #[derive(Serialize)]
@@ -68,7 +170,8 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
     let mut layers = Vec::new();
     for d in &image.manifest.layers {
         let (format, toc_offset) = layer_format(&image, d)?;
-        layers.push(LayerReport { descriptor: d, format, toc_offset });
+        let toc = zstd_toc_report(&image, d, format, args.insecure_skip_verify);
+        layers.push(LayerReport { descriptor: d, format, toc_offset, toc });
     }
     let nydus = if zran::nydus::is_nydus(&image.manifest) {
         let (_, bootstrap) = zran::nydus::fetch_bootstrap(&image, None)?;
@@ -119,6 +222,9 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
             serde_json::to_value(l.format)?.as_str().unwrap_or("?"),
             l.descriptor.media_type
         );
+        if let Some(t) = &l.toc {
+            println!("       {}", t.line());
+        }
     }
     if let Some(n) = &report.nydus {
         println!("format    {n} (its own bootstrap: `zran mount {}` serves it)", args.image);
@@ -140,6 +246,34 @@ fn files(image: &zran::oci::Image, json: bool, insecure: bool) -> anyhow::Result
     );
     for (i, layer) in image.manifest.layers.iter().enumerate() {
         let (format, _) = layer_format(image, layer)?;
+        let verify = if insecure { estargz::Verify::InsecureSkipVerify } else { estargz::Verify::Required };
+        match format {
+            LayerFormat::ZstdChunked => {
+                let toc = zran::zstdchunked::read_toc(image.source.as_ref(), layer, verify)
+                    .with_context(|| format!("{}: layer {i}", image.name))?;
+                tree.apply_estargz_layer(i, &toc.entries)
+                    .with_context(|| format!("{}: layer {i} ({})", image.name, layer.digest))?;
+                bar.inc(layer.size);
+                continue;
+            }
+            LayerFormat::EstargzZstd => {
+                let toc = estargz::read_zstd_toc(image.source.as_ref(), layer, verify)
+                    .with_context(|| format!("{}: layer {i}", image.name))?;
+                tree.apply_estargz_layer(i, &toc.entries)
+                    .with_context(|| format!("{}: layer {i} ({})", image.name, layer.digest))?;
+                bar.inc(layer.size);
+                continue;
+            }
+            LayerFormat::Zstd | LayerFormat::Uncompressed => {
+                let entries = stream_tar(image, layer, format == LayerFormat::Zstd)
+                    .with_context(|| format!("{}: layer {i} ({})", image.name, layer.digest))?;
+                tree.apply_layer(i, &entries)
+                    .with_context(|| format!("{}: layer {i} ({})", image.name, layer.digest))?;
+                bar.inc(layer.size);
+                continue;
+            }
+            _ => {}
+        }
         let use_toc =
             format == LayerFormat::Estargz || (insecure && format == LayerFormat::EstargzUnverified);
         if use_toc {
@@ -186,6 +320,31 @@ fn files(image: &zran::oci::Image, json: bool, insecure: bool) -> anyhow::Result
         );
     }
     Ok(())
+}
+
+/// The tar entries of a plain zstd or uncompressed layer, read once as a stream (every
+/// frame of a zstd layer, skippable ones skipped).
+fn stream_tar(
+    image: &zran::oci::Image,
+    layer: &Descriptor,
+    zstd: bool,
+) -> anyhow::Result<Vec<zran::tar::Entry>> {
+    use std::io::Read;
+    let raw = image.source.open(&layer.digest, Some(layer.size))?;
+    let mut reader: Box<dyn Read> = if zstd { Box::new(zstd::stream::read::Decoder::new(raw)?) } else { raw };
+    let mut parser = zran::tar::TarParser::new();
+    let mut buf = vec![0u8; 256 << 10];
+    let mut at = 0u64;
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        parser.push(at, &buf[..n], &mut |_, _, _| {})?;
+        at += n as u64;
+    }
+    parser.finish()?;
+    Ok(parser.entries().to_vec())
 }
 
 /// `zran inspect DIR`: an artifact written by `generate`, read back and checked.

@@ -10,4 +10,5 @@ pub mod toc;
 pub use footer::{Footer, FooterKind, detect_footer};
 pub use toc::{
     Chunk, EntryKind, Landmark, LandmarkKind, Toc, TocEntry, TocError, Verify, read_toc, read_toc_from,
+    read_zstd_toc,
 };

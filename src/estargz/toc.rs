@@ -261,6 +261,9 @@ pub enum TocError {
     },
     #[error("layer {layer}: TOC at offset {toc_offset}: {message}")]
     Toc { layer: Digest, toc_offset: u64, message: String },
+    /// Locating, fetching or decompressing the eStargz TOC of a zstd:chunked layer.
+    #[error(transparent)]
+    Zstd(Box<crate::zstdchunked::ZstdChunkedError>),
     #[error("layer {layer}: TOC entry {index} {name:?}{}: {message}", at(.offset, " (offset ", ")"))]
     Entry {
         layer: Digest,
@@ -293,6 +296,9 @@ pub fn read_toc_from(
     verify: Verify,
     toc_offset: Option<u64>,
 ) -> Result<Toc, TocError> {
+    if layer.compression() == crate::oci::Compression::Zstd {
+        return read_zstd_toc(source, layer, verify);
+    }
     let digest = &layer.digest;
     let size = layer.size;
     if size < footer::MAX_FOOTER as u64 - 4 {
@@ -323,6 +329,58 @@ pub fn read_toc_from(
     let mut toc = parse_tail(digest, size, &tail, expected.as_ref())?;
     toc.fetched = fetched;
     Ok(toc)
+}
+
+/// Read, verify and parse the eStargz TOC that stargz-snapshotter's `zstdchunked` writer
+/// (`ctr-remote image convert --zstdchunked`) puts into a zstd:chunked layer: the TOC JSON,
+/// zstd-compressed (no tar around it), in a skippable frame placed as containers/storage
+/// places its own TOC, found through the `io.containers.zstd-chunked.manifest-position`
+/// annotation or the 40-byte footer (one range read). `toc.digest` is, as for gzip eStargz,
+/// the sha256 of the uncompressed JSON (checked under `verify`); `manifest-checksum`, the
+/// sha256 of the compressed TOC, is checked too when present. Each chunk's offset is a zstd
+/// frame's start; its `compressed_end` is the next frame holding a chunk, or the TOC's
+/// skippable frame.
+pub fn read_zstd_toc(source: &dyn BlobSource, layer: &Descriptor, verify: Verify) -> Result<Toc, TocError> {
+    let expected = expected_digest(layer, verify)?;
+    let f = crate::zstdchunked::fetch_toc(source, layer, Verify::InsecureSkipVerify)
+        .map_err(|e| TocError::Zstd(Box::new(e)))?;
+    let digest = Digest::of(&f.json);
+    if let Some(expected) = expected.as_ref()
+        && *expected != digest
+    {
+        return Err(TocError::DigestMismatch {
+            layer: layer.digest.clone(),
+            toc_offset: f.toc.offset,
+            expected: expected.clone(),
+            actual: digest,
+        });
+    }
+    if f.json.len() as u64 > MAX_TOC_JSON {
+        return Err(TocError::Toc {
+            layer: layer.digest.clone(),
+            toc_offset: f.toc.offset,
+            message: format!("the TOC is {} bytes, more than the {MAX_TOC_JSON} allowed", f.json.len()),
+        });
+    }
+    // Chunks must lie before the TOC's skippable frame, where the last one's frame ends.
+    let contents = parse_toc_json(&layer.digest, &f.json, f.toc.offset - 8)?;
+    Ok(Toc {
+        layer: layer.digest.clone(),
+        blob_size: layer.size,
+        footer: Footer {
+            kind: FooterKind::ZstdChunked,
+            toc_offset: f.toc.offset,
+            footer_size: layer.size - (f.toc.offset + f.toc.compressed),
+        },
+        digest,
+        verified: expected.is_some(),
+        json_size: f.json.len() as u64,
+        fetched: f.fetched,
+        version: contents.version,
+        entries: contents.entries,
+        landmark: contents.landmark,
+        zstd: true,
+    })
 }
 
 /// The digest the manifest vouches for, or `None` when there is none and `verify` allows it.

@@ -407,3 +407,6 @@ pub fn read_toc(
         entries: contents.entries,
     })
 }
+
+#[cfg(test)]
+mod tests;

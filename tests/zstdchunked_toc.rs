@@ -1,0 +1,304 @@
+//! The zstd:chunked TOC reader on layers skopeo writes (containers/storage 1.43, the legacy
+//! format: 40-byte footer, `io.containers.zstd-chunked.*` annotations), made at test time from
+//! the python and edge test layouts: every TOC entry against the truth tree, every chunk's
+//! frame decoded against its digest, and the bytes fetched (the TOC only). Skips with a
+//! message when skopeo is absent.
+
+mod common;
+
+use common::harness::{layout_blob, layouts, repo_root};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::Path;
+use std::process::Command;
+use zran::estargz::{EntryKind, TocEntry, Verify};
+use zran::oci::{self, Digest};
+use zran::zstdchunked::{self, Position};
+
+fn skopeo_zstd_chunked(name: &str, dir: &Path) -> Option<std::path::PathBuf> {
+    if Command::new("skopeo").arg("--version").output().is_err() {
+        eprintln!("skipping: skopeo is not installed");
+        return None;
+    }
+    let out = dir.join(name);
+    let status = Command::new("skopeo")
+        .args(["copy", "-q", "--dest-compress-format", "zstd:chunked"])
+        .arg(format!("oci:{}:latest", layouts().join(name).display()))
+        .arg(format!("oci:{}:latest", out.display()))
+        .status()
+        .unwrap();
+    assert!(status.success(), "skopeo copy {name}");
+    Some(out)
+}
+
+/// One inode of the merged tree, as the truth tree records it.
+#[derive(Debug, Clone, PartialEq)]
+struct Node {
+    kind: &'static str,
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    mtime: Option<(i64, u32)>,
+    xattrs: BTreeMap<String, String>,
+    size: Option<u64>,
+    sha256: Option<String>,
+    target: Option<String>,
+    dev: Option<(u32, u32)>,
+}
+
+/// The OCI layer rules over TOC entries, as testimages/truth.py applies them to tar entries.
+struct Model {
+    paths: BTreeMap<String, usize>,
+    nodes: Vec<Node>,
+}
+
+fn parent(p: &str) -> String {
+    match p.rfind('/') {
+        Some(0) | None => "/".into(),
+        Some(i) => p[..i].into(),
+    }
+}
+
+fn implicit_dir() -> Node {
+    Node {
+        kind: "dir",
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        mtime: None,
+        xattrs: BTreeMap::new(),
+        size: None,
+        sha256: None,
+        target: None,
+        dev: None,
+    }
+}
+
+impl Model {
+    fn new() -> Model {
+        Model { paths: BTreeMap::from([("/".to_string(), 0)]), nodes: vec![implicit_dir()] }
+    }
+
+    fn children(&self, d: &str) -> Vec<String> {
+        let pre = format!("{}/", d.trim_end_matches('/'));
+        self.paths
+            .range(pre.clone()..)
+            .take_while(|(p, _)| p.starts_with(&pre))
+            .filter(|(p, _)| p.as_str() != d)
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+
+    fn remove(&mut self, p: &str) {
+        for c in self.children(p) {
+            self.paths.remove(&c);
+        }
+        self.paths.remove(p);
+    }
+
+    fn ensure_parents(&mut self, p: &str) {
+        let mut chain = Vec::new();
+        let mut q = parent(p);
+        while q != "/" {
+            chain.push(q.clone());
+            q = parent(&q);
+        }
+        for q in chain.into_iter().rev() {
+            let is_dir = self.paths.get(&q).is_some_and(|&i| self.nodes[i].kind == "dir");
+            if !is_dir {
+                self.remove(&q);
+                self.nodes.push(implicit_dir());
+                self.paths.insert(q, self.nodes.len() - 1);
+            }
+        }
+    }
+
+    fn apply(&mut self, entries: &[TocEntry]) {
+        let mut upper = HashSet::new();
+        for e in entries {
+            let path = format!("/{}", e.name);
+            let base = path.rsplit('/').next().unwrap().to_string();
+            if base == ".wh..wh..opq" {
+                for c in self.children(&parent(&path)) {
+                    if !upper.contains(&c) {
+                        self.paths.remove(&c);
+                    }
+                }
+                continue;
+            }
+            if let Some(victim) = base.strip_prefix(".wh.") {
+                let victim = format!("{}/{victim}", parent(&path).trim_end_matches('/'));
+                if !upper.contains(&victim) {
+                    self.remove(&victim);
+                }
+                continue;
+            }
+            if path != "/" {
+                self.ensure_parents(&path);
+            }
+            let old = self.paths.get(&path).copied();
+            if e.kind == EntryKind::Hardlink {
+                let target = self.paths[&format!("/{}", e.link)];
+                if old.is_some() {
+                    self.remove(&path);
+                }
+                self.paths.insert(path.clone(), target);
+                upper.insert(path);
+                continue;
+            }
+            let node = Node {
+                kind: match e.kind {
+                    EntryKind::Dir => "dir",
+                    EntryKind::Reg => "file",
+                    EntryKind::Symlink => "symlink",
+                    EntryKind::Char => "char",
+                    EntryKind::Block => "block",
+                    EntryKind::Fifo => "fifo",
+                    EntryKind::Hardlink => unreachable!(),
+                },
+                mode: e.mode,
+                uid: e.uid,
+                gid: e.gid,
+                mtime: Some((e.mtime, e.mtime_nsec)),
+                xattrs: e.xattrs.iter().map(|(k, v)| (k.clone(), b64(v))).collect(),
+                size: (e.kind == EntryKind::Reg).then_some(e.size),
+                // Empty files have no digest in a zstd:chunked TOC.
+                sha256: (e.kind == EntryKind::Reg).then(|| match &e.digest {
+                    Some(d) => d.hex().to_string(),
+                    None => {
+                        assert_eq!(e.size, 0, "{}: a file with data has a digest", e.name);
+                        Digest::of(b"").hex().to_string()
+                    }
+                }),
+                target: (e.kind == EntryKind::Symlink).then(|| e.link.clone()),
+                dev: matches!(e.kind, EntryKind::Char | EntryKind::Block).then_some((e.devmajor, e.devminor)),
+            };
+            let both_dirs = old.is_some_and(|i| self.nodes[i].kind == "dir") && node.kind == "dir";
+            if old.is_some() && !both_dirs {
+                self.remove(&path);
+            }
+            match self.paths.get(&path) {
+                Some(&i) => self.nodes[i] = node,
+                None => {
+                    self.nodes.push(node);
+                    self.paths.insert(path.clone(), self.nodes.len() - 1);
+                }
+            }
+            upper.insert(path);
+        }
+    }
+}
+
+fn b64(v: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(v)
+}
+
+/// Every chunk's frame decodes, alone, to the chunk; every file's chunks to the file.
+fn check_chunks(blob: &[u8], entries: &[TocEntry]) -> usize {
+    let mut n = 0;
+    for e in entries {
+        let mut whole = Vec::new();
+        for c in &e.chunks {
+            let frame = &blob[c.offset as usize..c.compressed_end as usize];
+            let bytes = zstd::decode_all(frame)
+                .unwrap_or_else(|err| panic!("{}: frame at {}: {err}", e.name, c.offset));
+            assert_eq!(bytes.len() as u64, c.chunk_size, "{} chunk at {}", e.name, c.chunk_offset);
+            assert_eq!(Some(Digest::of(&bytes)), c.chunk_digest, "{} chunk at {}", e.name, c.chunk_offset);
+            if c.zeros {
+                assert!(bytes.iter().all(|&b| b == 0), "{}: a zeros chunk", e.name);
+            }
+            assert_eq!(c.chunk_offset, whole.len() as u64);
+            whole.extend_from_slice(&bytes);
+            n += 1;
+        }
+        if e.kind == EntryKind::Reg && e.size > 0 {
+            assert_eq!(Some(Digest::of(&whole)), e.digest, "{}", e.name);
+        }
+    }
+    n
+}
+
+fn check_image(name: &str, dir: &Path) {
+    let Some(layout) = skopeo_zstd_chunked(name, dir) else { return };
+    let img = oci::open(&format!("oci:{}", layout.display()).parse().unwrap(), &Default::default()).unwrap();
+    let truth: Value = serde_json::from_slice(
+        &std::fs::read(repo_root().join(format!("target/testimages/truth/{name}.json"))).unwrap(),
+    )
+    .unwrap();
+    let mut model = Model::new();
+    let mut chunks = 0;
+    for l in &img.manifest.layers {
+        let before = img.source.bytes_fetched();
+        let toc = zstdchunked::read_toc(img.source.as_ref(), l, Verify::Required)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let fetched = img.source.bytes_fetched() - before;
+        // One read: the TOC's skippable frame header, the TOC, and the 48-byte footer frame
+        // right after it (which is checked against the annotation).
+        assert_eq!(
+            (fetched, toc.fetched),
+            (8 + toc.toc_compressed_size + 48, fetched),
+            "{name} {}",
+            l.digest
+        );
+        assert_eq!(toc.toc_offset + toc.toc_compressed_size + 48, l.size);
+        assert!(toc.verified);
+        assert_eq!(toc.position, Position::Annotation);
+        assert_eq!((toc.tar_split, &toc.tar_split_digest), (None, &None));
+        let blob = std::fs::read(layout_blob(&layout, l.digest.hex())).unwrap();
+        chunks += check_chunks(&blob, &toc.entries);
+        model.apply(&toc.entries);
+    }
+    assert!(chunks > 100, "{name}: {chunks} chunks");
+
+    let mut want = BTreeSet::new();
+    for t in truth["entries"].as_array().unwrap() {
+        let path = t["path"].as_str().unwrap();
+        want.insert(path.to_string());
+        let node = &model.nodes[*model.paths.get(path).unwrap_or_else(|| panic!("{name}: {path} missing"))];
+        let ctx = format!("{name}: {path}");
+        assert_eq!(node.kind, t["type"].as_str().unwrap(), "{ctx}");
+        assert_eq!(u64::from(node.mode), t["mode"].as_u64().unwrap(), "{ctx}");
+        assert_eq!(node.uid, t["uid"].as_u64().unwrap(), "{ctx}");
+        assert_eq!(node.gid, t["gid"].as_u64().unwrap(), "{ctx}");
+        if t["implicit"].as_bool() == Some(true) {
+            assert_eq!(node.mtime, None, "{ctx}");
+        } else {
+            let m = &t["mtime"];
+            let want = (m["sec"].as_i64().unwrap(), m["nsec"].as_u64().unwrap() as u32);
+            assert_eq!(node.mtime, Some(want), "{ctx}");
+        }
+        let xattrs: BTreeMap<String, String> = t["xattrs"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+            .collect();
+        assert_eq!(node.xattrs, xattrs, "{ctx}");
+        assert_eq!(node.size, t["size"].as_u64(), "{ctx}");
+        assert_eq!(node.sha256.as_deref(), t["sha256"].as_str(), "{ctx}");
+        assert_eq!(node.target.as_deref(), t["target"].as_str(), "{ctx}");
+        let dev = t["major"].as_u64().map(|m| (m as u32, t["minor"].as_u64().unwrap() as u32));
+        assert_eq!(node.dev, dev, "{ctx}");
+    }
+    let have: BTreeSet<String> = model.paths.keys().cloned().collect();
+    assert_eq!(have, want, "{name}: paths");
+    let mut by_node: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    for (p, &i) in &model.paths {
+        if model.nodes[i].kind != "dir" {
+            by_node.entry(i).or_default().push(p.clone());
+        }
+    }
+    let mut groups: Vec<Vec<String>> = by_node.into_values().filter(|g| g.len() > 1).collect();
+    groups.sort();
+    let mut want_groups: Vec<Vec<String>> = serde_json::from_value(truth["hardlink_groups"].clone()).unwrap();
+    want_groups.sort();
+    assert_eq!(groups, want_groups, "{name}: hardlink groups");
+}
+
+#[test]
+fn skopeo_zstd_chunked_layers_match_the_truth() {
+    let dir = tempfile::tempdir().unwrap();
+    check_image("python", dir.path());
+    check_image("edge", dir.path());
+}
