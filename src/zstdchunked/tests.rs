@@ -398,3 +398,94 @@ fn every_error_names_layer_entry_and_offset() {
     let e = spoiled(|t| t["entries"][4]["chunkOffset"] = json!(3));
     assert!(e.contains("layer sha256:") && e.contains("TOC entry 4 \"usr/lib/big\" (offset "), "{e}");
 }
+
+/// An eStargz TOC inside a zstd:chunked layer, as stargz-snapshotter's `zstdchunked` writer
+/// lays it out: each frame starts at a payload and runs on into the next tar headers, the TOC
+/// is the eStargz JSON (no tar wrapper) zstd-compressed in a skippable frame, then the 40-byte
+/// footer; legacy annotations plus `toc.digest` (sha256 of the JSON).
+fn estargz_in_zstd(tweak: impl Fn(&mut BTreeMap<String, String>)) -> (Memory, Descriptor) {
+    let mut blob = frame(&[0u8; 512]);
+    let landmark = blob.len();
+    blob.extend_from_slice(&frame(&[0xf; 1024]));
+    let a = b"hello\n".repeat(100);
+    let a_off = blob.len();
+    blob.extend_from_slice(&frame(&[a.as_slice(), &[0u8; 1536]].concat()));
+    let b = b"world".repeat(3000);
+    let b_off = blob.len();
+    blob.extend_from_slice(&frame(&[b.as_slice(), &[0u8; 1024]].concat()));
+    let json = serde_json::to_vec(&json!({"version": 1, "entries": [
+        {"name": ".no.prefetch.landmark", "type": "reg", "size": 1, "offset": landmark,
+         "digest": sha(&[0xf]), "chunkDigest": sha(&[0xf])},
+        {"name": "etc/", "type": "dir", "mode": 493, "modtime": "2023-11-14T22:13:20Z"},
+        {"name": "etc/a", "type": "reg", "size": a.len(), "mode": 420, "offset": a_off,
+         "digest": sha(&a), "chunkDigest": sha(&a)},
+        {"name": "etc/b", "type": "reg", "size": b.len(), "mode": 420, "offset": b_off,
+         "digest": sha(&b), "chunkDigest": sha(&b)},
+    ]}))
+    .unwrap();
+    let compressed = frame(&json);
+    let toc = Span {
+        offset: blob.len() as u64 + 8,
+        compressed: compressed.len() as u64,
+        uncompressed: json.len() as u64,
+    };
+    blob.extend_from_slice(&skippable(&compressed));
+    blob.extend_from_slice(&encode_footer(Position::Footer40, toc, None));
+    let mut annotations = BTreeMap::from([
+        (format!("{}manifest-checksum", ANNOTATION_PREFIXES[1]), sha(&compressed)),
+        (
+            format!("{}manifest-position", ANNOTATION_PREFIXES[1]),
+            format!("{}:{}:{}:1", toc.offset, toc.compressed, toc.uncompressed),
+        ),
+        (crate::oci::image::ESTARGZ_TOC_DIGEST.to_string(), sha(&json)),
+    ]);
+    tweak(&mut annotations);
+    let d = Descriptor {
+        media_type: "application/vnd.oci.image.layer.v1.tar+zstd".into(),
+        digest: Digest::of(&blob),
+        size: blob.len() as u64,
+        annotations,
+        platform: None,
+        artifact_type: None,
+    };
+    (Memory { blob, fetched: AtomicU64::new(0), reads: AtomicU64::new(0) }, d)
+}
+
+#[test]
+fn estargz_toc_inside_zstd() {
+    use crate::estargz::{self, LandmarkKind};
+    let (m, d) = estargz_in_zstd(|_| {});
+    let toc = estargz::read_toc(&m, &d, Verify::Required).unwrap();
+    assert!(toc.zstd && toc.verified);
+    assert_eq!(m.reads.load(Ordering::Relaxed), 1);
+    assert_eq!(toc.landmark.map(|l| l.kind), Some(LandmarkKind::NoPrefetch));
+    assert_eq!(toc.entries.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["etc", "etc/a", "etc/b"]);
+    let toc_frame = toc.footer.toc_offset - 8;
+    for e in &toc.entries[1..] {
+        let c = &e.chunks[0];
+        // The frame runs from the payload into the next headers; the file is its start.
+        let out = zstd::decode_all(&m.blob[c.offset as usize..c.compressed_end as usize]).unwrap();
+        assert_eq!(Some(Digest::of(&out[..e.size as usize])), e.digest);
+        assert!(c.compressed_end <= toc_frame);
+    }
+    assert_eq!(toc.entries[2].chunks[0].compressed_end, toc_frame);
+    // Either digest wrong: refused.
+    let (m, d) = estargz_in_zstd(|a| {
+        a.insert(crate::oci::image::ESTARGZ_TOC_DIGEST.into(), sha(b"x"));
+    });
+    assert!(estargz::read_toc(&m, &d, Verify::Required).unwrap_err().to_string().contains("sha256:"));
+    let (m, d) = estargz_in_zstd(|a| {
+        a.insert(format!("{}manifest-checksum", ANNOTATION_PREFIXES[1]), sha(b"x"));
+    });
+    let e = estargz::read_toc(&m, &d, Verify::InsecureSkipVerify).unwrap_err().to_string();
+    assert!(e.contains("the manifest annotation says"), "{e}");
+    // No toc.digest: only insecure-skip-verify reads it, unverified.
+    let (m, d) = estargz_in_zstd(|a| {
+        a.remove(crate::oci::image::ESTARGZ_TOC_DIGEST);
+    });
+    assert!(estargz::read_toc(&m, &d, Verify::Required).is_err());
+    assert!(!estargz::read_toc(&m, &d, Verify::InsecureSkipVerify).unwrap().verified);
+    // Annotations gone: the footer alone places the TOC.
+    let (m, d) = estargz_in_zstd(|a| a.retain(|k, _| !k.starts_with(ANNOTATION_PREFIXES[1])));
+    assert_eq!(estargz::read_toc(&m, &d, Verify::Required).unwrap().entries.len(), 3);
+}
