@@ -212,3 +212,29 @@ fn an_image_with_other_layers_names_them() {
     assert!(err.contains("layer 0 (sha256:") && err.contains("is gzip"), "{err}");
     assert!(err.contains("mount from their TOCs") && err.contains("zran generate"), "{err}");
 }
+
+/// The zstd test images of `testimages/` (the current zstd:chunked format, with `zeros` chunks,
+/// and eStargz in zstd from `ctr-remote`), when the build made them: mounted from their TOCs
+/// and compared with their truths.
+#[test]
+fn the_zstd_test_images_mount_from_their_tocs() {
+    let dir = layouts();
+    for (name, whole_seconds) in [
+        ("python-zstdchunked", false),
+        ("python-zstdchunked-v2", false),
+        ("edge-zstdchunked-v2", false),
+        ("python-estargz-zstd", true),
+    ] {
+        if !dir.join(name).join("index.json").is_file() {
+            eprintln!("skipped {name}: not among the test images");
+            continue;
+        }
+        let cache = tempfile::tempdir().unwrap();
+        let m = Mount::new(&format!("oci:{}", dir.join(name).display()), cache.path(), &[]);
+        let got = walk(&m.mnt);
+        assert!(compare(name, &got, whole_seconds) > 50, "{name}");
+        assert!(read_all(name, &m.mnt).is_empty(), "{name}");
+        let stats = m.finish();
+        assert_eq!(stats["digest_failures"], 0, "{name}: {stats}");
+    }
+}

@@ -10,7 +10,9 @@
 //! ([`Frame::at`]). A fetch writes whole TOC chunks there, also the parts that belong to the
 //! neighbouring RAFS chunks; a RAFS chunk recorded by an earlier mount is therefore checked by
 //! reading its TOC chunks back and checking *their* digests, which come from the TOC the
-//! manifest vouches for: nothing but the manifest is trusted, and no sidecar is needed.
+//! manifest vouches for: nothing but the manifest is trusted, and no sidecar is needed. Zeros
+//! chunks (runs of zeros, possibly far larger than a chunk) are never fetched nor hashed: the
+//! part of one inside a RAFS chunk is zeros, and is checked to be.
 //!
 //! Calls nothing else in the crate (the `zstd` and `sha2` crates).
 
@@ -77,7 +79,7 @@ impl FrameTable {
                     f.start, f.end
                 ));
             }
-            if f.end - f.start > max_unit || u64::from(f.size) > max_unit {
+            if !f.zeros && (f.end - f.start > max_unit || u64::from(f.size) > max_unit) {
                 return Err(format!(
                     "TOC chunk {k} at {}: larger than the {max_unit} bytes allowed",
                     f.start
@@ -134,33 +136,32 @@ pub fn decode_prefix(input: &[u8], out: &mut [u8]) -> Result<(), String> {
 }
 
 /// Decode `frames` (adjacent TOC chunks, numbered from `first` for messages) from `input`,
-/// the blob's bytes from `input_start`, each checked against its digest: their bytes, one
-/// after the other.
+/// the blob's bytes from `input_start`, into `out_len` bytes of address space from `base`: each
+/// frame that is not zeros lies there whole and is checked against its digest; zeros chunks
+/// are zeros (as the TOC says, and as containers/storage writes them: holes, never fetched).
 pub fn decode_frames(
     frames: &[Frame],
     first: u32,
     input: &[u8],
     input_start: u64,
+    base: u64,
+    out_len: usize,
 ) -> Result<Vec<u8>, String> {
-    let total: u64 = frames.iter().map(|f| u64::from(f.size)).sum();
-    let mut out = vec![0u8; usize::try_from(total).map_err(|_| "too large".to_string())?];
-    let mut at = 0usize;
-    for (k, f) in frames.iter().enumerate() {
+    let mut out = vec![0u8; out_len];
+    for (k, f) in frames.iter().enumerate().filter(|(_, f)| !f.zeros) {
         let k = first as usize + k;
-        let piece = &mut out[at..at + f.size as usize];
-        if !f.zeros {
-            let src = f
-                .start
-                .checked_sub(input_start)
-                .zip(f.end.checked_sub(input_start))
-                .and_then(|(a, b)| input.get(a as usize..b as usize))
-                .ok_or_else(|| {
-                    format!("TOC chunk {k}: frame {}-{} not in the bytes fetched", f.start, f.end)
-                })?;
-            decode_exact(src, piece).map_err(|m| format!("TOC chunk {k} (frame at {}): {m}", f.start))?;
-        }
+        let piece =
+            f.at.checked_sub(base)
+                .and_then(|a| out.get_mut(a as usize..a as usize + f.size as usize))
+                .ok_or_else(|| format!("TOC chunk {k}: outside the bytes decoded"))?;
+        let src = f
+            .start
+            .checked_sub(input_start)
+            .zip(f.end.checked_sub(input_start))
+            .and_then(|(a, b)| input.get(a as usize..b as usize))
+            .ok_or_else(|| format!("TOC chunk {k}: frame {}-{} not in the bytes fetched", f.start, f.end))?;
+        decode_exact(src, piece).map_err(|m| format!("TOC chunk {k} (frame at {}): {m}", f.start))?;
         check(f, piece).map_err(|m| format!("TOC chunk {k} (frame at {}): {m}", f.start))?;
-        at += f.size as usize;
     }
     Ok(out)
 }

@@ -561,8 +561,21 @@ impl BlobSet {
             let frames = t.range(s.first, s.first + s.count.saturating_sub(1)).map_err(|m| blob.err(m))?;
             let mut ok = true;
             for f in frames {
-                let mut bytes = vec![0u8; f.size as usize];
-                if blob.cache.read(f.at, &mut bytes).is_err() || frames::check(f, &bytes).is_err() {
+                // A zeros chunk: the part inside this chunk must be zeros; any other: whole,
+                // against its digest.
+                let (at, len) = if f.zeros {
+                    let from = f.at.max(c.uncompressed_offset);
+                    let to = (f.at + u64::from(f.size))
+                        .min(c.uncompressed_offset + u64::from(c.uncompressed_size));
+                    (from, to.saturating_sub(from))
+                } else {
+                    (f.at, u64::from(f.size))
+                };
+                let mut bytes = vec![0u8; len as usize];
+                if blob.cache.read(at, &mut bytes).is_err()
+                    || (f.zeros && bytes.iter().any(|&b| b != 0))
+                    || (!f.zeros && frames::check(f, &bytes).is_err())
+                {
                     ok = false;
                     break;
                 }
@@ -659,9 +672,8 @@ impl BlobSet {
                     // (the parts of neighbouring chunks too, so that a later mount can check
                     // them again against the TOC).
                     let framed = match (&blob.kind, &decoded, u.frames) {
-                        (Kind::Frames(t), Ok(d), Some((first, _))) => {
-                            let at = t.frames.get(first as usize).map_or(0, |f| f.at);
-                            blob.cache.write(at, d).map_err(|source| BlobError::Cache {
+                        (Kind::Frames(_), Ok(d), Some((_, _, base))) => {
+                            blob.cache.write(base, d).map_err(|source| BlobError::Cache {
                                 path: blob.cache.path().display().to_string(),
                                 source,
                             })?;
@@ -881,8 +893,9 @@ struct Unit {
     whole: bool,
     /// Zran context index, or `None` for an eStargz member.
     context: Option<u32>,
-    /// The TOC chunks decoded (first and last), for a zstd:chunked blob.
-    frames: Option<(u32, u32)>,
+    /// The TOC chunks decoded (first and last) and the address where the output starts, for
+    /// a zstd:chunked blob.
+    frames: Option<(u32, u32, u64)>,
     out_len: usize,
     chunks: Vec<(u32, usize)>,
 }
@@ -926,23 +939,32 @@ impl Blob {
                     end: 0,
                     whole: false,
                     context: None,
-                    frames: Some((s.first, last)),
+                    frames: Some((s.first, last, 0)),
                     out_len: 0,
                     chunks: Vec::new(),
                 });
-                let (first, old_last) = u.frames.unwrap_or((s.first, last));
-                u.frames = Some((first, old_last.max(last)));
-                u.chunks.push((ci, s.skip as usize));
+                let (first, old_last, _) = u.frames.unwrap_or((s.first, last, 0));
+                u.frames = Some((first, old_last.max(last), 0));
+                u.chunks.push((ci, 0));
             }
             // Each unit's range: its frames that are not zeros (one range: they are adjacent).
+            // Its output: those frames whole, and its chunks (zeros frames only as far as
+            // the chunks reach: a run of zeros may be far larger than a chunk).
             let mut out: Vec<Unit> = Vec::with_capacity(units.len());
             for mut u in units.into_values() {
-                let (first, last) = u.frames.unwrap_or((0, 0));
+                let (first, last, _) = u.frames.unwrap_or((0, 0, 0));
                 let frames = t.range(first, last).map_err(|m| self.err(m))?;
                 let data = || frames.iter().filter(|f| !f.zeros);
                 u.start = data().map(|f| f.start).min().unwrap_or(0);
                 u.end = data().map(|f| f.end).max().unwrap_or(0);
-                let out_len: u64 = frames.iter().map(|f| u64::from(f.size)).sum();
+                let mut lo = data().map(|f| f.at).min().unwrap_or(u64::MAX);
+                let mut hi = data().map(|f| f.at + u64::from(f.size)).max().unwrap_or(0);
+                for &(ci, _) in &u.chunks {
+                    let c = self.chunk(ci)?;
+                    lo = lo.min(c.uncompressed_offset);
+                    hi = hi.max(c.uncompressed_offset + u64::from(c.uncompressed_size));
+                }
+                let out_len = hi.saturating_sub(lo);
                 if out_len > MAX_UNIT || u.end - u.start > MAX_UNIT {
                     return Err(self.err(format!(
                         "TOC chunks {first}..={last} at compressed offset {} need {} compressed and {out_len} \
@@ -951,6 +973,11 @@ impl Blob {
                         u.end - u.start
                     )));
                 }
+                for k in 0..u.chunks.len() {
+                    let c = self.chunk(u.chunks[k].0)?;
+                    u.chunks[k].1 = (c.uncompressed_offset - lo) as usize;
+                }
+                u.frames = Some((first, last, lo));
                 u.out_len = out_len as usize;
                 out.push(u);
             }
@@ -1043,8 +1070,8 @@ impl Blob {
         let zran = match &self.kind {
             Kind::Zran(l) => l.cell.get(),
             Kind::Frames(t) => {
-                let (first, last) = u.frames.ok_or("no TOC chunks")?;
-                return frames::decode_frames(t.range(first, last)?, first, input, u.start);
+                let (first, last, base) = u.frames.ok_or("no TOC chunks")?;
+                return frames::decode_frames(t.range(first, last)?, first, input, u.start, base, u.out_len);
             }
             Kind::Members { zstd: true } => {
                 frames::decode_prefix(input, &mut out)
@@ -1521,6 +1548,32 @@ mod tests {
         assert!(frames::decode_exact(&zstd::bulk::compress(b"123", 1).unwrap(), &mut out).is_err());
         frames::decode_prefix(&zstd::bulk::compress(b"12345", 1).unwrap(), &mut out).unwrap();
         assert_eq!(&out, b"1234");
+    }
+
+    #[test]
+    fn a_run_of_zeros_larger_than_a_decode_is_served_in_chunks() {
+        // 80 MiB of zeros between two pieces of data: one zeros TOC chunk, larger than any
+        // decode may be; only the chunks read are materialized.
+        let n = 80 << 20;
+        let mut data = frames_data(n + 20_000, 10_000..n + 10_000);
+        data.truncate(n + 20_000);
+        let dir = tempfile::tempdir().unwrap();
+        let compress = |_: usize, b: &[u8]| zstd::bulk::compress(b, 1).unwrap();
+        let (set, _) = frames_blob(&data, &[10_000, n, 10_000], &[1], 1 << 20, dir.path(), compress);
+        for from in [0u64, 5 << 20, (n as u64) + 5_000, (1 << 20) - 100] {
+            let len = 30_000u64.min(data.len() as u64 - from);
+            assert_eq!(
+                read_file(&set, 1 << 20, from, len).unwrap(),
+                data[from as usize..(from + len) as usize]
+            );
+        }
+        assert_eq!(set.stats.digest_failures.load(Relaxed), 0);
+        drop(set);
+        // Cached: checked again (the zeros inside each chunk), nothing fetched.
+        let (set, _) = frames_blob(&data, &[10_000, n, 10_000], &[1], 1 << 20, dir.path(), compress);
+        assert_eq!(read_file(&set, 1 << 20, 5 << 20, 100).unwrap(), vec![0u8; 100]);
+        assert_eq!(set.stats.requests.load(Relaxed), 0);
+        assert_eq!(set.stats.cache_hits.load(Relaxed), 1);
     }
 
     #[test]

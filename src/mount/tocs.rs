@@ -32,8 +32,8 @@ pub fn toc_inputs(image: &Image, given: &str) -> Result<(Vec<LayerInput>, u32), 
                     .map_err(|e| toc_err(i, e.to_string()))?;
                 ins.push(Some(LayerInput::Estargz(Box::new(toc))));
             }
-            // eStargz in zstd carries both TOC digests; its eStargz TOC is read.
-            LayerFormat::ZstdChunked if d.estargz_toc_digest().is_some() => {
+            // eStargz in zstd: its eStargz TOC, chunks of zstd frames.
+            LayerFormat::EstargzZstd => {
                 let toc = estargz::read_toc(image.source.as_ref(), d, Verify::Required)
                     .map_err(|e| toc_err(i, e.to_string()))?;
                 ins.push(Some(LayerInput::Estargz(Box::new(toc))));
