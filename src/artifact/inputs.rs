@@ -129,14 +129,28 @@ pub fn layer_inputs(
         // Every zstd layer (plain, zstd:chunked, or an eStargz TOC inside zstd frames) is read
         // as the zstd stream it is; its DiffID, from the image config, checks the pass.
         if d.compression() == Compression::Zstd
-            || matches!(format, LayerFormat::Zstd | LayerFormat::ZstdChunked)
+            || matches!(format, LayerFormat::Zstd | LayerFormat::ZstdChunked | LayerFormat::EstargzZstd)
         {
             let ids = diff_ids.get_or_insert_with(|| config_diff_ids(image));
             passes.push(LayerInput::Zstd {
                 chunked: format != LayerFormat::Zstd,
                 diff_id: ids.get(i).cloned(),
             });
-            tocs.push(None);
+            // An eStargz TOC inside zstd frames is used as an eStargz layer's (its chunks are
+            // frames; nothing is decompressed), falling back to the stream when it does not fit.
+            let toc = if format == LayerFormat::EstargzZstd && !ignore_toc {
+                Some(estargz::read_zstd_toc(image.source.as_ref(), d, estargz::Verify::Required).map_err(
+                    |source| InputError::Toc {
+                        image: image.name.clone(),
+                        layer: i,
+                        digest: d.digest.to_string(),
+                        source: Box::new(source),
+                    },
+                )?)
+            } else {
+                None
+            };
+            tocs.push(toc);
             continue;
         }
         if format == LayerFormat::Uncompressed {
@@ -199,9 +213,10 @@ pub fn layer_inputs(
                 Err(why) => {
                     tracing::info!(
                         layer = i,
-                        "eStargz TOC chunks do not fit ({why}): indexing the layer as gzip"
+                        "eStargz TOC chunks do not fit ({why}): indexing the layer as {}",
+                        if toc.zstd { "zstd" } else { "gzip" }
                     );
-                    LayerInput::Gzip
+                    pass
                 }
             },
             None => pass,
