@@ -253,6 +253,44 @@ fn check_image(name: &str, dir: &Path) {
     }
     assert!(chunks > 100, "{name}: {chunks} chunks");
     compare_with_truth(name, &model, false);
+    check_inspect(name, &layout, "zstd-chunked");
+}
+
+/// `zran inspect` names the format and reports verified TOCs; `inspect --files` lists, from the
+/// TOCs alone, what it lists for the gzip original.
+fn check_inspect(name: &str, layout: &Path, format: &str) {
+    let zran = |args: &[&str]| -> Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_zran")).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let image = format!("oci:{}", layout.display());
+    let report = zran(&["inspect", "--json", &image]);
+    let layers = report["layers"].as_array().unwrap();
+    let toc_bytes: u64 = layers.iter().map(|l| l["toc"]["fetched"].as_u64().unwrap()).sum();
+    for l in layers {
+        assert_eq!(l["format"], format, "{name}: {l}");
+        assert_eq!(l["toc"]["verified"], true, "{name}: {l}");
+        // (edge has an empty layer: a TOC of no entries)
+        assert!(l["toc"]["entries"].as_u64().is_some(), "{name}: {l}");
+    }
+    let files = zran(&["inspect", "--files", "--json", &image]);
+    let original =
+        zran(&["inspect", "--files", "--json", &format!("oci:{}", layouts().join(name).display())]);
+    if format == "zstd-chunked" {
+        assert_eq!(files["entries"], original["entries"], "{name}: inspect --files");
+    } else {
+        // eStargz TOCs round mtimes to the second: paths, kinds and sizes agree.
+        let key = |v: &Value| -> Vec<(Value, Value, Value)> {
+            let e = v["entries"].as_array().unwrap();
+            e.iter().map(|e| (e["path"].clone(), e["type"].clone(), e["size"].clone())).collect()
+        };
+        assert_eq!(key(&files), key(&original), "{name}: inspect --files");
+    }
+    // Only footers and TOCs: far less than the layers.
+    let size: u64 = layers.iter().map(|l| l["size"].as_u64().unwrap()).sum();
+    let fetched = files["bytes_fetched"].as_u64().unwrap();
+    assert!(fetched < toc_bytes + 16384 && fetched * 20 < size, "{name}: {fetched} of {size} bytes");
 }
 
 /// An eStargz-in-zstd layout (`ctr-remote image convert --zstdchunked --oci`) of the test
@@ -275,6 +313,7 @@ fn check_estargz_zstd(name: &str, layout: &Path) {
     }
     assert!(chunks > 100, "{name}: {chunks} chunks");
     compare_with_truth(name, &model, true);
+    check_inspect(name, layout, "estargz-zstd");
 }
 
 /// (`whole_seconds`: eStargz TOCs hold mtimes rounded to the second, halves up.)
