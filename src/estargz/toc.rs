@@ -363,7 +363,8 @@ pub fn read_zstd_toc(source: &dyn BlobSource, layer: &Descriptor, verify: Verify
         });
     }
     // Chunks must lie before the TOC's skippable frame, where the last one's frame ends.
-    let contents = parse_toc_json(&layer.digest, &f.json, f.toc.offset - 8)?;
+    let ratio = u128::from(crate::zstdchunked::toc::MAX_ZSTD_RATIO);
+    let contents = parse_toc_json_ratio(&layer.digest, &f.json, f.toc.offset - 8, ratio)?;
     Ok(Toc {
         layer: layer.digest.clone(),
         blob_size: layer.size,
@@ -657,6 +658,17 @@ struct RawToc {
 /// Parse and validate TOC JSON of the layer `layer`, whose TOC starts at `toc_offset` (every
 /// chunk must start before it).
 pub fn parse_toc_json(layer: &Digest, json: &[u8], toc_offset: u64) -> Result<TocContents, TocError> {
+    parse_toc_json_ratio(layer, json, toc_offset, MAX_INFLATE_RATIO)
+}
+
+/// [`parse_toc_json`] with the most bytes one compressed byte may yield: 1032 for gzip
+/// members, 32768 for zstd frames (eStargz TOCs inside zstd:chunked layers).
+fn parse_toc_json_ratio(
+    layer: &Digest,
+    json: &[u8],
+    toc_offset: u64,
+    ratio: u128,
+) -> Result<TocContents, TocError> {
     let toc_err = |message: String| TocError::Toc { layer: layer.clone(), toc_offset, message };
     if json.len() as u64 > MAX_TOC_JSON {
         return Err(toc_err(format!(
@@ -674,6 +686,7 @@ pub fn parse_toc_json(layer: &Digest, json: &[u8], toc_offset: u64) -> Result<To
     let mut v = Validator {
         layer,
         toc_offset,
+        ratio,
         entries: Vec::new(),
         hidden: Vec::new(),
         file: None,
@@ -703,6 +716,8 @@ struct OpenFile {
 struct Validator<'a> {
     layer: &'a Digest,
     toc_offset: u64,
+    /// The most bytes one compressed byte may yield.
+    ratio: u128,
     entries: Vec<TocEntry>,
     /// Landmarks and `stargz.index.json`: validated, then left out.
     hidden: Vec<bool>,
@@ -939,7 +954,7 @@ impl Validator<'_> {
         if offset >= self.toc_offset {
             return Err(e(format!("a chunk at offset {offset}, not before the TOC at {}", self.toc_offset)));
         }
-        let room = u128::from(self.toc_offset - offset) * MAX_INFLATE_RATIO;
+        let room = u128::from(self.toc_offset - offset) * self.ratio;
         if u128::from(inner_offset) + u128::from(chunk_size) > room {
             return Err(e(format!(
                 "a chunk of {chunk_size} bytes at inner offset {inner_offset} cannot come from the {} compressed bytes between its offset and the TOC (at most {room} bytes inflate from them)",
