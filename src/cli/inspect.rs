@@ -265,9 +265,23 @@ fn files(image: &zran::oci::Image, json: bool, insecure: bool) -> anyhow::Result
                 continue;
             }
             LayerFormat::Zstd | LayerFormat::Uncompressed => {
-                let entries = stream_tar(image, layer, format == LayerFormat::Zstd)
-                    .with_context(|| format!("{}: layer {i} ({})", image.name, layer.digest))?;
-                tree.apply_layer(i, &entries)
+                // One streaming pass, as `generate` reads these layers (no chunks cut; a plain
+                // zstd layer's frames and checksums checked on the way).
+                let scan = if format == LayerFormat::Zstd {
+                    zran::layer::scan_zstd(
+                        image.source.as_ref(),
+                        layer,
+                        zran::layer::DEFAULT_SPAN,
+                        None,
+                        None,
+                        false,
+                        &|_| {},
+                    )
+                } else {
+                    zran::layer::scan_tar(image.source.as_ref(), layer, None, &|_| {})
+                }
+                .with_context(|| format!("{}: layer {i}", image.name))?;
+                tree.apply_layer(i, &scan.entries)
                     .with_context(|| format!("{}: layer {i} ({})", image.name, layer.digest))?;
                 bar.inc(layer.size);
                 continue;
@@ -320,31 +334,6 @@ fn files(image: &zran::oci::Image, json: bool, insecure: bool) -> anyhow::Result
         );
     }
     Ok(())
-}
-
-/// The tar entries of a plain zstd or uncompressed layer, read once as a stream (every
-/// frame of a zstd layer, skippable ones skipped).
-fn stream_tar(
-    image: &zran::oci::Image,
-    layer: &Descriptor,
-    zstd: bool,
-) -> anyhow::Result<Vec<zran::tar::Entry>> {
-    use std::io::Read;
-    let raw = image.source.open(&layer.digest, Some(layer.size))?;
-    let mut reader: Box<dyn Read> = if zstd { Box::new(zstd::stream::read::Decoder::new(raw)?) } else { raw };
-    let mut parser = zran::tar::TarParser::new();
-    let mut buf = vec![0u8; 256 << 10];
-    let mut at = 0u64;
-    loop {
-        let n = reader.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        parser.push(at, &buf[..n], &mut |_, _, _| {})?;
-        at += n as u64;
-    }
-    parser.finish()?;
-    Ok(parser.entries().to_vec())
 }
 
 /// `zran inspect DIR`: an artifact written by `generate`, read back and checked.
