@@ -156,17 +156,31 @@ pub fn scan_zstd(
     if let Some(expected) = diff_id
         && expected != found
     {
-        if !chunked {
-            return Err(LayerError::DiffId { digest, found, expected: expected.to_string() });
+        let padded = fi
+            .padded_diff_ids
+            .iter()
+            .position(|d| format!("sha256:{}", hex::encode(d)) == expected)
+            .map(|k| (k + 1) * 512);
+        match padded {
+            // The stream is the DiffID's tar without its trailing zero blocks: the same files.
+            Some(zeros) => tracing::info!(
+                layer = %digest,
+                "the zstd stream is the config's DiffID {expected} without its last {zeros} zero bytes \
+                 (the writer dropped the tar's end padding); the files are the same"
+            ),
+            None if !chunked => {
+                return Err(LayerError::DiffId { digest, found, expected: expected.to_string() });
+            }
+            // containers/image writes zstd:chunked layers from a rewritten tar stream and
+            // keeps the config's DiffIDs of the original: readers of the format trust its TOC
+            // digest, never the DiffID. The stream read here is what the chunk digests are
+            // taken from.
+            None => tracing::warn!(
+                layer = %digest,
+                "the zstd:chunked stream's sha256 is {found}, not the config's DiffID {expected}, \
+                 nor that stream with its end padding restored; serving the stream as it is"
+            ),
         }
-        // containers/image writes zstd:chunked layers from a rewritten tar stream and keeps
-        // the config's DiffIDs of the original: readers of the format trust its TOC digest,
-        // never the DiffID. The stream read here is what the chunk digests are taken from.
-        tracing::warn!(
-            layer = %digest,
-            "the zstd:chunked stream's sha256 is {found}, not the config's DiffID {expected} \
-             (containers/image rewrites the tar when it writes zstd:chunked); serving the stream as it is"
-        );
     }
     if fi.checksummed < fi.frames.len() as u64 {
         tracing::info!(

@@ -74,7 +74,14 @@ pub struct FrameIndex {
     pub largest_frame: u64,
     /// sha256 of the whole uncompressed stream (a layer's DiffID).
     pub diff_id: [u8; 32],
+    /// sha256 of the stream followed by 1, 2, ... [`MAX_PADDING_BLOCKS`] zero blocks of 512
+    /// bytes: a writer that rewrote the tar without the trailing zero blocks of the original
+    /// record (containers/image's zstd:chunked) is recognised by one of them matching the DiffID.
+    pub padded_diff_ids: Vec<[u8; 32]>,
 }
+
+/// A tar record is 20 blocks; writers pad the archive's end with zero blocks up to one.
+pub const MAX_PADDING_BLOCKS: usize = 20;
 
 /// Buffered compressed input that knows its offset.
 struct Input<R> {
@@ -307,6 +314,15 @@ pub fn index_stream<R: Read, S: Sink + ?Sized>(
         skippable,
         checksummed,
         largest_frame: largest,
+        padded_diff_ids: {
+            let mut h = hasher.clone();
+            (0..MAX_PADDING_BLOCKS)
+                .map(|_| {
+                    h.update([0u8; 512]);
+                    h.clone().finalize().into()
+                })
+                .collect()
+        },
         diff_id: hasher.finalize().into(),
     })
 }

@@ -80,6 +80,12 @@ fn every_frame_boundary_is_recorded_and_skippable_frames_skipped() {
     let whole: Vec<u8> = [a.clone(), b.clone(), c.clone()].concat();
     assert_eq!(keep.bytes, whole);
     assert_eq!(fi.diff_id, <[u8; 32]>::from(sha2::Sha256::digest(&whole)));
+    // The stream with k zero blocks after it, as the writer of the original tar padded it.
+    assert_eq!(fi.padded_diff_ids.len(), MAX_PADDING_BLOCKS);
+    for (k, d) in fi.padded_diff_ids.iter().enumerate() {
+        let padded = [whole.clone(), vec![0u8; (k + 1) * 512]].concat();
+        assert_eq!(*d, <[u8; 32]>::from(sha2::Sha256::digest(&padded)), "{} zero blocks", k + 1);
+    }
     assert_eq!(fi.index.uncompressed_size, whole.len() as u64);
     assert_eq!(fi.index.compressed_size, z.len() as u64);
     // No span: the first frame, and the frame the request falls in (the second).
