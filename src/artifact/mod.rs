@@ -377,8 +377,8 @@ fn zstd_layer(
             layer = %d.digest,
             frame_bytes = largest,
             "a zstd frame of {largest} uncompressed bytes (more than {WHOLE_FRAME}): reads of this layer \
-             fetch and decode the whole frame (once, into the cache); a multi-frame zstd (zstd:chunked, \
-             pzstd, zstd --rsyncable is not enough) would be read lazily"
+             fetch and decode the whole frame (once, into the cache); a layer of many frames \
+             (zstd:chunked, pzstd) would be read lazily"
         );
     }
     Ok(out)
