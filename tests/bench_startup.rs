@@ -122,6 +122,7 @@ fn startup_compares_modes_with_consistent_counts() {
     if has_convert() {
         modes.push("zran-native");
     }
+    modes.push("zran-zstdchunked");
     let (json, svg) = (dir.path().join("report.json"), dir.path().join("startup.svg"));
     let mut cmd = startup(&work, &modes.join(","), &["--runs", "1", "--rate", "400", "--delay", "3"]);
     cmd.arg("--json").arg(&json).arg("--plot").arg(&svg);

@@ -20,12 +20,20 @@ pub enum Mode {
     Zran,
     ZranEstargz,
     ZranNative,
+    ZranZstdchunked,
     Stargz,
     Nydusd,
 }
 
-pub const ALL: [Mode; 6] =
-    [Mode::Full, Mode::Zran, Mode::ZranEstargz, Mode::ZranNative, Mode::Stargz, Mode::Nydusd];
+pub const ALL: [Mode; 7] = [
+    Mode::Full,
+    Mode::Zran,
+    Mode::ZranEstargz,
+    Mode::ZranNative,
+    Mode::ZranZstdchunked,
+    Mode::Stargz,
+    Mode::Nydusd,
+];
 
 impl Mode {
     pub fn name(self) -> &'static str {
@@ -34,6 +42,7 @@ impl Mode {
             Mode::Zran => "zran",
             Mode::ZranEstargz => "zran-estargz",
             Mode::ZranNative => "zran-native",
+            Mode::ZranZstdchunked => "zran-zstdchunked",
             Mode::Stargz => "stargz",
             Mode::Nydusd => "nydusd",
         }
@@ -48,7 +57,7 @@ impl Mode {
 
     /// Does the mode's start read zran's serving-process counters?
     pub fn zran_served(self) -> bool {
-        matches!(self, Mode::Zran | Mode::ZranEstargz | Mode::ZranNative)
+        matches!(self, Mode::Zran | Mode::ZranEstargz | Mode::ZranNative | Mode::ZranZstdchunked)
     }
 }
 
@@ -251,6 +260,34 @@ pub fn prepare_estargz(env: &Env) -> Prepared {
     let seconds = t.elapsed().as_secs_f64();
     match r.and_then(|()| layers_size(&env.at("estargz"))) {
         Ok(bytes) => Prepared { tag: Some("estargz".into()), step: STEP.into(), seconds, bytes, error: None },
+        Err(e) => Prepared::failed(STEP, format!("{e:#}")),
+    }
+}
+
+/// `skopeo copy --dest-compress-format zstd:chunked` of `bench:original` to
+/// `bench:zstdchunked` (registry to registry), as podman and buildah users push.
+pub fn prepare_zstdchunked(env: &Env) -> Prepared {
+    const STEP: &str = "skopeo copy --dest-compress-format zstd:chunked";
+    let t = Instant::now();
+    let r = sys::run(
+        Command::new("skopeo")
+            .args([
+                "copy",
+                "--quiet",
+                "--src-tls-verify=false",
+                "--dest-tls-verify=false",
+                "--dest-compress-format",
+                "zstd:chunked",
+            ])
+            .arg(format!("docker://{}", env.at("original")))
+            .arg(format!("docker://{}", env.at("zstdchunked"))),
+        LONG,
+    );
+    let seconds = t.elapsed().as_secs_f64();
+    match r.and_then(|_| layers_size(&env.at("zstdchunked"))) {
+        Ok(bytes) => {
+            Prepared { tag: Some("zstdchunked".into()), step: STEP.into(), seconds, bytes, error: None }
+        }
         Err(e) => Prepared::failed(STEP, format!("{e:#}")),
     }
 }
@@ -500,7 +537,7 @@ fn start_containerd(env: &Env, mode: Mode, tag: &str, n: usize, dir: &Path) -> a
     let r = (|| -> anyhow::Result<Sample> {
         let name = match mode {
             Mode::Full => "overlayfs",
-            Mode::Zran | Mode::ZranEstargz | Mode::ZranNative => {
+            Mode::Zran | Mode::ZranEstargz | Mode::ZranNative | Mode::ZranZstdchunked => {
                 let config = format!(
                     "root = \"{}\"\naddress = \"{}\"\n[registry]\nconfig_path = \"{}\"\n",
                     zroot.display(),
@@ -511,7 +548,8 @@ fn start_containerd(env: &Env, mode: Mode, tag: &str, n: usize, dir: &Path) -> a
                 std::fs::write(&path, config)?;
                 let mut cmd = Command::new(&env.zran);
                 cmd.args(["snapshotter", "--config"]).arg(&path);
-                if mode == Mode::ZranEstargz {
+                // The TOC formats (eStargz, zstd:chunked) are served from their TOCs.
+                if matches!(mode, Mode::ZranEstargz | Mode::ZranZstdchunked) {
                     cmd.arg("--enable-stargz");
                 }
                 let mut child = sys::spawn(&mut cmd, &snap_log)?;
@@ -633,7 +671,7 @@ fn start_chroot(env: &Env, mode: Mode, tag: &str, dir: &Path) -> anyhow::Result<
                 || chroot_run(env, &bundle.join("rootfs")),
             )
         }
-        Mode::Zran | Mode::ZranEstargz | Mode::ZranNative => {
+        Mode::Zran | Mode::ZranEstargz | Mode::ZranNative | Mode::ZranZstdchunked => {
             let cache = dir.join("cache");
             std::fs::create_dir_all(&mnt)?;
             let mut s = measure(
