@@ -235,6 +235,7 @@ pub fn far_match_deflate(blocks: usize, matches: usize, seed: u64) -> (Vec<u8>, 
 pub mod containerd;
 pub mod faulty;
 pub mod harness;
+pub mod toc_model;
 pub mod truth;
 
 /// Wrap raw deflate into a gzip member.
