@@ -217,6 +217,19 @@ fn blob_spec_as(d: &Descriptor, encoded: &crate::rafs::meta::Encoded, algo: u32)
     }
 }
 
+/// The blob-table entry of a layer without file data (directories, links, whiteouts only): no
+/// chunks and no blob.meta (Nydus refuses an empty one); `generate` leaves it out of the table.
+fn empty_blob(d: &Descriptor, compression_algo: u32) -> BlobSpec {
+    BlobSpec {
+        id: hex(&d.digest),
+        features: blob_features::ALIGNED,
+        compression_algo,
+        digest_algo: digester::SHA256,
+        compressed_size: d.size,
+        ..Default::default()
+    }
+}
+
 fn meta_err(d: &Descriptor, message: impl std::fmt::Display) -> ArtifactError {
     ArtifactError::Meta { layer: d.digest.to_string(), message: message.to_string() }
 }
@@ -256,14 +269,7 @@ fn indexed_layer(
     if meta.chunks.is_empty() {
         // No file data (directories, links, whiteouts only): no chunks and no blob.meta
         // (Nydus refuses an empty one); `generate` leaves it out of the blob table.
-        let blob = BlobSpec {
-            id: hex(&d.digest),
-            features: blob_features::ALIGNED,
-            compression_algo: algo,
-            digest_algo: digester::SHA256,
-            compressed_size: d.size,
-            ..Default::default()
-        };
+        let blob = empty_blob(d, algo);
         let record = LayerRecord {
             digest: d.digest.to_string(),
             media_type: d.media_type.clone(),
@@ -453,14 +459,7 @@ fn tar_layer(
         largest_frame: None,
     };
     if meta.chunks.is_empty() {
-        let blob = BlobSpec {
-            id: hex(&d.digest),
-            features: blob_features::ALIGNED,
-            compression_algo: compressor::NONE,
-            digest_algo: digester::SHA256,
-            compressed_size: d.size,
-            ..Default::default()
-        };
+        let blob = empty_blob(d, compressor::NONE);
         return Ok(LayerOut {
             blob,
             record,
@@ -625,14 +624,7 @@ fn estargz_layer(i: usize, d: &Descriptor, toc: &Toc) -> Result<LayerOut, Artifa
     };
     if meta.chunks.is_empty() {
         // No file data: no blob (see `gzip_layer`).
-        let blob = BlobSpec {
-            id: hex(&d.digest),
-            features: blob_features::ALIGNED,
-            compression_algo: compressor::GZIP,
-            digest_algo: digester::SHA256,
-            compressed_size: d.size,
-            ..Default::default()
-        };
+        let blob = empty_blob(d, compressor::GZIP);
         return Ok(LayerOut {
             blob,
             record: record(0, None, None, None),

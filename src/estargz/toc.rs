@@ -929,23 +929,7 @@ impl Validator<'_> {
             return Err(e("no open file".into()));
         };
         let size = self.entries[entry].size;
-        if chunk_offset != covered {
-            return Err(e(format!(
-                "the chunks do not cover the file: this one starts at file offset {chunk_offset}, the previous ones end at {covered}"
-            )));
-        }
-        if chunk_offset >= size {
-            return Err(e(format!(
-                "a chunk at file offset {chunk_offset}, past the end of the {size}-byte file"
-            )));
-        }
-        // `chunkSize: 0` (or absent) runs to the end of the file.
-        let chunk_size = if chunk_size == 0 { size - chunk_offset } else { chunk_size };
-        if chunk_size > size - chunk_offset {
-            return Err(e(format!(
-                "a chunk of {chunk_size} bytes at file offset {chunk_offset} runs past the end of the {size}-byte file"
-            )));
-        }
+        let chunk_size = chunk_span(size, covered, chunk_offset, chunk_size).map_err(e)?;
         if offset == 0 && inner_offset == 0 {
             return Err(e(format!(
                 "a chunk of {chunk_size} bytes has no offset (the blob starts with a tar header, not file data)"
@@ -1054,6 +1038,27 @@ impl Validator<'_> {
 }
 
 /// An optional `sha256:` digest field.
+/// The size of a chunk at `chunk_offset` of a `size`-byte file whose earlier chunks end at
+/// `covered`: it must start there and fit in the file; a `chunk_size` of 0 (or absent) runs to
+/// the end of the file. (eStargz and zstd:chunked TOCs alike.)
+pub(crate) fn chunk_span(size: u64, covered: u64, chunk_offset: u64, chunk_size: u64) -> Result<u64, String> {
+    if chunk_offset != covered {
+        return Err(format!(
+            "the chunks do not cover the file: this one starts at file offset {chunk_offset}, the previous ones end at {covered}"
+        ));
+    }
+    if chunk_offset >= size {
+        return Err(format!("a chunk at file offset {chunk_offset}, past the end of the {size}-byte file"));
+    }
+    let chunk_size = if chunk_size == 0 { size - chunk_offset } else { chunk_size };
+    if chunk_size > size - chunk_offset {
+        return Err(format!(
+            "a chunk of {chunk_size} bytes at file offset {chunk_offset} runs past the end of the {size}-byte file"
+        ));
+    }
+    Ok(chunk_size)
+}
+
 pub(crate) fn opt_digest(s: Option<&str>, what: &str) -> Result<Option<Digest>, String> {
     match s {
         None | Some("") => Ok(None),

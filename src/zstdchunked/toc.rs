@@ -9,7 +9,7 @@
 //! may be asked to decode to more than [`MAX_ZSTD_RATIO`] times its size.
 
 use super::ZstdChunkedError;
-use crate::estargz::toc::{normalize, opt_digest, parse_rfc3339};
+use crate::estargz::toc::{chunk_span, normalize, opt_digest, parse_rfc3339};
 use crate::estargz::{Chunk, EntryKind, TocEntry};
 use crate::oci::Digest;
 use base64::Engine as _;
@@ -280,23 +280,8 @@ impl Validator<'_> {
         let size = self.entries[entry].size;
         let chunk_offset = num(raw.chunk_offset, "chunkOffset").map_err(&e)?;
         let chunk_size = num(raw.chunk_size, "chunkSize").map_err(&e)?;
-        if chunk_offset != covered {
-            return Err(e(format!(
-                "the chunks do not cover the file: this one starts at file offset {chunk_offset}, the previous ones end at {covered}"
-            )));
-        }
-        if chunk_offset >= size {
-            return Err(e(format!(
-                "a chunk at file offset {chunk_offset}, past the end of the {size}-byte file"
-            )));
-        }
         // A file of one chunk carries no chunk fields: it runs to the end of the file.
-        let chunk_size = if chunk_size == 0 { size - chunk_offset } else { chunk_size };
-        if chunk_size > size - chunk_offset {
-            return Err(e(format!(
-                "a chunk of {chunk_size} bytes at file offset {chunk_offset} runs past the end of the {size}-byte file"
-            )));
-        }
+        let chunk_size = chunk_span(size, covered, chunk_offset, chunk_size).map_err(&e)?;
         if offset == 0 {
             return Err(e(format!(
                 "a chunk of {chunk_size} bytes has no offset (the blob starts with a tar header)"
