@@ -40,6 +40,17 @@ fn top_chain_id(layout: &Path) -> String {
     chain.unwrap()
 }
 
+/// The hex of the python image's manifest digest in the registry (the serving process's key).
+fn python_manifest_hex(host: &str) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_zran"))
+        .args(["inspect", "--json", &format!("{host}/python:latest")])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["manifest"].as_str().unwrap_or_else(|| panic!("{v}")).trim_start_matches("sha256:").to_string()
+}
+
 fn snapshot_keys(sock: &Path) -> Vec<String> {
     let out = ok(ctr(sock, &["snapshots", "--snapshotter", "zran", "ls"]), "snapshots ls");
     out.lines().skip(1).filter_map(|l| l.split_whitespace().next().map(str::to_string)).collect()
@@ -250,7 +261,15 @@ fn images_start_lazily_through_containerd() {
     let root = work.path().join("zran");
     let zsock = work.path().join("zran.sock");
     let zlog = work.path().join("zran.log");
-    let mut zran = snapshotter(&root, &zsock, &zlog, &[]);
+    // Each image's start-up trace recorded (the snapshotter's `record_traces`).
+    let traces = work.path().join("traces");
+    let config = work.path().join("zran.toml");
+    std::fs::write(
+        &config,
+        format!("[mount]\nrecord_traces = \"{}\"\ntrace_window = 120\n", traces.display()),
+    )
+    .unwrap();
+    let mut zran = snapshotter(&root, &zsock, &zlog, &["--config", config.to_str().unwrap()]);
     let (_ctd, sock) = containerd(work.path(), &zsock);
     let python = format!("{host}/python:latest");
 
@@ -296,6 +315,27 @@ fn images_start_lazily_through_containerd() {
     assert!(fetched > 0 && fetched < total * 3 / 4, "{fetched} of {total} bytes of layers served");
     // (The container's snapshot may be gone already, and the image's mount with it.)
     assert!(zran_mounts(&root).len() <= 1, "one serving process for the image");
+    // The serving process recorded the start: the interpreter first, then what it imported.
+    let manifest = python_manifest_hex(&host);
+    let trace = traces.join(format!("{manifest}.json"));
+    let t0 = std::time::Instant::now();
+    let paths = loop {
+        let t: Value =
+            std::fs::read(&trace).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(Value::Null);
+        let paths: Vec<String> = t["files"]
+            .as_array()
+            .map(|a| a.iter().map(|f| f["path"].as_str().unwrap_or("").to_string()).collect())
+            .unwrap_or_default();
+        if paths.iter().any(|p| p.ends_with("/email/__init__.py")) || t0.elapsed() > Duration::from_secs(10) {
+            break paths;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // (The runtime reads /etc/passwd and /etc/group from the image first.)
+    let at = |name: &str| paths.iter().position(|p| p.ends_with(name));
+    let (py, json) = (at("/usr/bin/python3.11"), at("/json/__init__.py"));
+    assert!(py.is_some() && json.is_some() && py < json, "{}: {paths:?}", trace.display());
+    assert!(at("/etc/passwd").is_some(), "{paths:?}");
 
     // The container's view of the image (a view of its top layer) is the truth.
     let top = top_chain_id(&repo_root().join("target/testimages/layouts/python"));

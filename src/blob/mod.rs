@@ -23,7 +23,10 @@
 
 pub mod cache;
 pub mod frames;
+mod gate;
 mod ranges;
+
+pub use gate::MAX_IN_FLIGHT;
 
 use crate::gzip::{Restart, inflate_from, inflate_member};
 use crate::oci::{BlobSource, Digest};
@@ -85,6 +88,12 @@ pub struct Stats {
     pub readahead_chunks: AtomicU64,
     /// zstd contexts too large to decode per read, fetched and decoded whole (once each).
     pub whole_fetches: AtomicU64,
+    /// The most range requests that were in flight at once (at most [`MAX_IN_FLIGHT`]).
+    pub requests_in_flight_peak: AtomicU64,
+    /// Chunks the prefetch list (the bootstrap's table, `--prefetch-files`) names, and how
+    /// many of them have been made good so far (fetched, or found in the cache).
+    pub prefetch_chunks: AtomicU64,
+    pub prefetched_chunks: AtomicU64,
 }
 
 /// How a blob's chunks are decoded.
@@ -239,6 +248,8 @@ pub struct BlobSet {
     /// (decoded from the same checkpoint) fetches only what lies past them, and concurrent
     /// readers of one context fetch its shared part once.
     ranges: ranges::Ranges,
+    /// The bound on requests in flight.
+    gate: gate::Gate,
     pub stats: Stats,
 }
 
@@ -357,7 +368,13 @@ impl BlobSet {
                 flights: Mutex::new(HashMap::new()),
             });
         }
-        Ok(BlobSet { blobs, source, ranges: ranges::Ranges::new(RECENT_BYTES), stats: Stats::default() })
+        Ok(BlobSet {
+            blobs,
+            source,
+            ranges: ranges::Ranges::new(RECENT_BYTES),
+            gate: gate::Gate::new(MAX_IN_FLIGHT),
+            stats: Stats::default(),
+        })
     }
 
     /// Fill `buf` from the pieces, in order (their lengths must add up to `buf.len()`). Every
@@ -387,6 +404,16 @@ impl BlobSet {
     /// fetch and no check).
     pub fn is_good(&self, b: u8, ci: u32) -> bool {
         self.blob(b).ok().and_then(|blob| blob.good.get(ci as usize)).is_some_and(|g| g.load(Relaxed))
+    }
+
+    /// Whether a read of chunk `ci` of blob `b` has to fetch: neither verified this session nor
+    /// recorded in the cache by an earlier one.
+    pub fn must_fetch(&self, b: u8, ci: u32) -> bool {
+        self.blob(b).ok().is_some_and(|blob| {
+            let i = ci as usize;
+            !blob.good.get(i).is_some_and(|g| g.load(Relaxed))
+                && !blob.cached.get(i).is_some_and(|c| c.load(Relaxed))
+        })
     }
 
     /// The chunks after `ci` in blob `b` (the layer's next data: the next files of the same
@@ -819,11 +846,9 @@ impl BlobSet {
         let end = end.min(blob.size);
         self.ranges.get(blob.index, start, end, fresh, |from, to| {
             let mut buf = vec![0u8; (to - from) as usize];
-            self.stats.requests.fetch_add(1, Relaxed);
             tracing::debug!(layer = blob.layer, start = from, end = to, "fetch");
             let n = self
-                .source
-                .read_at(&blob.digest, from, &mut buf)
+                .request(&blob.digest, from, &mut buf)
                 .map_err(|e| blob.err(format!("range {from}-{to}: {e}")))?;
             self.stats.bytes_fetched.fetch_add(n as u64, Relaxed);
             if n < buf.len() {
@@ -831,6 +856,14 @@ impl BlobSet {
             }
             Ok(buf)
         })
+    }
+
+    /// One range request, counted, once a slot of the gate is free.
+    fn request(&self, digest: &Digest, from: u64, buf: &mut [u8]) -> Result<usize, crate::oci::OciError> {
+        let _slot = self.gate.enter();
+        self.stats.requests.fetch_add(1, Relaxed);
+        self.stats.requests_in_flight_peak.store(self.gate.peak.load(Relaxed), Relaxed);
+        self.source.read_at(digest, from, buf)
     }
 
     fn blob(&self, b: u8) -> Result<&Blob, BlobError> {
@@ -860,11 +893,9 @@ impl std::io::Read for Pieces<'_> {
             }
             let to = self.end.min(self.at + WHOLE_PIECE);
             self.buf.resize((to - self.at) as usize, 0);
-            self.set.stats.requests.fetch_add(1, Relaxed);
             let n = self
                 .set
-                .source
-                .read_at(&self.blob.digest, self.at, &mut self.buf)
+                .request(&self.blob.digest, self.at, &mut self.buf)
                 .map_err(|e| std::io::Error::other(format!("range {}-{to}: {e}", self.at)))?;
             self.set.stats.bytes_fetched.fetch_add(n as u64, Relaxed);
             if n < self.buf.len() {

@@ -32,6 +32,11 @@ pub struct GenerateArgs {
     /// bootstrap's prefetch table.
     #[arg(long, value_name = "FILE")]
     pub prefetch_files: Option<PathBuf>,
+    /// A start-up trace (`zran mount --record-trace`, or the snapshotter's `record_traces`):
+    /// the files it lists, in the order they were first read, go first in the prefetch table,
+    /// before those of `--prefetch-files`.
+    #[arg(long, value_name = "FILE")]
+    pub prefetch_trace: Option<PathBuf>,
     /// Replace an existing artifact directory.
     #[arg(long)]
     pub force: bool,
@@ -62,16 +67,14 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let jobs =
         args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get().min(4)));
     let bars = super::util::LayerBars::new(layers);
-    let prefetch = match &args.prefetch_files {
-        Some(p) => std::fs::read(p)
-            .with_context(|| format!("cannot read {}", p.display()))?
-            .split(|&b| b == b'\n')
-            .map(|l| l.trim_ascii())
-            .filter(|l| !l.is_empty() && !l.starts_with(b"#"))
-            .map(zran::tar::normalize)
-            .collect::<Vec<_>>(),
-        None => Vec::new(),
-    };
+    let mut prefetch = Vec::new();
+    if let Some(p) = &args.prefetch_trace {
+        let t = zran::mount::trace::Trace::read(p)?;
+        prefetch.extend(t.files.iter().map(|f| zran::tar::normalize(f.path.as_bytes())));
+    }
+    if let Some(p) = &args.prefetch_files {
+        prefetch.extend(zran::mount::trace::prefetch_paths(p)?);
+    }
     let opts = Options { chunk_size, span: args.span, jobs, prefetch };
     let started = std::time::Instant::now();
     let art = artifact::generate(&image, &inputs, &opts, &|i, n| bars.set(i, n))

@@ -32,13 +32,20 @@ pub struct MountArgs {
     pub image: Option<String>,
     #[command(flatten)]
     pub image_args: ImageArgs,
-    /// Paths in the image (one per line) to fetch in the background once mounted, after the
-    /// bootstrap's own prefetch list.
+    /// Paths in the image (one per line), or a start-up trace (`--record-trace`), to fetch in
+    /// the background once mounted, after the bootstrap's own prefetch list.
     #[arg(long, value_name = "FILE")]
     pub prefetch_files: Option<PathBuf>,
     /// Do not prefetch anything.
     #[arg(long)]
     pub no_prefetch: bool,
+    /// Record a start-up trace to FILE: the files read in the mount's first seconds, in the
+    /// order of their first reads, with the chunks read (for `zran generate --prefetch-trace`).
+    #[arg(long, value_name = "FILE")]
+    pub record_trace: Option<PathBuf>,
+    /// Seconds after the mount goes live that a trace records reads.
+    #[arg(long, value_name = "SECS", default_value_t = 60, requires = "record_trace")]
+    pub trace_window: u64,
     /// Threads serving FUSE requests.
     #[arg(long, default_value_t = 8)]
     pub threads: usize,
@@ -88,8 +95,15 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         threads: args.threads,
         prefetch_files: args.prefetch_files.clone(),
         no_prefetch: args.no_prefetch,
+        record_trace: args.record_trace.as_ref().map(|p| absolute(p)).transpose()?,
+        trace_window: std::time::Duration::from_secs(args.trace_window),
     };
     Ok(mount::serve(opened, &mnt, &args.source, &cache, &opts)?)
+}
+
+/// `p` from the root (a detached server may change its working directory).
+fn absolute(p: &std::path::Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(p).with_context(|| format!("{}", p.display()))
 }
 
 pub fn umount(args: UmountArgs) -> anyhow::Result<()> {

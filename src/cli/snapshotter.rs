@@ -106,8 +106,16 @@ fn remote(c: &Config, verbose: u8) -> anyhow::Result<Remote> {
     if verbose > 0 {
         args.push(format!("-{}", "v".repeat(verbose.into())).into());
     }
+    let traces = match &c.mount.record_traces {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+            args.extend(["--trace-window".into(), c.mount.trace_window.to_string().into()]);
+            Some(std::path::absolute(d).with_context(|| format!("{}", d.display()))?)
+        }
+        None => None,
+    };
     let exe = std::env::current_exe().context("cannot find the zran executable")?;
-    let images = Images::new(&c.root, &cache, Launch { exe, args });
+    let images = Images::new(&c.root, &cache, Launch { exe, args, traces });
     Ok(Remote::new(Decider::new(open, c.enable_stargz, &cache), images))
 }
 

@@ -9,6 +9,8 @@
 //!
 //! Owns nothing on disk. Calls `blob`, `rafs` and `tree`.
 
+pub mod trace;
+
 use crate::blob::{BlobSet, Piece};
 use crate::rafs::reader::{Bootstrap, ChunkRef};
 use crate::tar::EntryKind;
@@ -65,6 +67,8 @@ pub struct ImageFs {
     last_end: Vec<AtomicU64>,
     /// Chunks to fetch ahead of sequential readers, for the readahead thread.
     ahead: std::sync::Mutex<std::sync::mpsc::SyncSender<(u8, Vec<u32>)>>,
+    /// The reads recorded for a start-up trace, when asked for.
+    log: Option<trace::ReadLog>,
 }
 
 impl ImageFs {
@@ -143,7 +147,32 @@ impl ImageFs {
             touched: (0..n).map(|_| AtomicBool::new(false)).collect(),
             last_end: (0..n).map(|_| AtomicU64::new(0)).collect(),
             ahead: std::sync::Mutex::new(ahead),
+            log: None,
         }
+    }
+
+    /// Record the reads of the next `window` for a start-up trace ([`ImageFs::traced`]).
+    pub fn record_reads(&mut self, window: Duration) {
+        self.log = Some(trace::ReadLog::new(window));
+    }
+
+    /// The log of reads, when recording.
+    pub fn read_log(&self) -> Option<&trace::ReadLog> {
+        self.log.as_ref()
+    }
+
+    /// The files recorded so far: path, size, milliseconds to the first read, chunks read.
+    pub fn traced(&self) -> Vec<(String, u64, u64, Vec<u32>)> {
+        let Some(log) = &self.log else { return Vec::new() };
+        log.files()
+            .into_iter()
+            .map(|f| (self.path_of(f.id), self.tree.inodes[f.id].size, f.at_ms, f.chunks))
+            .collect()
+    }
+
+    /// The chunk size of the image's files.
+    pub fn chunk_size(&self) -> u64 {
+        self.chunk_size
     }
 
     fn id(&self, ino: INodeNo) -> Option<InodeId> {
@@ -238,11 +267,15 @@ impl ImageFs {
             self.blobs.stats.files_read.fetch_add(1, Relaxed);
             self.blobs.stats.file_bytes_read.fetch_add(i.size, Relaxed);
         }
+        let cs = self.chunk_size.max(1);
+        if let Some(log) = &self.log {
+            log.read(id, (offset / cs) as u32, ((end - 1) / cs) as u32);
+        }
         let pieces = self.pieces(id, offset, end)?;
         // A read that has to fetch: what follows it in the layer (the next files of the same
         // directory, as a start reads them) is fetched beside it, in the background.
         if let Some(p) = pieces.first()
-            && !self.blobs.is_good(p.blob, p.ci)
+            && self.blobs.must_fetch(p.blob, p.ci)
         {
             let next = self.blobs.following(p.blob, p.ci, FOLLOWING_BYTES);
             if !next.is_empty()
@@ -252,7 +285,6 @@ impl ImageFs {
                 self.blobs.stats.readahead_chunks.fetch_add(next.len() as u64, Relaxed);
             }
         }
-        let cs = self.chunk_size.max(1);
         let enters_a_chunk = offset.is_multiple_of(cs) || offset / cs != (end - 1) / cs;
         if offset > 0 && self.last_end[id].swap(end, Relaxed) == offset && enters_a_chunk {
             self.read_ahead(id, end);
@@ -317,14 +349,17 @@ impl ImageFs {
             })
             .collect();
         order.sort_by_key(|&i| keys[i]);
+        let stats = &self.blobs.stats;
+        stats.prefetch_chunks.fetch_add(batches.iter().map(|(_, c)| c.len() as u64).sum(), Relaxed);
         let next = std::sync::atomic::AtomicUsize::new(0);
         std::thread::scope(|s| {
             for _ in 0..PREFETCH_THREADS.min(order.len()) {
                 s.spawn(|| {
                     while let Some(&i) = order.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
                         let (b, cis) = &batches[i];
-                        if let Err(e) = self.blobs.ensure(*b, cis) {
-                            tracing::warn!("prefetch: {e}");
+                        match self.blobs.ensure(*b, cis) {
+                            Ok(()) => _ = stats.prefetched_chunks.fetch_add(cis.len() as u64, Relaxed),
+                            Err(e) => tracing::warn!("prefetch: {e}"),
                         }
                     }
                 });

@@ -5,7 +5,8 @@
 //! stored beside it, a Nydus image, or an image whose layers are all eStargz), serving it (`serve`: in the
 //! foreground, until unmounted or signalled; `detach`: as a separate process in a new session
 //! that reports readiness on a pipe), the records a serving process keeps under
-//! `CACHE/mounts/` (`record`: pid, source, counters; read back and listed), and the control of
+//! `CACHE/mounts/` (`record`: pid, source, counters; read back and listed), start-up traces
+//! (`trace`: recorded reads, and the prefetch lists made of them), and the control of
 //! a running mount by its record (`control`: unmount and wait for its process).
 //! Calls `oci`, `artifact`, `nydus`, `rafs`, `blob`, `fuse` (and `tar` to read prefetch lists).
 
@@ -15,6 +16,7 @@ pub mod open;
 pub mod record;
 pub mod serve;
 pub mod tocs;
+pub mod trace;
 
 pub use control::{Running, is_mount_point, unmount};
 pub use detach::{detach, detached_child};
@@ -73,6 +75,8 @@ pub enum MountError {
     CacheDir { path: PathBuf, source: std::io::Error },
     #[error("cannot read {}", path.display())]
     PrefetchList { path: PathBuf, source: std::io::Error },
+    #[error("{}: {message}", path.display())]
+    Trace { path: PathBuf, message: String },
     #[error("cannot mount on {}", path.display())]
     Mount { path: PathBuf, source: std::io::Error },
     #[error("cannot handle signals")]

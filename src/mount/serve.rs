@@ -6,6 +6,7 @@ use super::control::umount_path;
 use super::detach::report_ready;
 use super::open::Mountable;
 use super::record::{Record, record_path, records_dir};
+use super::trace::{self, Trace, TracedFile};
 use crate::fuse::{ImageFs, Served};
 use crate::rafs::reader::Bootstrap;
 use std::path::{Path, PathBuf};
@@ -23,11 +24,23 @@ pub struct ServeOptions {
     pub prefetch_files: Option<PathBuf>,
     /// Prefetch nothing.
     pub no_prefetch: bool,
+    /// Record a start-up trace of the reads of the first `trace_window` to this file.
+    pub record_trace: Option<PathBuf>,
+    pub trace_window: Duration,
 }
+
+/// How long a start-up trace records, unless told.
+pub const TRACE_WINDOW: Duration = Duration::from_secs(60);
 
 impl Default for ServeOptions {
     fn default() -> Self {
-        ServeOptions { threads: 8, prefetch_files: None, no_prefetch: false }
+        ServeOptions {
+            threads: 8,
+            prefetch_files: None,
+            no_prefetch: false,
+            record_trace: None,
+            trace_window: TRACE_WINDOW,
+        }
     }
 }
 
@@ -54,7 +67,11 @@ pub fn serve(
     create_records_dir(cache)?;
     let prefetch_ids = prefetch_list(opts.prefetch_files.as_deref(), &m.bootstrap)?;
     let blobs = Arc::new(m.blobs);
-    let fs = Arc::new(ImageFs::new(m.bootstrap, blobs.clone()));
+    let mut fs = ImageFs::new(m.bootstrap, blobs.clone());
+    if opts.record_trace.is_some() {
+        fs.record_reads(opts.trace_window);
+    }
+    let fs = Arc::new(fs);
 
     // SAFETY: geteuid has no preconditions and cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
@@ -110,11 +127,38 @@ pub fn serve(
             .map_err(MountError::PrefetchThread)?;
     }
 
+    // The trace is written again each second while it grows, and once more at the end.
+    let mut traced = None;
+    let write_trace = |traced: &mut Option<u64>| {
+        let (Some(path), Some(log)) = (&opts.record_trace, fs.read_log()) else { return };
+        let v = log.version();
+        if *traced == Some(v) {
+            return;
+        }
+        *traced = Some(v);
+        let t = Trace {
+            version: trace::VERSION,
+            image: m.name.clone(),
+            chunk_size: fs.chunk_size(),
+            window_seconds: opts.trace_window.as_secs_f64(),
+            files: fs
+                .traced()
+                .into_iter()
+                .map(|(path, size, at_ms, chunks)| TracedFile { path, size, at_ms, chunks })
+                .collect(),
+        };
+        if let Err(e) = t.write(path) {
+            tracing::warn!("{e}");
+        }
+    };
+    write_trace(&mut traced);
+
     let mut last = Instant::now();
     while !STOP.load(Ordering::SeqCst) && !session.guard.is_finished() {
         std::thread::sleep(Duration::from_millis(50));
         if last.elapsed() >= Duration::from_secs(1) {
             write_record(true);
+            write_trace(&mut traced);
             last = Instant::now();
         }
     }
@@ -125,6 +169,7 @@ pub fn serve(
         unmount_session(session, mnt)
     };
     write_record(false);
+    write_trace(&mut traced);
     r.map_err(|source| MountError::Serving { path: mnt.to_path_buf(), source })
 }
 
@@ -142,14 +187,12 @@ fn unmount_session(session: fuser::BackgroundSession, mnt: &Path) -> std::io::Re
     Ok(())
 }
 
-/// The inodes to prefetch: the bootstrap's list, then the paths of `file` (one per line; blank
-/// lines and `#` comments skipped; paths not in the image warned about).
+/// The inodes to prefetch: the bootstrap's list, then the paths of `file` (a start-up trace or
+/// a list of paths, one per line; paths not in the image warned about).
 fn prefetch_list(file: Option<&Path>, b: &Bootstrap) -> Result<Vec<usize>, MountError> {
     let mut ids = b.prefetch.clone();
     if let Some(p) = file {
-        let text =
-            std::fs::read(p).map_err(|source| MountError::PrefetchList { path: p.to_path_buf(), source })?;
-        for path in prefetch_paths(&text) {
+        for path in trace::prefetch_paths(p)? {
             match b.tree.lookup(&path) {
                 Some(id) if !ids.contains(&id) => ids.push(id),
                 Some(_) => {}
@@ -160,26 +203,4 @@ fn prefetch_list(file: Option<&Path>, b: &Bootstrap) -> Result<Vec<usize>, Mount
         }
     }
     Ok(ids)
-}
-
-/// The normalized paths of a prefetch list.
-fn prefetch_paths(text: &[u8]) -> impl Iterator<Item = Vec<u8>> + '_ {
-    text.split(|&c| c == b'\n')
-        .map(<[u8]>::trim_ascii)
-        .filter(|l| !l.is_empty() && !l.starts_with(b"#"))
-        .map(crate::tar::normalize)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::prefetch_paths;
-
-    #[test]
-    fn prefetch_lists_skip_blanks_and_comments() {
-        let text = b"# libraries\n/usr/lib/libc.so.6\n\n  usr/bin/python3  \r\n#/etc\n";
-        let got: Vec<Vec<u8>> = prefetch_paths(text).collect();
-        assert_eq!(got.len(), 2);
-        assert_eq!(got[0], crate::tar::normalize(b"/usr/lib/libc.so.6"));
-        assert_eq!(got[1], crate::tar::normalize(b"usr/bin/python3"));
-    }
 }

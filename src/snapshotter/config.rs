@@ -28,6 +28,11 @@
 //! threads = 8
 //! # Fetch the bootstrap's prefetch list (eStargz landmarks, --prefetch-files) at mount.
 //! prefetch = true
+//! # Record a start-up trace of each image (zran mount --record-trace) to DIR/<manifest hex>.json:
+//! # the files its first container read, for `zran generate --prefetch-trace`.
+//! # record_traces = "/var/lib/zran/traces"
+//! # Seconds after an image is mounted that its trace records reads.
+//! trace_window = 60
 //! ```
 
 use serde::Deserialize;
@@ -70,6 +75,8 @@ pub struct CacheConfig {
 pub struct MountConfig {
     pub threads: usize,
     pub prefetch: bool,
+    pub record_traces: Option<PathBuf>,
+    pub trace_window: u64,
 }
 
 impl Default for Config {
@@ -99,7 +106,7 @@ impl Default for CacheConfig {
 
 impl Default for MountConfig {
     fn default() -> Self {
-        MountConfig { threads: 8, prefetch: true }
+        MountConfig { threads: 8, prefetch: true, record_traces: None, trace_window: 60 }
     }
 }
 

@@ -17,6 +17,8 @@ pub struct Launch {
     pub exe: PathBuf,
     /// Arguments after `mount SOURCE MOUNTPOINT` (cache, registry, threads, prefetch).
     pub args: Vec<OsString>,
+    /// Where each image's start-up trace is recorded (`<key>.json`), when asked for.
+    pub traces: Option<PathBuf>,
 }
 
 /// The images being served.
@@ -97,6 +99,9 @@ impl Images {
             None => cmd.arg(reference).arg(&mnt),
         };
         cmd.arg("--foreground").args(&self.launch.args);
+        if let Some(d) = &self.launch.traces {
+            cmd.arg("--record-trace").arg(d.join(format!("{key}.json")));
+        }
         mount::detach(cmd)?;
         tracing::info!(image = %reference, mountpoint = %mnt.display(), "serving");
         Ok(mnt)

@@ -66,9 +66,12 @@ pub struct StartupArgs {
     /// Cold starts per mode (modes take turns going first).
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
-    /// Modes to compare, comma-separated: full, zran, zran-estargz, zran-native,
+    /// Modes to compare, comma-separated: full, zran, zran-trace, zran-estargz, zran-native,
     /// zran-zstdchunked, stargz, nydusd.
-    #[arg(long, default_value = "full,zran,zran-estargz,zran-native,zran-zstdchunked,stargz,nydusd")]
+    #[arg(
+        long,
+        default_value = "full,zran,zran-trace,zran-estargz,zran-native,zran-zstdchunked,stargz,nydusd"
+    )]
     pub modes: String,
     /// Write the report as JSON (schema: formats/bench-startup.md).
     #[arg(long, value_name = "FILE")]
@@ -391,6 +394,10 @@ fn bench(
                 error: None,
             },
             Mode::Zran => modes::prepare_zran(&env),
+            Mode::ZranTrace if sys::which("skopeo").is_none() => {
+                Prepared::failed("-", "skipped: zran-trace needs skopeo")
+            }
+            Mode::ZranTrace => modes::prepare_trace(&env),
             Mode::ZranZstdchunked if sys::which("skopeo").is_none() => {
                 Prepared::failed("-", "skipped: zran-zstdchunked needs skopeo")
             }

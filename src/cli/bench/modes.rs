@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 pub enum Mode {
     Full,
     Zran,
+    ZranTrace,
     ZranEstargz,
     ZranNative,
     ZranZstdchunked,
@@ -25,9 +26,10 @@ pub enum Mode {
     Nydusd,
 }
 
-pub const ALL: [Mode; 7] = [
+pub const ALL: [Mode; 8] = [
     Mode::Full,
     Mode::Zran,
+    Mode::ZranTrace,
     Mode::ZranEstargz,
     Mode::ZranNative,
     Mode::ZranZstdchunked,
@@ -40,6 +42,7 @@ impl Mode {
         match self {
             Mode::Full => "full",
             Mode::Zran => "zran",
+            Mode::ZranTrace => "zran-trace",
             Mode::ZranEstargz => "zran-estargz",
             Mode::ZranNative => "zran-native",
             Mode::ZranZstdchunked => "zran-zstdchunked",
@@ -57,7 +60,10 @@ impl Mode {
 
     /// Does the mode's start read zran's serving-process counters?
     pub fn zran_served(self) -> bool {
-        matches!(self, Mode::Zran | Mode::ZranEstargz | Mode::ZranNative | Mode::ZranZstdchunked)
+        matches!(
+            self,
+            Mode::Zran | Mode::ZranTrace | Mode::ZranEstargz | Mode::ZranNative | Mode::ZranZstdchunked
+        )
     }
 }
 
@@ -107,18 +113,26 @@ pub const REPO: &str = "bench";
 
 const LONG: Duration = Duration::from_secs(3600);
 
+/// The repository of the image whose artifact carries a recorded trace: a copy of the
+/// original (artifacts are found by the image's digest, one per repository).
+pub const TRACE_REPO: &str = "bench-trace";
+
 impl Env {
-    /// `REGISTRY/bench:TAG`, for preparation.
+    /// `REGISTRY/bench:TAG` (or `REGISTRY/REPO:TAG` when given `REPO:TAG`), for preparation.
     pub fn at(&self, tag: &str) -> String {
-        format!("{}/{REPO}:{tag}", self.registry)
+        in_repo(&self.registry, tag)
     }
-    /// `REGISTRY_RUN/bench:TAG`, for starts.
+    /// `REGISTRY_RUN/bench:TAG` (or `REGISTRY_RUN/REPO:TAG`), for starts.
     pub fn run_ref(&self, tag: &str) -> String {
-        format!("{}/{REPO}:{tag}", self.registry_run)
+        in_repo(&self.registry_run, tag)
     }
     pub fn harness(&self, mode: Mode) -> Harness {
         if self.containerd && mode != Mode::Nydusd { Harness::Containerd } else { Harness::Chroot }
     }
+}
+
+fn in_repo(registry: &str, tag: &str) -> String {
+    if tag.contains(':') { format!("{registry}/{tag}") } else { format!("{registry}/{REPO}:{tag}") }
 }
 
 /// The sum of an image's layer sizes (compressed), as its manifest says.
@@ -241,6 +255,56 @@ pub fn prepare_zran(env: &Env) -> Prepared {
             error: None,
         },
         Err(e) => Prepared::failed("zran generate --push", format!("{e:#}")),
+    }
+}
+
+/// zran with a start-up trace: the original image copied to its own repository, its artifact
+/// generated and pushed there, one start of the workload recorded (`record_traces` of the
+/// snapshotter, or `zran mount --record-trace` in chroot), then the artifact generated again
+/// with that trace as its prefetch table (`generate --prefetch-trace`) and pushed.
+pub fn prepare_trace(env: &Env) -> Prepared {
+    const STEP: &str = "zran generate --push, a recorded start, generate --prefetch-trace --push";
+    let tag = format!("{TRACE_REPO}:original");
+    let dir = env.work.join("artifact-trace");
+    let traces = env.work.join("traces");
+    let t = Instant::now();
+    let generate = |trace: Option<&Path>| {
+        let mut cmd = Command::new(&env.zran);
+        cmd.args(["generate", &env.at(&tag), "--plain-http", "--push", "--force", "-o"]).arg(&dir);
+        if let Some(t) = trace {
+            cmd.arg("--prefetch-trace").arg(t);
+        }
+        sys::run(&mut cmd, LONG)
+    };
+    let r = (|| -> anyhow::Result<()> {
+        sys::run(
+            Command::new("skopeo")
+                .args(["copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false"])
+                .arg(format!("docker://{}", env.at("original")))
+                .arg(format!("docker://{}", env.at(&tag))),
+            LONG,
+        )?;
+        generate(None)?;
+        let _ = std::fs::remove_dir_all(&traces);
+        std::fs::create_dir_all(&traces)?;
+        start_with(env, Mode::ZranTrace, &tag, 0, Some(&traces)).context("the recorded start")?;
+        let trace = std::fs::read_dir(&traces)?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "json"))
+            .context("the recorded start left no trace")?;
+        generate(Some(&trace))?;
+        Ok(())
+    })();
+    match r {
+        Ok(()) => Prepared {
+            tag: Some(tag),
+            step: "zran generate --prefetch-trace --push".into(),
+            seconds: t.elapsed().as_secs_f64(),
+            bytes: dir_size(&dir),
+            error: None,
+        },
+        Err(e) => Prepared::failed(STEP, format!("{e:#}")),
     }
 }
 
@@ -502,12 +566,17 @@ fn check_output(env: &Env, out: &str) -> anyhow::Result<String> {
 
 /// One cold start of `mode` on `tag`: fresh daemons and state, page cache dropped.
 pub fn start(env: &Env, mode: Mode, tag: &str, n: usize) -> anyhow::Result<Sample> {
+    start_with(env, mode, tag, n, None)
+}
+
+/// [`start`], recording zran's start-up trace into the directory `traces` when given.
+fn start_with(env: &Env, mode: Mode, tag: &str, n: usize, traces: Option<&Path>) -> anyhow::Result<Sample> {
     let dir = env.work.join("run");
     teardown(&dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let r = match env.harness(mode) {
-        Harness::Containerd => start_containerd(env, mode, tag, n, &dir),
-        Harness::Chroot => start_chroot(env, mode, tag, &dir),
+        Harness::Containerd => start_containerd(env, mode, tag, n, &dir, traces),
+        Harness::Chroot => start_chroot(env, mode, tag, &dir, traces),
     };
     teardown(&dir);
     r
@@ -546,7 +615,14 @@ fn measure(
     })
 }
 
-fn start_containerd(env: &Env, mode: Mode, tag: &str, n: usize, dir: &Path) -> anyhow::Result<Sample> {
+fn start_containerd(
+    env: &Env,
+    mode: Mode,
+    tag: &str,
+    n: usize,
+    dir: &Path,
+    traces: Option<&Path>,
+) -> anyhow::Result<Sample> {
     let snap_sock = dir.join("snap.sock");
     let snap_log = dir.join("snapshotter.log");
     let zroot = dir.join("zran");
@@ -555,13 +631,16 @@ fn start_containerd(env: &Env, mode: Mode, tag: &str, n: usize, dir: &Path) -> a
     let r = (|| -> anyhow::Result<Sample> {
         let name = match mode {
             Mode::Full => "overlayfs",
-            Mode::Zran | Mode::ZranEstargz | Mode::ZranNative | Mode::ZranZstdchunked => {
-                let config = format!(
+            Mode::Zran | Mode::ZranTrace | Mode::ZranEstargz | Mode::ZranNative | Mode::ZranZstdchunked => {
+                let mut config = format!(
                     "root = \"{}\"\naddress = \"{}\"\n[registry]\nconfig_path = \"{}\"\n",
                     zroot.display(),
                     snap_sock.display(),
                     env.certs.display()
                 );
+                if let Some(t) = traces {
+                    config.push_str(&format!("[mount]\nrecord_traces = \"{}\"\n", t.display()));
+                }
                 let path = dir.join("zran.toml");
                 std::fs::write(&path, config)?;
                 let mut cmd = Command::new(&env.zran);
@@ -660,7 +739,13 @@ fn wait_mounted(mnt: &Path, child: &mut Child, what: &str, log: &Path) -> anyhow
     })
 }
 
-fn start_chroot(env: &Env, mode: Mode, tag: &str, dir: &Path) -> anyhow::Result<Sample> {
+fn start_chroot(
+    env: &Env,
+    mode: Mode,
+    tag: &str,
+    dir: &Path,
+    traces: Option<&Path>,
+) -> anyhow::Result<Sample> {
     let image = env.run_ref(tag);
     let mnt = dir.join("rootfs");
     match mode {
@@ -689,21 +774,18 @@ fn start_chroot(env: &Env, mode: Mode, tag: &str, dir: &Path) -> anyhow::Result<
                 || chroot_run(env, &bundle.join("rootfs")),
             )
         }
-        Mode::Zran | Mode::ZranEstargz | Mode::ZranNative | Mode::ZranZstdchunked => {
+        Mode::Zran | Mode::ZranTrace | Mode::ZranEstargz | Mode::ZranNative | Mode::ZranZstdchunked => {
             let cache = dir.join("cache");
             std::fs::create_dir_all(&mnt)?;
             let mut s = measure(
                 env,
                 || {
-                    sys::run(
-                        Command::new(&env.zran)
-                            .args(["mount", &image])
-                            .arg(&mnt)
-                            .args(["--plain-http", "--cache-dir"])
-                            .arg(&cache),
-                        LONG,
-                    )
-                    .map(|_| ())
+                    let mut cmd = Command::new(&env.zran);
+                    cmd.args(["mount", &image]).arg(&mnt).args(["--plain-http", "--cache-dir"]).arg(&cache);
+                    if let Some(t) = traces {
+                        cmd.arg("--record-trace").arg(t.join("trace.json"));
+                    }
+                    sys::run(&mut cmd, LONG).map(|_| ())
                 },
                 || chroot_run(env, &mnt),
             )?;
