@@ -22,6 +22,13 @@ fn zran() -> &'static str {
     env!("CARGO_BIN_EXE_zran")
 }
 
+/// zran's standard output for `args` (which must succeed).
+fn zran_cmd(args: &[&str]) -> Vec<u8> {
+    let o = Command::new(zran()).args(args).output().unwrap();
+    assert!(o.status.success(), "zran {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    o.stdout
+}
+
 fn can_run() -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -118,7 +125,7 @@ fn startup_compares_modes_with_consistent_counts() {
     let dir = tempfile::Builder::new().prefix("zran-bench-test").tempdir_in("/var/tmp").unwrap();
     let work = dir.path().join("work");
     let _sweep = Sweep(work.clone());
-    let mut modes = vec!["full", "zran", "zran-estargz"];
+    let mut modes = vec!["full", "zran", "zran-trace", "zran-estargz"];
     if has_convert() {
         modes.push("zran-native");
     }
@@ -202,6 +209,23 @@ fn startup_compares_modes_with_consistent_counts() {
         if name == "zran" {
             assert!(prep_bytes < image_bytes / 10, "artifact of {prep_bytes} bytes");
         }
+        if name == "zran-trace" {
+            // A start was recorded and its trace is the artifact's prefetch table.
+            assert_eq!(m["prepare"]["step"], "zran generate --prefetch-trace --push", "{m}");
+            let trace = std::fs::read_dir(work.join("traces"))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .find(|p| p.extension().is_some_and(|x| x == "json"))
+                .expect("the recorded trace");
+            let t: Value = serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();
+            let paths: Vec<&str> =
+                t["files"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap()).collect();
+            assert!(paths.contains(&"/usr/bin/python3.11"), "{paths:?}");
+            let art = work.join("artifact-trace");
+            let v: Value =
+                serde_json::from_slice(&zran_cmd(&["inspect", "--json", art.to_str().unwrap()])).unwrap();
+            assert_eq!(v["prefetch"], serde_json::json!(paths), "the prefetch table is the trace");
+        }
     }
 
     // The chart: XML, one label per mode.
@@ -272,7 +296,8 @@ fn startup_in_chroot_unshaped() {
     let work = dir.path().join("work");
     let _sweep = Sweep(work.clone());
     let json = dir.path().join("report.json");
-    let mut cmd = startup(&work, "full,zran", &["--runs", "1", "--rate", "0", "--delay", "0", "--chroot"]);
+    let mut cmd =
+        startup(&work, "full,zran,zran-trace", &["--runs", "1", "--rate", "0", "--delay", "0", "--chroot"]);
     let mut child =
         cmd.arg("--json").arg(&json).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let pid = child.id();
@@ -291,7 +316,13 @@ fn startup_in_chroot_unshaped() {
         let (link, blobs) =
             (s["link_rx_bytes"].as_u64().unwrap(), s["registry_blob_bytes"].as_u64().unwrap());
         assert!(link >= blobs && link <= blobs + blobs / 10 + 2_000_000, "{m}");
-        if m["mode"] == "zran" {
+        if m["mode"] == "zran-trace" {
+            // Recorded by `zran mount --record-trace` in chroot.
+            let t: Value =
+                serde_json::from_slice(&std::fs::read(work.join("traces/trace.json")).unwrap()).unwrap();
+            assert_eq!(t["files"][0]["path"], "/usr/bin/python3.11", "{t}");
+        }
+        if m["mode"] == "zran" || m["mode"] == "zran-trace" {
             assert!(s["file_bytes_read"].as_u64().unwrap() > 1_000_000, "{s}");
             assert!(blobs < r["image_bytes"].as_u64().unwrap(), "{s}");
         }
