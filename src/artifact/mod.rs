@@ -247,6 +247,7 @@ fn gzip_layer(
         d,
         opts.span,
         Some(u64::from(opts.chunk_size)),
+        &opts.prefetch,
         progress,
     )?;
     indexed_layer(i, d, scan, format_name::GZIP, compressor::GZIP, crate::rafs::meta::Limits::NYDUS)

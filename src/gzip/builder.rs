@@ -63,7 +63,8 @@ impl Sink for NullSink {
 /// Checkpoint requests from a [`Sink`]: uncompressed offsets that should be reachable quickly.
 #[derive(Debug, Default)]
 pub struct Requests {
-    offsets: Vec<u64>,
+    /// Offsets, each with its own slack (`None`: the builder's).
+    offsets: Vec<(u64, Option<u64>)>,
 }
 
 impl Requests {
@@ -71,13 +72,19 @@ impl Requests {
     /// if the last checkpoint at or before `offset` is further away than that, the last block
     /// boundary at or before `offset` becomes a checkpoint.
     pub fn request(&mut self, offset: u64) {
-        self.offsets.push(offset);
+        self.offsets.push((offset, None));
+    }
+
+    /// [`Requests::request`] with a slack of its own (for data read first, as a start-up
+    /// trace says: worth a checkpoint closer to it than the rest).
+    pub fn request_within(&mut self, offset: u64, slack: u64) {
+        self.offsets.push((offset, Some(slack)));
     }
 
     /// The offsets requested since the last call (for the other engines that drive a
     /// [`Sink`]: the zstd frame pass).
     pub fn take(&mut self) -> Vec<u64> {
-        std::mem::take(&mut self.offsets)
+        std::mem::take(&mut self.offsets).into_iter().map(|(o, _)| o).collect()
     }
 }
 
@@ -286,7 +293,7 @@ struct Pass<R> {
     total_out: u64,
     boundaries: Vec<Boundary>,
     prev: Option<Prev>,
-    pending: Vec<u64>,
+    pending: Vec<(u64, Option<u64>)>,
     requests: Requests,
     checkpoints: Vec<Checkpoint>,
     members: u64,
@@ -576,8 +583,8 @@ impl<R: Read> Pass<R> {
 
     /// Turn boundaries into checkpoints: by spacing, and for the requests below `limit`.
     fn resolve(&mut self, limit: u64) {
-        let resolvable = self.pending.partition_point(|&r| r < limit);
-        let requests: Vec<u64> = self.pending.drain(..resolvable).collect();
+        let resolvable = self.pending.partition_point(|&(r, _)| r < limit);
+        let requests: Vec<(u64, Option<u64>)> = self.pending.drain(..resolvable).collect();
         let mut ri = 0;
         let round = std::mem::take(&mut self.boundaries);
         let prev = self.prev.as_ref().map(|p| p.boundary);
@@ -593,9 +600,9 @@ impl<R: Read> Pass<R> {
                 None => true,
                 Some(last) => !is_prev && (b.out - last >= self.span || member_start),
             };
-            while ri < requests.len() && requests[ri] < next_out {
-                let r = requests[ri];
-                if r >= b.out && last_out.is_none_or(|last| r - last > self.slack) {
+            while ri < requests.len() && requests[ri].0 < next_out {
+                let (r, slack) = requests[ri];
+                if r >= b.out && last_out.is_none_or(|last| r - last > slack.unwrap_or(self.slack)) {
                     take = true;
                 }
                 if r < b.out {

@@ -64,15 +64,18 @@ pub fn scan_gzip(
     span: u64,
     chunk: Option<u64>,
 ) -> Result<Scan, LayerError> {
-    scan_gzip_with_progress(source, layer, span, chunk, &|_| {})
+    scan_gzip_with_progress(source, layer, span, chunk, &[], &|_| {})
 }
 
-/// [`scan_gzip`], calling `progress` with the number of compressed bytes read so far.
+/// [`scan_gzip`], calling `progress` with the number of compressed bytes read so far; the
+/// files named in `hot` (normalized paths: a start-up trace's) get checkpoints close before
+/// each of their chunks ([`crate::tar::HOT_SLACK`]).
 pub fn scan_gzip_with_progress(
     source: &dyn BlobSource,
     layer: &Descriptor,
     span: u64,
     chunk: Option<u64>,
+    hot: &[Vec<u8>],
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Scan, LayerError> {
     let digest = layer.digest.to_string();
@@ -97,7 +100,7 @@ pub fn scan_gzip_with_progress(
         .open(&layer.digest, Some(layer.size))
         .map_err(|source| LayerError::Blob { digest: digest.clone(), source: Box::new(source) })?;
     let reader = Counting { inner: reader, read: 0, progress };
-    let mut sink = TarSink::new(chunk);
+    let mut sink = TarSink::new(chunk).with_hot(hot.iter().cloned());
     let index =
         IndexBuilder::new().span(span).member_checkpoints(true).build_with(reader, &mut sink).map_err(
             |source| match source {

@@ -18,4 +18,4 @@ mod parser;
 mod sink;
 
 pub use parser::{Entry, EntryKind, TarError, TarParser, TarWarning, normalize};
-pub use sink::{FileChunk, Parsed, TarSink};
+pub use sink::{FileChunk, HOT_SLACK, Parsed, TarSink};

@@ -88,6 +88,11 @@ fn hash_chunks(rx: mpsc::Receiver<(Vec<u8>, Vec<Run>)>, chunk: u64) -> Vec<Hashe
     out
 }
 
+/// How far before a chunk of a file read first its checkpoint may be: a read of it then
+/// inflates (and fetches) at most this much that it does not need, where other chunks may
+/// need up to a span. A checkpoint costs its window in the blob.meta (about 10-20 KB packed).
+pub const HOT_SLACK: u64 = 64 << 10;
+
 /// Parses the uncompressed stream as tar while the index is built. With a chunk size, it cuts
 /// every regular file into chunks of that size, hashes each, and asks the engine for a
 /// checkpoint before each, so that reading any chunk later inflates as little as possible.
@@ -95,6 +100,9 @@ fn hash_chunks(rx: mpsc::Receiver<(Vec<u8>, Vec<Run>)>, chunk: u64) -> Vec<Hashe
 pub struct TarSink {
     pub parser: TarParser,
     chunk_size: Option<u64>,
+    /// Paths read first (a start-up trace): their chunks get checkpoints within
+    /// [`HOT_SLACK`] instead of the engine's span.
+    hot: std::collections::HashSet<Vec<u8>>,
     seen: usize,
     hasher: Option<Hasher>,
 }
@@ -111,7 +119,13 @@ impl TarSink {
                 .ok();
             Hasher { tx: Some(tx), thread }
         });
-        TarSink { parser: TarParser::new(), chunk_size, seen: 0, hasher }
+        TarSink { parser: TarParser::new(), chunk_size, hot: Default::default(), seen: 0, hasher }
+    }
+
+    /// Ask for checkpoints close before every chunk of these files (normalized paths).
+    pub fn with_hot(mut self, paths: impl IntoIterator<Item = Vec<u8>>) -> TarSink {
+        self.hot = paths.into_iter().collect();
+        self
     }
 
     /// End of the stream: check the archive ended as a tar stream may, and collect the
@@ -162,9 +176,14 @@ impl Sink for TarSink {
         })?;
         if let Some(chunk) = self.chunk_size {
             for e in &self.parser.entries()[self.seen..] {
+                let hot = !self.hot.is_empty() && self.hot.contains(&e.path);
                 let mut off = 0;
                 while off < e.size {
-                    requests.request(e.data_offset + off);
+                    if hot {
+                        requests.request_within(e.data_offset + off, HOT_SLACK);
+                    } else {
+                        requests.request(e.data_offset + off);
+                    }
                     off += chunk;
                 }
             }
