@@ -14,9 +14,9 @@ use crate::rafs::reader::{Bootstrap, ChunkRef};
 use crate::tar::EntryKind;
 use crate::tree::{InodeId, Tree};
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
-    LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyXattr, Request,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, KernelConfig, LockOwner,
+    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyXattr, Request,
 };
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -397,14 +397,12 @@ impl Filesystem for Served {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
-            return reply.error(Errno::EROFS);
-        }
-        match self.0.id(ino) {
-            Some(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
-            None => reply.error(Errno::ENOENT),
-        }
+    /// No `open` round trip per file: ENOSYS once, and the kernel opens every file itself from
+    /// then on, with `FOPEN_KEEP_CACHE`, and sends no `release` either (fs/fuse/file.c,
+    /// `fuse_file_open`). Writers never get this far: the mount is read-only, so the VFS
+    /// answers EROFS to any open for writing.
+    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.error(Errno::ENOSYS)
     }
 
     fn read(
@@ -433,14 +431,11 @@ impl Filesystem for Served {
         }
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.0.id(ino) {
-            Some(id) if self.0.tree.inodes[id].is_dir() => {
-                reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE)
-            }
-            Some(_) => reply.error(Errno::ENOTDIR),
-            None => reply.error(Errno::ENOENT),
-        }
+    /// No `opendir`/`releasedir` round trips per directory: ENOSYS once, and the kernel opens
+    /// directories itself from then on, with `FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR` (it keeps the
+    /// entries it read: the image never changes).
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.error(Errno::ENOSYS)
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
