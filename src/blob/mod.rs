@@ -247,6 +247,14 @@ pub struct BlobSet {
     recorder: Recorder,
 }
 
+thread_local! {
+    /// Each fetching thread's decode buffer, reused from one decode to the next.
+    static DECODED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The largest decode buffer a thread keeps for its next decode.
+const KEEP_DECODED: usize = 8 << 20;
+
 /// How many compressed bytes [`BlobSet::ranges`] keeps.
 const RECENT_BYTES: usize = 32 << 20;
 
@@ -684,7 +692,7 @@ impl BlobSet {
                 for u in group {
                     let input =
                         bytes.get((u.start - start) as usize..(u.end - start) as usize).unwrap_or(&[]);
-                    let decoded = blob.decode(u, input);
+                    let decoded = blob.decode(u, input, DECODED.with(std::cell::RefCell::take));
                     self.stats.bytes_decoded.fetch_add(u.out_len as u64, Relaxed);
                     // Frames were each checked by the decode: their bytes go to the cache whole
                     // (the parts of neighbouring chunks too, so that a later mount can check
@@ -746,6 +754,13 @@ impl BlobSet {
                         } else {
                             bad.extend(unit_bad);
                         }
+                    }
+                    // The buffer serves this thread's next decode (no fresh pages to fault in
+                    // and zero per decode); a rare large one is let go.
+                    if let Ok(d) = decoded
+                        && d.capacity() <= KEEP_DECODED
+                    {
+                        DECODED.with(|b| *b.borrow_mut() = d);
                     }
                 }
             }
@@ -1185,8 +1200,10 @@ impl Blob {
         Ok(units.into_values().collect())
     }
 
-    fn decode(&self, u: &Unit, input: &[u8]) -> Result<Vec<u8>, String> {
-        let mut out = vec![0u8; u.out_len];
+    /// Decode unit `u` from its compressed bytes into `out` (a buffer to reuse), returned.
+    fn decode(&self, u: &Unit, input: &[u8], mut out: Vec<u8>) -> Result<Vec<u8>, String> {
+        out.clear();
+        out.resize(u.out_len, 0);
         let zran = match &self.kind {
             Kind::Zran(l) => l.cell.get(),
             Kind::Frames(t) => {

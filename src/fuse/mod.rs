@@ -229,10 +229,19 @@ impl ImageFs {
 
     /// Read up to `size` bytes of file `id` at `offset`.
     pub fn read_file(&self, id: InodeId, offset: u64, size: u32) -> Result<Vec<u8>, String> {
+        let mut buf = Vec::new();
+        self.read_into(id, offset, size, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Read up to `size` bytes of file `id` at `offset` into `buf` (a buffer to reuse: its
+    /// contents are replaced).
+    pub fn read_into(&self, id: InodeId, offset: u64, size: u32, buf: &mut Vec<u8>) -> Result<(), String> {
+        buf.clear();
         let i = &self.tree.inodes[id];
         let end = i.size.min(offset.saturating_add(u64::from(size)));
         if offset >= end {
-            return Ok(Vec::new());
+            return Ok(());
         }
         if !self.touched[id].swap(true, Relaxed) {
             self.blobs.stats.files_read.fetch_add(1, Relaxed);
@@ -259,9 +268,8 @@ impl ImageFs {
         } else {
             self.last_end[id].store(end, Relaxed);
         }
-        let mut buf = vec![0u8; (end - offset) as usize];
-        self.blobs.read(&pieces, &mut buf).map_err(|e| e.to_string())?;
-        Ok(buf)
+        buf.resize((end - offset) as usize, 0);
+        self.blobs.read(&pieces, buf).map_err(|e| e.to_string())
     }
 
     /// Queue the chunks after byte `end` of a file read sequentially (when the queue is full
@@ -421,13 +429,22 @@ impl Filesystem for Served {
         if fs.tree.inodes[id].is_dir() {
             return reply.error(Errno::EISDIR);
         }
-        match fs.read_file(id, offset, size) {
-            Ok(data) => reply.data(&data),
+        // Each FUSE thread reads into a buffer of its own, kept from one read to the next (a
+        // read is at most max_pages, 1 MiB): no pages to fault in and zero per read.
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let mut buf = BUF.with(std::cell::RefCell::take);
+        match fs.read_into(id, offset, size, &mut buf) {
+            Ok(()) => reply.data(&buf),
             Err(e) => {
                 fs.blobs.stats.read_errors.fetch_add(1, Relaxed);
                 tracing::error!(file = %fs.path_of(id), offset, size, "read failed: {e}");
                 reply.error(Errno::EIO)
             }
+        }
+        if buf.capacity() <= 4 << 20 {
+            BUF.with(|b| *b.borrow_mut() = buf);
         }
     }
 
