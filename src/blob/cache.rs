@@ -6,6 +6,10 @@
 //! crash or `kill -9` at any moment leaves at worst a chunk written but not recorded (fetched
 //! again later), never one recorded but not written. A recorded chunk is still verified against
 //! its digest the first time a mount reads it, which catches a file changed behind our back.
+//! Written chunks are *staged* ([`BlobCache::stage`]) and recorded in batches
+//! ([`BlobCache::sync`]: one `fdatasync` for every chunk staged since the last), so that a
+//! reader never waits for the disk: verified bytes are served from the data file (the page
+//! cache) before they are durable, and only their record waits.
 //!
 //! Files live at `DIR/blobs/<blob hex>/<layout>.data` and `.map`, where `<layout>` is a hash
 //! of the blob's chunk table: artifacts that lay the same layer out differently (another chunk
@@ -19,12 +23,15 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// The cache files of one blob.
 pub struct BlobCache {
     data: File,
     map: File,
     path: PathBuf,
+    /// Chunks written and verified, to be recorded after the next `fdatasync`.
+    staged: Mutex<Vec<u32>>,
 }
 
 impl BlobCache {
@@ -65,7 +72,7 @@ impl BlobCache {
         }
         let good =
             bytes.iter().take(n).map(|&b| b == 1).chain(std::iter::repeat(false)).take(chunks).collect();
-        Ok((BlobCache { data, map, path }, good))
+        Ok((BlobCache { data, map, path, staged: Mutex::new(Vec::new()) }, good))
     }
 
     /// The data file, for messages.
@@ -87,16 +94,51 @@ impl BlobCache {
         self.data.write_all_at(bytes, offset)
     }
 
-    /// Make the written chunks durable, then record them as good.
+    /// Make the written chunks durable, then record them as good (now: staged and synced).
     pub fn commit(&self, cis: &[u32]) -> std::io::Result<()> {
+        self.stage(cis);
+        self.sync().map(|_| ()).map_err(|(e, _)| e)
+    }
+
+    /// Chunks written and verified: recorded by the next [`BlobCache::sync`].
+    pub fn stage(&self, cis: &[u32]) {
         if cis.is_empty() {
-            return Ok(());
+            return;
         }
-        self.data.sync_data()?;
-        for &ci in cis {
-            self.map.write_all_at(&[1], u64::from(ci))?;
+        self.staged.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(cis);
+    }
+
+    /// Whether chunks are staged and not yet recorded.
+    pub fn has_staged(&self) -> bool {
+        !self.staged.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+    }
+
+    /// Make every chunk staged so far durable (one `fdatasync` of the data file), then record
+    /// them in the map (runs of neighbours in one write). Returns how many were recorded; on
+    /// an error, the chunks not recorded, which the caller must stop trusting.
+    pub fn sync(&self) -> Result<usize, (std::io::Error, Vec<u32>)> {
+        let mut cis = std::mem::take(&mut *self.staged.lock().unwrap_or_else(|e| e.into_inner()));
+        if cis.is_empty() {
+            return Ok(0);
         }
-        Ok(())
+        if let Err(e) = self.data.sync_data() {
+            return Err((e, cis));
+        }
+        cis.sort_unstable();
+        cis.dedup();
+        let ones = [1u8; 4096];
+        let mut i = 0;
+        while i < cis.len() {
+            let mut j = i + 1;
+            while j < cis.len() && cis[j] == cis[j - 1] + 1 && j - i < ones.len() {
+                j += 1;
+            }
+            if let Err(e) = self.map.write_all_at(&ones[..j - i], u64::from(cis[i])) {
+                return Err((e, cis[i..].to_vec()));
+            }
+            i = j;
+        }
+        Ok(cis.len())
     }
 
     /// Record a chunk as not good (its bytes failed their digest).
@@ -247,6 +289,26 @@ mod tests {
         // Another layout of the same blob has files of its own.
         let (_, good) = BlobCache::open(dir.path(), "ab", "l2", 4096, 1).unwrap();
         assert_eq!(good, vec![false]);
+    }
+
+    #[test]
+    fn staged_chunks_are_recorded_only_by_a_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, _) = BlobCache::open(dir.path(), "ab", "l1", 8 * 4096, 8).unwrap();
+        for ci in [5u32, 1, 2, 3, 7] {
+            c.write(u64::from(ci) * 4096, &[ci as u8; 4096]).unwrap();
+        }
+        c.stage(&[5, 1, 2]);
+        c.stage(&[3, 2]);
+        assert!(c.has_staged());
+        // Staged, not synced: a crash now records nothing.
+        let (_, good) = BlobCache::open(dir.path(), "ab", "l1", 8 * 4096, 8).unwrap();
+        assert_eq!(good, vec![false; 8]);
+        assert_eq!(c.sync().unwrap(), 4);
+        assert!(!c.has_staged());
+        assert_eq!(c.sync().unwrap(), 0);
+        let (_, good) = BlobCache::open(dir.path(), "ab", "l1", 8 * 4096, 8).unwrap();
+        assert_eq!(good, [false, true, true, true, false, true, false, false]);
     }
 
     #[test]

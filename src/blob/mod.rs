@@ -94,6 +94,9 @@ pub struct Stats {
     /// many of them have been made good so far (fetched, or found in the cache).
     pub prefetch_chunks: AtomicU64,
     pub prefetched_chunks: AtomicU64,
+    /// Bytes decoded to get chunks, with what a decode passes over before them (against the
+    /// size of the chunks fetched: the cost of restarting at checkpoints).
+    pub bytes_decoded: AtomicU64,
 }
 
 /// How a blob's chunks are decoded.
@@ -224,11 +227,11 @@ struct Blob {
     hash: Hash,
     /// By chunk index: the bootstrap's chunk-table entry (digest and offsets), if any file uses it.
     chunks: Vec<Option<ChunkSpec>>,
-    cache: BlobCache,
+    cache: Arc<BlobCache>,
     /// Recorded good in the cache by an earlier run, not yet verified by this one.
     cached: Vec<AtomicBool>,
     /// Verified this session: served straight from the cache file.
-    good: Vec<AtomicBool>,
+    good: Arc<Vec<AtomicBool>>,
     flights: Mutex<HashMap<u32, Arc<Flight>>>,
 }
 
@@ -251,7 +254,17 @@ pub struct BlobSet {
     /// The bound on requests in flight.
     gate: gate::Gate,
     pub stats: Stats,
+    /// Records fetched chunks in the cache maps in batches, off the readers' path.
+    recorder: Recorder,
 }
+
+thread_local! {
+    /// Each fetching thread's decode buffer, reused from one decode to the next.
+    static DECODED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The largest decode buffer a thread keeps for its next decode.
+const KEEP_DECODED: usize = 8 << 20;
 
 /// How many compressed bytes [`BlobSet::ranges`] keeps.
 const RECENT_BYTES: usize = 32 << 20;
@@ -362,18 +375,21 @@ impl BlobSet {
                 frames,
                 hash,
                 chunks,
-                cache,
+                cache: Arc::new(cache),
                 cached: recorded.into_iter().map(AtomicBool::new).collect(),
-                good: (0..n).map(|_| AtomicBool::new(false)).collect(),
+                good: Arc::new((0..n).map(|_| AtomicBool::new(false)).collect()),
                 flights: Mutex::new(HashMap::new()),
             });
         }
+        let recorder =
+            Recorder::start(blobs.iter().map(|b| (b.layer, b.cache.clone(), b.good.clone())).collect());
         Ok(BlobSet {
             blobs,
             source,
             ranges: ranges::Ranges::new(RECENT_BYTES),
             gate: gate::Gate::new(MAX_IN_FLIGHT),
             stats: Stats::default(),
+            recorder,
         })
     }
 
@@ -470,8 +486,12 @@ impl BlobSet {
                     mine.push(ci);
                 }
             }
-            // The neighbours a decode yields anyway (those that end before the last wanted
-            // chunk of the context) are claimed too, so nobody fetches them twice.
+            // The neighbours a decode yields anyway are claimed too, so nobody fetches them
+            // twice: a deflate context is decoded to its end (every chunk of it, in one
+            // inflate from its checkpoint: a decode stopped at the wanted chunk would leave
+            // the rest to a second inflate from the same checkpoint, by the next reader or
+            // the read-ahead, passing over this part again), a zstd context as far as its
+            // last wanted chunk.
             if let Some(Zran { meta, by_context }) = blob.zran()? {
                 let mut reach: HashMap<u32, u64> = HashMap::new();
                 for &ci in &mine {
@@ -479,7 +499,7 @@ impl BlobSet {
                     let r = reach.entry(c.zran_index).or_default();
                     *r = (*r).max(u64::from(c.zran_offset) + u64::from(c.uncompressed_size));
                     // A whole context yields all of its chunks in the one fetch.
-                    if blob.whole(&meta.contexts[c.zran_index as usize]) {
+                    if !blob.frames || blob.whole(&meta.contexts[c.zran_index as usize]) {
                         *r = u64::MAX;
                     }
                 }
@@ -639,14 +659,14 @@ impl BlobSet {
     fn fetch(&self, blob: &Blob, cis: &[u32]) -> Result<(), BlobError> {
         let mut stored: Vec<u32> = Vec::new();
         let r = self.fetch_into(blob, cis, &mut stored);
-        // What was verified is kept even when another range failed.
-        blob.cache
-            .commit(&stored)
-            .map_err(|source| BlobError::Cache { path: blob.cache.path().display().to_string(), source })?;
+        // What was verified is kept even when another range failed: served from the data
+        // file at once, recorded once durable (by the recorder, in batches).
         self.stats.chunks_fetched.fetch_add(stored.len() as u64, Relaxed);
         for &ci in &stored {
             blob.good[ci as usize].store(true, Relaxed);
         }
+        blob.cache.stage(&stored);
+        self.recorder.kick();
         let bad = r?;
         match bad.iter().find(|(ci, _)| cis.contains(ci)) {
             // A frame's own digest failed: say which.
@@ -694,7 +714,8 @@ impl BlobSet {
                 for u in group {
                     let input =
                         bytes.get((u.start - start) as usize..(u.end - start) as usize).unwrap_or(&[]);
-                    let decoded = blob.decode(u, input);
+                    let decoded = blob.decode(u, input, DECODED.with(std::cell::RefCell::take));
+                    self.stats.bytes_decoded.fetch_add(u.out_len as u64, Relaxed);
                     // Frames were each checked by the decode: their bytes go to the cache whole
                     // (the parts of neighbouring chunks too, so that a later mount can check
                     // them again against the TOC).
@@ -755,6 +776,13 @@ impl BlobSet {
                         } else {
                             bad.extend(unit_bad);
                         }
+                    }
+                    // The buffer serves this thread's next decode (no fresh pages to fault in
+                    // and zero per decode); a rare large one is let go.
+                    if let Ok(d) = decoded
+                        && d.capacity() <= KEEP_DECODED
+                    {
+                        DECODED.with(|b| *b.borrow_mut() = d);
                     }
                 }
             }
@@ -872,6 +900,108 @@ impl BlobSet {
             digest: String::new(),
             message: format!("no blob {b} in the bootstrap"),
         })
+    }
+}
+
+/// How long the recorder gathers staged chunks before one `fdatasync` records them all.
+const RECORD_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// A blob's cache as the recorder sees it: layer (for messages), files, and the chunks good
+/// this session (a chunk whose bytes could not be made durable stops being good).
+type Recorded = (usize, Arc<BlobCache>, Arc<Vec<AtomicBool>>);
+
+/// The thread that makes staged chunks durable and records them ([`BlobCache::sync`]): woken
+/// by a fetch, it waits [`RECORD_EVERY`] for more, then syncs every blob with staged chunks.
+/// A reader never waits for it; a crash loses at most the chunks of the last interval (fetched
+/// again by the next mount), never records a chunk whose bytes are not on disk.
+struct Recorder {
+    state: Arc<(Mutex<(bool, bool)>, Condvar)>,
+    caches: Vec<Recorded>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Recorder {
+    fn start(caches: Vec<Recorded>) -> Recorder {
+        // (staged since the last sync, stop)
+        let state = Arc::new((Mutex::new((false, false)), Condvar::new()));
+        let (st, cs) = (state.clone(), caches.clone());
+        let thread = std::thread::Builder::new().name("zran-record".into()).spawn(move || {
+            let (m, cv) = &*st;
+            loop {
+                let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
+                while !g.0 && !g.1 {
+                    g = cv.wait(g).unwrap_or_else(|e| e.into_inner());
+                }
+                if !g.1 {
+                    // Gather more: one sync for everything fetched in the interval.
+                    g = cv.wait_timeout(g, RECORD_EVERY).unwrap_or_else(|e| e.into_inner()).0;
+                }
+                let stop = g.1;
+                g.0 = false;
+                drop(g);
+                sync_all(&cs);
+                if stop {
+                    break;
+                }
+            }
+        });
+        let thread = match thread {
+            Ok(t) => Some(t),
+            Err(e) => {
+                // Without the thread every fetch records its own chunks (`kick` syncs).
+                tracing::warn!("no cache recorder thread: {e}");
+                None
+            }
+        };
+        Recorder { state, caches, thread }
+    }
+
+    /// Chunks were staged: record them soon.
+    fn kick(&self) {
+        if self.thread.is_none() {
+            return sync_all(&self.caches);
+        }
+        let (m, cv) = &*self.state;
+        m.lock().unwrap_or_else(|e| e.into_inner()).0 = true;
+        cv.notify_one();
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        let (m, cv) = &*self.state;
+        m.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+        cv.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        sync_all(&self.caches);
+    }
+}
+
+/// Record the staged chunks of every cache; chunks that could not be made durable are no
+/// longer good (the next read fetches and verifies them again).
+fn sync_all(caches: &[Recorded]) {
+    for (layer, cache, good) in caches {
+        if !cache.has_staged() {
+            continue;
+        }
+        if let Err((e, cis)) = cache.sync() {
+            tracing::error!(layer, cache = %cache.path().display(), chunks = cis.len(), "cannot record fetched chunks: {e}");
+            for ci in cis {
+                if let Some(g) = good.get(ci as usize) {
+                    g.store(false, Relaxed);
+                }
+            }
+        }
+    }
+}
+
+impl BlobSet {
+    /// Record every chunk fetched so far in the cache (durable first), now: for the end of a
+    /// mount. Dropping the set does the same.
+    pub fn sync(&self) {
+        sync_all(&self.recorder.caches);
     }
 }
 
@@ -1096,8 +1226,10 @@ impl Blob {
         Ok(units.into_values().collect())
     }
 
-    fn decode(&self, u: &Unit, input: &[u8]) -> Result<Vec<u8>, String> {
-        let mut out = vec![0u8; u.out_len];
+    /// Decode unit `u` from its compressed bytes into `out` (a buffer to reuse), returned.
+    fn decode(&self, u: &Unit, input: &[u8], mut out: Vec<u8>) -> Result<Vec<u8>, String> {
+        out.clear();
+        out.resize(u.out_len, 0);
         let zran = match &self.kind {
             Kind::Zran(l) => l.cell.get(),
             Kind::Frames(t) => {
@@ -1309,6 +1441,35 @@ mod tests {
         let (set, _dir) = one_blob(&data, 8192, |m| m.chunks[4].zran_offset += 1);
         assert!(set.read(&[Piece { blob: 0, ci: 4, offset: 0, len: 10 }], &mut buf).is_err());
         assert_eq!(set.stats.digest_failures.load(Relaxed), 2);
+    }
+
+    #[test]
+    fn a_read_decodes_its_whole_context_once_and_the_chunks_are_recorded_by_the_end() {
+        let data: Vec<u8> = (0..40_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let n = data.len().div_ceil(8192) as u32;
+        let (set, dir) = one_blob(&data, 8192, |_| {});
+        let mut buf = vec![0u8; 100];
+        set.read(&[Piece { blob: 0, ci: 3, offset: 50, len: 100 }], &mut buf).unwrap();
+        assert_eq!(buf, data[3 * 8192 + 50..3 * 8192 + 150]);
+        // One inflate of the whole context: every chunk of it good, none decoded twice.
+        assert!((0..n).all(|ci| set.is_good(0, ci)));
+        assert_eq!(set.stats.bytes_decoded.load(Relaxed), data.len() as u64);
+        assert_eq!(set.stats.chunks_fetched.load(Relaxed), u64::from(n));
+        for ci in [n - 1, 0, 7] {
+            set.read(&[Piece { blob: 0, ci, offset: 0, len: 100 }], &mut buf).unwrap();
+            assert_eq!(buf, data[ci as usize * 8192..ci as usize * 8192 + 100]);
+        }
+        assert_eq!(set.stats.requests.load(Relaxed), 1);
+        assert_eq!(set.stats.bytes_decoded.load(Relaxed), data.len() as u64);
+        // Recorded in the map once durable: by the end of the set at the latest.
+        drop(set);
+        let map = std::fs::read_dir(dir.path().join("blobs"))
+            .unwrap()
+            .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+            .map(|f| f.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "map"))
+            .unwrap();
+        assert_eq!(std::fs::read(map).unwrap(), vec![1u8; n as usize]);
     }
 
     /// A native blob of three chunks (zstd, stored, zstd), with `compressor` for its

@@ -16,9 +16,9 @@ use crate::rafs::reader::{Bootstrap, ChunkRef};
 use crate::tar::EntryKind;
 use crate::tree::{InodeId, Tree};
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
-    LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyXattr, Request,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, KernelConfig, LockOwner,
+    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyXattr, Request,
 };
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -258,10 +258,19 @@ impl ImageFs {
 
     /// Read up to `size` bytes of file `id` at `offset`.
     pub fn read_file(&self, id: InodeId, offset: u64, size: u32) -> Result<Vec<u8>, String> {
+        let mut buf = Vec::new();
+        self.read_into(id, offset, size, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Read up to `size` bytes of file `id` at `offset` into `buf` (a buffer to reuse: its
+    /// contents are replaced).
+    pub fn read_into(&self, id: InodeId, offset: u64, size: u32, buf: &mut Vec<u8>) -> Result<(), String> {
+        buf.clear();
         let i = &self.tree.inodes[id];
         let end = i.size.min(offset.saturating_add(u64::from(size)));
         if offset >= end {
-            return Ok(Vec::new());
+            return Ok(());
         }
         if !self.touched[id].swap(true, Relaxed) {
             self.blobs.stats.files_read.fetch_add(1, Relaxed);
@@ -291,9 +300,8 @@ impl ImageFs {
         } else {
             self.last_end[id].store(end, Relaxed);
         }
-        let mut buf = vec![0u8; (end - offset) as usize];
-        self.blobs.read(&pieces, &mut buf).map_err(|e| e.to_string())?;
-        Ok(buf)
+        buf.resize((end - offset) as usize, 0);
+        self.blobs.read(&pieces, buf).map_err(|e| e.to_string())
     }
 
     /// Queue the chunks after byte `end` of a file read sequentially (when the queue is full
@@ -432,14 +440,12 @@ impl Filesystem for Served {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
-            return reply.error(Errno::EROFS);
-        }
-        match self.0.id(ino) {
-            Some(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
-            None => reply.error(Errno::ENOENT),
-        }
+    /// No `open` round trip per file: ENOSYS once, and the kernel opens every file itself from
+    /// then on, with `FOPEN_KEEP_CACHE`, and sends no `release` either (fs/fuse/file.c,
+    /// `fuse_file_open`). Writers never get this far: the mount is read-only, so the VFS
+    /// answers EROFS to any open for writing.
+    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.error(Errno::ENOSYS)
     }
 
     fn read(
@@ -458,24 +464,30 @@ impl Filesystem for Served {
         if fs.tree.inodes[id].is_dir() {
             return reply.error(Errno::EISDIR);
         }
-        match fs.read_file(id, offset, size) {
-            Ok(data) => reply.data(&data),
+        // Each FUSE thread reads into a buffer of its own, kept from one read to the next (a
+        // read is at most max_pages, 1 MiB): no pages to fault in and zero per read.
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let mut buf = BUF.with(std::cell::RefCell::take);
+        match fs.read_into(id, offset, size, &mut buf) {
+            Ok(()) => reply.data(&buf),
             Err(e) => {
                 fs.blobs.stats.read_errors.fetch_add(1, Relaxed);
                 tracing::error!(file = %fs.path_of(id), offset, size, "read failed: {e}");
                 reply.error(Errno::EIO)
             }
         }
+        if buf.capacity() <= 4 << 20 {
+            BUF.with(|b| *b.borrow_mut() = buf);
+        }
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.0.id(ino) {
-            Some(id) if self.0.tree.inodes[id].is_dir() => {
-                reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE)
-            }
-            Some(_) => reply.error(Errno::ENOTDIR),
-            None => reply.error(Errno::ENOENT),
-        }
+    /// No `opendir`/`releasedir` round trips per directory: ENOSYS once, and the kernel opens
+    /// directories itself from then on, with `FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR` (it keeps the
+    /// entries it read: the image never changes).
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.error(Errno::ENOSYS)
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {

@@ -168,6 +168,8 @@ pub fn serve(
         tracing::info!(mountpoint = %mnt.display(), "unmounting");
         unmount_session(session, mnt)
     };
+    // Chunks fetched in the last moments, recorded before the process ends.
+    blobs.sync();
     write_record(false);
     write_trace(&mut traced);
     r.map_err(|source| MountError::Serving { path: mnt.to_path_buf(), source })
