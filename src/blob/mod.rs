@@ -22,8 +22,11 @@
 //! Owns the cache files and the counters. Calls `oci`, `gzip`, `zframe` and `rafs`.
 
 pub mod cache;
+mod complete;
 pub mod frames;
 mod ranges;
+
+pub use complete::{Completeness, Verified};
 
 use crate::gzip::{Restart, inflate_from, inflate_member};
 use crate::oci::{BlobSource, Digest};

@@ -42,6 +42,14 @@ pub struct MountArgs {
     /// Threads serving FUSE requests.
     #[arg(long, default_value_t = 8)]
     pub threads: usize,
+    /// How the image is served: `auto` mounts it with the kernel's EROFS over the chunk cache
+    /// when every chunk it uses is cached (each verified first), else through FUSE; `fusedev`
+    /// always FUSE; `erofs` the kernel or an error.
+    #[arg(long, value_name = "DRIVER", default_value = "auto")]
+    pub fs_driver: zran::mount::FsDriver,
+    /// With the kernel's EROFS: loop devices even where the kernel mounts files (testing).
+    #[arg(long, hide = true)]
+    pub loop_devices: bool,
 }
 
 #[derive(Debug, Args)]
@@ -88,6 +96,8 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         threads: args.threads,
         prefetch_files: args.prefetch_files.clone(),
         no_prefetch: args.no_prefetch,
+        fs_driver: args.fs_driver,
+        loop_devices: args.loop_devices,
     };
     Ok(mount::serve(opened, &mnt, &args.source, &cache, &opts)?)
 }

@@ -11,6 +11,7 @@
 
 pub mod control;
 pub mod detach;
+pub mod kernel;
 pub mod open;
 pub mod record;
 pub mod serve;
@@ -18,6 +19,7 @@ pub mod tocs;
 
 pub use control::{Running, is_mount_point, unmount};
 pub use detach::{detach, detached_child};
+pub use kernel::FsDriver;
 pub use open::{Mountable, open};
 pub use record::{Record, list, record_path};
 pub use serve::{ServeOptions, serve};
@@ -75,6 +77,8 @@ pub enum MountError {
     PrefetchList { path: PathBuf, source: std::io::Error },
     #[error("cannot mount on {}", path.display())]
     Mount { path: PathBuf, source: std::io::Error },
+    #[error("cannot serve {} with the kernel's EROFS: {reason}", path.display())]
+    Kernel { path: PathBuf, reason: String },
     #[error("cannot handle signals")]
     Signals(#[source] std::io::Error),
     #[error("cannot start the prefetch thread")]

@@ -26,6 +26,16 @@ pub struct Record {
     pub live: bool,
     /// The counters (`blob::Stats`).
     pub stats: serde_json::Value,
+    /// How it is served: `fuse`, or `kernel-erofs` (the kernel's EROFS on the complete cache).
+    #[serde(default = "fuse")]
+    pub served: String,
+    /// Why a FUSE mount is not served by the kernel (`--fs-driver auto`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuse_reason: Option<String>,
+}
+
+fn fuse() -> String {
+    super::kernel::SERVED_FUSE.to_string()
 }
 
 /// The directory of mount records under a cache directory.
@@ -126,6 +136,8 @@ mod tests {
             started: 1_700_000_000,
             live: true,
             stats: serde_json::json!({"bytes_fetched": 5, "requests": 1}),
+            served: "fuse".into(),
+            fuse_reason: None,
         }
     }
 

@@ -28,6 +28,9 @@
 //! threads = 8
 //! # Fetch the bootstrap's prefetch list (eStargz landmarks, --prefetch-files) at mount.
 //! prefetch = true
+//! # auto: an image whose chunks are all cached (and verified) is served by the kernel's EROFS
+//! # on the cache, others through FUSE; fusedev: always FUSE; erofs: the kernel or an error.
+//! fs_driver = "auto"
 //! ```
 
 use serde::Deserialize;
@@ -70,6 +73,7 @@ pub struct CacheConfig {
 pub struct MountConfig {
     pub threads: usize,
     pub prefetch: bool,
+    pub fs_driver: crate::mount::FsDriver,
 }
 
 impl Default for Config {
@@ -99,7 +103,7 @@ impl Default for CacheConfig {
 
 impl Default for MountConfig {
     fn default() -> Self {
-        MountConfig { threads: 8, prefetch: true }
+        MountConfig { threads: 8, prefetch: true, fs_driver: crate::mount::FsDriver::Auto }
     }
 }
 
