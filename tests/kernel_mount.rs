@@ -10,6 +10,8 @@
 mod common;
 #[path = "common/mounted.rs"]
 mod mounted;
+#[path = "common/nydus.rs"]
+mod nydus_build;
 
 use common::harness::layouts;
 use common::truth::{compare, walk};
@@ -316,4 +318,37 @@ fn sigterm_unmounts_a_kernel_mount() {
     assert!(!process_exists(pid));
     assert!(mountinfo(&m.mnt).is_none());
     assert_eq!(m.record()["live"], false);
+}
+
+/// Nydus images too: `zran convert` output (native blobs, zstd and lz4, chunks shared across
+/// layers) and images Nydus's own builder made (native blake3 blobs, oci-ref over the gzip
+/// layers): their bootstraps, written once into the cache, mounted by the kernel over the
+/// cache's data files.
+#[test]
+fn nydus_images_are_served_by_the_kernel_too() {
+    let work = tempfile::tempdir().unwrap();
+    let mut sources = Vec::new();
+    for (name, compressor) in [("python", "zstd"), ("edge", "lz4")] {
+        let out = work.path().join(format!("{name}-native"));
+        let image = format!("oci:{}", layouts().join(name).display());
+        let target = format!("oci:{}:n", out.display());
+        let o = zran(&["convert", &image, &target, "--compressor", compressor]);
+        assert!(o.status.success(), "convert {name}: {}", String::from_utf8_lossy(&o.stderr));
+        sources.push((name, target));
+    }
+    for kind in [nydus_build::Kind::Native, nydus_build::Kind::OciRef] {
+        let out = work.path().join(format!("python-{kind:?}"));
+        nydus_build::build(&layouts().join("python"), kind, &work.path().join(format!("w-{kind:?}")), &out);
+        sources.push(("python", format!("oci:{}", out.display())));
+    }
+    for (name, source) in sources {
+        let cache = tempfile::tempdir().unwrap();
+        fill(name, &source, cache.path());
+        let m = Mount::new(&source, cache.path(), &[]);
+        let r = m.record();
+        assert_eq!(r["served"], "kernel-erofs", "{source}: {r}");
+        assert_eq!(mountinfo(&m.mnt).unwrap().0, "erofs");
+        reads_the_truth(name, &m, false);
+        umount_and_wait(m);
+    }
 }

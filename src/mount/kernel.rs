@@ -104,6 +104,8 @@ pub struct KernelMount {
     /// The mount point's device number once mounted: the mount is still there while the mount
     /// point has it.
     pub dev: u64,
+    /// The bootstrap file, open with a shared `flock` while mounted ([`prune_bootstraps`]).
+    _boot_lock: File,
 }
 
 /// Options of [`switch`].
@@ -158,8 +160,8 @@ pub fn switch(
             v.bad
         ));
     }
-    let boot = match boot_file(&m.boot, cache) {
-        Ok(p) => p,
+    let (boot, lock) = match boot_file(&m.boot, cache).and_then(|p| lock_shared(&p).map(|l| (p, l))) {
+        Ok(b) => b,
         Err(e) => return decline(format!("no bootstrap file for the kernel: {e}")),
     };
     // Absolute paths: the kernel resolves them, and mountinfo shows the source as given.
@@ -171,7 +173,7 @@ pub fn switch(
     };
     if !opts.loop_devices {
         match mount_erofs(&boot, &devices, mnt) {
-            Ok(()) => return mounted(Via::Files, boot, devices, mnt),
+            Ok(()) => return mounted(Via::Files, boot, devices, mnt, lock),
             Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {
                 return decline("the kernel has no EROFS (ENODEV)".into());
             }
@@ -179,7 +181,7 @@ pub fn switch(
         }
     }
     match mount_on_loops(&boot, &devices, mnt) {
-        Ok(()) => mounted(Via::Loop, boot, devices, mnt),
+        Ok(()) => mounted(Via::Loop, boot, devices, mnt, lock),
         Err(e) => decline(format!("the kernel refused the EROFS mount: {e}")),
     }
 }
@@ -189,11 +191,55 @@ fn mounted(
     boot: PathBuf,
     devices: Vec<PathBuf>,
     mnt: &Path,
+    lock: File,
 ) -> Result<Result<KernelMount, String>, MountError> {
     use std::os::unix::fs::MetadataExt;
     let dev =
         std::fs::metadata(mnt).map_err(|source| MountError::Path { path: mnt.to_path_buf(), source })?.dev();
-    Ok(Ok(KernelMount { via, boot, devices, dev }))
+    Ok(Ok(KernelMount { via, boot, devices, dev, _boot_lock: lock }))
+}
+
+/// `flock(2)` the file with `op`; false when `LOCK_NB` was asked and another holds it.
+fn flock(f: &File, op: i32) -> std::io::Result<bool> {
+    loop {
+        // SAFETY: the descriptor belongs to `f`, open for the whole call; flock only reads it.
+        if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
+            return Ok(true);
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            _ => return Err(e),
+        }
+    }
+}
+
+fn lock_shared(p: &Path) -> std::io::Result<File> {
+    let f = File::open(p)?;
+    flock(&f, libc::LOCK_SH)?;
+    Ok(f)
+}
+
+/// Remove the bootstraps kept under `CACHE/bootstraps/` that no kernel mount holds and that
+/// were not written in the last minute (a mount may be about to lock one); their names.
+pub fn prune_bootstraps(cache: &Path) -> std::io::Result<Vec<String>> {
+    let mut removed = Vec::new();
+    let Ok(rd) = std::fs::read_dir(cache.join("bootstraps")) else { return Ok(removed) };
+    let recent = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    for e in rd {
+        let e = e?;
+        if e.metadata().and_then(|m| m.modified()).map(|t| t > recent).unwrap_or(true) {
+            continue;
+        }
+        let Ok(f) = File::open(e.path()) else { continue };
+        if !flock(&f, libc::LOCK_EX | libc::LOCK_NB)? {
+            continue;
+        }
+        std::fs::remove_file(e.path())?;
+        removed.push(e.file_name().to_string_lossy().into_owned());
+    }
+    Ok(removed)
 }
 
 /// Is the kernel mount still on `mnt`?
@@ -225,6 +271,8 @@ fn boot_file(boot: &BootFile, cache: &Path) -> std::io::Result<PathBuf> {
             let dir = std::fs::canonicalize(dir)?;
             let path = dir.join(format!("{hex}.boot"));
             if std::fs::read(&path).is_ok_and(|b| hex::encode(Sha256::digest(&b)) == hex) {
+                // Its time is its last use: `prune_bootstraps` spares what was used lately.
+                let _ = File::open(&path).and_then(|f| f.set_modified(std::time::SystemTime::now()));
                 return Ok(path);
             }
             let tmp = dir.join(format!(".{hex}.{}.tmp", std::process::id()));
@@ -371,34 +419,6 @@ impl LoopDevice {
     }
 }
 
-/// Whether `mnt` is listed in this process's mountinfo with filesystem type `fstype`.
-pub fn mounted_as(mnt: &Path, fstype: &str) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
-    let want = mnt.to_string_lossy();
-    info.lines().any(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        let sep = f.iter().position(|&x| x == "-");
-        f.get(4).is_some_and(|p| unescape(p) == want) && sep.and_then(|s| f.get(s + 1)) == Some(&fstype)
-    })
-}
-
-/// A mountinfo path with its octal escapes (`\040` for a space) undone.
-fn unescape(p: &str) -> String {
-    let b = p.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,10 +438,22 @@ mod tests {
     }
 
     #[test]
-    fn mountinfo_paths_are_unescaped() {
-        assert_eq!(unescape("/a\\040b/c"), "/a b/c");
-        assert_eq!(unescape("/plain"), "/plain");
-        assert_eq!(unescape("/end\\04"), "/end\\04");
+    fn prune_removes_only_bootstraps_unused_and_not_recent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let held = boot_file(&BootFile::Memory(b"held".to_vec()), dir.path()).expect("write");
+        let free = boot_file(&BootFile::Memory(b"free".to_vec()), dir.path()).expect("write");
+        let recent = boot_file(&BootFile::Memory(b"recent".to_vec()), dir.path()).expect("write");
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for p in [&held, &free] {
+            File::options().write(true).open(p).and_then(|f| f.set_modified(old)).expect("age");
+        }
+        let lock = lock_shared(&held).expect("lock");
+        let removed = prune_bootstraps(dir.path()).expect("prune");
+        assert_eq!(removed, vec![free.file_name().expect("name").to_string_lossy().into_owned()]);
+        assert!(held.exists() && recent.exists() && !free.exists());
+        drop(lock);
+        assert_eq!(prune_bootstraps(dir.path()).expect("prune").len(), 1);
+        assert!(!held.exists());
     }
 
     #[test]
