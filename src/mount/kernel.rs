@@ -137,6 +137,10 @@ pub fn switch(
             Ok(Err(why))
         }
     };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return decline("mounting the kernel's EROFS needs root".into());
+    }
     let c = m.blobs.completeness();
     if c.missing > 0 {
         return decline(format!(

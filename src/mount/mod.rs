@@ -1,5 +1,6 @@
-//! Mounts: the whole life cycle of an image served through FUSE, for `zran mount`, `umount`
-//! and `stats` and for the snapshotter.
+//! Mounts: the whole life cycle of an image served through FUSE (or, once its chunk cache is
+//! complete, the kernel's EROFS: `kernel`), for `zran mount`, `umount` and `stats` and for the
+//! snapshotter.
 //!
 //! Owns opening what is mounted (`open`: an artifact directory, an image with an artifact
 //! stored beside it, a Nydus image, or an image whose layers are all eStargz), serving it (`serve`: in the
