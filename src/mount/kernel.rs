@@ -309,6 +309,14 @@ fn mount_erofs(source: &Path, devices: &[PathBuf], mnt: &Path) -> std::io::Resul
         data.extend_from_slice(b"device=");
         data.extend_from_slice(b);
     }
+    // mount(2) copies one page of options: more devices than fit (long cache paths, dozens of
+    // layers) go through loop devices, whose names are short.
+    if data.len() >= 4096 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} bytes of device options, more than mount(2) takes", data.len()),
+        ));
+    }
     let (src, target) = (cstr(source)?, cstr(mnt)?);
     let data = CString::new(data).map_err(std::io::Error::other)?;
     let fstype = c"erofs";
