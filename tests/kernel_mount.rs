@@ -1,7 +1,7 @@
 //! Warm mounts served by the kernel's EROFS: a cache filled by an earlier FUSE mount is
 //! verified and then mounted by the kernel (the record says so, mountinfo shows `erofs`), and
-//! the tree read through it equals the truth file by file (artifacts of gzip images, eStargz
-//! and zstd:chunked straight from their TOCs); an incomplete cache stays on FUSE (and
+//! the tree read through it equals the truth file by file (artifacts of gzip, zstd and
+//! uncompressed images, eStargz and zstd:chunked straight from their TOCs, Nydus images); an incomplete cache stays on FUSE (and
 //! `--fs-driver erofs` refuses it); a cache file with a byte changed keeps the mount on FUSE
 //! until that chunk is fetched again, and no reader sees the changed byte; `zran umount`
 //! ends a kernel mount and its process, `cache prune` spares its files while it lives; loop
@@ -80,7 +80,7 @@ fn a_complete_cache_is_served_by_the_kernel_and_reads_the_truth() {
     let dir = layouts();
     let work = tempfile::tempdir().unwrap();
     let mut cases: Vec<(&str, String, bool)> = Vec::new();
-    for name in ["python", "edge"] {
+    for name in ["python", "edge", "python-zstd", "python-tar"] {
         let art = work.path().join(name);
         generate(name, &art);
         cases.push((name, art.to_str().unwrap().to_string(), false));
