@@ -387,6 +387,7 @@ const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
 const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
 const LO_FLAGS_READ_ONLY: u32 = 1;
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
+const LO_FLAGS_DIRECT_IO: u32 = 16;
 
 /// A loop device attached to a file, open until dropped.
 struct LoopDevice {
@@ -395,7 +396,16 @@ struct LoopDevice {
 }
 
 impl LoopDevice {
+    /// Attach with direct I/O to the file (as file-backed mounts read), or without where the
+    /// kernel or the file's filesystem refuses it.
     fn attach(file: &Path) -> std::io::Result<LoopDevice> {
+        match Self::attach_with(file, LO_FLAGS_DIRECT_IO) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Self::attach_with(file, 0),
+            r => r,
+        }
+    }
+
+    fn attach_with(file: &Path, flags: u32) -> std::io::Result<LoopDevice> {
         let backing = File::open(file)?;
         let control = std::fs::OpenOptions::new().read(true).write(true).open("/dev/loop-control")?;
         // Another process may take the free device first: ask again.
@@ -423,7 +433,7 @@ impl LoopDevice {
                     lo_number: 0,
                     lo_encrypt_type: 0,
                     lo_encrypt_key_size: 0,
-                    lo_flags: LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR,
+                    lo_flags: LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR | flags,
                     lo_file_name: name,
                     lo_crypt_name: [0; 64],
                     lo_encrypt_key: [0; 32],
