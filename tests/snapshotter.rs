@@ -445,6 +445,18 @@ fn images_start_lazily_through_containerd() {
     assert_eq!(stats["images"][&python]["mount"]["live"], true, "{stats}");
     ok(Command::new("kill").args(["-9", &pid.to_string()]).output().unwrap(), "kill the serving process");
     assert_eq!(ok(run(&python, "p3", &[], &answer), "run after its death").trim(), r#"{"answer": 42}"#);
+    // The new serving process found every chunk of the image in the cache (the walk of the
+    // view above read them all): that container ran on the kernel's EROFS over the cache.
+    let stats = snapshotter_stats();
+    let m = &stats["images"][&python]["mount"];
+    assert_eq!(m["served"], "kernel-erofs", "{stats}");
+    assert_ne!(m["pid"].as_u64().unwrap(), pid, "{stats}");
+    let mnt = m["mountpoint"].as_str().unwrap();
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        info.lines().any(|l| l.split(' ').nth(4) == Some(mnt) && l.contains(" - erofs ")),
+        "{mnt} is not an EROFS mount"
+    );
     let _ = ctr(&sock, &["task", "kill", "-s", "SIGKILL", "keep"]);
     let deadline = Instant::now() + Duration::from_secs(20);
     while !ctr(&sock, &["task", "rm", "keep"]).status.success() {

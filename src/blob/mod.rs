@@ -22,10 +22,12 @@
 //! Owns the cache files and the counters. Calls `oci`, `gzip`, `zframe` and `rafs`.
 
 pub mod cache;
+mod complete;
 pub mod frames;
 mod gate;
 mod ranges;
 
+pub use complete::{Completeness, Verified};
 pub use gate::MAX_IN_FLIGHT;
 
 use crate::gzip::{Restart, inflate_from, inflate_member};

@@ -104,6 +104,8 @@ fn prune(dir: &Path, keep: Option<u64>, json: bool) -> anyhow::Result<()> {
     let removed =
         cache::prune(dir, keep).with_context(|| format!("cannot prune the cache {}", dir.display()))?;
     let artifacts = prune_artifacts(&dir.join("artifacts"))?;
+    let bootstraps = zran::mount::kernel::prune_bootstraps(dir)
+        .with_context(|| format!("cannot prune the bootstraps of {}", dir.display()))?;
     let freed: u64 = removed.iter().map(|e| e.disk_bytes).sum();
     let left = cache::list(dir)?;
     if json {
@@ -112,6 +114,7 @@ fn prune(dir: &Path, keep: Option<u64>, json: bool) -> anyhow::Result<()> {
             serde_json::to_string_pretty(&serde_json::json!({
                 "removed": removed,
                 "artifacts_removed": artifacts,
+                "bootstraps_removed": bootstraps,
                 "freed_bytes": freed,
                 "left": left,
             }))?

@@ -49,6 +49,14 @@ pub struct MountArgs {
     /// Threads serving FUSE requests.
     #[arg(long, default_value_t = 8)]
     pub threads: usize,
+    /// How the image is served: `auto` mounts it with the kernel's EROFS over the chunk cache
+    /// when every chunk it uses is cached (each verified first), else through FUSE; `fusedev`
+    /// always FUSE; `erofs` the kernel or an error.
+    #[arg(long, value_name = "DRIVER", default_value = "auto")]
+    pub fs_driver: zran::mount::FsDriver,
+    /// With the kernel's EROFS: loop devices even where the kernel mounts files (testing).
+    #[arg(long, hide = true)]
+    pub loop_devices: bool,
 }
 
 #[derive(Debug, Args)]
@@ -97,6 +105,8 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         no_prefetch: args.no_prefetch,
         record_trace: args.record_trace.as_ref().map(|p| absolute(p)).transpose()?,
         trace_window: std::time::Duration::from_secs(args.trace_window),
+        fs_driver: args.fs_driver,
+        loop_devices: args.loop_devices,
     };
     Ok(mount::serve(opened, &mnt, &args.source, &cache, &opts)?)
 }

@@ -97,6 +97,7 @@ fn remote(c: &Config, verbose: u8) -> anyhow::Result<Remote> {
     if !c.mount.prefetch {
         args.push("--no-prefetch".into());
     }
+    args.extend(["--fs-driver".into(), c.mount.fs_driver.name().into()]);
     if let Some(h) = hosts {
         args.extend(["--hosts-dir".into(), h.into()]);
     }

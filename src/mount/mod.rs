@@ -1,5 +1,6 @@
-//! Mounts: the whole life cycle of an image served through FUSE, for `zran mount`, `umount`
-//! and `stats` and for the snapshotter.
+//! Mounts: the whole life cycle of an image served through FUSE (or, once its chunk cache is
+//! complete, the kernel's EROFS: `kernel`), for `zran mount`, `umount` and `stats` and for the
+//! snapshotter.
 //!
 //! Owns opening what is mounted (`open`: an artifact directory, an image with an artifact
 //! stored beside it, a Nydus image, or an image whose layers are all eStargz), serving it (`serve`: in the
@@ -12,6 +13,7 @@
 
 pub mod control;
 pub mod detach;
+pub mod kernel;
 pub mod open;
 pub mod record;
 pub mod serve;
@@ -20,6 +22,7 @@ pub mod trace;
 
 pub use control::{Running, is_mount_point, unmount};
 pub use detach::{detach, detached_child};
+pub use kernel::FsDriver;
 pub use open::{Mountable, open};
 pub use record::{Record, list, record_path};
 pub use serve::{ServeOptions, serve};
@@ -79,6 +82,8 @@ pub enum MountError {
     Trace { path: PathBuf, message: String },
     #[error("cannot mount on {}", path.display())]
     Mount { path: PathBuf, source: std::io::Error },
+    #[error("cannot serve {} with the kernel's EROFS: {reason}", path.display())]
+    Kernel { path: PathBuf, reason: String },
     #[error("cannot handle signals")]
     Signals(#[source] std::io::Error),
     #[error("cannot start the prefetch thread")]

@@ -6,6 +6,7 @@
 //! or zstd frames, eStargz members, or stored tar ranges.
 
 use super::MountError;
+use super::kernel::BootFile;
 use crate::artifact::{self, Options, publish};
 use crate::blob::{BlobInput, BlobSet, Decoding, MetaInput};
 use crate::oci::{self, Image, ImageRef, OpenOptions};
@@ -20,6 +21,8 @@ pub struct Mountable {
     pub name: String,
     /// Bytes of the image's layers.
     pub image_size: u64,
+    /// The bootstrap as a file the kernel can mount (`mount::kernel`).
+    pub boot: BootFile,
 }
 
 fn open_image(reference: &str, opts: &OpenOptions) -> Result<Image, MountError> {
@@ -72,6 +75,7 @@ pub fn open(
     let art = artifact::generate(&image, &layer_inputs, &opts, &|_, _| {})
         .map_err(|e| MountError::Tocs { image: image.name.clone(), source: Box::new(e) })?;
     let bootstrap = read_bootstrap(&art.bootstrap)?;
+    let boot = BootFile::Memory(art.bootstrap);
     let name = image.name.clone();
     let image_size = image.manifest.layers.iter().map(|l| l.size).sum();
     let mut frames = art.frames;
@@ -85,12 +89,12 @@ pub fn open(
         },
         cache,
     )?;
-    Ok(Mountable { bootstrap, blobs, name, image_size })
+    Ok(Mountable { bootstrap, blobs, name, image_size, boot })
 }
 
 /// Mount a Nydus image from its own bootstrap layer.
 fn from_nydus(image: Image, cache: &Path) -> Result<Mountable, MountError> {
-    let crate::nydus::Opened { bootstrap, blobs } =
+    let crate::nydus::Opened { bootstrap, blobs, boot } =
         crate::nydus::open(&image, Some(&cache.join("artifacts")))?;
     tracing::info!(image = %image.name, kind = %crate::nydus::describe(&bootstrap), "mounting a Nydus image");
     let name = image.name.clone();
@@ -102,7 +106,7 @@ fn from_nydus(image: Image, cache: &Path) -> Result<Mountable, MountError> {
         .map(|(spec, (layer, decoding))| BlobInput { layer, spec, decoding })
         .collect();
     let blobs = BlobSet::open(inputs, &bootstrap.chunk_table, image.source, cache)?;
-    Ok(Mountable { bootstrap, blobs, name, image_size })
+    Ok(Mountable { bootstrap, blobs, name, image_size, boot: BootFile::Memory(boot) })
 }
 
 /// Mount an artifact directory over the layers of `image`, which must be the image it was made
@@ -121,6 +125,10 @@ fn from_artifact(
             image_manifest: image.manifest.digest.to_string(),
         });
     }
+    let boot = BootFile::Artifact {
+        path: dir.join(artifact::BOOTSTRAP),
+        digest: opened.manifest.bootstrap_digest.clone(),
+    };
     let artifact::Opened { bootstrap, mut metas, missing, .. } = opened;
     let name = image.name.clone();
     let image_size = image.manifest.layers.iter().map(|l| l.size).sum();
@@ -141,7 +149,7 @@ fn from_artifact(
         }
     };
     let blobs = open_blobs(image, &bootstrap, meta, cache)?;
-    Ok(Mountable { bootstrap, blobs, name, image_size })
+    Ok(Mountable { bootstrap, blobs, name, image_size, boot })
 }
 
 fn open_blobs(

@@ -26,6 +26,16 @@ pub struct Record {
     pub live: bool,
     /// The counters (`blob::Stats`).
     pub stats: serde_json::Value,
+    /// How it is served: `fuse`, or `kernel-erofs` (the kernel's EROFS on the complete cache).
+    #[serde(default = "fuse")]
+    pub served: String,
+    /// Why a FUSE mount is not served by the kernel (`--fs-driver auto`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuse_reason: Option<String>,
+}
+
+fn fuse() -> String {
+    super::kernel::SERVED_FUSE.to_string()
 }
 
 /// The directory of mount records under a cache directory.
@@ -78,10 +88,21 @@ impl Record {
     }
 }
 
+/// Whether process `pid` exists and has not ended (a zombie its parent has not reaped yet,
+/// as the snapshotter leaves the serving processes it started, counts as ended: a kernel
+/// mount outlives its serving process, so the mount's answers cannot tell).
 pub(crate) fn process_exists(pid: u32) -> bool {
     let Ok(pid) = i32::try_from(pid) else { return false };
     // SAFETY: kill with signal 0 only checks that the process exists.
-    pid > 0 && unsafe { libc::kill(pid, 0) } == 0
+    pid > 0 && unsafe { libc::kill(pid, 0) } == 0 && !zombie(pid)
+}
+
+/// Is `pid` a zombie (state `Z` in `/proc/PID/stat`, after the command name's parenthesis)?
+fn zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(false)
 }
 
 /// Every record under `cache` (ended mounts too), sorted by mount point; files that are not
@@ -126,7 +147,22 @@ mod tests {
             started: 1_700_000_000,
             live: true,
             stats: serde_json::json!({"bytes_fetched": 5, "requests": 1}),
+            served: "fuse".into(),
+            fuse_reason: None,
         }
+    }
+
+    #[test]
+    fn a_zombie_is_not_a_running_process() {
+        let mut child = std::process::Command::new("true").spawn().expect("spawn");
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !zombie(pid as i32) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!process_exists(pid), "an exited, unreaped child");
+        child.wait().expect("reap");
+        assert!(process_exists(std::process::id()));
     }
 
     #[test]

@@ -1,9 +1,11 @@
-//! Serving a mount in this process: mount the filesystem, keep the record, prefetch, and
-//! unmount cleanly on SIGTERM, SIGINT or SIGHUP, or return when the mount is taken away.
+//! Serving a mount in this process: mount the filesystem (the kernel's EROFS when the cache
+//! is complete and good, `kernel`; FUSE otherwise), keep the record, prefetch, and unmount
+//! cleanly on SIGTERM, SIGINT or SIGHUP, or return when the mount is taken away.
 
 use super::MountError;
 use super::control::umount_path;
 use super::detach::report_ready;
+use super::kernel::{self, FsDriver, KernelMount, SERVED_FUSE, SERVED_KERNEL, SwitchOptions};
 use super::open::Mountable;
 use super::record::{Record, record_path, records_dir};
 use super::trace::{self, Trace, TracedFile};
@@ -27,6 +29,10 @@ pub struct ServeOptions {
     /// Record a start-up trace of the reads of the first `trace_window` to this file.
     pub record_trace: Option<PathBuf>,
     pub trace_window: Duration,
+    /// FUSE, the kernel's EROFS, or the kernel when the cache is complete (`kernel`).
+    pub fs_driver: FsDriver,
+    /// For the kernel's EROFS: loop devices even where the kernel mounts files.
+    pub loop_devices: bool,
 }
 
 /// How long a start-up trace records, unless told.
@@ -40,6 +46,8 @@ impl Default for ServeOptions {
             no_prefetch: false,
             record_trace: None,
             trace_window: TRACE_WINDOW,
+            fs_driver: FsDriver::Auto,
+            loop_devices: false,
         }
     }
 }
@@ -66,6 +74,26 @@ pub fn serve(
     let mnt = mountpoint;
     create_records_dir(cache)?;
     let prefetch_ids = prefetch_list(opts.prefetch_files.as_deref(), &m.bootstrap)?;
+    register_signals()?;
+    // A trace records the reads FUSE sees; the kernel's EROFS would answer them itself.
+    let driver = match (opts.fs_driver, &opts.record_trace) {
+        (FsDriver::Auto, Some(_)) => FsDriver::Fusedev,
+        (d, _) => d,
+    };
+    let switch = SwitchOptions {
+        driver,
+        loop_devices: opts.loop_devices,
+        threads: std::thread::available_parallelism().map_or(2, |n| n.get().min(4)),
+    };
+    let fuse_reason = match kernel::switch(&m, mnt, cache, switch)? {
+        Ok(k) => return serve_kernel(m, k, mnt, source, cache),
+        Err(why) => {
+            if driver == FsDriver::Auto {
+                tracing::info!(mountpoint = %mnt.display(), "serving through FUSE: {why}");
+            }
+            why
+        }
+    };
     let blobs = Arc::new(m.blobs);
     let mut fs = ImageFs::new(m.bootstrap, blobs.clone());
     if opts.record_trace.is_some() {
@@ -91,11 +119,6 @@ pub fn serve(
     let session = fuser::spawn_mount(Served(fs.clone()), mnt, &config)
         .map_err(|source| MountError::Mount { path: mnt.to_path_buf(), source })?;
 
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT, signal_hook::consts::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { signal_hook::low_level::register(sig, || STOP.store(true, Ordering::SeqCst)) }
-            .map_err(MountError::Signals)?;
-    }
     let started =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let write_record = |live: bool| {
@@ -108,6 +131,8 @@ pub fn serve(
             started,
             live,
             stats: serde_json::to_value(&blobs.stats).unwrap_or_default(),
+            served: SERVED_FUSE.into(),
+            fuse_reason: Some(fuse_reason.clone()),
         };
         if let Err(e) = r.write(cache) {
             tracing::warn!("cannot write {}: {e}", record_path(cache, mnt).display());
@@ -173,6 +198,76 @@ pub fn serve(
     write_record(false);
     write_trace(&mut traced);
     r.map_err(|source| MountError::Serving { path: mnt.to_path_buf(), source })
+}
+
+/// Serve a kernel EROFS mount: keep the record (the counters of the check before the switch)
+/// and the cache files' locks until the mount is taken away or this process is signalled
+/// (then unmount it, lazily when busy).
+fn serve_kernel(
+    m: Mountable,
+    k: KernelMount,
+    mnt: &Path,
+    source: &str,
+    cache: &Path,
+) -> Result<(), MountError> {
+    let started =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let write_record = |live: bool| {
+        let r = Record {
+            pid: std::process::id(),
+            mountpoint: mnt.to_path_buf(),
+            source: source.to_string(),
+            image: m.name.clone(),
+            image_size: m.image_size,
+            started,
+            live,
+            stats: serde_json::to_value(&m.blobs.stats).unwrap_or_default(),
+            served: SERVED_KERNEL.into(),
+            fuse_reason: None,
+        };
+        if let Err(e) = r.write(cache) {
+            tracing::warn!("cannot write {}: {e}", record_path(cache, mnt).display());
+        }
+    };
+    write_record(true);
+    tracing::info!(
+        mountpoint = %mnt.display(),
+        image = %m.name,
+        via = ?k.via,
+        boot = %k.boot.display(),
+        devices = k.devices.len(),
+        "mounted with the kernel's EROFS on the complete cache"
+    );
+    report_ready(&record_path(cache, mnt).with_extension("log"));
+    let mut last = Instant::now();
+    while !STOP.load(Ordering::SeqCst) && kernel::still_mounted(&k, mnt) {
+        std::thread::sleep(Duration::from_millis(50));
+        if last.elapsed() >= Duration::from_secs(1) {
+            write_record(true);
+            last = Instant::now();
+        }
+    }
+    let mut r = Ok(());
+    if kernel::still_mounted(&k, mnt) {
+        tracing::info!(mountpoint = %mnt.display(), "unmounting");
+        if let Err(e) = umount_path(mnt, false) {
+            tracing::warn!("{}: {e}; detaching it lazily", mnt.display());
+            r = umount_path(mnt, true);
+        }
+    }
+    write_record(false);
+    // The cache files' locks go only now, with the mount.
+    drop(m);
+    r.map_err(|source| MountError::Serving { path: mnt.to_path_buf(), source })
+}
+
+fn register_signals() -> Result<(), MountError> {
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT, signal_hook::consts::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { signal_hook::low_level::register(sig, || STOP.store(true, Ordering::SeqCst)) }
+            .map_err(MountError::Signals)?;
+    }
+    Ok(())
 }
 
 /// Unmount (lazily when busy: the signal asked us to go) and wait for the session to end.

@@ -201,6 +201,8 @@ fn meta_hex(path: &str) -> Option<&str> {
 /// A Nydus image opened: its bootstrap read and checked, and how each blob is decoded.
 pub struct Opened {
     pub bootstrap: Bootstrap,
+    /// The bootstrap's bytes (`image/image.boot`), for the kernel.
+    pub boot: Vec<u8>,
     /// By blob index: the manifest layer that names it (for messages) and its decoding.
     pub blobs: Vec<(usize, Decoding)>,
 }
@@ -330,7 +332,7 @@ pub fn open(image: &Image, keep: Option<&Path>) -> Result<Opened, NydusError> {
             }
         }
     }
-    Ok(Opened { bootstrap, blobs })
+    Ok(Opened { bootstrap, blobs, boot: extracted.bootstrap })
 }
 
 /// The blob.meta of an oci-ref blob, read from its ref layer `digest`: the CI at

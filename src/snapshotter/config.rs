@@ -33,6 +33,9 @@
 //! # record_traces = "/var/lib/zran/traces"
 //! # Seconds after an image is mounted that its trace records reads.
 //! trace_window = 60
+//! # auto: an image whose chunks are all cached (and verified) is served by the kernel's EROFS
+//! # on the cache, others through FUSE; fusedev: always FUSE; erofs: the kernel or an error.
+//! fs_driver = "auto"
 //! ```
 
 use serde::Deserialize;
@@ -77,6 +80,7 @@ pub struct MountConfig {
     pub prefetch: bool,
     pub record_traces: Option<PathBuf>,
     pub trace_window: u64,
+    pub fs_driver: crate::mount::FsDriver,
 }
 
 impl Default for Config {
@@ -106,7 +110,13 @@ impl Default for CacheConfig {
 
 impl Default for MountConfig {
     fn default() -> Self {
-        MountConfig { threads: 8, prefetch: true, record_traces: None, trace_window: 60 }
+        MountConfig {
+            threads: 8,
+            prefetch: true,
+            record_traces: None,
+            trace_window: 60,
+            fs_driver: crate::mount::FsDriver::Auto,
+        }
     }
 }
 

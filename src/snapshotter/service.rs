@@ -494,6 +494,8 @@ pub fn stats_with_mounts(root: &Path, cache: &Path) -> Result<serde_json::Value,
                     "pid": r.pid,
                     "mountpoint": r.mountpoint,
                     "live": r.running(),
+                    "served": r.served,
+                    "fuse_reason": r.fuse_reason,
                     "stats": r.stats,
                 });
             }
