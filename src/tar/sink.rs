@@ -428,6 +428,30 @@ mod tests {
     }
 
     #[test]
+    fn a_panic_while_hashing_is_an_error_naming_the_file_and_offset() {
+        let files = [("a", vec![1u8; 700]), ("dir/b", vec![2u8; 100_000])];
+        let tar = tar_of(&files);
+        let mut sink = TarSink::new(Some(4096));
+        let mut req = Requests::default();
+        sink.data(0, &tar[..4096], &mut req).unwrap();
+        // A run past the end of its buffer: the hashing thread panics on it.
+        let h = sink.hasher.as_mut().unwrap();
+        assert!(h.send(vec![0; 10], vec![(1, 5000, 0..20)]));
+        let mut at = 4096;
+        let err = loop {
+            match sink.data(at as u64, &tar[at..at + 512], &mut req) {
+                Ok(()) => at += 512,
+                Err(e) => break e.to_string(),
+            }
+            assert!(at + 512 < tar.len(), "the pass never learned that hashing stopped");
+        };
+        let b = sink.parser.entries()[1].data_offset;
+        assert!(err.contains("\"dir/b\""), "{err}");
+        assert!(err.contains(&format!("offset {}", b + 5000)), "{err}");
+        assert!(err.contains("chunk hashing stopped") && err.contains("out of range"), "{err}");
+    }
+
+    #[test]
     fn no_chunk_size_no_chunks() {
         let tar = tar_of(&[("a", vec![1; 5000])]);
         let mut sink = TarSink::new(None);
