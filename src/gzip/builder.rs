@@ -185,7 +185,10 @@ impl IndexBuilder {
     pub fn build_with<R: Read, S: Sink + ?Sized>(&self, reader: R, sink: &mut S) -> Result<Index, GzipError> {
         std::thread::scope(|scope| {
             let (tx, rx) = mpsc::channel::<Job>();
-            let packer = scope.spawn(move || rx.into_iter().map(window::pack).collect::<Vec<_>>());
+            let packer = scope.spawn(move || {
+                yield_to_inflate();
+                rx.into_iter().map(window::pack).collect::<Vec<_>>()
+            });
             let mut pass = Pass::new(reader, self, tx)?;
             let result = pass.run(sink);
             drop(pass.windows.take());
@@ -203,6 +206,17 @@ impl IndexBuilder {
             tracing::debug!(checkpoints = index.checkpoints.len(), sparse, "windows packed");
             Ok(index)
         })
+    }
+}
+
+/// Helper threads of the index pass yield to the inflating thread when the cores are
+/// oversubscribed (they only need to keep up on the whole; their queues are bounded).
+fn yield_to_inflate() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority on this thread's own id (gettid) changes only its nice value; no
+    // memory is passed. Failure (no permission) leaves the priority as it was.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 5);
     }
 }
 

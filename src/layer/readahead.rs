@@ -40,6 +40,7 @@ impl ReadAhead {
         let (tx, rx) = mpsc::sync_channel(IN_FLIGHT);
         let (recycle, recycled) = mpsc::sync_channel::<Vec<u8>>(POOL);
         let thread = std::thread::Builder::new().name(name.into()).spawn(move || {
+            yield_to_inflate();
             let mut made = 0;
             loop {
                 let mut buf = match recycled.try_recv() {
@@ -80,6 +81,17 @@ impl ReadAhead {
             done: false,
             thread: Some(thread),
         })
+    }
+}
+
+/// Helper threads of the index pass yield to the inflating thread when the cores are
+/// oversubscribed (they only need to keep up on the whole; their queues are bounded).
+fn yield_to_inflate() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority on this thread's own id (gettid) changes only its nice value; no
+    // memory is passed. Failure (no permission) leaves the priority as it was.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 5);
     }
 }
 

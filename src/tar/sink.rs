@@ -176,6 +176,17 @@ fn hash_chunks(
     })
 }
 
+/// Helper threads of the index pass yield to the inflating thread when the cores are
+/// oversubscribed (they only need to keep up on the whole; their queues are bounded).
+fn yield_to_inflate() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority on this thread's own id (gettid) changes only its nice value; no
+    // memory is passed. Failure (no permission) leaves the priority as it was.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 5);
+    }
+}
+
 /// Parses the uncompressed stream as tar while the index is built. With a chunk size, it cuts
 /// every regular file into chunks of that size, hashes each, and asks the engine for a
 /// checkpoint before each, so that reading any chunk later inflates as little as possible.
@@ -208,7 +219,10 @@ impl TarSink {
             let (recycle, recycled) = mpsc::channel();
             let thread = std::thread::Builder::new()
                 .name("zran-hash".into())
-                .spawn(move || hash_chunks(rx, recycle, chunk))
+                .spawn(move || {
+                    yield_to_inflate();
+                    hash_chunks(rx, recycle, chunk)
+                })
                 .ok();
             Hasher { tx: Some(tx), recycled, made: 0, thread }
         });
