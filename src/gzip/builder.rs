@@ -44,6 +44,25 @@ pub trait Sink {
         bytes: &[u8],
         requests: &mut Requests,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+    /// Called once, before the first [`Sink::data`], by a pass that offers each round's buffer
+    /// to [`Sink::take_round`] right after giving the round to [`Sink::data`]. A sink that
+    /// would copy the bytes to another thread can then take the buffer instead.
+    fn rounds_offered(&mut self) {}
+
+    /// The buffer that held the round just given to [`Sink::data`]: the round is
+    /// `buf[round]`. The sink may keep it by putting in its place a buffer of the same length
+    /// whose first `history` bytes are `buf[round.end - history..round.end]` (the pass goes
+    /// on in it), and returns whether it did.
+    fn take_round(
+        &mut self,
+        buf: &mut Vec<u8>,
+        round: std::ops::Range<usize>,
+        history: usize,
+    ) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
+        let _ = (buf, round, history);
+        Ok(false)
+    }
 }
 
 /// A sink that drops the data.
@@ -173,7 +192,10 @@ impl IndexBuilder {
     pub fn build_with<R: Read, S: Sink + ?Sized>(&self, reader: R, sink: &mut S) -> Result<Index, GzipError> {
         std::thread::scope(|scope| {
             let (tx, rx) = mpsc::channel::<Job>();
-            let packer = scope.spawn(move || rx.into_iter().map(window::pack).collect::<Vec<_>>());
+            let packer = scope.spawn(move || {
+                yield_to_inflate();
+                rx.into_iter().map(window::pack).collect::<Vec<_>>()
+            });
             let mut pass = Pass::new(reader, self, tx)?;
             let result = pass.run(sink);
             drop(pass.windows.take());
@@ -191,6 +213,17 @@ impl IndexBuilder {
             tracing::debug!(checkpoints = index.checkpoints.len(), sparse, "windows packed");
             Ok(index)
         })
+    }
+}
+
+/// Helper threads of the index pass yield to the inflating thread when the cores are
+/// oversubscribed (they only need to keep up on the whole; their queues are bounded).
+fn yield_to_inflate() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority on this thread's own id (gettid) changes only its nice value; no
+    // memory is passed. Failure (no permission) leaves the priority as it was.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 5);
     }
 }
 
@@ -337,6 +370,7 @@ impl<R: Read> Pass<R> {
     }
 
     fn run<S: Sink + ?Sized>(&mut self, sink: &mut S) -> Result<Index, GzipError> {
+        sink.rounds_offered();
         loop {
             if !self.input.ensure(1)? {
                 if self.members == 0 {
@@ -572,9 +606,21 @@ impl<R: Read> Pass<R> {
         self.dispatch(last);
         self.retain();
 
-        // Keep 32 KiB of history, start a new round.
+        // Keep 32 KiB of history, start a new round: the sink may take the round's buffer
+        // (instead of copying the round) and hand back another with the history in it.
         let keep = self.out_len.min(WINDOW_SIZE);
-        self.out.copy_within(self.out_len - keep..self.out_len, 0);
+        let taken = self.out_len > self.round_start
+            && sink
+                .take_round(&mut self.out, self.round_start..self.out_len, keep)
+                .map_err(|source| GzipError::Sink { offset: round_at, source })?;
+        if !taken {
+            self.out.copy_within(self.out_len - keep..self.out_len, 0);
+        } else if self.out.len() != WINDOW_SIZE + ROUND {
+            return Err(GzipError::Sink {
+                offset: round_at,
+                source: "the sink handed back a buffer of the wrong length".into(),
+            });
+        }
         self.out_base += (self.out_len - keep) as u64;
         self.out_len = keep;
         self.round_start = keep;

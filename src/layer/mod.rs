@@ -3,7 +3,14 @@
 //! the gzip engine, zstd layers (plain or zstd:chunked) through the zstd frame engine,
 //! uncompressed layers straight to the tar parser.
 //!
+//! The work is spread over threads so that inflating has a core to itself on a 2-core machine:
+//! the blob is read and its digest checked ahead on one (`readahead.rs`), chunks are hashed
+//! on another (the tar sink's), windows packed on a third (the gzip engine's).
+//!
 //! Calls `oci` (blobs), `gzip` (the index pass), `zframe` (the zstd pass) and `tar` (entries).
+
+mod readahead;
+pub use readahead::ReadAhead;
 
 use crate::gzip::{self, GzipError, Index, IndexBuilder};
 use crate::oci::{BlobSource, Compression, Descriptor, OciError};
@@ -96,22 +103,46 @@ pub fn scan_gzip_with_progress(
             });
         }
     }
+    let reader = open_ahead(source, layer)?;
+    let reader = Counting { inner: reader, read: 0, progress };
+    gzip_pass(reader, &digest, span, TarSink::new(chunk).with_hot(hot.iter().cloned()))
+}
+
+/// [`scan_gzip`] on the calling thread alone (besides the gzip engine's window packer): no
+/// read-ahead, chunks hashed inline. The reference the threaded pass must agree with byte for
+/// byte.
+pub fn scan_gzip_sequential(
+    source: &dyn BlobSource,
+    layer: &Descriptor,
+    span: u64,
+    chunk: Option<u64>,
+) -> Result<Scan, LayerError> {
+    let digest = layer.digest.to_string();
     let reader = source
         .open(&layer.digest, Some(layer.size))
         .map_err(|source| LayerError::Blob { digest: digest.clone(), source: Box::new(source) })?;
-    let reader = Counting { inner: reader, read: 0, progress };
-    let mut sink = TarSink::new(chunk).with_hot(hot.iter().cloned());
+    gzip_pass(reader, &digest, span, TarSink::inline(chunk))
+}
+
+/// The index pass over a gzip blob, its data to `sink`.
+fn gzip_pass<R: std::io::Read>(
+    reader: R,
+    digest: &str,
+    span: u64,
+    mut sink: TarSink,
+) -> Result<Scan, LayerError> {
     let index =
         IndexBuilder::new().span(span).member_checkpoints(true).build_with(reader, &mut sink).map_err(
             |source| match source {
+                // The tar sink's errors name the offset (and the file) themselves.
                 GzipError::Sink { source, .. } => {
-                    LayerError::Tar { digest: digest.clone(), message: source.to_string() }
+                    LayerError::Tar { digest: digest.to_string(), message: source.to_string() }
                 }
-                source => LayerError::Gzip { digest: digest.clone(), source },
+                source => LayerError::Gzip { digest: digest.to_string(), source },
             },
         )?;
     let parsed =
-        sink.finish().map_err(|e| LayerError::Tar { digest: digest.clone(), message: e.to_string() })?;
+        sink.finish().map_err(|e| LayerError::Tar { digest: digest.to_string(), message: e.to_string() })?;
     for w in &parsed.warnings {
         tracing::warn!("layer {digest}: {w}");
     }
@@ -139,9 +170,7 @@ pub fn scan_zstd(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Scan, LayerError> {
     let digest = layer.digest.to_string();
-    let reader = source
-        .open(&layer.digest, Some(layer.size))
-        .map_err(|source| LayerError::Blob { digest: digest.clone(), source: Box::new(source) })?;
+    let reader = open_ahead(source, layer)?;
     let reader = Counting { inner: reader, read: 0, progress };
     let mut sink = TarSink::new(chunk);
     let fi = zframe::index_stream(reader, span, &mut sink).map_err(|source| match source {
@@ -284,6 +313,14 @@ pub fn scan_tar(
         warnings: parsed.warnings,
         frames: None,
     })
+}
+
+/// Open a layer's blob, read ahead on a thread of its own.
+fn open_ahead(source: &dyn BlobSource, layer: &Descriptor) -> Result<ReadAhead, LayerError> {
+    let blob = |source| LayerError::Blob { digest: layer.digest.to_string(), source: Box::new(source) };
+    let reader = source.open(&layer.digest, Some(layer.size)).map_err(blob)?;
+    ReadAhead::new(reader, "zran-read")
+        .map_err(|e| blob(OciError::Io { path: format!("{} (read-ahead thread)", layer.digest), source: e }))
 }
 
 /// A reader that reports how much it has read.
