@@ -25,6 +25,11 @@ pub struct Service {
     root: PathBuf,
     store: Store,
     remote: Option<Remote>,
+    /// Held while a snapshot directory is made and renamed into place, while one is removed,
+    /// and while Cleanup lists and removes the directories the metadata does not know: a
+    /// directory being made is not yet in the metadata, and Cleanup (containerd's garbage
+    /// collector calls it at any time) would take it from under its Prepare.
+    dirs: Mutex<()>,
 }
 
 /// What serves remote layers: the decisions per image, the serving processes, the counters.
@@ -166,7 +171,7 @@ impl Service {
     pub fn open(root: &Path, remote: Option<Remote>) -> Result<Service, ServiceError> {
         std::fs::create_dir_all(root.join("snapshots")).map_err(|e| io("cannot create", root, e))?;
         let store = Store::open(root)?;
-        let service = Service { root: root.to_path_buf(), store, remote };
+        let service = Service { root: root.to_path_buf(), store, remote, dirs: Mutex::new(()) };
         if let Some(r) = &service.remote
             && let Ok(bytes) = std::fs::read(root.join(STATS))
             && let Ok(c) = serde_json::from_slice::<Counters>(&bytes)
@@ -200,6 +205,7 @@ impl Service {
         parent: &str,
         l: BTreeMap<String, String>,
     ) -> Result<Snapshot, ServiceError> {
+        let _dirs = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
         let tmp = self.create_dirs()?;
         let parent = (!parent.is_empty()).then_some(parent);
         let snap = match self.store.create(kind, key, parent, l) {
@@ -450,6 +456,7 @@ impl Service {
 
     /// Remove every snapshot directory the metadata does not know.
     pub fn cleanup(&self) -> Result<(), ServiceError> {
+        let _dirs = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
         let known = self.store.ids()?;
         let dir = self.root.join("snapshots");
         for entry in std::fs::read_dir(&dir).map_err(|e| io("cannot list", &dir, e))? {
@@ -459,7 +466,12 @@ impl Service {
                 name.to_str().and_then(|n| n.parse::<u64>().ok()).is_some_and(|id| known.contains_key(&id));
             if !keep {
                 tracing::info!(dir = %entry.path().display(), "removing a snapshot directory the metadata does not know");
-                std::fs::remove_dir_all(entry.path()).map_err(|e| io("cannot remove", &entry.path(), e))?;
+                match std::fs::remove_dir_all(entry.path()) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(io("cannot remove", &entry.path(), e));
+                    }
+                    _ => {}
+                }
             }
         }
         Ok(())
@@ -597,6 +609,7 @@ impl containerd_snapshots::Snapshotter for Service {
     }
 
     async fn remove(&self, key: String) -> Result<(), ServiceError> {
+        let dirs = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
         let (id, kind) = self.store.remove(&key)?;
         let dir = self.dir(id);
         let gone = self.root.join("snapshots").join(format!("rm-{id}"));
@@ -605,6 +618,7 @@ impl containerd_snapshots::Snapshotter for Service {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io("cannot remove", &dir, e)),
         }
+        drop(dirs);
         if kind != Kind::Committed
             && let Err(e) = self.release_unused()
         {
@@ -625,5 +639,39 @@ impl containerd_snapshots::Snapshotter for Service {
         let filters = filters.iter().map(|f| Filter::parse(f)).collect::<Result<Vec<_>, _>>()?;
         let infos = self.store.list(&filters)?;
         Ok(stream::iter(infos.into_iter().map(|i| Ok(api_info(i)))).boxed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Cleanup (containerd's garbage collector calls it at any time) never takes a directory
+    /// from under a Prepare that is making it, nor one just renamed into place.
+    #[test]
+    fn cleanup_racing_prepares_removes_nothing_they_make() {
+        let root = tempfile::tempdir().unwrap();
+        let service = Service::open(root.path(), None).unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = service.cleanup();
+                }
+            });
+            // (Every outcome is collected before the cleaner stops, so a failure ends the test.)
+            let lost: Vec<String> = (0..300)
+                .filter_map(|i| match service.create(Kind::Active, &format!("k{i}"), "", BTreeMap::new()) {
+                    Ok(snap) if service.dir(snap.id).join("fs").is_dir() => None,
+                    Ok(_) => Some(format!("snapshot {i} lost its directory")),
+                    Err(e) => Some(format!("snapshot {i}: {e}")),
+                })
+                .collect();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            assert!(lost.is_empty(), "{lost:?}");
+        });
+        service.cleanup().unwrap();
+        let left = std::fs::read_dir(root.path().join("snapshots")).unwrap().count();
+        assert_eq!(left, 300);
     }
 }
