@@ -69,6 +69,9 @@ pub struct ImageFs {
     ahead: std::sync::Mutex<std::sync::mpsc::SyncSender<(u8, Vec<u32>)>>,
     /// The reads recorded for a start-up trace, when asked for.
     log: Option<trace::ReadLog>,
+    /// A prefetch list is being fetched: a miss then queues nothing beside it (the list says
+    /// what the start reads; the layer's next data would only take the link from it).
+    prefetching: AtomicBool,
 }
 
 impl ImageFs {
@@ -148,6 +151,7 @@ impl ImageFs {
             last_end: (0..n).map(|_| AtomicU64::new(0)).collect(),
             ahead: std::sync::Mutex::new(ahead),
             log: None,
+            prefetching: AtomicBool::new(false),
         }
     }
 
@@ -284,6 +288,7 @@ impl ImageFs {
         // A read that has to fetch: what follows it in the layer (the next files of the same
         // directory, as a start reads them) is fetched beside it, in the background.
         if let Some(p) = pieces.first()
+            && !self.prefetching.load(Relaxed)
             && self.blobs.must_fetch(p.blob, p.ci)
         {
             let next = self.blobs.following(p.blob, p.ci, FOLLOWING_BYTES);
@@ -358,6 +363,7 @@ impl ImageFs {
             .collect();
         order.sort_by_key(|&i| keys[i]);
         let stats = &self.blobs.stats;
+        self.prefetching.store(true, Relaxed);
         stats.prefetch_chunks.fetch_add(batches.iter().map(|(_, c)| c.len() as u64).sum(), Relaxed);
         let next = std::sync::atomic::AtomicUsize::new(0);
         std::thread::scope(|s| {
@@ -373,6 +379,7 @@ impl ImageFs {
                 });
             }
         });
+        self.prefetching.store(false, Relaxed);
     }
 
     /// A directory's entries from `offset` on: `.`, `..`, then the children by name, each
