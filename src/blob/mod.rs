@@ -99,6 +99,9 @@ pub struct Stats {
     /// Bytes decoded to get chunks, with what a decode passes over before them (against the
     /// size of the chunks fetched: the cost of restarting at checkpoints).
     pub bytes_decoded: AtomicU64,
+    /// Deflate decodes whose estimated range fell short, and fetched the rest of their context
+    /// (one more request each; see [`estimated_end`]).
+    pub tail_fetches: AtomicU64,
 }
 
 /// How a blob's chunks are decoded.
@@ -489,11 +492,14 @@ impl BlobSet {
                 }
             }
             // The neighbours a decode yields anyway are claimed too, so nobody fetches them
-            // twice: a deflate context is decoded to its end (every chunk of it, in one
-            // inflate from its checkpoint: a decode stopped at the wanted chunk would leave
-            // the rest to a second inflate from the same checkpoint, by the next reader or
-            // the read-ahead, passing over this part again), a zstd context as far as its
-            // last wanted chunk.
+            // twice. From a local source a deflate context is decoded to its end (every chunk
+            // of it, in one inflate from its checkpoint: a decode stopped at the wanted chunk
+            // would leave the rest to a second inflate from the same checkpoint, by the next
+            // reader or the read-ahead, passing over this part again). Over a link, and for
+            // zstd, a context is decoded as far as its last wanted chunk: the rest of a
+            // context is bytes a sparse start (the common case) never reads, and a sequential
+            // reader's misses bring the read-ahead that fetches them together.
+            let to_end = self.source.is_local();
             if let Some(Zran { meta, by_context }) = blob.zran()? {
                 let mut reach: HashMap<u32, u64> = HashMap::new();
                 for &ci in &mine {
@@ -501,7 +507,7 @@ impl BlobSet {
                     let r = reach.entry(c.zran_index).or_default();
                     *r = (*r).max(u64::from(c.zran_offset) + u64::from(c.uncompressed_size));
                     // A whole context yields all of its chunks in the one fetch.
-                    if !blob.frames || blob.whole(&meta.contexts[c.zran_index as usize]) {
+                    if (!blob.frames && to_end) || blob.whole(&meta.contexts[c.zran_index as usize]) {
                         *r = u64::MAX;
                     }
                 }
@@ -697,6 +703,19 @@ impl BlobSet {
         stored: &mut Vec<u32>,
     ) -> Result<Vec<(u32, String)>, BlobError> {
         let (whole, mut todo): (Vec<Unit>, Vec<Unit>) = blob.units(cis)?.into_iter().partition(|u| u.whole);
+        // Over a link, a deflate decode fetches what its context's ratio says it needs, not
+        // the whole way to the next checkpoint.
+        if !self.source.is_local()
+            && !blob.frames
+            && let Some(Zran { meta, .. }) = blob.zran()?
+        {
+            for u in &mut todo {
+                if let Some(z) = u.context.and_then(|zi| meta.contexts.get(zi as usize)) {
+                    let ratio = (u64::from(z.in_len), u64::from(z.out_len));
+                    u.end = estimated_end(u.start, u.full_end, u.out_len as u64, ratio);
+                }
+            }
+        }
         let mut bad = Vec::new();
         for u in &whole {
             bad.extend(self.fetch_whole(blob, u, stored)?);
@@ -716,7 +735,23 @@ impl BlobSet {
                 for u in group {
                     let input =
                         bytes.get((u.start - start) as usize..(u.end - start) as usize).unwrap_or(&[]);
-                    let decoded = blob.decode(u, input, DECODED.with(std::cell::RefCell::take));
+                    let mut decoded = blob.decode(u, input, DECODED.with(std::cell::RefCell::take));
+                    if decoded.is_err() && u.end < u.full_end {
+                        // The estimate fell short: the rest of the context, and the decode again.
+                        self.stats.tail_fetches.fetch_add(1, Relaxed);
+                        tracing::debug!(
+                            layer = blob.layer,
+                            start = u.start,
+                            estimated = u.end,
+                            end = u.full_end,
+                            "a decode needs the rest of its context"
+                        );
+                        let tail = self.fetch_range(blob, u.end, u.full_end, attempt > 0)?;
+                        let mut all = Vec::with_capacity(input.len() + tail.len());
+                        all.extend_from_slice(input);
+                        all.extend_from_slice(&tail);
+                        decoded = blob.decode(u, &all, Vec::new());
+                    }
                     self.stats.bytes_decoded.fetch_add(u.out_len as u64, Relaxed);
                     // Frames were each checked by the decode: their bytes go to the cache whole
                     // (the parts of neighbouring chunks too, so that a later mount can check
@@ -1051,7 +1086,11 @@ impl std::io::Read for Pieces<'_> {
 #[derive(Debug, Clone)]
 struct Unit {
     start: u64,
+    /// Where the range fetched for this decode ends: `full_end`, or short of it where the
+    /// rest is an estimate's margin ([`estimated_end`]).
     end: u64,
+    /// Where every byte the decode can need ends.
+    full_end: u64,
     /// A zstd context fetched and decoded whole, streaming ([`BlobSet::fetch_whole`]).
     whole: bool,
     /// Zran context index, or `None` for an eStargz member.
@@ -1100,6 +1139,7 @@ impl Blob {
                 let u = units.entry(u64::from(s.first)).or_insert(Unit {
                     start: 0,
                     end: 0,
+                    full_end: 0,
                     whole: false,
                     context: None,
                     frames: Some((s.first, last, 0)),
@@ -1120,6 +1160,7 @@ impl Blob {
                 let data = || frames.iter().filter(|f| !f.zeros);
                 u.start = data().map(|f| f.start).min().unwrap_or(0);
                 u.end = data().map(|f| f.end).max().unwrap_or(0);
+                u.full_end = u.end;
                 let mut lo = data().map(|f| f.at).min().unwrap_or(u64::MAX);
                 let mut hi = data().map(|f| f.at + u64::from(f.size)).max().unwrap_or(0);
                 for &(ci, _) in &u.chunks {
@@ -1177,6 +1218,7 @@ impl Blob {
                             start: z.in_offset,
                             whole,
                             end: if need > z.in_offset && !whole { need.min(end) } else { end },
+                            full_end: 0,
                             context: Some(zi),
                             frames: None,
                             out_len: chunks
@@ -1203,6 +1245,7 @@ impl Blob {
                         whole: false,
                         start: c.compressed_offset,
                         end: c.compressed_offset + u64::from(c.compressed_size),
+                        full_end: 0,
                         context: None,
                         frames: None,
                         out_len: 0,
@@ -1212,6 +1255,9 @@ impl Blob {
                     u.chunks.push((ci, 0));
                 }
             }
+        }
+        for u in units.values_mut() {
+            u.full_end = u.end;
         }
         for u in units.values().filter(|u| !u.whole) {
             let input = u.end.saturating_sub(u.start);
@@ -1295,6 +1341,27 @@ fn decode_native(compressor: u32, flags: u32, input: &[u8], out: &mut [u8]) -> R
     Ok(())
 }
 
+/// Bytes added to an estimate of the compressed bytes a deflate decode needs, and the least
+/// a shortened range must leave out to be worth the risk of a second request.
+const ESTIMATE_SLACK: u64 = 32 << 10;
+
+/// Where the compressed bytes that yield `out_len` bytes from a deflate context's start
+/// probably end: `start` plus `out_len` at the context's own ratio (`in_len / out_len`, which
+/// counts its whole compressed range, so it errs long) with a quarter more and
+/// [`ESTIMATE_SLACK`]; never past `full_end`.
+///
+/// The index knows compressed offsets only at checkpoints, so a chunk's range runs to the
+/// next one: a read of one small file fetches the rest of its span (up to a checkpoint span
+/// of output). A decode whose estimate falls short fetches the rest of the range then.
+fn estimated_end(start: u64, full_end: u64, out_len: u64, (in_len, ctx_out): (u64, u64)) -> u64 {
+    if ctx_out == 0 {
+        return full_end;
+    }
+    let need = u128::from(out_len) * u128::from(in_len) * 5 / (u128::from(ctx_out) * 4);
+    let end = start.saturating_add(u64::try_from(need).unwrap_or(u64::MAX)).saturating_add(ESTIMATE_SLACK);
+    if end.saturating_add(ESTIMATE_SLACK) >= full_end { full_end } else { end }
+}
+
 /// Group units (sorted by start) into requests: overlapping or close ranges together, up to
 /// [`MAX_REQUEST`] bytes each.
 /// Units that need no bytes (zeros chunks only) are groups of their own.
@@ -1327,11 +1394,20 @@ mod tests {
     use super::*;
 
     fn unit(start: u64, end: u64) -> Unit {
-        Unit { start, end, whole: false, context: None, frames: None, out_len: 0, chunks: Vec::new() }
+        Unit {
+            start,
+            end,
+            full_end: end,
+            whole: false,
+            context: None,
+            frames: None,
+            out_len: 0,
+            chunks: Vec::new(),
+        }
     }
 
-    /// A blob held in memory.
-    struct Memory(Vec<u8>);
+    /// A blob held in memory; like a file of a local layout when `.1`, else like a registry's.
+    struct Memory(Vec<u8>, bool);
 
     impl BlobSource for Memory {
         fn name(&self) -> String {
@@ -1356,11 +1432,25 @@ mod tests {
         fn bytes_fetched(&self) -> u64 {
             0
         }
+        fn is_local(&self) -> bool {
+            self.1
+        }
     }
 
     /// One gzip member of `data` cut into chunks of `cs` bytes, as `generate` would describe it
-    /// with a single context at the start; `tweak` may spoil the metadata.
+    /// with a single context at the start, served as a registry serves it; `tweak` may spoil
+    /// the metadata.
     fn one_blob(data: &[u8], cs: usize, tweak: impl Fn(&mut BlobMeta)) -> (BlobSet, tempfile::TempDir) {
+        blob_of(data, cs, tweak, false)
+    }
+
+    /// [`one_blob`] from a local source (`local`) or over a link.
+    fn blob_of(
+        data: &[u8],
+        cs: usize,
+        tweak: impl Fn(&mut BlobMeta),
+        local: bool,
+    ) -> (BlobSet, tempfile::TempDir) {
         use std::io::Write;
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
         e.write_all(data).unwrap();
@@ -1411,7 +1501,7 @@ mod tests {
         let set = BlobSet::open(
             vec![BlobInput { layer: 0, spec: &spec, decoding: Decoding::Zran(MetaInput::Ready(meta)) }],
             &table,
-            Box::new(Memory(gz)),
+            Box::new(Memory(gz, local)),
             dir.path(),
         )
         .unwrap();
@@ -1446,10 +1536,10 @@ mod tests {
     }
 
     #[test]
-    fn a_read_decodes_its_whole_context_once_and_the_chunks_are_recorded_by_the_end() {
+    fn a_local_read_decodes_its_whole_context_once_and_the_chunks_are_recorded_by_the_end() {
         let data: Vec<u8> = (0..40_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
         let n = data.len().div_ceil(8192) as u32;
-        let (set, dir) = one_blob(&data, 8192, |_| {});
+        let (set, dir) = blob_of(&data, 8192, |_| {}, true);
         let mut buf = vec![0u8; 100];
         set.read(&[Piece { blob: 0, ci: 3, offset: 50, len: 100 }], &mut buf).unwrap();
         assert_eq!(buf, data[3 * 8192 + 50..3 * 8192 + 150]);
@@ -1472,6 +1562,70 @@ mod tests {
             .find(|p| p.extension().is_some_and(|e| e == "map"))
             .unwrap();
         assert_eq!(std::fs::read(map).unwrap(), vec![1u8; n as usize]);
+    }
+
+    /// Bytes of 4 bits of entropy each (they compress to about half, like text or code).
+    fn nibbles(n: usize, seed: u32) -> Vec<u8> {
+        let mut x = seed;
+        (0..n)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                b'a' + ((x >> 27) & 15) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn over_a_link_a_read_fetches_and_decodes_only_as_far_as_its_chunk() {
+        let data = nibbles(1 << 20, 7);
+        let cs = 64 << 10;
+        let (set, _dir) = one_blob(&data, cs, |_| {});
+        let mut buf = vec![0u8; 100];
+        set.read(&[Piece { blob: 0, ci: 2, offset: 10, len: 100 }], &mut buf).unwrap();
+        assert_eq!(buf, data[2 * cs + 10..2 * cs + 110]);
+        // Chunks 0..=2 decoded (from the context's start), not the rest of the context.
+        assert_eq!(set.stats.bytes_decoded.load(Relaxed), 3 * cs as u64);
+        assert!((0..3).all(|ci| set.is_good(0, ci)) && !set.is_good(0, 3));
+        // The range asked for is the context's ratio for 192 KiB with its margin, well short
+        // of the whole member, and it was enough.
+        let fetched = set.stats.bytes_fetched.load(Relaxed);
+        assert!(fetched < 320 << 10, "{fetched}");
+        assert_eq!(set.stats.tail_fetches.load(Relaxed), 0);
+        assert_eq!(set.stats.requests.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn an_estimate_that_falls_short_fetches_the_rest_of_its_context() {
+        // Incompressible data, then a long run of zeros: the context's ratio says far fewer
+        // compressed bytes than the start of it needs.
+        let mut x = 1u32;
+        let mut data: Vec<u8> = (0..256 << 10)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                (x >> 23) as u8
+            })
+            .collect();
+        data.resize(data.len() + (4 << 20), 0);
+        let cs = 64 << 10;
+        let (set, _dir) = one_blob(&data, cs, |_| {});
+        let mut buf = vec![0u8; 100];
+        set.read(&[Piece { blob: 0, ci: 3, offset: 7, len: 100 }], &mut buf).unwrap();
+        assert_eq!(buf, data[3 * cs + 7..3 * cs + 107]);
+        assert_eq!(set.stats.tail_fetches.load(Relaxed), 1);
+        assert_eq!(set.stats.requests.load(Relaxed), 2);
+        assert_eq!(set.stats.digest_failures.load(Relaxed), 0);
+        assert!((0..4).all(|ci| set.is_good(0, ci)));
+    }
+
+    #[test]
+    fn estimates_stay_inside_their_range() {
+        // No ratio known, or what would be left out too little to be worth a second request.
+        assert_eq!(estimated_end(100, 5000, 10, (0, 0)), 5000);
+        assert_eq!(estimated_end(100, 50_000, 1000, (1, 2)), 50_000);
+        // A quarter over the ratio, and the slack.
+        assert_eq!(estimated_end(0, 10 << 20, 1 << 20, (1, 2)), (640 << 10) + ESTIMATE_SLACK);
+        // Never past the end, whatever the numbers.
+        assert_eq!(estimated_end(u64::MAX - 10, u64::MAX, u64::MAX, (u64::MAX, 1)), u64::MAX);
     }
 
     /// A native blob of three chunks (zstd, stored, zstd), with `compressor` for its
@@ -1524,7 +1678,7 @@ mod tests {
         let set = BlobSet::open(
             vec![BlobInput { layer: 0, spec: &spec, decoding: Decoding::Native }],
             &table,
-            Box::new(Memory(blob)),
+            Box::new(Memory(blob, false)),
             dir.path(),
         )
         .unwrap();
@@ -1568,7 +1722,7 @@ mod tests {
             BlobSet::open(
                 vec![BlobInput { layer: 0, spec, decoding }],
                 &[],
-                Box::new(Memory(Vec::new())),
+                Box::new(Memory(Vec::new(), false)),
                 dir.path(),
             )
             .err()
@@ -1641,7 +1795,7 @@ mod tests {
                 decoding: Decoding::Frames(frames::FrameTable { frames, spans }),
             }],
             &table,
-            Box::new(Memory(blob)),
+            Box::new(Memory(blob, false)),
             dir,
         )
         .unwrap();
@@ -1840,7 +1994,7 @@ mod tests {
         let set = BlobSet::open(
             vec![BlobInput { layer: 0, spec: &spec, decoding: Decoding::Members }],
             &table,
-            Box::new(Memory(blob)),
+            Box::new(Memory(blob, false)),
             dir.path(),
         )
         .unwrap();
@@ -1930,7 +2084,7 @@ mod tests {
         let set = BlobSet::open(
             vec![BlobInput { layer: 0, spec: &spec, decoding: Decoding::Zran(MetaInput::Ready(meta)) }],
             &table,
-            Box::new(Memory(z)),
+            Box::new(Memory(z, false)),
             dir.path(),
         )
         .unwrap();

@@ -256,6 +256,10 @@ impl BlobSource for LayoutSource {
         self.name.clone()
     }
 
+    fn is_local(&self) -> bool {
+        true
+    }
+
     fn manifest(&self, reference: &str) -> Result<(Vec<u8>, Digest, Option<String>), OciError> {
         let digest: Digest = reference.parse().map_err(|_| {
             OciError::NotFound(format!(

@@ -81,6 +81,12 @@ pub trait BlobSource: Send + Sync {
     fn referrers(&self, _subject: &Digest) -> Result<Vec<Referrer>, OciError> {
         Ok(Vec::new())
     }
+
+    /// Whether bytes of this source cost a read, not a link: readers may then fetch more than
+    /// they were asked for whenever that saves work (false, by default).
+    fn is_local(&self) -> bool {
+        false
+    }
 }
 
 fn io_error(source: String, digest: &Digest, e: io::Error) -> OciError {
