@@ -1357,7 +1357,8 @@ fn estimated_end(start: u64, full_end: u64, out_len: u64, (in_len, ctx_out): (u6
     if ctx_out == 0 {
         return full_end;
     }
-    let need = u128::from(out_len) * u128::from(in_len) * 5 / (u128::from(ctx_out) * 4);
+    let need =
+        u128::from(out_len).saturating_mul(u128::from(in_len)).saturating_mul(5) / (u128::from(ctx_out) * 4);
     let end = start.saturating_add(u64::try_from(need).unwrap_or(u64::MAX)).saturating_add(ESTIMATE_SLACK);
     if end.saturating_add(ESTIMATE_SLACK) >= full_end { full_end } else { end }
 }
