@@ -427,14 +427,21 @@ impl BlobSet {
         self.blob(b).ok().and_then(|blob| blob.good.get(ci as usize)).is_some_and(|g| g.load(Relaxed))
     }
 
-    /// Whether a read of chunk `ci` of blob `b` has to fetch: neither verified this session nor
-    /// recorded in the cache by an earlier one.
+    /// Whether a read of chunk `ci` of blob `b` has to fetch: neither verified this session,
+    /// nor recorded in the cache by an earlier one, nor being checked or fetched by another
+    /// reader.
     pub fn must_fetch(&self, b: u8, ci: u32) -> bool {
-        self.blob(b).ok().is_some_and(|blob| {
-            let i = ci as usize;
-            !blob.good.get(i).is_some_and(|g| g.load(Relaxed))
-                && !blob.cached.get(i).is_some_and(|c| c.load(Relaxed))
-        })
+        let Ok(blob) = self.blob(b) else { return false };
+        let i = ci as usize;
+        let good = || blob.good.get(i).is_some_and(|g| g.load(Relaxed));
+        if good() {
+            return false;
+        }
+        // A chunk another reader is checking (its cached flag is cleared while it is) or
+        // fetching is no miss of this read. Under the lock: a chunk leaves the fetches in
+        // flight only once it is good.
+        let Ok(flights) = blob.flights.lock() else { return false };
+        !flights.contains_key(&ci) && !good() && !blob.cached.get(i).is_some_and(|c| c.load(Relaxed))
     }
 
     /// The chunks after `ci` in blob `b` (the layer's next data: the next files of the same
@@ -1616,6 +1623,19 @@ mod tests {
         assert_eq!(set.stats.requests.load(Relaxed), 2);
         assert_eq!(set.stats.digest_failures.load(Relaxed), 0);
         assert!((0..4).all(|ci| set.is_good(0, ci)));
+    }
+
+    #[test]
+    fn a_chunk_another_reader_is_checking_or_fetching_is_no_miss() {
+        let (set, _dir) = one_blob(&nibbles(256 << 10, 3), 64 << 10, |_| {});
+        assert!(set.must_fetch(0, 1));
+        let blob = set.blob(0).unwrap();
+        blob.flights.lock().unwrap().insert(1, Arc::new(Flight::default()));
+        assert!(!set.must_fetch(0, 1), "in flight");
+        blob.flights.lock().unwrap().clear();
+        assert!(set.must_fetch(0, 1));
+        blob.good[1].store(true, Relaxed);
+        assert!(!set.must_fetch(0, 1), "good");
     }
 
     #[test]
