@@ -148,7 +148,7 @@ impl BlobCache {
 }
 
 /// `flock(2)` the file with `op`; `Ok(false)` when `LOCK_NB` was asked and another holds it.
-fn try_lock(f: &File, op: i32) -> std::io::Result<bool> {
+pub fn try_lock(f: &File, op: i32) -> std::io::Result<bool> {
     use std::os::fd::AsRawFd;
     loop {
         // SAFETY: the descriptor belongs to `f`, open for the whole call; flock only reads it.

@@ -20,6 +20,7 @@
 
 use super::MountError;
 use super::open::Mountable;
+use crate::blob::cache::try_lock;
 use sha2::{Digest as _, Sha256};
 use std::fs::File;
 use std::io::Write as _;
@@ -211,25 +212,9 @@ fn mounted(
     Ok(Ok(KernelMount { via, boot, devices, dev, _boot_lock: lock }))
 }
 
-/// `flock(2)` the file with `op`; false when `LOCK_NB` was asked and another holds it.
-fn flock(f: &File, op: i32) -> std::io::Result<bool> {
-    loop {
-        // SAFETY: the descriptor belongs to `f`, open for the whole call; flock only reads it.
-        if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
-            return Ok(true);
-        }
-        let e = std::io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EWOULDBLOCK) => return Ok(false),
-            _ => return Err(e),
-        }
-    }
-}
-
 fn lock_shared(p: &Path) -> std::io::Result<File> {
     let f = File::open(p)?;
-    flock(&f, libc::LOCK_SH)?;
+    try_lock(&f, libc::LOCK_SH)?;
     Ok(f)
 }
 
@@ -245,7 +230,7 @@ pub fn prune_bootstraps(cache: &Path) -> std::io::Result<Vec<String>> {
             continue;
         }
         let Ok(f) = File::open(e.path()) else { continue };
-        if !flock(&f, libc::LOCK_EX | libc::LOCK_NB)? {
+        if !try_lock(&f, libc::LOCK_EX | libc::LOCK_NB)? {
             continue;
         }
         std::fs::remove_file(e.path())?;

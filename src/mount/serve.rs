@@ -119,25 +119,8 @@ pub fn serve(
     let session = fuser::spawn_mount(Served(fs.clone()), mnt, &config)
         .map_err(|source| MountError::Mount { path: mnt.to_path_buf(), source })?;
 
-    let started =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let write_record = |live: bool| {
-        let r = Record {
-            pid: std::process::id(),
-            mountpoint: mnt.to_path_buf(),
-            source: source.to_string(),
-            image: m.name.clone(),
-            image_size: m.image_size,
-            started,
-            live,
-            stats: serde_json::to_value(&blobs.stats).unwrap_or_default(),
-            served: SERVED_FUSE.into(),
-            fuse_reason: Some(fuse_reason.clone()),
-        };
-        if let Err(e) = r.write(cache) {
-            tracing::warn!("cannot write {}: {e}", record_path(cache, mnt).display());
-        }
-    };
+    let record = record_of(mnt, source, &m.name, m.image_size, SERVED_FUSE, Some(fuse_reason.clone()));
+    let write_record = |live: bool| write_record(cache, &record, live, &blobs.stats);
     write_record(true);
     tracing::info!(mountpoint = %mnt.display(), image = %m.name, "mounted");
 
@@ -200,6 +183,41 @@ pub fn serve(
     r.map_err(|source| MountError::Serving { path: mnt.to_path_buf(), source })
 }
 
+/// This process's record of its mount at `mnt`, started now; `live` and the counters are
+/// set at each [`write_record`].
+fn record_of(
+    mnt: &Path,
+    source: &str,
+    image: &str,
+    image_size: u64,
+    served: &str,
+    fuse_reason: Option<String>,
+) -> Record {
+    Record {
+        pid: std::process::id(),
+        mountpoint: mnt.to_path_buf(),
+        source: source.to_string(),
+        image: image.to_string(),
+        image_size,
+        started: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        live: true,
+        stats: serde_json::Value::Null,
+        served: served.into(),
+        fuse_reason,
+    }
+}
+
+/// Write `record` with `live` and the counters `stats` (a failure is logged: the mount goes
+/// on without it).
+fn write_record(cache: &Path, record: &Record, live: bool, stats: &crate::blob::Stats) {
+    let r = Record { live, stats: serde_json::to_value(stats).unwrap_or_default(), ..record.clone() };
+    if let Err(e) = r.write(cache) {
+        tracing::warn!("cannot write {}: {e}", record_path(cache, &r.mountpoint).display());
+    }
+}
+
 /// Serve a kernel EROFS mount: keep the record (the counters of the check before the switch)
 /// and the cache files' locks until the mount is taken away or this process is signalled
 /// (then unmount it, lazily when busy).
@@ -210,25 +228,8 @@ fn serve_kernel(
     source: &str,
     cache: &Path,
 ) -> Result<(), MountError> {
-    let started =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let write_record = |live: bool| {
-        let r = Record {
-            pid: std::process::id(),
-            mountpoint: mnt.to_path_buf(),
-            source: source.to_string(),
-            image: m.name.clone(),
-            image_size: m.image_size,
-            started,
-            live,
-            stats: serde_json::to_value(&m.blobs.stats).unwrap_or_default(),
-            served: SERVED_KERNEL.into(),
-            fuse_reason: None,
-        };
-        if let Err(e) = r.write(cache) {
-            tracing::warn!("cannot write {}: {e}", record_path(cache, mnt).display());
-        }
-    };
+    let record = record_of(mnt, source, &m.name, m.image_size, SERVED_KERNEL, None);
+    let write_record = |live: bool| write_record(cache, &record, live, &m.blobs.stats);
     write_record(true);
     tracing::info!(
         mountpoint = %mnt.display(),
