@@ -31,6 +31,10 @@ pub struct IndexArgs {
     /// Print a summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Cores to decode on: with 2 or more, a second thread decodes chunks of the stream ahead
+    /// of the pass (same index). 0: as many as the machine has.
+    #[arg(short = 'j', long, default_value_t = 0)]
+    pub threads: usize,
 }
 
 #[derive(Debug, Args)]
@@ -76,8 +80,13 @@ fn default_index_path(file: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn build(file: &Path, span: u64) -> anyhow::Result<Index> {
-    let builder = IndexBuilder::new().span(span);
+fn build(file: &Path, span: u64, threads: usize) -> anyhow::Result<Index> {
+    let threads = match threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let chunk = if threads >= 2 { gzip::DEFAULT_SPECULATE_CHUNK } else { 0 };
+    let builder = IndexBuilder::new().span(span).speculate(chunk);
     let name = file.display().to_string();
     let index = if file == Path::new("-") {
         let bar = byte_progress(None, "indexing");
@@ -102,7 +111,7 @@ fn index(args: IndexArgs) -> anyhow::Result<()> {
         (None, true) => bail!("reading standard input needs -o INDEX"),
     };
     let started = Instant::now();
-    let index = build(&args.file, args.span)?;
+    let index = build(&args.file, args.span, args.threads)?;
     let seconds = started.elapsed().as_secs_f64();
     zidx::write_file(&index, &output).with_context(|| format!("cannot write index {}", output.display()))?;
     let index_size = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
@@ -154,7 +163,7 @@ fn extract(args: ExtractArgs) -> anyhow::Result<()> {
         }
         None => {
             tracing::info!("no index for {name}; building one in memory");
-            build(&args.file, gzip::DEFAULT_SPAN)?
+            build(&args.file, gzip::DEFAULT_SPAN, 0)?
         }
     };
     let end = args.offset.checked_add(args.length);

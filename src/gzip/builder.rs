@@ -15,10 +15,17 @@
 use super::header::{self, HeaderError};
 use super::index::{Checkpoint, Index, MemberEnd, WINDOW_SIZE};
 use super::inflate::RawInflate;
+use super::speculate::{Action, Chunk, Speculator};
 use super::window::{self, Job, Packed};
 use super::{DEFAULT_SPAN, GzipError};
 use std::io::{ErrorKind, Read};
 use std::sync::mpsc;
+
+/// The chunk size for [`IndexBuilder::speculate`] that balances the search for a block start
+/// and the memory held against the work handed to the second core.
+pub const DEFAULT_SPECULATE_CHUNK: u64 = 4 << 20;
+/// A speculative chunk gives at most this much output, however well the stream compresses.
+const SPECULATE_MAX_OUT: usize = 32 << 20;
 
 /// Output produced per round before the sink sees it.
 const ROUND: usize = 512 * 1024;
@@ -113,6 +120,8 @@ pub struct IndexBuilder {
     span: u64,
     slack: Option<u64>,
     members: bool,
+    /// Compressed bytes per speculative chunk; 0: none.
+    speculate: u64,
 }
 
 impl Default for IndexBuilder {
@@ -157,7 +166,7 @@ impl Boundary {
 
 impl IndexBuilder {
     pub fn new() -> Self {
-        IndexBuilder { span: DEFAULT_SPAN, slack: None, members: false }
+        IndexBuilder { span: DEFAULT_SPAN, slack: None, members: false, speculate: 0 }
     }
 
     /// Take a checkpoint at the first block boundary at least `span` uncompressed bytes after
@@ -180,6 +189,15 @@ impl IndexBuilder {
     /// end of a member (Nydus before 2.3) need both.
     pub fn member_checkpoints(mut self, on: bool) -> Self {
         self.members = on;
+        self
+    }
+
+    /// Decode on a second core too: a worker decodes chunks of the stream ahead of the pass,
+    /// every other chunk of about `chunk` compressed bytes, and the pass takes each one in when
+    /// it gets there (`speculate.rs`). The index is the same as without. 0 turns it off (the
+    /// default); [`DEFAULT_SPECULATE_CHUNK`] suits files of tens of MB and more.
+    pub fn speculate(mut self, chunk: u64) -> Self {
+        self.speculate = chunk;
         self
     }
 
@@ -294,6 +312,12 @@ impl<R: Read> Input<R> {
         (start <= self.len).then(|| &self.buf[start..self.len.min(start + max)])
     }
 
+    /// Move to `offset`, which must be within what has been read and not before the buffer.
+    fn seek(&mut self, offset: u64) {
+        let at = offset.saturating_sub(self.base).min(self.len as u64);
+        self.pos = at as usize;
+    }
+
     /// Make at least `n` bytes available; false if the input ends first.
     fn ensure(&mut self, n: usize) -> Result<bool, GzipError> {
         while self.len - self.pos < n {
@@ -331,6 +355,7 @@ struct Pass<R> {
     checkpoints: Vec<Checkpoint>,
     members: u64,
     tail: [u8; 8],
+    spec: Option<Speculator>,
 }
 
 impl<R: Read> Pass<R> {
@@ -366,6 +391,12 @@ impl<R: Read> Pass<R> {
             checkpoints: Vec::new(),
             members: 0,
             tail: [0; 8],
+            spec: match builder.speculate {
+                0 => None,
+                chunk => Speculator::new(chunk, SPECULATE_MAX_OUT)
+                    .inspect_err(|e| tracing::debug!(error = %e, "no speculative decoding"))
+                    .ok(),
+            },
         })
     }
 
@@ -385,6 +416,9 @@ impl<R: Read> Pass<R> {
             self.members += 1;
         }
         self.end_round(sink, true)?;
+        if let Some(spec) = &self.spec {
+            tracing::debug!(taken = spec.taken, wasted = spec.wasted, "speculative chunks");
+        }
         Ok(Index {
             compressed_size: self.input.offset(),
             uncompressed_size: self.total_out,
@@ -457,6 +491,7 @@ impl<R: Read> Pass<R> {
         loop {
             if self.out_len == self.out.len() {
                 self.end_round(sink, false)?;
+                self.feed_speculator()?;
             }
             if self.input.avail().is_empty() && !self.input.more()? {
                 return Err(GzipError::Truncated { member, offset: self.input.offset() });
@@ -491,6 +526,11 @@ impl<R: Read> Pass<R> {
                     _ => 0,
                 };
                 self.boundary(Boundary { out: self.total_out, input, bits, prev_byte, member_start, member });
+                if let Some(spec) = self.spec.as_mut() {
+                    if let Action::Take(chunk) = spec.at(input * 8 - u64::from(bits)) {
+                        self.take(chunk, &mut crc, member_start, member, sink)?;
+                    }
+                }
             }
             if step.consumed == 0 && step.produced == 0 {
                 stalls += 1;
@@ -566,6 +606,85 @@ impl<R: Read> Pass<R> {
             return None;
         }
         Some(MemberEnd { out: end, input: b.input + used as u64, clean: !last.stream_end })
+    }
+
+    /// Read ahead and hand the speculative worker its next chunk, when one is due.
+    fn feed_speculator(&mut self) -> Result<(), GzipError> {
+        let Some(want) = self.spec.as_ref().and_then(|s| s.wanted(self.input.offset())) else {
+            return Ok(());
+        };
+        let want = usize::try_from(want).unwrap_or(usize::MAX);
+        self.input.ensure(want)?;
+        let now = self.input.offset();
+        if let (Some(spec), Some(data)) = (self.spec.as_mut(), self.input.kept(now, want)) {
+            spec.dispatch(now, now, data, self.input.eof);
+        }
+        Ok(())
+    }
+
+    /// Take in a speculatively decoded chunk that starts where the pass stands (a block
+    /// boundary just recorded): fill in its copies of the window, hand its output on as if
+    /// decoded here, and restart the decoder at its last boundary.
+    fn take<S: Sink + ?Sized>(
+        &mut self,
+        mut chunk: Chunk,
+        crc: &mut crc32fast::Hasher,
+        member_start: u64,
+        member: u64,
+        sink: &mut S,
+    ) -> Result<(), GzipError> {
+        let here = Boundary { out: self.total_out, input: 0, bits: 0, prev_byte: 0, member_start, member };
+        if chunk.start.input != self.input.offset() || !chunk.resolve(self.window_in_buffer(&here)) {
+            tracing::debug!(offset = chunk.start.input, "speculative chunk does not fit; decoding it here");
+            if let Some(spec) = &self.spec {
+                spec.recycle(chunk.out);
+            }
+            return Ok(());
+        }
+        let base = self.total_out;
+        let (mut done, mut next) = (0usize, 0usize);
+        while done < chunk.len {
+            if self.out_len == self.out.len() {
+                self.end_round(sink, false)?;
+            }
+            let n = (chunk.len - done).min(self.out.len() - self.out_len);
+            let piece = &chunk.out[done..done + n];
+            self.out[self.out_len..self.out_len + n].copy_from_slice(piece);
+            crc.update(piece);
+            self.out_len += n;
+            self.total_out += n as u64;
+            done += n;
+            while let Some(p) = chunk.boundaries.get(next).filter(|p| p.out <= done as u64) {
+                let b = Boundary {
+                    out: base + p.out,
+                    input: p.input,
+                    bits: p.bits,
+                    prev_byte: p.prev_byte,
+                    member_start,
+                    member,
+                };
+                self.input.seek(p.input);
+                self.boundary(b);
+                next += 1;
+            }
+        }
+        let err = |e: super::inflate::InflateError| GzipError::Deflate {
+            member,
+            offset: self.input.offset(),
+            message: e.message,
+        };
+        if let Some(last) = chunk.boundaries.last() {
+            let here =
+                Boundary { out: self.total_out, input: 0, bits: 0, prev_byte: 0, member_start, member };
+            let window = self.window_in_buffer(&here).to_vec();
+            self.inflate.reset().map_err(err)?;
+            self.inflate.prime(last.bits, last.prev_byte).map_err(err)?;
+            self.inflate.set_dictionary(&window).map_err(err)?;
+        }
+        if let Some(spec) = &self.spec {
+            spec.recycle(chunk.out);
+        }
+        Ok(())
     }
 
     fn boundary(&mut self, b: Boundary) {

@@ -18,10 +18,11 @@ mod index;
 mod inflate;
 mod restart;
 mod sparse;
+mod speculate;
 mod window;
 pub mod zidx;
 
-pub use builder::{IndexBuilder, NullSink, Requests, Sink};
+pub use builder::{DEFAULT_SPECULATE_CHUNK, IndexBuilder, NullSink, Requests, Sink};
 pub use extract::{Extractor, ReadAt};
 pub use index::{Checkpoint, Index, MemberEnd, WINDOW_SIZE};
 pub use restart::{Restart, inflate_from, inflate_member};
