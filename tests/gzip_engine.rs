@@ -432,3 +432,122 @@ fn windows_reach_the_full_32k() {
     assert!(index.checkpoints.iter().skip(1).all(|c| c.window_len == 32768));
     check_ranges(&gz, &index, &data, &[(40_000, 5000), (700_000, 300_000)]);
 }
+
+/// A sink that asks for checkpoints at offsets set by `seed` (as a tar sink asks for them at
+/// file starts: where the data says, whatever the rounds), and says that it takes rounds when
+/// `takes` (so the pass copies a speculative chunk in round by round rather than handing it
+/// on in place).
+struct Asker {
+    seed: u64,
+    takes: bool,
+}
+
+impl Sink for Asker {
+    fn data(
+        &mut self,
+        at: u64,
+        bytes: &[u8],
+        requests: &mut Requests,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let stride = 20_000 + self.seed % 200_000;
+        let end = at + bytes.len() as u64;
+        let mut k = at / stride;
+        loop {
+            let offset = k * stride + (k * k * 31 + self.seed) % (stride / 2);
+            if offset >= end {
+                break;
+            }
+            if offset >= at {
+                requests.request(offset);
+            }
+            k += 1;
+        }
+        Ok(())
+    }
+
+    fn takes_rounds(&self) -> bool {
+        self.takes
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// Decoding chunks on a second core changes nothing in the index: checkpoint for
+    /// checkpoint, window for window, byte for byte on disk, with and without requests from
+    /// the sink, whatever the members, levels, strategies and flushes.
+    #[test]
+    fn speculative_pass_builds_the_sequential_index(
+        len in 300_000usize..2_500_000,
+        seed in any::<u64>(),
+        members in prop::collection::vec(member_strategy(), 1..3),
+        splits in prop::collection::vec(0usize..2_500_000, 0..3),
+        span in prop::sample::select(vec![32 * 1024u64, 100_000, 1 << 20]),
+        chunk in prop::sample::select(vec![4096u64, 16 << 10, 64 << 10, 256 << 10]),
+        asks in any::<bool>(),
+        takes in any::<bool>(),
+    ) {
+        let data = sample_data(len, seed);
+        let gz = gzip_members(&data, &splits, &members);
+        let build = |chunk: u64| {
+            let builder = IndexBuilder::new().span(span).request_slack(span / 4).speculate(chunk);
+            if asks {
+                builder.build_counted(&gz[..], &mut Asker { seed, takes }).unwrap()
+            } else {
+                builder.build_counted(&gz[..], &mut zran::gzip::NullSink).unwrap()
+            }
+        };
+        let (sequential, none) = build(0);
+        let (speculative, _) = build(chunk);
+        prop_assert_eq!(none.taken + none.wasted, 0);
+        prop_assert_eq!(zidx::encode(&speculative), zidx::encode(&sequential));
+        prop_assert_eq!(speculative, sequential);
+    }
+}
+
+#[test]
+fn speculation_takes_chunks_and_throws_false_starts_away() {
+    let data = sample_data(6 << 20, 11);
+    let gz = gzip_members(&data, &[], &[Member::default()]);
+    let sequential = IndexBuilder::new().build(&gz[..]).unwrap();
+    for takes in [false, true] {
+        let asking = IndexBuilder::new().request_slack(32 << 10);
+        let (index, s) =
+            asking.clone().speculate(64 << 10).build_counted(&gz[..], &mut Asker { seed: 3, takes }).unwrap();
+        let asked = asking.build_with(&gz[..], &mut Asker { seed: 3, takes }).unwrap();
+        assert_eq!(index, asked);
+        assert!(s.taken >= 5, "{s:?}");
+        let (plain, _) = IndexBuilder::new()
+            .speculate(64 << 10)
+            .build_counted(&gz[..], &mut zran::gzip::NullSink)
+            .unwrap();
+        assert!(asked.checkpoints.len() > plain.checkpoints.len() + 20, "the sink's requests count");
+        assert_eq!(plain, sequential);
+    }
+
+    // A gzip file stored inside a stream of stored blocks: its dynamic-block headers look like
+    // block starts of the outer stream, but none of them is one.
+    let inner = gzip_members(&data[..2 << 20], &[], &[Member::default()]);
+    let mut outer_data = data[2 << 20..3 << 20].to_vec();
+    outer_data.extend_from_slice(&inner);
+    let stored = Member { level: 0, ..Member::default() };
+    let gz = gzip_members(&outer_data, &[], &[stored]);
+    let sequential = IndexBuilder::new().build(&gz[..]).unwrap();
+    let (index, s) =
+        IndexBuilder::new().speculate(64 << 10).build_counted(&gz[..], &mut zran::gzip::NullSink).unwrap();
+    assert_eq!(index, sequential);
+    assert_eq!(s.taken, 0, "{s:?}");
+    assert!(s.wasted > 0, "{s:?}");
+}
+
+#[test]
+fn speculation_keeps_errors_where_the_sequential_pass_finds_them() {
+    let data = sample_data(3 << 20, 5);
+    let mut gz = gzip_members(&data, &[], &[Member::default()]);
+    // Damage a byte past the first chunk, in a part the worker decodes.
+    let at = gz.len() * 3 / 4;
+    gz[at] ^= 0x55;
+    let sequential = IndexBuilder::new().build(&gz[..]).unwrap_err().to_string();
+    let speculative = IndexBuilder::new().speculate(64 << 10).build(&gz[..]).unwrap_err().to_string();
+    assert_eq!(speculative, sequential);
+}

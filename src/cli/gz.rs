@@ -72,6 +72,8 @@ struct Summary<'a> {
     index_ratio: f64,
     seconds: f64,
     mb_per_sec_uncompressed: f64,
+    /// Chunks decoded on a second core.
+    speculation: gzip::Speculation,
 }
 
 fn default_index_path(file: &Path) -> PathBuf {
@@ -80,7 +82,7 @@ fn default_index_path(file: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn build(file: &Path, span: u64, threads: usize) -> anyhow::Result<Index> {
+fn build(file: &Path, span: u64, threads: usize) -> anyhow::Result<(Index, gzip::Speculation)> {
     let threads = match threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -90,14 +92,15 @@ fn build(file: &Path, span: u64, threads: usize) -> anyhow::Result<Index> {
     let name = file.display().to_string();
     let index = if file == Path::new("-") {
         let bar = byte_progress(None, "indexing");
-        let r = builder.build(bar.wrap_read(std::io::stdin().lock()));
+        let r = builder.build_counted(bar.wrap_read(std::io::stdin().lock()), &mut gzip::NullSink);
         bar.finish_and_clear();
         r
     } else {
         let f = File::open(file).with_context(|| format!("cannot open {name}"))?;
         let len = f.metadata().ok().map(|m| m.len());
         let bar = byte_progress(len, "indexing");
-        let r = builder.build(bar.wrap_read(std::io::BufReader::with_capacity(0, f)));
+        let r = builder
+            .build_counted(bar.wrap_read(std::io::BufReader::with_capacity(0, f)), &mut gzip::NullSink);
         bar.finish_and_clear();
         r
     };
@@ -111,7 +114,7 @@ fn index(args: IndexArgs) -> anyhow::Result<()> {
         (None, true) => bail!("reading standard input needs -o INDEX"),
     };
     let started = Instant::now();
-    let index = build(&args.file, args.span, args.threads)?;
+    let (index, speculation) = build(&args.file, args.span, args.threads)?;
     let seconds = started.elapsed().as_secs_f64();
     zidx::write_file(&index, &output).with_context(|| format!("cannot write index {}", output.display()))?;
     let index_size = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
@@ -127,6 +130,7 @@ fn index(args: IndexArgs) -> anyhow::Result<()> {
         index_ratio: index_size as f64 / index.compressed_size.max(1) as f64,
         seconds,
         mb_per_sec_uncompressed: index.uncompressed_size as f64 / 1e6 / seconds.max(1e-9),
+        speculation,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -163,7 +167,7 @@ fn extract(args: ExtractArgs) -> anyhow::Result<()> {
         }
         None => {
             tracing::info!("no index for {name}; building one in memory");
-            build(&args.file, gzip::DEFAULT_SPAN, 0)?
+            build(&args.file, gzip::DEFAULT_SPAN, 0)?.0
         }
     };
     let end = args.offset.checked_add(args.length);

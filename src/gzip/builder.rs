@@ -23,9 +23,9 @@ use std::sync::mpsc;
 
 /// The chunk size for [`IndexBuilder::speculate`] that balances the search for a block start
 /// and the memory held against the work handed to the second core.
-pub const DEFAULT_SPECULATE_CHUNK: u64 = 4 << 20;
+pub const DEFAULT_SPECULATE_CHUNK: u64 = 8 << 20;
 /// A speculative chunk gives at most this much output, however well the stream compresses.
-const SPECULATE_MAX_OUT: usize = 32 << 20;
+const SPECULATE_MAX_OUT: usize = 64 << 20;
 
 /// Output produced per round before the sink sees it.
 const ROUND: usize = 512 * 1024;
@@ -70,6 +70,12 @@ pub trait Sink {
         let _ = (buf, round, history);
         Ok(false)
     }
+
+    /// Whether [`Sink::take_round`] may take buffers. A sink that never does may be given
+    /// rounds of any length (a whole chunk decoded on another core, without a copy).
+    fn takes_rounds(&self) -> bool {
+        false
+    }
 }
 
 /// A sink that drops the data.
@@ -112,6 +118,16 @@ impl Requests {
     pub fn take(&mut self) -> Vec<u64> {
         std::mem::take(&mut self.offsets).into_iter().map(|(o, _)| o).collect()
     }
+}
+
+/// What speculative decoding ([`IndexBuilder::speculate`]) did in one pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Speculation {
+    /// Chunks decoded on the second core and taken into the pass.
+    pub taken: u64,
+    /// Chunks whose work was thrown away (no block start found, a false start, or output
+    /// that did not fit).
+    pub wasted: u64,
 }
 
 /// Builds an [`Index`] from a gzip stream in one pass.
@@ -208,6 +224,15 @@ impl IndexBuilder {
 
     /// Index a stream, handing its data to `sink`.
     pub fn build_with<R: Read, S: Sink + ?Sized>(&self, reader: R, sink: &mut S) -> Result<Index, GzipError> {
+        self.build_counted(reader, sink).map(|(index, _)| index)
+    }
+
+    /// [`IndexBuilder::build_with`], also saying what speculative decoding did.
+    pub fn build_counted<R: Read, S: Sink + ?Sized>(
+        &self,
+        reader: R,
+        sink: &mut S,
+    ) -> Result<(Index, Speculation), GzipError> {
         std::thread::scope(|scope| {
             let (tx, rx) = mpsc::channel::<Job>();
             let packer = scope.spawn(move || {
@@ -217,6 +242,11 @@ impl IndexBuilder {
             let mut pass = Pass::new(reader, self, tx)?;
             let result = pass.run(sink);
             drop(pass.windows.take());
+            let speculation = pass
+                .spec
+                .take()
+                .map(|s| Speculation { taken: s.taken, wasted: s.wasted })
+                .unwrap_or_default();
             let packed = packer
                 .join()
                 .map_err(|_| GzipError::Window { checkpoint: 0, message: "window packer panicked".into() })?;
@@ -229,7 +259,7 @@ impl IndexBuilder {
                 sparse += usize::from(s);
             }
             tracing::debug!(checkpoints = index.checkpoints.len(), sparse, "windows packed");
-            Ok(index)
+            Ok((index, speculation))
         })
     }
 }
@@ -365,7 +395,13 @@ impl<R: Read> Pass<R> {
         Ok(Pass {
             input: Input {
                 reader,
-                buf: vec![0; INPUT_CHUNK],
+                // Speculation reads two chunks and more ahead: one buffer, sized once.
+                buf: match builder.speculate {
+                    0 => vec![0; INPUT_CHUNK],
+                    chunk => super::speculate::big_buffer(
+                        usize::try_from(4 * chunk).unwrap_or(usize::MAX).max(INPUT_CHUNK),
+                    ),
+                },
                 pos: 0,
                 len: 0,
                 base: 0,
@@ -417,7 +453,7 @@ impl<R: Read> Pass<R> {
         }
         self.end_round(sink, true)?;
         if let Some(spec) = &self.spec {
-            tracing::debug!(taken = spec.taken, wasted = spec.wasted, "speculative chunks");
+            tracing::debug!(taken = spec.taken, wasted = spec.wasted, waited = ?spec.waited, "speculative chunks");
         }
         Ok(Index {
             compressed_size: self.input.offset(),
@@ -526,10 +562,10 @@ impl<R: Read> Pass<R> {
                     _ => 0,
                 };
                 self.boundary(Boundary { out: self.total_out, input, bits, prev_byte, member_start, member });
-                if let Some(spec) = self.spec.as_mut() {
-                    if let Action::Take(chunk) = spec.at(input * 8 - u64::from(bits)) {
-                        self.take(chunk, &mut crc, member_start, member, sink)?;
-                    }
+                if let Some(spec) = self.spec.as_mut()
+                    && let Action::Take(chunk) = spec.at(input * 8 - u64::from(bits))
+                {
+                    self.take(chunk, &mut crc, member_start, member, sink)?;
                 }
             }
             if step.consumed == 0 && step.produced == 0 {
@@ -641,6 +677,9 @@ impl<R: Read> Pass<R> {
             }
             return Ok(());
         }
+        if !sink.takes_rounds() && self.total_out >= WINDOW_SIZE as u64 {
+            return self.take_in_place(chunk, crc, member_start, member, sink);
+        }
         let base = self.total_out;
         let (mut done, mut next) = (0usize, 0usize);
         while done < chunk.len {
@@ -648,7 +687,7 @@ impl<R: Read> Pass<R> {
                 self.end_round(sink, false)?;
             }
             let n = (chunk.len - done).min(self.out.len() - self.out_len);
-            let piece = &chunk.out[done..done + n];
+            let piece = &chunk.data()[done..done + n];
             self.out[self.out_len..self.out_len + n].copy_from_slice(piece);
             crc.update(piece);
             self.out_len += n;
@@ -668,6 +707,60 @@ impl<R: Read> Pass<R> {
                 next += 1;
             }
         }
+        self.restart_after(&chunk, member_start, member)?;
+        if let Some(spec) = &self.spec {
+            spec.recycle(chunk.out);
+        }
+        Ok(())
+    }
+
+    /// [`Pass::take`] for a sink that takes no rounds: the chunk's buffer becomes the output
+    /// buffer for one round as long as the chunk, so its bytes are not copied.
+    fn take_in_place<S: Sink + ?Sized>(
+        &mut self,
+        mut chunk: Chunk,
+        crc: &mut crc32fast::Hasher,
+        member_start: u64,
+        member: u64,
+        sink: &mut S,
+    ) -> Result<(), GzipError> {
+        // Hand on what is decoded so far: the output buffer then holds only history.
+        self.end_round(sink, false)?;
+        let keep = self.out_len;
+        chunk.out[WINDOW_SIZE - keep..WINDOW_SIZE].copy_from_slice(&self.out[..keep]);
+        let mut small = std::mem::replace(&mut self.out, std::mem::take(&mut chunk.out));
+        let base = self.total_out;
+        self.out_base = base - WINDOW_SIZE as u64;
+        self.round_start = WINDOW_SIZE;
+        self.out_len = WINDOW_SIZE + chunk.len;
+        self.total_out += chunk.len as u64;
+        crc.update(&self.out[WINDOW_SIZE..self.out_len]);
+        for p in &chunk.boundaries {
+            self.input.seek(p.input);
+            self.boundary(Boundary {
+                out: base + p.out,
+                input: p.input,
+                bits: p.bits,
+                prev_byte: p.prev_byte,
+                member_start,
+                member,
+            });
+        }
+        let ended = self.end_round_sized(sink, false, self.out.len());
+        // Back to the pass's own buffer, with the history the round kept.
+        let keep = self.out_len;
+        small[..keep].copy_from_slice(&self.out[..keep]);
+        chunk.out = std::mem::replace(&mut self.out, small);
+        ended?;
+        self.restart_after(&chunk, member_start, member)?;
+        if let Some(spec) = &self.spec {
+            spec.recycle(chunk.out);
+        }
+        Ok(())
+    }
+
+    /// Set the decoder up to go on from a taken chunk's last boundary.
+    fn restart_after(&mut self, chunk: &Chunk, member_start: u64, member: u64) -> Result<(), GzipError> {
         let err = |e: super::inflate::InflateError| GzipError::Deflate {
             member,
             offset: self.input.offset(),
@@ -680,9 +773,6 @@ impl<R: Read> Pass<R> {
             self.inflate.reset().map_err(err)?;
             self.inflate.prime(last.bits, last.prev_byte).map_err(err)?;
             self.inflate.set_dictionary(&window).map_err(err)?;
-        }
-        if let Some(spec) = &self.spec {
-            spec.recycle(chunk.out);
         }
         Ok(())
     }
@@ -704,6 +794,16 @@ impl<R: Read> Pass<R> {
     }
 
     fn end_round<S: Sink + ?Sized>(&mut self, sink: &mut S, last: bool) -> Result<(), GzipError> {
+        self.end_round_sized(sink, last, WINDOW_SIZE + ROUND)
+    }
+
+    /// [`Pass::end_round`] with an output buffer of `len` bytes.
+    fn end_round_sized<S: Sink + ?Sized>(
+        &mut self,
+        sink: &mut S,
+        last: bool,
+        len: usize,
+    ) -> Result<(), GzipError> {
         let round_at = self.out_base + self.round_start as u64;
         if self.out_len > self.round_start {
             sink.data(round_at, &self.out[self.round_start..self.out_len], &mut self.requests)
@@ -734,7 +834,7 @@ impl<R: Read> Pass<R> {
                 .map_err(|source| GzipError::Sink { offset: round_at, source })?;
         if !taken {
             self.out.copy_within(self.out_len - keep..self.out_len, 0);
-        } else if self.out.len() != WINDOW_SIZE + ROUND {
+        } else if self.out.len() != len {
             return Err(GzipError::Sink {
                 offset: round_at,
                 source: "the sink handed back a buffer of the wrong length".into(),

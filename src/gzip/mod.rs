@@ -18,11 +18,11 @@ mod index;
 mod inflate;
 mod restart;
 mod sparse;
-mod speculate;
+pub(crate) mod speculate;
 mod window;
 pub mod zidx;
 
-pub use builder::{DEFAULT_SPECULATE_CHUNK, IndexBuilder, NullSink, Requests, Sink};
+pub use builder::{DEFAULT_SPECULATE_CHUNK, IndexBuilder, NullSink, Requests, Sink, Speculation};
 pub use extract::{Extractor, ReadAt};
 pub use index::{Checkpoint, Index, MemberEnd, WINDOW_SIZE};
 pub use restart::{Restart, inflate_from, inflate_member};

@@ -33,8 +33,9 @@ use std::sync::{Arc, Mutex, mpsc};
 const STEP: usize = 128 * 1024;
 /// Candidate starts a job decodes from before it gives up.
 const MAX_TRIES: u32 = 8;
-/// Compressed bytes given to a job past its nominal end, for the block in progress there.
-const TAIL: u64 = 1 << 20;
+/// Compressed bytes given to a job past its nominal end, for the block in progress there: a
+/// chunk's worth, within these bounds.
+const TAIL: (u64, u64) = (64 << 10, 1 << 20);
 /// How far past its nominal start a worker looks for a block header before giving up.
 const MAX_SEARCH: u64 = 256 << 10;
 
@@ -76,10 +77,11 @@ impl Place {
 /// A speculatively decoded part of the stream.
 pub(crate) struct Chunk {
     pub start: Place,
-    /// The output; `out[..len]` is the chunk's, from `start` to the last of `boundaries`.
+    /// The output, after room for a window: `out[WINDOW_SIZE..][..len]` is the chunk's,
+    /// from `start` to the last of `boundaries` ([`Chunk::data`]).
     pub out: Vec<u8>,
     pub len: usize,
-    /// Bytes that copy the unknown window: (offset in `out`, window position, where position
+    /// Bytes that copy the unknown window: (offset in the data, window position, where position
     /// `WINDOW_SIZE - 1` is the byte just before the start).
     pub tracked: Vec<(u32, u16)>,
     /// Every block boundary after the start, in order; the last one ends the chunk.
@@ -94,7 +96,7 @@ impl Chunk {
         let missing = WINDOW_SIZE - window.len().min(WINDOW_SIZE);
         for &(at, p) in &self.tracked {
             let Some(i) = (p as usize).checked_sub(missing) else { return false };
-            match (self.out.get_mut(at as usize), window.get(i)) {
+            match (self.out.get_mut(WINDOW_SIZE + at as usize), window.get(i)) {
                 (Some(o), Some(&w)) => *o = w,
                 _ => return false,
             }
@@ -102,7 +104,15 @@ impl Chunk {
         self.tracked.clear();
         true
     }
+
+    /// The chunk's output.
+    pub fn data(&self) -> &[u8] {
+        &self.out[WINDOW_SIZE..WINDOW_SIZE + self.len]
+    }
 }
+
+/// Buffers kept for reuse (output of chunks, input of jobs).
+type Buffers = Mutex<Vec<Vec<u8>>>;
 
 /// One piece of work for the worker.
 struct Job {
@@ -142,16 +152,20 @@ pub(crate) struct Speculator {
     reports: mpsc::Receiver<Report>,
     /// Jobs below this id are no longer wanted; the worker drops them.
     cancel: Arc<AtomicU64>,
-    pool: Arc<Mutex<Vec<Vec<u8>>>>,
+    pool: Arc<Buffers>,
     /// Input buffers back from the worker, for the next jobs.
-    inputs: Arc<Mutex<Vec<Vec<u8>>>>,
+    inputs: Arc<Buffers>,
     pending: VecDeque<Pending>,
     next_id: u64,
     /// Compressed offset where the next job may start at the earliest.
     next_from: u64,
+    /// Compressed bytes the pass decodes itself between two chunks.
+    gap: u64,
     worker: Option<std::thread::JoinHandle<()>>,
     pub taken: u64,
     pub wasted: u64,
+    /// Time the pass spent waiting for the worker.
+    pub waited: std::time::Duration,
 }
 
 impl Speculator {
@@ -161,8 +175,8 @@ impl Speculator {
         let (jobs, rx) = mpsc::sync_channel::<Job>(1);
         let (tx, reports) = mpsc::channel();
         let cancel = Arc::new(AtomicU64::new(0));
-        let pool: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
-        let inputs: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let pool: Arc<Buffers> = Arc::default();
+        let inputs: Arc<Buffers> = Arc::default();
         let worker = {
             let cancel = Arc::clone(&cancel);
             let pool = Arc::clone(&pool);
@@ -181,10 +195,16 @@ impl Speculator {
             pending: VecDeque::new(),
             next_id: 0,
             next_from: chunk.max(1),
+            gap: chunk.max(1),
             worker: Some(worker),
             taken: 0,
             wasted: 0,
+            waited: std::time::Duration::ZERO,
         })
+    }
+
+    fn tail(&self) -> u64 {
+        self.chunk.clamp(TAIL.0, TAIL.1)
     }
 
     /// The compressed bytes a new job needs buffered past `now` (the pass's input offset), or
@@ -194,15 +214,15 @@ impl Speculator {
         if self.pending.len() >= 2 {
             return None;
         }
-        let from = self.next_from.max(now + self.chunk);
-        Some(from + self.chunk + TAIL - now)
+        let from = self.next_from.max(now + self.gap);
+        Some(from + self.chunk + self.tail() - now)
     }
 
     /// Hand out a job over `data` (compressed bytes from offset `base`, which holds the pass's
     /// position `now`), if one is due and the data reaches far enough.
     pub fn dispatch(&mut self, now: u64, base: u64, data: &[u8], eof: bool) {
         let Some(want) = self.wanted(now) else { return };
-        let from = self.next_from.max(now + self.chunk);
+        let from = self.next_from.max(now + self.gap);
         let end = base + data.len() as u64;
         if end < now + want && !eof {
             return;
@@ -212,7 +232,7 @@ impl Speculator {
             return;
         }
         let lo = (from - 1 - base) as usize;
-        let hi = data.len().min((from + self.chunk + TAIL - base) as usize);
+        let hi = data.len().min((from + self.chunk + self.tail() - base) as usize);
         let id = self.next_id;
         let mut copy = self.inputs.lock().ok().and_then(|mut p| p.pop()).unwrap_or_default();
         copy.clear();
@@ -224,13 +244,16 @@ impl Speculator {
             return;
         }
         self.next_id += 1;
-        self.next_from = from + 2 * self.chunk;
+        self.next_from = from + self.chunk + self.gap;
         self.pending.push_back(Pending { id, from: from * 8, start: None, done: None });
     }
 
     fn receive(&mut self, block: bool) -> bool {
         let report = if block {
-            match self.reports.recv() {
+            let t = std::time::Instant::now();
+            let r = self.reports.recv();
+            self.waited += t.elapsed();
+            match r {
                 Ok(r) => r,
                 Err(_) => return false,
             }
@@ -267,10 +290,10 @@ impl Speculator {
 
     /// Put an output buffer back for the worker to reuse.
     pub fn recycle(&self, buf: Vec<u8>) {
-        if let Ok(mut pool) = self.pool.lock() {
-            if pool.len() < 3 {
-                pool.push(buf);
-            }
+        if let Ok(mut pool) = self.pool.lock()
+            && pool.len() < 4
+        {
+            pool.push(buf);
         }
     }
 
@@ -342,7 +365,7 @@ fn work(
     rx: mpsc::Receiver<Job>,
     tx: mpsc::Sender<Report>,
     cancel: &AtomicU64,
-    (pool, inputs): (&Mutex<Vec<Vec<u8>>>, &Mutex<Vec<Vec<u8>>>),
+    (pool, inputs): (&Buffers, &Buffers),
     max_out: usize,
 ) {
     let (lo, hi) = made_up_windows();
@@ -379,10 +402,10 @@ fn work(
             }
         }
         tracing::trace!(id = job.id, tries, found = chunk.is_some(), "speculative job");
-        if let Ok(mut p) = inputs.lock() {
-            if p.len() < 3 {
-                p.push(job.data);
-            }
+        if let Ok(mut p) = inputs.lock()
+            && p.len() < 4
+        {
+            p.push(job.data);
         }
         if let Some(c) = &chunk {
             reported = tx.send(Report::Start(job.id, Some(c.start.bit()))).is_ok();
@@ -413,7 +436,7 @@ fn decode(
     cancel: &AtomicU64,
 ) -> Result<Chunk, Failure> {
     let data = &job.data;
-    let (first, bits) = if at % 8 == 0 { (at / 8, 0) } else { (at / 8 + 1, (8 - at % 8) as u8) };
+    let (first, bits) = if at.is_multiple_of(8) { (at / 8, 0) } else { (at / 8 + 1, (8 - at % 8) as u8) };
     let first = first as usize;
     let prev_byte = if bits > 0 { data[first - 1] } else { 0 };
     let start = Place { out: 0, input: job.base + first as u64, bits, prev_byte };
@@ -429,8 +452,8 @@ fn decode(
     let (Some(mut one), Some(two)) = (setup(lo), setup(hi)) else { return Err(Failure { buf, reached: at }) };
     let mut two = Some(two);
     let mut out = buf.unwrap_or_default();
-    if out.len() < max_out {
-        out = vec![0; max_out];
+    if out.len() < WINDOW_SIZE + max_out {
+        out = big_buffer(WINDOW_SIZE + max_out);
     }
     let mut scratch = vec![0u8; STEP];
     let mut tracked = Vec::new();
@@ -442,13 +465,15 @@ fn decode(
         if room == 0 {
             break;
         }
-        let Ok(s) = one.inflate(&data[pos..], &mut out[len..len + room], true) else { return fail(out, pos) };
+        let Ok(s) = one.inflate(&data[pos..], &mut out[WINDOW_SIZE + len..][..room], true) else {
+            return fail(out, pos);
+        };
         if let Some(d) = two.as_mut() {
             let Ok(t) = d.inflate(&data[pos..], &mut scratch[..room], true) else { return fail(out, pos) };
             if (t.consumed, t.produced, t.data_type) != (s.consumed, s.produced, s.data_type) {
                 return fail(out, pos);
             }
-            let (a, b) = (&out[len..len + s.produced], &scratch[..s.produced]);
+            let (a, b) = (&out[WINDOW_SIZE + len..][..s.produced], &scratch[..s.produced]);
             for (k, (x, y)) in a.chunks(64).zip(b.chunks(64)).enumerate() {
                 if x == y {
                     continue;
@@ -492,6 +517,28 @@ fn decode(
     }
     tracked.retain(|&(o, _)| (o as usize) < len);
     Ok(Chunk { start, out, len, tracked, boundaries })
+}
+
+/// A zeroed buffer of `len` bytes for tens of MB of output. The kernel is asked to back it with
+/// huge pages where it can: first touching the buffer then takes a fault per 2 MiB, not per
+/// 4 KiB, which on a virtual machine is a fair part of what the second core spends.
+pub(crate) fn big_buffer(len: usize) -> Vec<u8> {
+    let buf = vec![0u8; len];
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let start = buf.as_ptr() as usize;
+        let aligned = start.next_multiple_of(HUGE);
+        let end = (start + len) / HUGE * HUGE;
+        if end > aligned {
+            // SAFETY: [aligned, end) lies inside the buffer's own allocation; MADV_HUGEPAGE
+            // only changes how the kernel backs those pages, not their contents or mapping.
+            unsafe {
+                libc::madvise(aligned as *mut libc::c_void, end - aligned, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+    buf
 }
 
 /// Whether decoding from a candidate start gets through its first block and reads the next
@@ -651,7 +698,7 @@ fn header_lengths(data: &[u8], bit: u64) -> Option<(Vec<u8>, Vec<u8>)> {
     for &i in &CL_ORDER[..hclen] {
         cl[i] = r.take(3)? as u8;
     }
-    if complete(&cl, 7)? != true {
+    if !complete(&cl, 7)? {
         return None;
     }
     // Canonical code for the code-length alphabet, as a table on the next 7 bits.
@@ -746,7 +793,7 @@ mod tests {
             let word =
                 ["alpha ", "beta ", "gamma ", "delta\n", "\0\0\0\0", "epsilon "][(x >> 16) as usize % 6];
             data.extend_from_slice(word.as_bytes());
-            if x % 7 == 0 {
+            if x.is_multiple_of(7) {
                 data.extend_from_slice(format!("{} ", x % 100_000).as_bytes());
             }
         }
@@ -786,7 +833,7 @@ mod tests {
         let at = cp.out as usize;
         let window = &data[at - WINDOW_SIZE..at];
         assert!(chunk.resolve(window));
-        assert_eq!(&chunk.out[..chunk.len], &data[at..at + chunk.len]);
+        assert_eq!(chunk.data(), &data[at..at + chunk.len]);
         let ends: Vec<u64> = chunk.boundaries.iter().map(Place::bit).collect();
         assert!(ends.iter().all(|b| real.contains(b)));
     }

@@ -370,6 +370,10 @@ impl Sink for TarSink {
         self.offered = true;
     }
 
+    fn takes_rounds(&self) -> bool {
+        true
+    }
+
     fn take_round(
         &mut self,
         buf: &mut Vec<u8>,
