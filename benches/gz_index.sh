@@ -115,6 +115,7 @@ BENCH=(
     "indexed_gzip build_full_index (span 1 MiB)|$PY $WORK/ig_build.py $INPUT|"
     "rapidgzip --export-index -P 1|$RAPIDGZIP --export-index $TMP/rg1.idx -P 1 $INPUT|rm -f $TMP/rg1.idx"
     "rapidgzip --export-index -P 2|$RAPIDGZIP --export-index $TMP/rg2.idx -P 2 $INPUT|rm -f $TMP/rg2.idx"
+    "zran gz index -j 1 (one core decodes)|$ZRAN gz index -j 1 $INPUT -o $TMP/zran-j1.zidx|rm -f $TMP/zran-j1.zidx"
     "zran gz index (default span)|$ZRAN gz index $INPUT -o $TMP/zran-default.zidx|rm -f $TMP/zran-default.zidx"
     "zran gz index --span 2M|$ZRAN gz index --span 2M $INPUT -o $TMP/zran-2M.zidx|rm -f $TMP/zran-2M.zidx"
 )

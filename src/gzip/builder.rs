@@ -161,6 +161,9 @@ struct Boundary {
 struct Prev {
     boundary: Boundary,
     window: Vec<u8>,
+    /// The 32 KiB of output after it, when they will no longer be in the output buffer (so
+    /// that a checkpoint a later request makes of it is analysed as one made in its round).
+    follow: Vec<u8>,
     /// Its compressed bytes are still kept for the sparse-window analysis.
     analysable: bool,
 }
@@ -170,6 +173,8 @@ struct Waiting {
     index: usize,
     boundary: Boundary,
     window: Vec<u8>,
+    /// [`Prev::follow`], for a checkpoint made of an earlier round's boundary.
+    follow: Vec<u8>,
     analysable: bool,
 }
 
@@ -819,7 +824,13 @@ impl<R: Read> Pass<R> {
         // The last boundary seen keeps its window for later rounds.
         if let Some(&b) = self.boundaries.last() {
             let window = self.window_in_buffer(&b).to_vec();
-            self.prev = Some(Prev { boundary: b, window, analysable: true });
+            let follow = if b.out + (WINDOW_SIZE as u64) <= self.total_out {
+                let lo = (b.out - self.out_base) as usize;
+                self.out[lo..lo + WINDOW_SIZE].to_vec()
+            } else {
+                Vec::new()
+            };
+            self.prev = Some(Prev { boundary: b, window, follow, analysable: true });
         }
         self.boundaries.clear();
         self.dispatch(last);
@@ -903,18 +914,18 @@ impl<R: Read> Pass<R> {
                 self.checkpoints.pop();
             }
         }
-        let (window, analysable) = if is_prev {
+        let (window, follow, analysable) = if is_prev {
             match &self.prev {
-                Some(p) => (p.window.clone(), p.analysable),
+                Some(p) => (p.window.clone(), p.follow.clone(), p.analysable),
                 None => return,
             }
         } else {
-            (self.window_in_buffer(b).to_vec(), true)
+            (self.window_in_buffer(b).to_vec(), Vec::new(), true)
         };
         let i = self.checkpoints.len();
         let window_len = window.len() as u32;
         if !window.is_empty() {
-            self.waiting.push(Waiting { index: i, boundary: *b, window, analysable });
+            self.waiting.push(Waiting { index: i, boundary: *b, window, follow, analysable });
         }
         self.checkpoints.push(Checkpoint {
             out: b.out,
@@ -937,17 +948,19 @@ impl<R: Read> Pass<R> {
         for w in now {
             let b = w.boundary;
             let follow_in_buffer = b.out >= self.out_base;
-            let input =
-                match (w.analysable && follow_in_buffer, self.input.kept(b.first_byte(), ANALYSIS_INPUT)) {
-                    (true, Some(bytes)) => bytes.to_vec(),
-                    _ => Vec::new(),
-                };
+            let has_follow = follow_in_buffer || !w.follow.is_empty();
+            let input = match (w.analysable && has_follow, self.input.kept(b.first_byte(), ANALYSIS_INPUT)) {
+                (true, Some(bytes)) => bytes.to_vec(),
+                _ => Vec::new(),
+            };
             let follow = if input.is_empty() {
                 Vec::new()
-            } else {
+            } else if follow_in_buffer {
                 let lo = (b.out - self.out_base) as usize;
                 let hi = (lo + WINDOW_SIZE).min(self.out_len);
                 self.out[lo..hi].to_vec()
+            } else {
+                w.follow
             };
             let job = Job { index: w.index, window: w.window, bits: b.bits, input, follow };
             if let Some(tx) = &self.windows {
