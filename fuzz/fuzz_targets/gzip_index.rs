@@ -3,7 +3,8 @@
 //! bytes, a whole-stream extraction matches, the index survives `.zidx` encoding unchanged, and
 //! building from a reader that returns short reads finds the same checkpoints. Member trailers
 //! that do not match the data are rewritten to match before any of this (see
-//! `build_fixing_trailers`), so that mutated deflate data is not stopped by its CRC-32.
+//! `build_fixing_trailers`), so that mutated deflate data is not stopped by its CRC-32. First of
+//! all, the pass with speculative chunks must give the sequential pass's index or error.
 
 #![no_main]
 
@@ -76,6 +77,14 @@ fn build_fixing_trailers(data: &mut [u8], span: u64) -> Option<Index> {
 
 fuzz_target!(|input: &[u8]| {
     let span = SPANS[input.len() % SPANS.len()];
+    // Chunks decoded on a second core change nothing: the same index, or the same error.
+    let sequential = IndexBuilder::new().span(span).build(input);
+    let speculative = IndexBuilder::new().span(span).speculate(1 << 10).build(input);
+    match (&sequential, &speculative) {
+        (Ok(a), Ok(b)) => assert_eq!(a, b, "speculative index differs"),
+        (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "speculative error differs"),
+        (a, b) => panic!("sequential {:?} but speculative {:?}", a.as_ref().err(), b.as_ref().err()),
+    }
     let mut data = input.to_vec();
     let Some(index) = build_fixing_trailers(&mut data, span) else {
         return;

@@ -6,7 +6,8 @@
 //! to a little over 1 MiB so that 512 KiB indexing rounds and 32 KiB windows are crossed), how
 //! it is cut into 1..=4 members, where the compressor sync-flushes, the compression level,
 //! optional header fields, zero padding after the last member, the span, the chunk size of the
-//! reader the index is built from, and the ranges to read.
+//! reader the index is built from, and the ranges to read. The index built with speculative
+//! chunks (decoded ahead on a second core) must be the same.
 
 #![no_main]
 
@@ -191,6 +192,14 @@ fuzz_target!(|input: Input| {
             c.out
         );
     }
+    // Chunks decoded on a second core change nothing.
+    let chunk = 1024 + u64::from(input.read_chunk) * 4;
+    let speculative = IndexBuilder::new()
+        .span(span)
+        .speculate(chunk)
+        .build(&gz[..])
+        .unwrap_or_else(|e| panic!("valid gzip rejected with speculative chunks: {e}"));
+    assert_eq!(speculative, index, "speculative index differs");
     let decoded = zidx::decode(&zidx::encode(&index)).expect("encoded index rejected");
     assert_eq!(decoded, index, "zidx round trip changed the index");
 

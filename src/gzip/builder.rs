@@ -15,7 +15,7 @@
 use super::header::{self, HeaderError};
 use super::index::{Checkpoint, Index, MemberEnd, WINDOW_SIZE};
 use super::inflate::RawInflate;
-use super::speculate::{Action, Chunk, Speculator};
+use super::speculate::{Action, Chunk, Place, Speculator};
 use super::window::{self, Job, Packed};
 use super::{DEFAULT_SPAN, GzipError};
 use std::io::{ErrorKind, Read};
@@ -698,25 +698,19 @@ impl<R: Read> Pass<R> {
             self.out_len += n;
             self.total_out += n as u64;
             done += n;
-            while let Some(p) = chunk.boundaries.get(next).filter(|p| p.out <= done as u64) {
-                let b = Boundary {
-                    out: base + p.out,
-                    input: p.input,
-                    bits: p.bits,
-                    prev_byte: p.prev_byte,
-                    member_start,
-                    member,
-                };
-                self.input.seek(p.input);
-                self.boundary(b);
+            while let Some(&p) = chunk.boundaries.get(next).filter(|p| p.out <= done as u64) {
+                self.chunk_boundary(p, base, member_start, member);
                 next += 1;
             }
         }
-        self.restart_after(&chunk, member_start, member)?;
-        if let Some(spec) = &self.spec {
-            spec.recycle(chunk.out);
-        }
-        Ok(())
+        self.chunk_done(chunk, member_start, member)
+    }
+
+    /// Record a boundary of a chunk whose output starts at `base`, the input now standing there.
+    fn chunk_boundary(&mut self, p: Place, base: u64, member_start: u64, member: u64) {
+        self.input.seek(p.input);
+        let (input, bits, prev_byte) = (p.input, p.bits, p.prev_byte);
+        self.boundary(Boundary { out: base + p.out, input, bits, prev_byte, member_start, member });
     }
 
     /// [`Pass::take`] for a sink that takes no rounds: the chunk's buffer becomes the output
@@ -740,16 +734,8 @@ impl<R: Read> Pass<R> {
         self.out_len = WINDOW_SIZE + chunk.len;
         self.total_out += chunk.len as u64;
         crc.update(&self.out[WINDOW_SIZE..self.out_len]);
-        for p in &chunk.boundaries {
-            self.input.seek(p.input);
-            self.boundary(Boundary {
-                out: base + p.out,
-                input: p.input,
-                bits: p.bits,
-                prev_byte: p.prev_byte,
-                member_start,
-                member,
-            });
+        for &p in &chunk.boundaries {
+            self.chunk_boundary(p, base, member_start, member);
         }
         let ended = self.end_round_sized(sink, false, self.out.len());
         // Back to the pass's own buffer, with the history the round kept.
@@ -757,15 +743,11 @@ impl<R: Read> Pass<R> {
         small[..keep].copy_from_slice(&self.out[..keep]);
         chunk.out = std::mem::replace(&mut self.out, small);
         ended?;
-        self.restart_after(&chunk, member_start, member)?;
-        if let Some(spec) = &self.spec {
-            spec.recycle(chunk.out);
-        }
-        Ok(())
+        self.chunk_done(chunk, member_start, member)
     }
 
-    /// Set the decoder up to go on from a taken chunk's last boundary.
-    fn restart_after(&mut self, chunk: &Chunk, member_start: u64, member: u64) -> Result<(), GzipError> {
+    /// Set the decoder up to go on from a taken chunk's last boundary, and give its buffer back.
+    fn chunk_done(&mut self, chunk: Chunk, member_start: u64, member: u64) -> Result<(), GzipError> {
         let err = |e: super::inflate::InflateError| GzipError::Deflate {
             member,
             offset: self.input.offset(),
@@ -778,6 +760,9 @@ impl<R: Read> Pass<R> {
             self.inflate.reset().map_err(err)?;
             self.inflate.prime(last.bits, last.prev_byte).map_err(err)?;
             self.inflate.set_dictionary(&window).map_err(err)?;
+        }
+        if let Some(spec) = &self.spec {
+            spec.recycle(chunk.out);
         }
         Ok(())
     }
