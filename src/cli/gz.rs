@@ -31,8 +31,8 @@ pub struct IndexArgs {
     /// Print a summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Cores to decode on: with 2 or more, a second thread decodes chunks of the stream ahead
-    /// of the pass (same index). 0: as many as the machine has.
+    /// Cores to decode on: with 2 or more, a second thread decodes chunks of a file (not of
+    /// standard input) ahead of the pass; the index is the same. 0: as many as the machine has.
     #[arg(short = 'j', long, default_value_t = 0)]
     pub threads: usize,
 }
@@ -87,7 +87,9 @@ fn build(file: &Path, span: u64, threads: usize) -> anyhow::Result<(Index, gzip:
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let chunk = if threads >= 2 { gzip::DEFAULT_SPECULATE_CHUNK } else { 0 };
+    // Speculation reads a few chunks ahead of the pass before it decodes them: from a pipe that
+    // would hold up decoding of what has arrived, so only files are read that way.
+    let chunk = if threads >= 2 && file != Path::new("-") { gzip::DEFAULT_SPECULATE_CHUNK } else { 0 };
     let builder = IndexBuilder::new().span(span).speculate(chunk);
     let name = file.display().to_string();
     let index = if file == Path::new("-") {
