@@ -34,9 +34,27 @@ pub(crate) fn pack(job: Job) -> Packed {
     let sparse = try_sparse(&job);
     let made_sparse = sparse.is_some();
     let window = sparse.unwrap_or(job.window);
-    let frame =
-        if window.is_empty() { Ok(Vec::new()) } else { zstd::bulk::compress(&window, WINDOW_ZSTD_LEVEL) };
+    let frame = if window.is_empty() { Ok(Vec::new()) } else { compress(&window) };
     Packed { index: job.index, window_len: window.len() as u32, frame, sparse: made_sparse }
+}
+
+/// zstd at [`WINDOW_ZSTD_LEVEL`] with one compression context per thread (a context is as
+/// costly to set up as a small window is to compress).
+fn compress(window: &[u8]) -> std::io::Result<Vec<u8>> {
+    thread_local! {
+        static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.is_none() {
+            *c = Some(zstd::bulk::Compressor::new(WINDOW_ZSTD_LEVEL)?);
+        }
+        match c.as_mut() {
+            Some(c) => c.compress(window),
+            None => zstd::bulk::compress(window, WINDOW_ZSTD_LEVEL),
+        }
+    })
 }
 
 /// The sparse window, if the analysis succeeds and inflating with it reproduces the output.
