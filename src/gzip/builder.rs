@@ -240,10 +240,13 @@ impl IndexBuilder {
     ) -> Result<(Index, Speculation), GzipError> {
         std::thread::scope(|scope| {
             let (tx, rx) = mpsc::channel::<Job>();
-            let packer = scope.spawn(move || {
-                yield_to_inflate();
-                rx.into_iter().map(window::pack).collect::<Vec<_>>()
-            });
+            let packer = std::thread::Builder::new()
+                .name("gz-windows".into())
+                .spawn_scoped(scope, move || {
+                    yield_to_inflate();
+                    rx.into_iter().map(window::pack).collect::<Vec<_>>()
+                })
+                .map_err(|e| GzipError::Window { checkpoint: 0, message: format!("no window packer: {e}") })?;
             let mut pass = Pass::new(reader, self, tx)?;
             let result = pass.run(sink);
             drop(pass.windows.take());
