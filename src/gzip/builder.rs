@@ -246,7 +246,10 @@ impl IndexBuilder {
                     yield_to_inflate();
                     rx.into_iter().map(window::pack).collect::<Vec<_>>()
                 })
-                .map_err(|e| GzipError::Window { checkpoint: 0, message: format!("no window packer: {e}") })?;
+                .map_err(|e| GzipError::Window {
+                    checkpoint: 0,
+                    message: format!("no window packer: {e}"),
+                })?;
             let mut pass = Pass::new(reader, self, tx)?;
             let result = pass.run(sink);
             drop(pass.windows.take());
