@@ -1,7 +1,8 @@
 //! A safe wrapper over zlib-rs's raw-deflate decoder (`libz-rs-sys`).
 //!
-//! This is the only file of the crate that talks to the zlib C ABI, and so the only one with
-//! `unsafe`. It exposes exactly the calls the zran engine needs: raw inflate with `Z_BLOCK`
+//! This is the only file of the crate that talks to the zlib C ABI (the engine's other
+//! `unsafe` blocks only set a thread's priority and advise the kernel on buffer pages). It
+//! exposes exactly the calls the zran engine needs: raw inflate with `Z_BLOCK`
 //! (stop at deflate block boundaries and report `data_type`), `inflateReset`, `inflatePrime`
 //! (resume in the middle of a byte) and `inflateSetDictionary` (restore a 32 KiB window).
 
