@@ -664,7 +664,7 @@ impl<R: Read> Pass<R> {
         self.input.ensure(want)?;
         let now = self.input.offset();
         if let (Some(spec), Some(data)) = (self.spec.as_mut(), self.input.kept(now, want)) {
-            spec.dispatch(now, now, data, self.input.eof);
+            spec.dispatch(now, data, self.input.eof);
         }
         Ok(())
     }
@@ -680,8 +680,9 @@ impl<R: Read> Pass<R> {
         member: u64,
         sink: &mut S,
     ) -> Result<(), GzipError> {
-        let here = Boundary { out: self.total_out, input: 0, bits: 0, prev_byte: 0, member_start, member };
-        if chunk.start.input != self.input.offset() || !chunk.resolve(self.window_in_buffer(&here)) {
+        if chunk.start.input != self.input.offset()
+            || !chunk.resolve(self.window_before(self.total_out, member_start))
+        {
             tracing::debug!(offset = chunk.start.input, "speculative chunk does not fit; decoding it here");
             if let Some(spec) = &self.spec {
                 spec.recycle(chunk.out);
@@ -743,7 +744,8 @@ impl<R: Read> Pass<R> {
         for &p in &chunk.boundaries {
             self.chunk_boundary(p, base, member_start, member);
         }
-        let ended = self.end_round_sized(sink, false, self.out.len());
+        // A sink that takes no rounds takes none of this one either.
+        let ended = self.end_round(sink, false);
         // Back to the pass's own buffer, with the history the round kept.
         let keep = self.out_len;
         small[..keep].copy_from_slice(&self.out[..keep]);
@@ -760,9 +762,7 @@ impl<R: Read> Pass<R> {
             message: e.message,
         };
         if let Some(last) = chunk.boundaries.last() {
-            let here =
-                Boundary { out: self.total_out, input: 0, bits: 0, prev_byte: 0, member_start, member };
-            let window = self.window_in_buffer(&here).to_vec();
+            let window = self.window_before(self.total_out, member_start).to_vec();
             self.inflate.reset().map_err(err)?;
             self.inflate.prime(last.bits, last.prev_byte).map_err(err)?;
             self.inflate.set_dictionary(&window).map_err(err)?;
@@ -783,23 +783,19 @@ impl<R: Read> Pass<R> {
 
     /// The window of a boundary of the current round, from the output buffer.
     fn window_in_buffer(&self, b: &Boundary) -> &[u8] {
-        let start = b.out.saturating_sub(WINDOW_SIZE as u64).max(b.member_start);
+        self.window_before(b.out, b.member_start)
+    }
+
+    /// The up to 32 KiB of output before uncompressed offset `out` (of the current round),
+    /// within the member that starts at `member_start`.
+    fn window_before(&self, out: u64, member_start: u64) -> &[u8] {
+        let start = out.saturating_sub(WINDOW_SIZE as u64).max(member_start);
         let lo = (start - self.out_base) as usize;
-        let hi = (b.out - self.out_base) as usize;
+        let hi = (out - self.out_base) as usize;
         &self.out[lo..hi]
     }
 
     fn end_round<S: Sink + ?Sized>(&mut self, sink: &mut S, last: bool) -> Result<(), GzipError> {
-        self.end_round_sized(sink, last, WINDOW_SIZE + ROUND)
-    }
-
-    /// [`Pass::end_round`] with an output buffer of `len` bytes.
-    fn end_round_sized<S: Sink + ?Sized>(
-        &mut self,
-        sink: &mut S,
-        last: bool,
-        len: usize,
-    ) -> Result<(), GzipError> {
         let round_at = self.out_base + self.round_start as u64;
         if self.out_len > self.round_start {
             sink.data(round_at, &self.out[self.round_start..self.out_len], &mut self.requests)
@@ -836,7 +832,7 @@ impl<R: Read> Pass<R> {
                 .map_err(|source| GzipError::Sink { offset: round_at, source })?;
         if !taken {
             self.out.copy_within(self.out_len - keep..self.out_len, 0);
-        } else if self.out.len() != len {
+        } else if self.out.len() != WINDOW_SIZE + ROUND {
             return Err(GzipError::Sink {
                 offset: round_at,
                 source: "the sink handed back a buffer of the wrong length".into(),

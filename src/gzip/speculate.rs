@@ -126,10 +126,10 @@ struct Job {
     stop: u64,
 }
 
-enum Report {
-    /// The start found (None: none, the pass decodes this part itself).
-    Start(u64, Option<u64>),
-    Done(u64, Option<Chunk>),
+/// A job's outcome: its chunk, or None (the pass decodes that part itself).
+struct Report {
+    id: u64,
+    chunk: Option<Chunk>,
 }
 
 /// What the pass should do at a block boundary.
@@ -141,7 +141,7 @@ pub(crate) enum Action {
 struct Pending {
     id: u64,
     from: u64,
-    start: Option<Option<u64>>,
+    /// The report, once in.
     done: Option<Option<Chunk>>,
 }
 
@@ -159,8 +159,6 @@ pub(crate) struct Speculator {
     next_id: u64,
     /// Compressed offset where the next job may start at the earliest.
     next_from: u64,
-    /// Compressed bytes the pass decodes itself between two chunks.
-    gap: u64,
     worker: Option<std::thread::JoinHandle<()>>,
     pub taken: u64,
     pub wasted: u64,
@@ -195,7 +193,6 @@ impl Speculator {
             pending: VecDeque::new(),
             next_id: 0,
             next_from: chunk.max(1),
-            gap: chunk.max(1),
             worker: Some(worker),
             taken: 0,
             wasted: 0,
@@ -207,32 +204,34 @@ impl Speculator {
         self.chunk.clamp(TAIL.0, TAIL.1)
     }
 
+    /// Where the next job starts when the pass stands at `now`. Jobs alternate with the pass:
+    /// each starts a chunk after the pass's position, so that the pass has a chunk of its own
+    /// to decode meanwhile.
+    fn next_start(&self, now: u64) -> u64 {
+        self.next_from.max(now + self.chunk)
+    }
+
     /// The compressed bytes a new job needs buffered past `now` (the pass's input offset), or
-    /// None when no job is due. Jobs alternate with the pass: each starts a chunk after the
-    /// pass's position, so that the pass has a chunk of its own to decode meanwhile.
+    /// None when no job is due.
     pub fn wanted(&self, now: u64) -> Option<u64> {
         if self.pending.len() >= 2 {
             return None;
         }
-        let from = self.next_from.max(now + self.gap);
-        Some(from + self.chunk + self.tail() - now)
+        Some(self.next_start(now) + self.chunk + self.tail() - now)
     }
 
-    /// Hand out a job over `data` (compressed bytes from offset `base`, which holds the pass's
-    /// position `now`), if one is due and the data reaches far enough.
-    pub fn dispatch(&mut self, now: u64, base: u64, data: &[u8], eof: bool) {
+    /// Hand out a job over `data` (compressed bytes from the pass's position `now` on), if one
+    /// is due and the data reaches far enough.
+    pub fn dispatch(&mut self, now: u64, data: &[u8], eof: bool) {
         let Some(want) = self.wanted(now) else { return };
-        let from = self.next_from.max(now + self.gap);
-        let end = base + data.len() as u64;
-        if end < now + want && !eof {
-            return;
-        }
+        let from = self.next_start(now);
+        let end = now + data.len() as u64;
         // Worth it only with a fair part of a chunk left after the start.
-        if from + self.chunk / 2 > end || from < base + 1 {
+        if (end < now + want && !eof) || from + self.chunk / 2 > end {
             return;
         }
-        let lo = (from - 1 - base) as usize;
-        let hi = data.len().min((from + self.chunk + self.tail() - base) as usize);
+        let lo = (from - 1 - now) as usize;
+        let hi = data.len().min((from + self.chunk + self.tail() - now) as usize);
         let id = self.next_id;
         let mut copy = self.inputs.lock().ok().and_then(|mut p| p.pop()).unwrap_or_default();
         copy.clear();
@@ -244,43 +243,20 @@ impl Speculator {
             return;
         }
         self.next_id += 1;
-        self.next_from = from + self.chunk + self.gap;
-        self.pending.push_back(Pending { id, from: from * 8, start: None, done: None });
+        self.next_from = from + 2 * self.chunk;
+        self.pending.push_back(Pending { id, from: from * 8, done: None });
     }
 
-    fn receive(&mut self, block: bool) -> bool {
-        let report = if block {
-            let t = std::time::Instant::now();
-            let r = self.reports.recv();
-            self.waited += t.elapsed();
-            match r {
-                Ok(r) => r,
-                Err(_) => return false,
-            }
-        } else {
-            match self.reports.try_recv() {
-                Ok(r) => r,
-                Err(_) => return false,
-            }
-        };
-        let (id, start, done) = match report {
-            Report::Start(id, s) => (id, Some(s), None),
-            Report::Done(id, c) => (id, None, Some(c)),
-        };
+    /// Wait for the worker's next report; false when the worker is gone.
+    fn receive(&mut self) -> bool {
+        let t = std::time::Instant::now();
+        let report = self.reports.recv();
+        self.waited += t.elapsed();
+        let Ok(Report { id, chunk }) = report else { return false };
         match self.pending.iter_mut().find(|p| p.id == id) {
-            Some(p) => {
-                if let Some(s) = start {
-                    p.start = Some(s);
-                }
-                if let Some(c) = done {
-                    if p.start.is_none() {
-                        p.start = Some(None);
-                    }
-                    p.done = Some(c);
-                }
-            }
+            Some(p) => p.done = Some(chunk),
             None => {
-                if let Some(Some(c)) = done {
+                if let Some(c) = chunk {
                     self.recycle(c.out);
                 }
             }
@@ -314,10 +290,10 @@ impl Speculator {
             if bit < front.from {
                 return Action::Continue;
             }
-            let start = match front.start {
-                Some(s) => s,
+            let start = match &front.done {
+                Some(chunk) => chunk.as_ref().map(|c| c.start.bit()),
                 None => {
-                    if !self.receive(true) {
+                    if !self.receive() {
                         self.pending.clear();
                         return Action::Continue;
                     }
@@ -327,21 +303,9 @@ impl Speculator {
             match start {
                 Some(s) if bit < s => return Action::Continue,
                 Some(s) if bit == s => {
-                    while self.pending.front().is_some_and(|p| p.done.is_none()) {
-                        if !self.receive(true) {
-                            self.pending.clear();
-                            return Action::Continue;
-                        }
-                    }
-                    match self.pending.pop_front().and_then(|p| p.done).flatten() {
-                        Some(chunk) => {
-                            self.taken += 1;
-                            return Action::Take(chunk);
-                        }
-                        None => {
-                            self.wasted += 1;
-                            continue;
-                        }
+                    if let Some(Some(chunk)) = self.pending.pop_front().and_then(|p| p.done) {
+                        self.taken += 1;
+                        return Action::Take(chunk);
                     }
                 }
                 // No start found, or the pass went past it: the start was not real.
@@ -377,7 +341,6 @@ fn work(
         let rel_end = (job.data.len() as u64 * 8).min(rel_from + MAX_SEARCH * 8);
         let mut search = rel_from;
         let mut chunk = None;
-        let mut reported = false;
         let mut tries = 0;
         while let Some(at) = find_dynamic_block(&job.data, search, rel_end) {
             tries += 1;
@@ -407,13 +370,7 @@ fn work(
         {
             p.push(job.data);
         }
-        if let Some(c) = &chunk {
-            reported = tx.send(Report::Start(job.id, Some(c.start.bit()))).is_ok();
-        }
-        if !reported && tx.send(Report::Start(job.id, None)).is_err() {
-            return;
-        }
-        if tx.send(Report::Done(job.id, chunk)).is_err() {
+        if tx.send(Report { id: job.id, chunk }).is_err() {
             return;
         }
     }
@@ -660,7 +617,7 @@ fn tables() -> &'static Tables {
 }
 
 fn dynamic_header_ok(data: &[u8], bit: u64) -> bool {
-    header_lengths(data, bit).is_some()
+    dynamic_header(data, bit).is_some()
 }
 
 /// Order of the code-length code lengths in the header (RFC 1951, 3.2.7).
@@ -683,7 +640,7 @@ fn complete(lengths: &[u8], max_bits: u32) -> Option<bool> {
 }
 
 /// The header's literal/length and distance code lengths, if it is one zlib accepts.
-fn header_lengths(data: &[u8], bit: u64) -> Option<(Vec<u8>, Vec<u8>)> {
+fn dynamic_header(data: &[u8], bit: u64) -> Option<()> {
     let mut r = Bits { data, bit };
     if r.take(3)? != 0b100 {
         return None;
@@ -767,7 +724,7 @@ fn header_lengths(data: &[u8], bit: u64) -> Option<(Vec<u8>, Vec<u8>)> {
     if !no_dist && !complete(dist, 15)? && !single(dist) {
         return None;
     }
-    Some((lit.to_vec(), dist.to_vec()))
+    Some(())
 }
 
 #[cfg(test)]
