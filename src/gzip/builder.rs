@@ -820,7 +820,7 @@ impl<R: Read> Pass<R> {
             self.prev = Some(Prev { boundary: b, window, follow, analysable: true });
         }
         self.boundaries.clear();
-        self.dispatch(last);
+        self.dispatch(last)?;
         self.retain();
 
         // Keep 32 KiB of history, start a new round: the sink may take the round's buffer
@@ -927,11 +927,16 @@ impl<R: Read> Pass<R> {
 
     /// Hand to the packer every waiting window that has 32 KiB of output after it decoded
     /// (all of them at the end of the stream), with what the analysis needs.
-    fn dispatch(&mut self, last: bool) {
+    fn dispatch(&mut self, last: bool) -> Result<(), GzipError> {
         let ready = |w: &Waiting| last || w.boundary.out + WINDOW_SIZE as u64 <= self.total_out;
         let (now, later): (Vec<Waiting>, Vec<Waiting>) =
             std::mem::take(&mut self.waiting).into_iter().partition(ready);
         self.waiting = later;
+        if !now.is_empty() {
+            // Each analysis gets its full measure of compressed input (or all up to the end),
+            // however far the pass has happened to read: the index must not depend on that.
+            self.input.ensure(ANALYSIS_INPUT)?;
+        }
         for w in now {
             let b = w.boundary;
             let follow_in_buffer = b.out >= self.out_base;
@@ -955,6 +960,7 @@ impl<R: Read> Pass<R> {
                 let _ = tx.send(job);
             }
         }
+        Ok(())
     }
 
     /// Keep compressed input from the oldest place a window analysis may still need: a waiting
@@ -962,7 +968,8 @@ impl<R: Read> Pass<R> {
     /// hold more than `MAX_RETAINED` is given up (its window then stays whole).
     fn retain(&mut self) {
         let now = self.input.offset();
-        let mut keep = now;
+        // A boundary at `now` with bits in the byte before it starts one byte earlier.
+        let mut keep = now.saturating_sub(1);
         for w in self.waiting.iter_mut().filter(|w| w.analysable) {
             if now - w.boundary.first_byte() > MAX_RETAINED {
                 w.analysable = false;
